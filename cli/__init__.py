@@ -1,0 +1,1 @@
+"""xmodal's command line: parses, calls indexer/search, prints."""

@@ -1,0 +1,129 @@
+"""Decoding photos for embedding: formats, EXIF orientation, pixel cap, draft-mode decode."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from indexer.errors import ImageReadError
+
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "DecodedImage", "decode_image", "to_rgb"]
+
+try:  # HEIC/HEIF (and AVIF on older Pillow) through libheif when installed.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    if hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
+except Exception:  # pragma: no cover - optional support
+    pass
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+# Refuse decompression bombs before decoding: a 40000x40000 PNG can be a few hundred KB on disk
+# but needs gigabytes decoded. 120 MP admits every real camera photo.
+MAX_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Truncated files must fail loudly, not decode as half-grey pictures.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_DATETIME = 306
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB picture reduced for the model, with facts about the original file."""
+
+    image: Image.Image
+    width: int
+    height: int
+    taken_at: datetime | None
+
+
+def _taken_at(im: Image.Image) -> datetime | None:
+    try:
+        exif = im.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if not raw:
+            return None
+        return datetime.strptime(str(raw).strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
+    except Exception:
+        return None  # a malformed EXIF date is not a reason to skip the photo
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any mode (P, LA, RGBA, CMYK, 16-bit, float) to RGB; transparency goes on white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping to white.
+        im = im.convert("I")
+        lo, hi = im.getextrema()
+        scale = 255.0 / max(1, hi - lo)
+        im = im.point(lambda v: (v - lo) * scale).convert("L")
+    elif im.mode == "F":
+        lo, hi = im.getextrema()
+        scale = 255.0 / max(1e-12, hi - lo)
+        im = im.point(lambda v: (v - lo) * scale).convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
+    """Open a photo, apply its EXIF orientation and reduce it to about target_size pixels.
+
+    JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale.
+    Raises ImageReadError with a one-line reason for anything that is not a readable image.
+    """
+    path = Path(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {MAX_PIXELS}")
+                taken_at = _taken_at(im)
+                orientation = im.getexif().get(0x0112, 1)
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)  # animations: the first frame stands for the file
+                if im.format == "JPEG":
+                    im.draft("RGB", (target_size, target_size))
+                im.load()
+                reduced = ImageOps.exif_transpose(im) if orientation != 1 else im
+                reduced = to_rgb(reduced)
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                if max(reduced.size) > target_size:
+                    reduced = reduced.copy()
+                    reduced.thumbnail((target_size, target_size), Image.Resampling.BICUBIC)
+                elif reduced is im:
+                    reduced = reduced.copy()
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError("file vanished before it could be read") from None
+    except PermissionError:
+        raise ImageReadError("permission denied") from None
+    except IsADirectoryError:
+        raise ImageReadError("is a directory") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"image too large: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise ImageReadError(f"corrupt or truncated image: {e}") from None
+    return DecodedImage(reduced, width, height, taken_at)

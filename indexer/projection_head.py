@@ -1,0 +1,235 @@
+"""Trainable projection heads of the offline default model.
+
+The frozen towers (``indexer.offline_towers``) give image features and MiniLM sentence
+embeddings; this head maps both into one shared, L2-normalised space.  Design choices
+(validated on a held-out part of the flickr8k-1k train split, see
+``benchmarks/train_offline_head.py``):
+
+* The shared space IS the MiniLM sentence space (``embed_dim == text_dim``).  The text
+  side is identity plus a small zero-initialised residual MLP, so the pretrained text
+  space - and with it generalisation to words never seen in training - is kept and
+  only lightly adapted.
+* The image side is an MLP on standardised pooled CNN features, added to a "prior"
+  vector that already lives in text space: the ConSE embedding (classifier
+  probabilities x MiniLM embeddings of ImageNet class names) that the towers append as
+  the last ``prior_dim`` feature columns.  The prior gives zero-shot semantics, the MLP
+  learns what the classifier cannot name (people, actions, scenes).
+* Symmetric InfoNCE (CLIP loss) with a learnable temperature.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class HeadConfig:
+    """Hyper-parameters of the head and its training (defaults = validated values)."""
+
+    embed_dim: int = 384          # shared space size; must equal text_dim (identity text path)
+    prior_dim: int = 384          # last columns of image features that are a text-space prior (0 = none)
+    image_hidden: int = 1024      # hidden width of the image MLP
+    image_dropout: float = 0.3    # dropout on image MLP input/hidden (small data: 650-800 photos)
+    text_hidden: int = 256        # hidden width of the residual text MLP (0 = text path is identity)
+    text_dropout: float = 0.1
+    prior_weight: float = 1.0     # initial weight of the prior (learnable)
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    text_lr_mult: float = 0.3     # text residual learns slower: keep the MiniLM space
+    weight_decay: float = 0.05
+    init_temperature: float = 0.05
+    all_captions: bool = True     # every caption of a batch photo is a positive (vs one random caption)
+    warmup_epochs: int = 2
+
+
+class ProjectionHead(nn.Module):
+    """Maps frozen tower features into the shared, normalised embedding space."""
+
+    def __init__(self, image_dim: int, text_dim: int, config: HeadConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or HeadConfig()
+        if cfg.embed_dim != text_dim:
+            raise ValueError(f"embed_dim ({cfg.embed_dim}) must equal text_dim ({text_dim}): the text path is identity+residual")
+        if cfg.prior_dim not in (0, cfg.embed_dim):
+            raise ValueError("prior_dim must be 0 or embed_dim")
+        self.config = cfg
+        self.image_dim = image_dim
+        self.text_dim = text_dim
+        self.embed_dim = cfg.embed_dim
+        base_dim = image_dim - cfg.prior_dim
+        # Standardisation statistics of the pooled features, set from training data.
+        self.register_buffer("feat_mean", torch.zeros(base_dim))
+        self.register_buffer("feat_std", torch.ones(base_dim))
+        self.image_mlp = nn.Sequential(
+            nn.Dropout(cfg.image_dropout),
+            nn.Linear(base_dim, cfg.image_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.image_dropout),
+            nn.Linear(cfg.image_hidden, cfg.embed_dim),
+        )
+        self.prior_weight = nn.Parameter(torch.tensor(float(cfg.prior_weight)))
+        if cfg.text_hidden > 0:
+            self.text_mlp: nn.Module | None = nn.Sequential(
+                nn.Dropout(cfg.text_dropout),
+                nn.Linear(text_dim, cfg.text_hidden),
+                nn.GELU(),
+                nn.Linear(cfg.text_hidden, text_dim),
+            )
+            # Zero-init: training starts from the untouched MiniLM space.
+            nn.init.zeros_(self.text_mlp[-1].weight)
+            nn.init.zeros_(self.text_mlp[-1].bias)
+        else:
+            self.text_mlp = None
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    def _image_raw(self, feats: torch.Tensor) -> torch.Tensor:
+        p = self.config.prior_dim
+        base = feats[..., : feats.shape[-1] - p] if p else feats
+        x = self.image_mlp((base - self.feat_mean) / self.feat_std)
+        if p:
+            x = x + self.prior_weight * F.normalize(feats[..., -p:], dim=-1)
+        return x
+
+    def project_images(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n, image_dim) -> (n, embed_dim) L2-normalised.  (n, views, image_dim) is averaged over views."""
+        feats = feats.float()
+        x = F.normalize(self._image_raw(feats), dim=-1)
+        if x.dim() == 3:
+            x = F.normalize(x.mean(1), dim=-1)
+        return x
+
+    def project_texts(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n, text_dim) -> (n, embed_dim) L2-normalised."""
+        t = F.normalize(feats.float(), dim=-1)
+        if self.text_mlp is not None:
+            t = t + self.text_mlp(t)
+        return F.normalize(t, dim=-1)
+
+    def save(self, path: str) -> None:
+        """One small file: plain-typed config + fp16 state dict (loadable with weights_only=True)."""
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in self.state_dict().items()}
+        torch.save(
+            {
+                "format": "xmodal.projection_head/1",
+                "image_dim": int(self.image_dim),
+                "text_dim": int(self.text_dim),
+                "config": dataclasses.asdict(self.config),
+                "state_dict": state,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> "ProjectionHead":
+        blob: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        cfg = HeadConfig(**{k: v for k, v in blob["config"].items() if k in known})
+        head = cls(blob["image_dim"], blob["text_dim"], cfg)
+        head.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+        return head.eval()
+
+
+def _clip_loss(img: torch.Tensor, txt: torch.Tensor, cap_owner: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE; several captions may share one image (multi-positive on the i2t side)."""
+    logits = scale * txt @ img.T  # (n_cap, n_img)
+    t2i = F.cross_entropy(logits, cap_owner)
+    # i2t: each image against all batch captions; positives = its own captions (mean of their NLLs).
+    lt = logits.T.log_softmax(-1)  # (n_img, n_cap)
+    pos = (cap_owner[None, :] == torch.arange(img.shape[0])[:, None]).float()
+    i2t = -(lt * pos).sum(1).div(pos.sum(1).clamp(min=1)).mean()
+    return 0.5 * (t2i + i2t)
+
+
+def train_head(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    caption_image: torch.Tensor,
+    config: HeadConfig | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> ProjectionHead:
+    """Train a ProjectionHead with symmetric InfoNCE.
+
+    image_feats: (N_img, Di) or (N_img, n_views, Di) - with views (e.g. cached crops/flips),
+        one random view per image is drawn each step (augmentation).
+    text_feats: (N_cap, Dt) MiniLM embeddings; caption_image: (N_cap,) index of each caption's image.
+    Deterministic for a given seed (CPU, deterministic algorithms, seeded generator).
+    """
+    cfg = config or HeadConfig()
+    torch.manual_seed(seed)
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    g = torch.Generator().manual_seed(seed)
+    feats = image_feats.float()
+    if feats.dim() == 2:
+        feats = feats[:, None]
+    n_img, n_views, di = feats.shape
+    txt = text_feats.float()
+    caption_image = caption_image.long()
+    head = ProjectionHead(di, txt.shape[1], cfg)
+    base = feats[..., : di - cfg.prior_dim].reshape(-1, di - cfg.prior_dim)
+    head.feat_mean.copy_(base.mean(0))
+    head.feat_std.copy_(base.std(0).clamp(min=1e-4))
+    caps_of = [[] for _ in range(n_img)]
+    for k, i in enumerate(caption_image.tolist()):
+        caps_of[i].append(k)
+    caps_t = [torch.tensor(c) for c in caps_of]
+
+    text_params = list(head.text_mlp.parameters()) if head.text_mlp is not None else []
+    tid = {id(p) for p in text_params}
+    other = [p for n, p in head.named_parameters() if id(p) not in tid and n != "logit_scale"]
+    opt = torch.optim.AdamW(
+        [
+            {"params": other, "lr": cfg.lr},
+            {"params": text_params, "lr": cfg.lr * cfg.text_lr_mult},
+            {"params": [head.logit_scale], "lr": cfg.lr, "weight_decay": 0.0},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(n_img / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    base_lrs = [gr["lr"] for gr in opt.param_groups]
+    step = 0
+    try:
+        for epoch in range(cfg.epochs):
+            head.train()
+            perm = torch.randperm(n_img, generator=g)
+            tot, nb = 0.0, 0
+            for b in range(0, n_img, cfg.batch_size):
+                idx = perm[b : b + cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                # cosine schedule with linear warm-up
+                f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+                for gr, lr in zip(opt.param_groups, base_lrs):
+                    gr["lr"] = lr * f
+                v = torch.randint(n_views, (len(idx),), generator=g)
+                x = feats[idx, v]
+                if cfg.all_captions:
+                    cap_idx = torch.cat([caps_t[i] for i in idx.tolist()])
+                    owner = torch.cat([torch.full((len(caps_t[i]),), j) for j, i in enumerate(idx.tolist())])
+                else:
+                    pick = [caps_t[i][torch.randint(len(caps_t[i]), (1,), generator=g)] for i in idx.tolist()]
+                    cap_idx = torch.cat(pick)
+                    owner = torch.arange(len(idx))
+                img_e = F.normalize(head._image_raw(x), dim=-1)
+                txt_e = head.project_texts(txt[cap_idx])
+                loss = _clip_loss(img_e, txt_e, owner, head.logit_scale.exp().clamp(max=100.0))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                tot += float(loss)
+                nb += 1
+            if on_epoch is not None:
+                on_epoch(epoch, tot / max(1, nb))
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+    return head.eval()
