@@ -91,17 +91,23 @@ def search(
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
     db_url: DbUrlOpt = None,
+    target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the index by text (text→image) or by a picture (image→image)."""
+    """Search by text or by a picture, for images (default) or indexed texts (--target text)."""
     from indexer.errors import InvalidQueryError
     from search import SearchEngine
 
     if (query is None) == (image is None):
         raise InvalidQueryError("give either a query text or --image PATH")
+    if target not in ("image", "text"):
+        raise InvalidQueryError(f"--target must be 'image' or 'text', not '{target}'")
     engine = SearchEngine.open(index_dir, model=model, db_url=db_url)
     try:
-        hits = engine.search_image(image, k=limit) if image is not None else engine.search_text(query or "", k=limit)
+        if image is not None:
+            hits = engine.search_image(image, k=limit, target=target)  # type: ignore[arg-type]
+        else:
+            hits = engine.search_text(query or "", k=limit, target=target)  # type: ignore[arg-type]
     finally:
         engine.close()
     if as_json:
@@ -137,6 +143,81 @@ def info(
     else:
         for key, value in facts.items():
             typer.echo(f"{key:>12}: {value}")
+
+
+@app.command("index-text")
+@_run
+def index_text(
+    files: Annotated[list[Path], typer.Argument(help="Text files: plain (one item per line), .csv, .jsonl.")],
+    column: Annotated[Optional[str], typer.Option("--column", help="CSV column holding the text.")] = None,
+    field: Annotated[Optional[str], typer.Option("--field", help="JSONL field holding the text.")] = None,
+    index_dir: IndexOpt = None,
+    model: ModelOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index texts (captions, descriptions, tags) into the same space as the photos."""
+    from indexer.text_indexing import TextIndexer
+
+    summary = TextIndexer(index_dir, model=model, db_url=db_url).add_files(files, column=column, field=field)
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict()))
+    else:
+        typer.echo(f"new {summary.new}, unchanged {summary.unchanged}, removed {summary.removed} ({summary.seconds:.1f} s)")
+
+
+PairsArg = Annotated[Path, typer.Argument(help="Pairs: JSONL {image, captions}, CSV image,caption, or COCO captions JSON.")]
+ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Folder the CSV/COCO image names are relative to.")]
+
+
+@app.command()
+@_run
+def train(
+    pairs: PairsArg,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the trained head (.pt).")],
+    model: ModelOpt = None,
+    image_root: ImageRootOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the validated value).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same head.")] = 0,
+) -> None:
+    """Train a model's projection head on image–caption pairs (symmetric InfoNCE, towers frozen)."""
+    from indexer.models import load_model
+    from indexer.model_spec import parse_model_spec
+    from indexer.pairs import read_pairs
+    from indexer.training import train_projection_head
+
+    data = read_pairs(pairs, image_root)
+    spec = parse_model_spec(model)
+    loaded = load_model(spec)
+    typer.echo(f"{len(data)} photos, {sum(len(p.captions) for p in data)} captions; computing tower features (cached)", err=True)
+    path = train_projection_head(loaded, data, out, epochs=epochs, seed=seed, on_epoch=lambda e, loss: typer.echo(f"epoch {e:3d}  loss {loss:.4f}", err=True))
+    base = str(spec).split("+")[0]
+    typer.echo(f"head written to {path}; use it with --model '{base}+{path.absolute()}'")
+
+
+@app.command("eval")
+@_run
+def evaluate(
+    pairs: PairsArg,
+    model: ModelOpt = None,
+    image_root: ImageRootOpt = None,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Measure the first stage alone.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure recall@1/5/10 for text→image and image→text on captioned photos."""
+    from indexer.models import load_model
+    from indexer.pairs import read_pairs
+    from search.evaluation import evaluate_pairs
+
+    data = read_pairs(pairs, image_root)
+    result = evaluate_pairs(data, load_model(model), rerank=not no_rerank)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    typer.echo(f"{result.images} photos, {result.captions} captions (pool: all of them)")
+    typer.echo(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    for name, scores in (("text→image", result.text_to_image), ("image→text", result.image_to_text)):
+        typer.echo(f"{name:<16}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
 
 
 def main() -> None:

@@ -111,7 +111,7 @@ class IndexStore:
         if kind in self._vectors:
             return self._vectors[kind]
         dim = self.dim or 0
-        generation = int(self.metadata.get_meta().get("generation", "0"))
+        generation = int(self.metadata.get_meta().get(f"generation:{kind}", "0"))
         loaded = VectorIndex.load(self.faiss_path(kind), dim) if dim else None
         if loaded is not None and loaded[1] == generation:
             index = loaded[0]
@@ -130,9 +130,9 @@ class IndexStore:
 
     def save_vectors(self) -> None:
         """Persist the FAISS caches at the current SQL generation (writers only, under the lock)."""
-        generation = int(self.metadata.get_meta().get("generation", "0"))
+        meta = self.metadata.get_meta()
         for kind, index in self._vectors.items():
-            index.save(self.faiss_path(kind), generation)  # type: ignore[arg-type]
+            index.save(self.faiss_path(kind), int(meta.get(f"generation:{kind}", "0")))  # type: ignore[arg-type]
 
     # --- writers ----------------------------------------------------------------------------
     @contextmanager

@@ -215,7 +215,7 @@ class Indexer:
                     s.delete(failure)
             for item in skipped:
                 s.merge(FailureRow(path=str(item.path), reason=item.reason, failed_at=now))
-            store.metadata.bump_generation(s)
+            store.metadata.bump_generation(s, "image")
         summary.moved = len(moves)
         summary.removed = len(removed)
         summary.failed += len(skipped)
@@ -304,7 +304,7 @@ class Indexer:
                     s.merge(FailureRow(path=path, reason=prepared.error, failed_at=now))
                     summary.failed += 1
                     summary.failures.append((path, prepared.error))
-            store.metadata.bump_generation(s)
+            store.metadata.bump_generation(s, "image")
         bad_replaced = [p.work.row_id for p in batch if p.error is not None and p.work.row_id is not None]
         if bad_replaced:
             store.vectors("image").remove(np.array(bad_replaced, dtype=np.int64))

@@ -199,10 +199,11 @@ class MetadataStore:
         if ids:
             session.execute(delete(table).where(table.id.in_(list(ids))))
 
-    def bump_generation(self, session: Session) -> int:
-        """Each write transaction moves the generation on, so a stale FAISS cache is detected."""
-        row = session.get(MetaRow, "generation")
+    def bump_generation(self, session: Session, kind: str) -> int:
+        """Each write transaction moves its kind's generation on, so a stale FAISS cache is detected."""
+        key = f"generation:{kind}"
+        row = session.get(MetaRow, key)
         generation = int(row.value) + 1 if row else 1
-        session.merge(MetaRow(key="generation", value=str(generation)))
+        session.merge(MetaRow(key=key, value=str(generation)))
         return generation
 

@@ -85,10 +85,26 @@ class SearchEngine:
     def search_vector(self, query: np.ndarray, k: int = 10, target: Kind = "image") -> list[Hit]:
         if k <= 0:
             return []
+        scores, ids = self.search_vectors(query[None, :], k, target)
+        return self._hits(target, scores[0], ids[0])
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, target: Kind = "image", rerank: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit."""
         with self._lock:
             index = self.store.vectors(target)
-        scores, ids = index.search(query[None, :], k)
-        return self._hits(target, scores[0], ids[0])
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, ids
+
+    def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:
+        """Ids of the top k for each query, best first."""
+        return self.search_vectors(queries, k, target, rerank)[1]
+
+    def search_texts(self, texts: list[str], k: int = 10, target: Kind = "image") -> tuple[np.ndarray, np.ndarray]:
+        """Batched text queries for pipelines: (scores, ids) as arrays of shape (len(texts), k)."""
+        cleaned = [" ".join(t.split())[:MAX_QUERY_CHARS] for t in texts]
+        if any(not t for t in cleaned):
+            raise InvalidQueryError("a query text is empty")
+        return self.search_vectors(self.model.embed_texts(cleaned), k, target)
 
     def _hits(self, kind: Kind, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]

@@ -1,0 +1,87 @@
+"""`xmodal train`: fit a model's projection head on image–caption pairs, towers frozen.
+
+Tower features are computed once per (model, image set) and cached on disk, so epochs take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from platformdirs import user_cache_dir
+
+from indexer.images import decode_image
+from indexer.errors import ImageReadError, InvalidInputError
+from indexer.models import EmbeddingModel
+from indexer.pairs import CaptionedImage
+
+__all__ = ["PairFeatures", "pair_features", "train_projection_head"]
+
+PairFeatures = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _cache_key(model: EmbeddingModel, pairs: Sequence[CaptionedImage]) -> str:
+    digest = hashlib.sha256(str(model.spec).split("+")[0].encode())
+    for pair in pairs:
+        st = pair.image.stat()
+        digest.update(f"{pair.image.absolute()}|{st.st_size}|{st.st_mtime_ns}|".encode())
+        digest.update("\x1f".join(pair.captions).encode())
+    return digest.hexdigest()[:24]
+
+
+@torch.inference_mode()
+def pair_features(
+    model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
+) -> PairFeatures:
+    """(image_feats (N, Di), text_feats (M, Dt), caption_image (M,)) from the frozen towers."""
+    cache_dir = cache_dir or Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
+    cache_file = cache_dir / f"{_cache_key(model, pairs)}.pt"
+    if cache_file.is_file():
+        cached = torch.load(cache_file, weights_only=True)
+        return cached["image"], cached["text"], cached["caption_image"]
+    transform = model.image_transform
+    image_chunks = []
+    for start in range(0, len(pairs), batch_size):
+        pixels = []
+        for pair in pairs[start : start + batch_size]:
+            try:
+                pixels.append(transform(decode_image(pair.image).image))
+            except ImageReadError as e:
+                raise InvalidInputError(f"{pair.image}: {e}") from None
+        image_chunks.append(model.towers.image_features(torch.stack(pixels).to(model.device)).float().cpu())
+    captions = [caption for pair in pairs for caption in pair.captions]
+    owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
+    text_chunks = [model.towers.text_features(captions[s : s + 256]).float().cpu() for s in range(0, len(captions), 256)]
+    feats = (torch.cat(image_chunks), torch.cat(text_chunks), owners)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"image": feats[0], "text": feats[1], "caption_image": feats[2]}, tmp)
+    os.replace(tmp, cache_file)
+    return feats
+
+
+def train_projection_head(
+    model: EmbeddingModel,
+    pairs: Sequence[CaptionedImage],
+    out: Path,
+    epochs: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Path:
+    """Train a head for the model's towers with the symmetric InfoNCE loss and save it to `out`."""
+    from indexer.projection_head import HeadConfig, train_head
+
+    image_feats, text_feats, owners = pair_features(model, pairs)
+    towers = model.towers
+    prior_dim = int(getattr(towers, "prior_dim", 0))
+    config = HeadConfig(embed_dim=towers.text_dim, prior_dim=prior_dim)
+    if epochs is not None:
+        config.epochs = epochs
+    head = train_head(image_feats, text_feats, owners, config, seed=seed, on_epoch=on_epoch)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head.save(str(out))
+    return out
