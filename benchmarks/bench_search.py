@@ -5,9 +5,9 @@
 Synthetic data ("embedding-like", not uniform noise), generated in blocks of 50,000 rows, each
 block from its own seeded generator so a smaller --n is a prefix of a larger one:
 
-    latent  z = C[c] + 0.7 * N(0, I_r)        r = 64 latent dims, c ~ one of 512 cluster centres C ~ N(0, I_r)
+    latent  z = 0.85 * C[c] + N(0, I_r)       r = 64 latent dims, c ~ one of 512 cluster centres C ~ N(0, I_r)
     signal  s = z @ (diag(spectrum) B)         B: r x dim Gaussian basis, spectrum decaying 1/sqrt(1 + i/8)
-    x       = normalize( normalize(s) + 0.3 * m + 0.5 * g / sqrt(dim) )
+    x       = normalize( normalize(s) + 0.7 * m + 0.75 * g / sqrt(dim) )
               m: a fixed common direction (real embeddings are anisotropic), g ~ N(0, I_dim) noise
 
 Queries are fresh draws from the same distribution (not copies of base rows). Ground truth is
@@ -49,10 +49,10 @@ def _model(dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _sample(rng: np.random.Generator, n: int, dim: int, model) -> np.ndarray:
     centres, basis, mean = model
     c = rng.integers(0, CENTRES, n)
-    z = centres[c] + 0.7 * rng.standard_normal((n, RANK), dtype=np.float32)
+    z = 0.85 * centres[c] + rng.standard_normal((n, RANK), dtype=np.float32)
     s = z @ basis
     s /= np.linalg.norm(s, axis=1, keepdims=True)
-    x = s + 0.3 * mean + (0.5 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
+    x = s + 0.7 * mean + (0.75 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
 
@@ -73,7 +73,7 @@ def make_queries(nq: int, dim: int, seed: int) -> np.ndarray:
 def cached_data(n: int, dim: int, nq: int, k: int, seed: int, cache: Path):
     """(base memmap, queries, ground-truth ids) — generated once, then read from cache."""
     cache.mkdir(parents=True, exist_ok=True)
-    tag = f"n{n}_d{dim}_s{seed}"
+    tag = f"v2_n{n}_d{dim}_s{seed}"
     base_path = cache / f"base_{tag}.f32"
     if not base_path.exists() or base_path.stat().st_size != n * dim * 4:
         tmp = base_path.with_suffix(".tmp")
@@ -163,14 +163,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     plan = plan.replace(**{k: v for k, v in overrides.items() if v is not None})
 
-    store_dir = args.cache / f"index_{plan.kind}_n{args.n}_d{args.dim}_s{args.seed}"
+    store_dir = args.cache / f"index_v2_{plan.kind}_n{args.n}_d{args.dim}_s{args.seed}"
     t0 = time.perf_counter()
     loaded = None
     if args.keep is not None and Path(args.keep).exists():
-        loaded = VectorIndex.load(args.keep, args.dim)
+        loaded = VectorIndex.load(args.keep, args.dim, lean=args.lean, use_gpu=False)
     if loaded is not None:
         index = loaded[0]
-        index.plan = index.plan.replace(nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads)
+        index.plan = index.plan.replace(nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads,
+                                        lean=args.lean)
     else:
         index = VectorIndex(args.dim, plan=plan, use_gpu=False)
         index.rebuild(base, ids, plan)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             path = args.keep or (store_dir / "index.faiss")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             index.save(path, generation=0)
-            index = VectorIndex.load(path, args.dim)[0]
+            index = VectorIndex.load(path, args.dim, lean=args.lean, use_gpu=False)[0]
             index.plan = index.plan.replace(nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads)
     build_s = time.perf_counter() - t0
 

@@ -85,37 +85,109 @@ def index(
 @app.command()
 @_run
 def search(
-    query: Annotated[Optional[str], typer.Argument(help="Text to search for.")] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Search by this picture instead of text.")] = None,
+    query: Annotated[Optional[str], typer.Argument(help='Text, or a combination: \'"golden retriever" + ./beach.jpg - "snow"\', weights as 2:term.')] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Search by this picture.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Number of hits.")] = 10,
+    target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
     db_url: DbUrlOpt = None,
-    target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage candidates to re-rank.")] = 100,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="First stage only.")] = False,
+    diverse: Annotated[Optional[float], typer.Option("--diverse", min=0.0, max=1.0, help="MMR λ: 1 = relevance only, lower = more varied.")] = None,
+    collapse: Annotated[Optional[float], typer.Option("--collapse", min=0.0, max=1.0, help="Drop near-duplicates above this cosine (e.g. 0.97).")] = None,
+    min_score: Annotated[Optional[str], typer.Option("--min-score", help="Relevance cutoff: a score, or 'auto'.")] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", help="Only files under this folder.")] = None,
+    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken (EXIF, else mtime) after this date.")] = None,
+    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before this date.")] = None,
+    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")] = None,
+    min_size: Annotated[Optional[str], typer.Option("--min-size", help="Only photos at least WIDTHxHEIGHT.")] = None,
     as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    links: Annotated[Optional[Path], typer.Option("--links", help="Also make symlinks to the hits in this folder.")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML contact sheet to this file.")] = None,
 ) -> None:
-    """Search by text or by a picture, for images (default) or indexed texts (--target text)."""
+    """Search by text, picture or a combination, for images (default) or indexed texts (--target text)."""
     from indexer.errors import InvalidQueryError
     from search import SearchEngine
+    from search.filters import SearchFilter, parse_date, parse_min_size
+    from search.rerank import RerankOptions
 
     if (query is None) == (image is None):
         raise InvalidQueryError("give either a query text or --image PATH")
     if target not in ("image", "text"):
         raise InvalidQueryError(f"--target must be 'image' or 'text', not '{target}'")
-    engine = SearchEngine.open(index_dir, model=model, db_url=db_url)
-    try:
-        if image is not None:
-            hits = engine.search_image(image, k=limit, target=target)  # type: ignore[arg-type]
-        else:
-            hits = engine.search_text(query or "", k=limit, target=target)  # type: ignore[arg-type]
-    finally:
-        engine.close()
+    cutoff: float | str | None = None
+    if min_score is not None:
+        try:
+            cutoff = "auto" if min_score == "auto" else float(min_score)
+        except ValueError:
+            raise InvalidQueryError(f"--min-score must be a number or 'auto', not '{min_score}'") from None
+    width, height = parse_min_size(min_size) if min_size else (0, 0)
+    filters = SearchFilter(
+        under=under,
+        after=parse_date(after) if after else None,
+        before=parse_date(before) if before else None,
+        extensions=tuple(ext or ()),
+        min_width=width,
+        min_height=height,
+    )
+    rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
+    with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
+        hits = engine.search(
+            image if image is not None else (query or ""), k=limit, target=target, filters=filters, rerank=rerank, min_score=cutoff  # type: ignore[arg-type]
+        )
+    if links is not None:
+        from search.export import link_hits
+
+        link_hits(hits, links)
+    if html is not None:
+        from search.export import write_contact_sheet
+
+        write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image}")
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
-        return
-    from cli.output import print_hits
+    elif as_csv:
+        from search.export import hits_to_csv
 
-    print_hits(hits)
+        typer.echo(hits_to_csv(hits), nl=False)
+    else:
+        from cli.output import print_hits
+
+        print_hits(hits)
+
+
+@app.command()
+@_run
+def tag(
+    paths: Annotated[list[Path], typer.Argument(help="Image files to tag.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", help='Comma-separated labels: "cat,dog,beach".')] = None,
+    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="A file with one label per line.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Labels to show per image.")] = 3,
+    model: ModelOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot labels with probabilities (prompt ensembles such as "a photo of a {}")."""
+    from indexer.errors import InvalidQueryError
+    from indexer.models import load_model
+    from indexer.text_sources import read_text_items
+    from search.tagging import tag_images
+
+    if (labels is None) == (labels_file is None):
+        raise InvalidQueryError("give either --labels or --labels-file")
+    names = read_text_items(labels_file) if labels_file else [x for x in (labels or "").split(",")]
+    results = tag_images(load_model(model), paths, names)
+    if as_json:
+        typer.echo(json.dumps([
+            {"path": str(p), "labels": [{"label": l, "probability": round(pr, 4)} for l, pr in r[:top]]} if not isinstance(r, str) else {"path": str(p), "error": r}
+            for p, r in results
+        ], ensure_ascii=False))
+        return
+    for path, result in results:
+        if isinstance(result, str):
+            typer.echo(f"{path}: error: {result}", err=True)
+        else:
+            typer.echo(f"{path}: " + ", ".join(f"{label} {prob:.2f}" for label, prob in result[:top]))
 
 
 @app.command()

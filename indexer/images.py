@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +84,23 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _open_regular(path: Path):  # noqa: ANN202
+    """Open without blocking (a FIFO swapped in after the scan would block open()); regular files only."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError("not a regular file (FIFO, socket or device)")
+        if st.st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
     """Open a photo, apply its EXIF orientation and reduce it to about target_size pixels.
 
@@ -92,7 +111,7 @@ def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with _open_regular(path) as fp, Image.open(fp) as im:
                 width, height = im.size
                 if width * height > MAX_PIXELS:
                     raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {MAX_PIXELS}")
@@ -124,6 +143,10 @@ def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
         raise ImageReadError(f"image too large: {e}") from None
     except UnidentifiedImageError:
         raise ImageReadError("not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except OSError as e:
+        if e.errno:  # the file system refused (ELOOP, EIO, ...), not the decoder
+            raise ImageReadError(f"cannot read: {e.strerror or e}") from None
+        raise ImageReadError(f"corrupt or truncated image: {e}") from None
+    except (SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageReadError(f"corrupt or truncated image: {e}") from None
     return DecodedImage(reduced, width, height, taken_at)

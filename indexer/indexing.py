@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -76,7 +77,10 @@ class Progress:
 def file_hash(path: Path) -> str:
     """Content hash used to recognise a moved or renamed file."""
     digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
+    # O_NONBLOCK: a FIFO swapped in after the scan must not block the run (no effect on files)
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(0, "not a regular file (FIFO, socket or device)")
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -131,7 +135,7 @@ class Indexer:
     def add_paths(self, paths: Iterable[Path | str]) -> IndexSummary:
         """Index every photo under the paths; returns the run's summary."""
         started = time.perf_counter()
-        roots = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]
+        roots = [Path(os.path.abspath(Path(os.fsdecode(p)).expanduser())) for p in paths]
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():

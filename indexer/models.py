@@ -64,6 +64,15 @@ class EmbeddingModel:
         return f"EmbeddingModel({str(self.spec)!r}, dim={self.dim})"
 
     @property
+    def logit_scale(self) -> float:
+        """Multiplier that turns cosine similarities into logits (the learned CLIP temperature)."""
+        for owner in (self.head, getattr(self.towers, "model", None)):
+            scale = getattr(owner, "logit_scale", None)
+            if isinstance(scale, torch.Tensor):
+                return float(scale.detach().exp().clamp(max=100.0))
+        return 100.0
+
+    @property
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """Preprocessing of one RGB image; picklable, so worker processes can run it."""
         return self._transform

@@ -345,11 +345,14 @@ class VectorIndex:
         train = np.ascontiguousarray(vectors[sample], dtype=np.float32)
         index.train(train)
         del train
-        store = _VectorStore(self.dim)
+        full = np.empty((n, self.dim), dtype=np.float32)  # the store's copy, filled as the index is
         for start in range(0, n, 65_536):
             chunk = np.ascontiguousarray(vectors[start: start + 65_536], dtype=np.float32)
             index.add_with_ids(chunk, ids[start: start + 65_536])
-            store.add(ids[start: start + 65_536], chunk)
+            full[start: start + len(chunk)] = chunk
+        if len(np.unique(ids)) != n:
+            raise ValueError("rebuild: ids must be unique")
+        store = _VectorStore(self.dim, full, ids)
         self._index, self._store, self.plan = index, store, plan
         self._trained_n = n
         self._search_index = None

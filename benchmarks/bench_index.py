@@ -1,0 +1,116 @@
+"""Indexing throughput on a folder of 12-MP JPEGs, against a plain loop and the machine's limit.
+
+    python benchmarks/bench_index.py [--photos 96] [--model xmodal-lite] [--json]
+
+Prints, from one run:
+  plain_loop_ips   open, full decode, convert, preprocess, model; batches of 32; one process
+  xmodal_ips       `Indexer.add_paths` on the same folder (fresh index), model load excluded
+  limit_ips        cores / (CPU s to draft-decode + resize one photo + CPU s of the model per photo)
+and the ratios xmodal/plain and xmodal/limit. The folder is generated (not committed) in --dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer import Indexer, load_model
+from indexer.images import decode_image
+
+
+def make_photos(folder: Path, count: int, size: tuple[int, int] = (4000, 3000), seed: int = 0) -> list[Path]:
+    """Photo-like JPEGs: smooth colour fields plus fine texture, so decode cost is realistic."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    base_small = None
+    for i in range(count):
+        path = folder / f"photo_{i:04d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        if base_small is None or i % 8 == 0:
+            small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+            base_small = np.asarray(Image.fromarray(small).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+        noise = rng.integers(-24, 24, (size[1], size[0], 1), dtype=np.int16)
+        pixels = np.clip(base_small + noise + int(rng.integers(-30, 30)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    return paths
+
+
+def plain_loop(model, paths: list[Path], batch_size: int = 32) -> float:
+    transform = model.image_transform
+    started = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start : start + batch_size]:
+            with Image.open(path) as im:
+                batch.append(transform(im.convert("RGB")))
+        model.embed_pixels(torch.stack(batch))
+    return len(paths) / (time.perf_counter() - started)
+
+
+def machine_limit(model, paths: list[Path], batch_size: int = 32) -> tuple[float, float, float]:
+    """(limit images/s, CPU s per photo to draft-decode+resize, CPU s per photo of the model)."""
+    transform = model.image_transform
+    cpu = time.process_time()
+    pixels = [transform(decode_image(p).image) for p in paths]
+    decode_cpu = (time.process_time() - cpu) / len(paths)
+    cpu = time.process_time()
+    for start in range(0, len(pixels), batch_size):
+        model.embed_pixels(torch.stack(pixels[start : start + batch_size]))
+    model_cpu = (time.process_time() - cpu) / len(paths)
+    cores = os.cpu_count() or 1
+    return cores / (decode_cpu + model_cpu), decode_cpu, model_cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=int, default=96)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "xmodal-bench-12mp")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    paths = make_photos(args.dir, args.photos)
+    model = load_model(args.model)
+    model.embed_pixels(torch.stack([model.image_transform(Image.new("RGB", (300, 300))) for _ in range(4)]))  # warm-up
+
+    plain_ips = plain_loop(model, paths)
+    limit_ips, decode_cpu, model_cpu = machine_limit(model, paths)
+    index_dir = Path(tempfile.mkdtemp(prefix="xmodal-bench-index-"))
+    try:
+        summary = Indexer(index_dir, model=model).add_paths([args.dir])
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+    xmodal_ips = summary.images_per_second
+    result = {
+        "photos": len(paths),
+        "cores": os.cpu_count(),
+        "plain_loop_ips": round(plain_ips, 2),
+        "xmodal_ips": round(xmodal_ips, 2),
+        "limit_ips": round(limit_ips, 2),
+        "decode_cpu_ms": round(1000 * decode_cpu, 1),
+        "model_cpu_ms": round(1000 * model_cpu, 1),
+        "speedup_vs_plain": round(xmodal_ips / plain_ips, 2),
+        "fraction_of_limit": round(xmodal_ips / limit_ips, 3),
+        "stage_seconds": summary.timings,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>18}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`xmodal check`: verify an index (SQL rows against FAISS caches, files, model) and mend it.
+
+Registered in cli.app with ``app.command("check")(_run(check))``; it takes plain typed parameters
+with typer annotations, so it needs nothing from cli.app (which imports this module).
+
+Exit status: 0 when the index is consistent (after --repair: when everything was mended),
+1 when problems remain; domain errors keep their codes (4 no index, 6 locked while repairing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["check"]
+
+_LABELS = {
+    "rows_without_vector": "rows without a vector in FAISS",
+    "vectors_without_row": "FAISS vectors without a row",
+    "vector_mismatches": "FAISS vectors differing from SQL",
+    "count_mismatches": "count mismatches",
+    "missing_files": "files that no longer exist",
+    "model_problems": "model problems",
+    "bad_vectors": "rows with unusable vectors",
+    "leftover_files": "leftover temporary files",
+}
+_SHOWN = 10  # items listed per category in the human output
+
+
+def check(
+    index_dir: Annotated[
+        Optional[Path], typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder).")
+    ] = None,
+    db_url: Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder).")] = None,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Mend what is found: rebuild the FAISS caches from SQL, drop rows of gone files and unusable rows."),
+    ] = False,
+    keep_missing: Annotated[
+        bool, typer.Option("--keep-missing", help="With --repair, keep rows whose files are gone (e.g. a drive not mounted now).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Verify an index: every row has exactly one vector, no vector lacks a row, files exist, the model matches."""
+    from indexer.checking import check_index
+
+    report = check_index(index_dir, db_url, repair=repair, prune_missing=not keep_missing)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        typer.echo(f"index {report.index}: {report.images} images, {report.texts} texts, model {report.model or 'unknown'}")
+        for action in report.repaired:
+            typer.echo(f"repaired: {action}")
+        for note in report.stale_caches:
+            typer.echo(f"note: {note}")
+        for name, items in report.problems.items():
+            shown = ", ".join(items[:_SHOWN]) + (f", … ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
+            typer.echo(f"problem: {len(items)} {_LABELS.get(name, name)}: {shown}")
+        typer.echo("ok" if report.ok else "problems found" + ("" if repair else "; run `xmodal check --repair` to mend them"))
+    if not report.ok:
+        raise typer.Exit(1)

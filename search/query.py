@@ -1,0 +1,69 @@
+"""Combined queries: `"golden retriever" + ./beach.jpg - "snow"`, with weights as `2:term`."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from indexer.errors import InvalidQueryError
+from indexer.images import IMAGE_EXTENSIONS
+
+__all__ = ["QueryTerm", "parse_query"]
+
+_WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?):(.+)$", re.S)
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    weight: float
+    kind: Literal["text", "image"]
+    value: str
+
+
+def _term(token: str, sign: float) -> QueryTerm:
+    weight = 1.0
+    match = _WEIGHT.match(token)
+    if match:
+        weight, token = float(match.group(1)), match.group(2)
+    token = token.strip()
+    if not token:
+        raise InvalidQueryError("a query term is empty")
+    path = Path(token).expanduser()
+    is_image = path.suffix.lower() in IMAGE_EXTENSIONS and (path.exists() or token.startswith(("./", "/", "~", "../")))
+    return QueryTerm(sign * weight, "image" if is_image else "text", str(path) if is_image else token)
+
+
+def parse_query(text: str) -> list[QueryTerm]:
+    """Split a query on top-level + and - into weighted text and image terms.
+
+    A plain sentence (no + or - between quoted terms) is one text term, so "a dog - running" stays
+    text unless the parts are quoted or are image paths.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidQueryError("the query text is empty")
+    try:
+        tokens = shlex.split(stripped, posix=True)
+    except ValueError:
+        return [QueryTerm(1.0, "text", stripped)]
+    if "+" not in tokens and "-" not in tokens:
+        if len(tokens) == 1:
+            return [_term(tokens[0], 1.0)]
+        return [QueryTerm(1.0, "text", stripped)]
+    terms: list[QueryTerm] = []
+    sign = 1.0
+    words: list[str] = []
+    for token in tokens + ["+"]:
+        if token in ("+", "-"):
+            if words:
+                terms.append(_term(" ".join(words), sign))
+                words = []
+            elif terms or token == "+":
+                raise InvalidQueryError(f"'{token}' without a term in query: {text}")
+            sign = 1.0 if token == "+" else -1.0
+        else:
+            words.append(token)
+    return terms

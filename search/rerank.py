@@ -1,0 +1,79 @@
+"""The second stage: re-score the first stage's candidates.
+
+Stages, each optional and each a pure function of arrays:
+  exact      full-precision inner products from the stored vectors (an approximate or compressed
+             first stage loses nothing)
+  hubness    querybank normalisation (QB-Norm, dynamic inverted softmax): gallery items that are
+             close to every query ("hubs") are scaled down; needs no training
+  diverse    maximal marginal relevance with weight λ
+  collapse   near-duplicates (cosine ≥ threshold to a better hit) are dropped
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RerankOptions", "exact_scores", "querybank_normalise", "maximal_marginal_relevance", "collapse_duplicates"]
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    candidates: int = 100
+    hubness: bool = True
+    learned: bool = True
+    diverse: float | None = None  # MMR λ in (0, 1]: 1 = pure relevance
+    duplicate_threshold: float | None = None  # e.g. 0.97 collapses near-identical photos
+
+
+def exact_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Inner products of one query with each candidate row, in float64 for stable ties."""
+    return candidates.astype(np.float64) @ query.astype(np.float64)
+
+
+def querybank_normalise(
+    scores: np.ndarray, bank_scores: np.ndarray, activated: np.ndarray, beta: float = 20.0
+) -> np.ndarray:
+    """QB-Norm's dynamic inverted softmax for one query.
+
+    scores: (c,) query–candidate similarities; bank_scores: (b, c) similarities of a bank of
+    typical queries to the same candidates; activated: (c,) bool, whether a candidate is the top
+    hit of some bank query. The scores are normalised only when the query's best candidate is in
+    that activation set, as QB-Norm prescribes, which keeps it from hurting non-hub queries.
+    """
+    if scores.size == 0 or bank_scores.size == 0 or not activated[int(np.argmax(scores))]:
+        return scores
+    # log of exp(β s) / Σ_bank exp(β s_bank): monotone in the inverted-softmax probability.
+    log_norm = np.logaddexp.reduce(beta * bank_scores, axis=0)
+    return beta * scores - log_norm
+
+
+def maximal_marginal_relevance(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Order of candidates by MMR: λ·relevance − (1−λ)·max similarity to those already chosen."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sims = vectors @ vectors.T
+    chosen: list[int] = [int(np.argmax(scores))]
+    redundancy = sims[chosen[0]].copy()
+    remaining = np.ones(n, dtype=bool)
+    remaining[chosen[0]] = False
+    while len(chosen) < min(k, n):
+        value = lam * scores - (1.0 - lam) * redundancy
+        value[~remaining] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        remaining[best] = False
+        redundancy = np.maximum(redundancy, sims[best])
+    return np.array(chosen, dtype=np.int64)
+
+
+def collapse_duplicates(order: np.ndarray, vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """Drop candidates whose cosine to a better-ranked kept candidate is at least threshold."""
+    kept: list[int] = []
+    for index in order:
+        v = vectors[index]
+        if all(float(v @ vectors[j]) < threshold for j in kept):
+            kept.append(int(index))
+    return np.array(kept, dtype=np.int64)

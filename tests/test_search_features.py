@@ -1,0 +1,144 @@
+"""Queries people ask for, with the fake encoder: filters, combinations, similar, reranking, exports."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer import Indexer
+from indexer.errors import InvalidQueryError
+from search import SearchEngine
+from search.export import hits_to_csv, link_hits, write_contact_sheet
+from search.filters import SearchFilter, parse_date
+from search.rerank import RerankOptions, collapse_duplicates, maximal_marginal_relevance, querybank_normalise
+from tests.conftest import make_image
+from tests.fakes import fake_model
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    root = tmp_path / "photos"
+    # 30 reddish photos, then a few of other colours in a separate folder
+    for i in range(30):
+        make_image(root / "reds" / f"r{i:02d}.jpg", (200 + i, 20 + i, 20), size=(64 + i, 48))
+    make_image(root / "other" / "green.png", (20, 200, 30), size=(2000, 1000))
+    make_image(root / "other" / "blue.png", (20, 30, 210))
+    make_image(root / "other" / "dark-red.png", (150, 10, 10))
+    os.utime(root / "other" / "blue.png", (0, datetime(2015, 5, 1).timestamp()))
+    Indexer(tmp_path / "idx", model=fake_model()).add_paths([root])
+    with SearchEngine.open(tmp_path / "idx", model=fake_model()) as eng:
+        yield eng, root
+
+
+def test_filter_under_returns_limit_hits_from_inside_search(engine) -> None:
+    eng, root = engine
+    hits = eng.search("red", k=3, filters=SearchFilter(under=root / "other"))
+    assert len(hits) == 3 and all("/other/" in h.path for h in hits)
+    assert Path(hits[0].path).name == "dark-red.png"
+
+
+def test_filters_ext_size_and_dates(engine) -> None:
+    eng, root = engine
+    assert {Path(h.path).suffix for h in eng.search("red", k=50, filters=SearchFilter(extensions=("png",)))} == {".png"}
+    big = eng.search("red", k=50, filters=SearchFilter(min_width=1000, min_height=800))
+    assert [Path(h.path).name for h in big] == ["green.png"]
+    old = eng.search("red", k=50, filters=SearchFilter(before=parse_date("2016-01-01")))
+    assert [Path(h.path).name for h in old] == ["blue.png"]
+    assert len(eng.search("red", k=50, filters=SearchFilter(after=parse_date("1 Jan 2016")))) == 32
+    with pytest.raises(InvalidQueryError):
+        parse_date("not a date at all")
+
+
+def test_combined_query_moves_towards_and_away(engine) -> None:
+    eng, root = engine
+    assert Path(eng.search("blue", k=1)[0].path).name == "blue.png"
+    mixed = eng.search(f'"green" + {root / "other" / "blue.png"} - "red"', k=2)
+    assert {Path(h.path).name for h in mixed} == {"green.png", "blue.png"}
+    with pytest.raises(InvalidQueryError):
+        eng.search('"red" - "red"', k=1)
+
+
+def test_similar_never_returns_the_item_and_vectors_are_stored(engine) -> None:
+    eng, _ = engine
+    hit = eng.search("red", k=1)[0]
+    similar = eng.similar(hit.id, k=5)
+    assert len(similar) == 5 and hit.id not in {h.id for h in similar}
+    vecs = eng.vectors([similar[0].id, hit.id])
+    assert vecs.shape == (2, eng.store.dim) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    assert np.isclose(float(vecs[0] @ vecs[1]), similar[0].score, atol=1e-4)
+
+
+def test_batched_text_search_shapes(engine) -> None:
+    eng, _ = engine
+    scores, ids = eng.search_texts(["red", "green", "blue"], k=4)
+    assert scores.shape == ids.shape == (3, 4)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_reranked_scores_are_exact_and_diverse_changes_order(engine) -> None:
+    eng, _ = engine
+    query = eng.embed_query("red")
+    scores, ids = eng.search_vectors(query[None], 10, rerank=RerankOptions(hubness=False))
+    exact = eng.vectors(ids[0].tolist()) @ query
+    assert np.allclose(scores[0], exact, atol=1e-5)
+    plain = eng.search("red", k=5, rerank=RerankOptions(hubness=False))
+    varied = eng.search("red", k=5, rerank=RerankOptions(hubness=False, diverse=0.3))
+    assert plain[0].id == varied[0].id and [h.id for h in plain] != [h.id for h in varied]
+
+
+def test_min_score_cutoffs(engine) -> None:
+    eng, _ = engine
+    all_hits = eng.search("green", k=20, rerank=False)
+    assert len(eng.search("green", k=20, rerank=False, min_score=all_hits[2].score)) == 3
+    auto = eng.search("green", k=20, rerank=False, min_score="auto")
+    assert 1 <= len(auto) < 20 and auto[0].path.endswith("green.png")
+
+
+def test_concurrent_reads_from_threads(engine) -> None:
+    eng, _ = engine
+    expected = [h.id for h in eng.search("red", k=5)]
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(20):
+                assert [h.id for h in eng.search("red", k=5)] == expected
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_exports(engine, tmp_path: Path) -> None:
+    eng, _ = engine
+    hits = eng.search("blue", k=3)
+    csv_text = hits_to_csv(hits)
+    assert csv_text.splitlines()[0] == "rank,score,kind,id,path,text" and len(csv_text.splitlines()) == 4
+    links = link_hits(hits, tmp_path / "links")
+    assert [os.readlink(l) for l in links] == [h.path for h in hits] and links[0].name.startswith("01_")
+    page = write_contact_sheet(hits, tmp_path / "sheet.html", "blue").read_text()
+    assert page.count("data:image/jpeg;base64,") == 3 and "blue.png" in page
+
+
+def test_rerank_building_blocks() -> None:
+    vecs = np.eye(4, dtype=np.float32)
+    vecs[1] = vecs[0]  # a duplicate
+    assert collapse_duplicates(np.arange(4), vecs, 0.97).tolist() == [0, 2, 3]
+    order = maximal_marginal_relevance(np.array([1.0, 0.99, 0.5, 0.1]), vecs, 3, lam=0.5)
+    assert order.tolist()[:2] == [0, 2]
+    # a hub (candidate 0) close to every bank query loses its lead after QB-Norm
+    scores = np.array([0.80, 0.78])
+    bank = np.array([[0.9, 0.1], [0.85, 0.2], [0.9, 0.3]])
+    normalised = querybank_normalise(scores, bank, np.array([True, False]))
+    assert np.argmax(normalised) == 1
+    assert np.array_equal(querybank_normalise(scores, bank, np.array([False, True])), scores)
