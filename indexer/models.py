@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -151,6 +153,52 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
     return EmbeddingModel(spec, towers, head, device)
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _quiet_hub(offline: bool) -> Iterator[None]:
+    """Without network, make the hub client fail at once from its cache instead of retrying for a
+    minute, and keep its retry warnings off the user's terminal."""
+    import logging
+
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    root = logging.getLogger()
+    saved_level = root.level
+    hub_logger = logging.getLogger("huggingface_hub")
+    saved_hub = hub_logger.level
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            import huggingface_hub.constants as hub_constants
+
+            saved_constant = hub_constants.HF_HUB_OFFLINE
+            hub_constants.HF_HUB_OFFLINE = True
+        except Exception:  # pragma: no cover - hub layout differs
+            hub_constants = None
+    root.setLevel(logging.CRITICAL)
+    hub_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(saved_level)
+        hub_logger.setLevel(saved_hub)
+        if offline:
+            if saved_env is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = saved_env
+            if hub_constants is not None:
+                hub_constants.HF_HUB_OFFLINE = saved_constant
+
+
 def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
     import open_clip
 
@@ -171,15 +219,16 @@ def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
             f"model '{spec.name}' has no pretrained weights '{spec.pretrained}' (known: {tags}); "
             f"or use the offline default 'xmodal-lite'"
         )
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or (spec.pretrained is not None and not _hub_reachable())
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.name, pretrained=weights, device=device, precision="fp16" if device == "cuda" else "fp32"
-        )
-        tokenizer = open_clip.get_tokenizer(spec.name)
+        with _quiet_hub(offline):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.name, pretrained=weights, device=device, precision="fp16" if device == "cuda" else "fp32"
+            )
+            tokenizer = open_clip.get_tokenizer(spec.name)
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in first_line.lower() or "offline" in first_line.lower()
-        reason = "its weights could not be downloaded (no network?)" if offline and spec.pretrained else first_line
+        reason = "its weights are not in the local cache and the hub cannot be reached (offline?)" if offline and spec.pretrained else first_line
         raise ModelLoadError(
             f"could not load model '{spec}': {reason}. Alternatives: the offline default 'xmodal-lite', "
             f"or a local checkpoint as '{spec.name}:/path/to/weights.pt'"
@@ -188,10 +237,19 @@ def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
     return EmbeddingModel(spec, OpenClipTowers(model, preprocess, tokenizer), head, device)
 
 
+_LOADED: dict[tuple[str, str], EmbeddingModel] = {}
+_LOADING = threading.Lock()
+
+
 def load_model(spec: str | ModelSpec | None = None, device: Device = "auto") -> EmbeddingModel:
-    """Load a model by spec string (see indexer.model_spec); the offline default when None."""
+    """Load a model by spec string (see indexer.model_spec); the offline default when None.
+
+    Models are read-only, so each (spec, device) is loaded once per process and then shared.
+    """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     concrete = resolve_device(device)
-    if parsed.is_offline_default:
-        return _load_offline(parsed, concrete)
-    return _load_open_clip(parsed, concrete)
+    key = (str(parsed), concrete)
+    with _LOADING:
+        if key not in _LOADED:
+            _LOADED[key] = _load_offline(parsed, concrete) if parsed.is_offline_default else _load_open_clip(parsed, concrete)
+        return _LOADED[key]

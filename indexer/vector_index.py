@@ -276,6 +276,10 @@ class VectorIndex:
             if len(present):
                 self._index.remove_ids(faiss.IDSelectorBatch(present))
             self._store.add(ids, vectors)
+        elif len(self):
+            present = np.isin(ids, faiss.vector_to_array(self._index.id_map))
+            if present.any():
+                self._index.remove_ids(faiss.IDSelectorBatch(ids[present]))
         self._index.add_with_ids(vectors, ids)
         self._search_index = None
         if self.auto_optimize and self.needs_optimize():
