@@ -25,7 +25,6 @@ _LABELS = {
     "missing_files": "files that no longer exist",
     "model_problems": "model problems",
     "bad_vectors": "rows with unusable vectors",
-    "leftover_files": "leftover temporary files",
 }
 _SHOWN = 10  # items listed per category in the human output
 
@@ -54,8 +53,10 @@ def check(
         typer.echo(f"index {report.index}: {report.images} images, {report.texts} texts, model {report.model or 'unknown'}")
         for action in report.repaired:
             typer.echo(f"repaired: {action}")
-        for note in report.stale_caches:
+        for note in report.stale_caches + report.notes:
             typer.echo(f"note: {note}")
+        if report.leftover_files:
+            typer.echo(f"note: {len(report.leftover_files)} temporary file(s) of an interrupted save: {', '.join(report.leftover_files)}")
         for name, items in report.problems.items():
             shown = ", ".join(items[:_SHOWN]) + (f", … ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
             typer.echo(f"problem: {len(items)} {_LABELS.get(name, name)}: {shown}")

@@ -15,7 +15,7 @@ What `repair=True` does, under the index's write lock (so never while an index r
   photos on a drive that is not mounted right now;
 * an index without a recorded model gets the one its rows name, when they all agree;
 * every FAISS cache is rebuilt from SQL and saved at the current generation;
-* temporary files left by a killed save (``*.tmp``) are removed.
+* temporary files left by a killed save (``*.faiss*.tmp``) are removed.
 
 Library only: no printing; the CLI (`xmodal check`) renders the report.
 """
@@ -47,7 +47,8 @@ class CheckReport:
     """What `check_index` found (after repairing, when asked to repair).
 
     Problem lists hold row ids (or paths / short descriptions); `ok` is True when all are empty.
-    `stale_caches` and `notes` are information, not problems: a stale cache is rebuilt on open.
+    `stale_caches`, `leftover_files` and `notes` are information, not problems: a stale cache is
+    rebuilt on open, leftover temporary files are removed by the next writer.
     """
 
     index: str
@@ -69,7 +70,8 @@ class CheckReport:
     model_problems: list[str] = field(default_factory=list)
     # rows whose stored vector is unusable (wrong length, not finite, not unit length)
     bad_vectors: list[str] = field(default_factory=list)
-    # temporary files left by a killed save
+    # temporary files left by a killed save (information: the next index run or --repair removes
+    # them; while a run writes, its own temporary files look the same)
     leftover_files: list[str] = field(default_factory=list)
     stale_caches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -83,7 +85,6 @@ class CheckReport:
         "missing_files",
         "model_problems",
         "bad_vectors",
-        "leftover_files",
     )
 
     @property
@@ -228,9 +229,9 @@ def _compare_cache(
 
 
 def _leftovers(directory: Path) -> list[Path]:
-    """Temporary files of an interrupted atomic write (FAISS caches, settings)."""
+    """Temporary files of an interrupted atomic write of a FAISS cache (or of its stamp)."""
     try:
-        return [p for p in directory.iterdir() if p.is_file() and p.name.endswith(".tmp")]
+        return [p for p in directory.glob("*.faiss*.tmp") if p.is_file()]
     except OSError:
         return []
 

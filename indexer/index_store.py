@@ -145,6 +145,11 @@ class IndexStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise IndexLockedError(f"another xmodal run is writing to index '{self.directory}'; try again when it ends") from None
+            for leftover in self.directory.glob("*.faiss*.tmp"):  # a killed writer's half-written cache
+                try:
+                    leftover.unlink()
+                except OSError:
+                    pass
             yield
         finally:
             os.close(fd)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
-from indexer.errors import ImageReadError
+from indexer.errors import ImageReadError, ModelMismatchError
 from indexer.images import decode_image
 from indexer.index_store import IndexStore
+from indexer.model_spec import parse_model_spec
 from indexer.models import EmbeddingModel, load_model
 from indexer.scanning import FoundFile, SkippedFile, scan_paths
 from indexer.storage import FailureRow, ImageRow, utcnow, vector_to_blob
@@ -129,6 +130,11 @@ class Indexer:
         if isinstance(self._model, EmbeddingModel):
             return self._model
         spec = self._model if isinstance(self._model, str) else store.model_spec
+        recorded = store.model_spec
+        if isinstance(self._model, str) and recorded and str(parse_model_spec(self._model)) != recorded:  # before a slow load
+            raise ModelMismatchError(
+                f"index '{store.directory}' was built with model '{recorded}', not '{spec}'; use --model '{recorded}' or another --index"
+            )
         self._model = load_model(spec)
         return self._model
 

@@ -42,9 +42,6 @@ LEAN_MIN_VECTORS = 50_000
 # allowed vectors only (faster than probing the IVF and never short of k hits).
 EXACT_FILTER_MAX = 50_000
 
-_DEFAULT_THREADS = faiss.omp_get_max_threads()
-
-
 def gpu_available() -> bool:
     """True when this FAISS build has GPU support and a CUDA GPU is visible."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -130,6 +127,8 @@ def _build_faiss(plan: IndexPlan, dim: int) -> faiss.Index:
     else:
         raise ValueError(f"unknown index kind {plan.kind!r}")
     index.cp.niter = plan.kmeans_iter
+    if hasattr(index, "pq"):
+        index.pq.cp.niter = plan.kmeans_iter
     index.own_fields = True
     quantizer.this.disown()
     return index
@@ -396,8 +395,9 @@ class VectorIndex:
             allowed = np.ascontiguousarray(allowed_ids, dtype=np.int64)
             if len(allowed) == 0:
                 return np.zeros((nq, 0), dtype=np.float32), np.zeros((nq, 0), dtype=np.int64)
-        threads = self.plan.query_threads if nq == 1 else _DEFAULT_THREADS
-        if threads != faiss.omp_get_max_threads():
+        before = faiss.omp_get_max_threads()
+        threads = self.plan.query_threads if nq == 1 and self.plan.query_threads > 0 else before
+        if threads != before:
             faiss.omp_set_num_threads(threads)
         try:
             if not self.plan.approximate:
@@ -407,8 +407,8 @@ class VectorIndex:
                 return self._searcher().search(queries, k)
             return self._search_approximate(queries, k, allowed)
         finally:
-            if threads != _DEFAULT_THREADS:
-                faiss.omp_set_num_threads(_DEFAULT_THREADS)
+            if threads != before:
+                faiss.omp_set_num_threads(before)
 
     def _search_approximate(self, queries: np.ndarray, k: int, allowed: np.ndarray | None):
         nq = queries.shape[0]

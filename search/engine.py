@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -14,12 +14,14 @@ from sqlalchemy import select
 from indexer.errors import ImageReadError, InvalidQueryError, ModelMismatchError
 from indexer.images import decode_image
 from indexer.index_store import IndexStore, Kind
-from indexer.models import EmbeddingModel, load_model
 from indexer.storage import ImageRow, TextRow
 from search.filters import SearchFilter
 from search.hits import Hit
 from search.query import QueryTerm, parse_query
 from search.rerank import RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
+
+if TYPE_CHECKING:
+    from indexer.models import EmbeddingModel
 
 __all__ = ["SearchEngine", "MAX_QUERY_CHARS", "Query"]
 
@@ -53,10 +55,10 @@ class SearchEngine:
                 store.close()
                 raise ModelMismatchError(f"index '{store.directory}' was built with model '{recorded}', not '{model}'")
             model = None
-        if isinstance(model, EmbeddingModel) and recorded and str(model.spec) != recorded:
+        if model is not None and recorded and str(model.spec) != recorded:
             store.close()
             raise ModelMismatchError(f"index '{store.directory}' was built with model '{recorded}', not '{model.spec}'")
-        return cls(store, model)
+        return cls(store, model)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.store.close()
@@ -73,6 +75,8 @@ class SearchEngine:
             if self._model is None:
                 if not self.store.model_spec:
                     raise InvalidQueryError(f"index '{self.store.directory}' is empty")
+                from indexer.models import load_model
+
                 self._model = load_model(self.store.model_spec)
             return self._model
 

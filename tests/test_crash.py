@@ -183,7 +183,8 @@ def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, cl
 
     report = check_index(index_dir)
     assert report.ok, report.problems
-    assert not report.stale_caches  # the finished run left a current cache
+    assert not report.stale_caches  # the finished run left a current cache...
+    assert not report.leftover_files  # ...and removed the temporary files of killed saves
     _assert_same(_snapshot(index_dir), want)
 
 
@@ -197,9 +198,9 @@ def test_kill_inside_the_faiss_save_is_repaired(tmp_path: Path, photos: Path, cl
     assert 0 < rows < N_IMAGES
 
     report = check_index(index_dir)
-    assert report.leftover_files and not report.ok  # the half-written stamp's temporary file
-    assert report.stale_caches  # the new file with the old stamp is not trusted...
-    assert not (report.rows_without_vector or report.vectors_without_row or report.count_mismatches)
+    assert report.ok, report.problems  # a crash state is consistent...
+    assert report.leftover_files == ["images.faiss.json.crash.tmp"]  # ...with the half-written stamp's temp file
+    assert report.stale_caches  # the new file with the old stamp is not trusted: rebuilt from SQL
     engine = SearchEngine.open(index_dir, model=fake_model())  # ...searches rebuild it from SQL
     try:
         assert len(engine.search_text("red", k=N_IMAGES, rerank=False)) == rows
@@ -207,7 +208,7 @@ def test_kill_inside_the_faiss_save_is_repaired(tmp_path: Path, photos: Path, cl
         engine.close()
 
     repaired = check_index(index_dir, repair=True)
-    assert repaired.ok and repaired.repaired and not repaired.stale_caches
+    assert repaired.ok and repaired.repaired and not repaired.stale_caches and not repaired.leftover_files
     assert check_index(index_dir).ok
 
     proc = _start(index_dir, photos)

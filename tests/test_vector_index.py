@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -35,6 +36,15 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Training on a shared, busy machine: one OpenMP thread avoids spin-wait stalls."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data():
     base = _embeddings(20_000)
@@ -44,8 +54,9 @@ def data():
 
 
 def _approx(base, ids, kind="ivf_sq8", lean=False) -> VectorIndex:
-    plan = IndexPlan(kind, nlist=128, nprobe=32, pq_m=DIM // 4 if "pq" in kind else 0,
-                     oversample=10, train_size=10_000, lean=lean)
+    pq_m = {"ivf_pq": DIM // 4, "ivf_pqfs": DIM // 2}.get(kind, 0)
+    plan = IndexPlan(kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10,
+                     train_size=8_000, lean=lean)
     index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
     index.rebuild(base, ids, plan)
     return index
