@@ -88,7 +88,7 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 @pytest.mark.parametrize(
     "name,content,reason",
     [
-        ("empty.jpg", b"", "not a recognised image"),
+        ("empty.jpg", b"", "empty file"),
         ("random.jpg", bytes(range(256)) * 10, "not a recognised image"),
         ("text.png", b"hello, I am text", "not a recognised image"),
     ],
