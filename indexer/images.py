@@ -101,8 +101,8 @@ def _open_regular(path: Path):  # noqa: ANN202
     return os.fdopen(fd, "rb")
 
 
-def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
-    """Open a photo, apply its EXIF orientation and reduce it to about target_size pixels.
+def decode_image(source: Path | str, target_size: int = 256) -> DecodedImage:
+    """Open a photo, apply its EXIF orientation and reduce it so its short side is near target_size.
 
     JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale.
     Raises ImageReadError with a one-line reason for anything that is not a readable image.
@@ -126,9 +126,11 @@ def decode_image(source: Path | str, target_size: int = 448) -> DecodedImage:
                 reduced = to_rgb(reduced)
                 if orientation in (5, 6, 7, 8):
                     width, height = height, width
-                if max(reduced.size) > target_size:
-                    reduced = reduced.copy()
-                    reduced.thumbnail((target_size, target_size), Image.Resampling.BICUBIC)
+                short = min(reduced.size)
+                if short > 2 * target_size:  # e.g. a large PNG: shrink now, the model resizes exactly
+                    scale = target_size / short
+                    size = (max(1, round(reduced.width * scale)), max(1, round(reduced.height * scale)))
+                    reduced = reduced.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
                 elif reduced is im:
                     reduced = reduced.copy()
     except ImageReadError:

@@ -71,7 +71,8 @@ class IndexStore:
         try:
             metadata = MetadataStore.connect(url, create=True)
         except Exception as e:
-            raise IndexNotFoundError(f"cannot open the index database '{url}': {e}") from e
+            reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]  # one line
+            raise IndexNotFoundError(f"cannot open the index database '{url}': {reason}") from e
         return cls(path, metadata)
 
     def close(self) -> None:

@@ -322,7 +322,7 @@ class Indexer:
 
 
 def _decode_size(transform: Callable) -> int:
-    """Decode at about twice the model's input size: enough for its resize and crop."""
+    """The model's input size: JPEG draft decoding stops at the first scale at least this large."""
     size = 224
     for t in getattr(transform, "transforms", []):
         s = getattr(t, "size", None)
@@ -330,7 +330,7 @@ def _decode_size(transform: Callable) -> int:
             size = max(size, s)
         elif isinstance(s, Sequence) and s:
             size = max(size, int(max(s)))
-    return 2 * size
+    return size
 
 
 def _prepare(work: _Work, transform: Callable, target: int) -> _Prepared:

@@ -69,11 +69,15 @@ def test_heif_when_supported(tmp_path: Path) -> None:
     assert decode_image(path).image.size == (32, 32)
 
 
-def test_large_photo_is_reduced(tmp_path: Path) -> None:
-    path = tmp_path / "big.jpg"
-    Image.new("RGB", (4000, 3000), (9, 9, 9)).save(path)
-    decoded = decode_image(path, target_size=448)
-    assert max(decoded.image.size) <= 448 and (decoded.width, decoded.height) == (4000, 3000)
+def test_large_photos_are_reduced_but_not_below_the_model_size(tmp_path: Path) -> None:
+    jpeg = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (9, 9, 9)).save(jpeg)
+    decoded = decode_image(jpeg, target_size=256)
+    assert decoded.image.size == (500, 375)  # JPEG draft mode: decoded at 1/8 scale
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    png = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000), (9, 9, 9)).save(png)
+    assert decode_image(png, target_size=256).image.size == (384, 256)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
