@@ -292,11 +292,30 @@ def evaluate(
         typer.echo(f"{name:<16}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
 
 
+from cli.check_command import check as _check  # noqa: E402 - registered like the commands above
+
+app.command("check")(_run(_check))
+
+
 def main() -> None:
+    """Entry point: usage errors and domain errors become one `xmodal: error: …` line."""
     try:
-        app()
+        code = app(prog_name="xmodal", standalone_mode=False)
     except BrokenPipeError:  # `xmodal search ... | head`
         sys.stderr.close()
+        return
+    except KeyboardInterrupt:
+        print("xmodal: error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # usage errors of typer's bundled click: unknown option/command, bad value
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        message = (e.format_message().strip().splitlines() or [type(e).__name__])[0]
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"xmodal: error: {message}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ Library only: no printing; the CLI (`xmodal check`) renders the report.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from indexer.index_store import IndexStore, Kind
 from indexer.storage import ImageRow, TextRow
@@ -252,11 +253,12 @@ def _repair(store: IndexStore, found: CheckReport, prune_missing: bool) -> list[
     if meta.get("model") is None:
         with store.metadata.session() as s:
             models = {m for table in _TABLES.values() for (m,) in s.execute(select(table.model).distinct())}
-            first = s.execute(select(ImageRow.vector).limit(1)).scalar() or s.execute(select(TextRow.vector).limit(1)).scalar()
-        if len(models) == 1 and first is not None:
+            lengths = Counter(n for table in _TABLES.values() for (n,) in s.execute(select(func.length(table.vector))))
+        if len(models) == 1 and lengths:
             spec = models.pop()
-            store.metadata.set_meta({"model": spec, "dim": str(len(first) // 4), "normalized": "true"})
-            actions.append(f"recorded model '{spec}' (dim {len(first) // 4}) from the rows")
+            dim = lengths.most_common(1)[0][0] // 4  # the rows' usual vector length; odd ones go below
+            store.metadata.set_meta({"model": spec, "dim": str(dim), "normalized": "true"})
+            actions.append(f"recorded model '{spec}' (dim {dim}) from the rows")
             found = _inspect(store, None)  # with a model known, bad vectors can be judged
     drop_images = set(_parse_ids(found.bad_vectors, "image"))
     drop_texts = set(_parse_ids(found.bad_vectors, "text"))

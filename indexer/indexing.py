@@ -165,7 +165,10 @@ class Indexer:
         summary.timings["scan"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        existing = {row.path: row for row in store.metadata.image_rows_under([str(r) for r in roots])}
+        # A root that is not there (an unmounted drive, a typo) removes nothing: only roots that
+        # exist can say which of their files are gone.
+        present_roots = [str(r) for r in roots if os.path.lexists(r)]
+        existing = {row.path: row for row in store.metadata.image_rows_under(present_roots)} if present_roots else {}
         seen_paths = {str(f.path) for f in found}
         missing = {path: row for path, row in existing.items() if path not in seen_paths}
         missing_by_hash: dict[str, list[ImageRow]] = {}

@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
@@ -164,10 +164,14 @@ class MetadataStore:
             _write(s)
 
     # --- images -----------------------------------------------------------------------------
-    def image_rows_under(self, prefixes: Sequence[str]) -> list[ImageRow]:
-        """Rows whose path lies under any of the prefixes (files or folders), without vectors."""
+    def image_rows_under(self, prefixes: Sequence[str], with_vectors: bool = False) -> list[ImageRow]:
+        """Rows whose path lies under any of the prefixes (files or folders); all rows when empty.
+
+        Vectors are left out unless asked for: an indexing run compares paths, sizes and times only.
+        """
+        stmt = select(ImageRow) if with_vectors else select(ImageRow).options(defer(ImageRow.vector, raiseload=True))
         with self.session() as s:
-            rows = list(s.scalars(select(ImageRow).execution_options(yield_per=5000)))
+            rows = list(s.scalars(stmt.execution_options(yield_per=5000)))
         if not prefixes:
             return rows
         folder_prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)

@@ -97,20 +97,37 @@ def _pow2_near(x: float) -> int:
     return 1 << max(0, round(math.log2(max(1.0, x))))
 
 
-def choose_plan(n: int, dim: int, lean: bool = False) -> IndexPlan:
+def _divisor_at_most(dim: int, m: int) -> int:
+    """The largest even divisor of dim not above m (PQ needs dim % m == 0; fast-scan an even m)."""
+    for cand in range(min(m, dim), 1, -1):
+        if dim % cand == 0 and cand % 2 == 0:
+            return cand
+    return 1
+
+
+def choose_plan(n: int, dim: int, lean: bool = False, gpu: bool | None = None) -> IndexPlan:
     """The index type for n vectors of dimension dim (numbers measured in benchmarks/RESULTS.md)."""
-    if n * dim <= FLAT_MAX_ELEMENTS and not (lean and n >= LEAN_MIN_VECTORS):
-        return IndexPlan("flat")
-    if lean and n < LEAN_MIN_VECTORS:
+    small = n < LEAN_MIN_VECTORS if lean else n * dim <= FLAT_MAX_ELEMENTS
+    if small:
         return IndexPlan("flat")
     nlist = min(16_384, max(64, _pow2_near(4 * math.sqrt(n))))
-    train = min(n, max(nlist * 32, 20_000))
-    if lean:
-        # 4-bit fast-scan PQ codes, dim/8 sub-quantizers (<= 64 bytes a vector at dim 512)
-        pq_m = max(8, dim // 8)
-        return IndexPlan("ivf_pqfs", nlist=nlist, nprobe=max(8, nlist // 64), pq_m=pq_m, oversample=10,
-                         train_size=train, lean=True)
-    return IndexPlan("ivf_sq8", nlist=nlist, nprobe=max(8, nlist // 128), oversample=4, train_size=train)
+    train = min(n, max(nlist * 39, 20_000))  # k-means wants >= 39 points a list
+    # probe 1/32 of the lists at 1M (measured), more of them on smaller collections, where
+    # scanning ~30k codes is still cheap: recall rises for free
+    nprobe = min(nlist, max(16, math.ceil(nlist * max(1 / 32, min(1 / 4, 30_000 / n)))))
+    oversample = 20 if lean else 40  # lean re-scoring reads memory-mapped vectors: fewer candidates
+    if gpu if gpu is not None else gpu_available():
+        # GPU FAISS has no fast-scan PQ: 8-bit PQ codes of dim/8 bytes (untested here: no GPU)
+        return IndexPlan("ivf_pq", nlist=nlist, nprobe=nprobe, pq_m=_divisor_at_most(dim, dim // 8),
+                         oversample=oversample, train_size=train, lean=lean)
+    # 4-bit fast-scan PQ (dim/8 bytes a vector at dim 512) proposes k*oversample candidates that
+    # are re-scored exactly; at 1M x 512 it beat IVF-SQ8 on latency for the same recall
+    pq_m = max(dim // 4, min(dim // 2, 64))
+    if lean:  # <= 64 bytes of codes, so codes + ids + id mapping stay under ~128 bytes a vector
+        pq_m = min(pq_m, 128)
+    pq_m = _divisor_at_most(dim, pq_m)
+    return IndexPlan("ivf_pqfs", nlist=nlist, nprobe=nprobe, pq_m=pq_m, oversample=oversample,
+                     train_size=train, lean=lean)
 
 
 def _build_faiss(plan: IndexPlan, dim: int) -> faiss.Index:
@@ -170,13 +187,8 @@ class _VectorStore:
         rows = np.asarray(rows, dtype=np.int64)
         nb = len(self.base)
         if self.tail_len == 0 or (len(rows) and rows.max() < nb):
-            if isinstance(self.base, np.memmap) and len(rows) > 1:
-                # sorted reads touch the mapped file in order; then undo the permutation
-                order = np.argsort(rows)
-                out = np.empty((len(rows), self.dim), dtype=np.float32)
-                out[order] = self.base[rows[order]]
-                return out
-            return self.base[rows]
+            # plain fancy indexing: sorting the rows first measured slower, memory-mapped or not
+            return np.asarray(self.base[rows])
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         in_base = rows < nb
         out[in_base] = self.base[rows[in_base]]
@@ -296,7 +308,7 @@ class VectorIndex:
     def needs_optimize(self) -> bool:
         """True when the collection has outgrown (or shrunk below) its index type."""
         n = len(self)
-        want = choose_plan(n, self.dim, self.lean)
+        want = choose_plan(n, self.dim, self.lean, self._use_gpu)
         if not self.plan.approximate:
             # hysteresis: switch a little past the threshold, so add/remove near it does not flap
             return want.approximate and n * self.dim > 1.25 * FLAT_MAX_ELEMENTS
@@ -328,7 +340,7 @@ class VectorIndex:
         vectors may be a memory-mapped array; it is read in chunks.
         """
         n = len(ids)
-        plan = plan if plan is not None else choose_plan(n, self.dim, self.lean)
+        plan = plan if plan is not None else choose_plan(n, self.dim, self.lean, self._use_gpu)
         self._wanted_plan = None
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if not plan.approximate:
@@ -498,12 +510,12 @@ class VectorIndex:
         """Bytes this index keeps in RAM: the FAISS index plus, for approximate plans, the id
         mapping and any full vectors held in RAM (memory-mapped vectors are not counted)."""
         if not self.plan.approximate:
-            return int(faiss.serialize_index(self._index).nbytes) if len(self) < 2_000_000 else len(self) * (4 * self.dim + 8)
+            return len(self) * (4 * self.dim + 8)  # float32 vectors + int64 ids (IDMap2's hash map not counted)
         return _ivf_bytes(self._index) + self._store.resident_bytes()
 
     def resident_note(self) -> str:
         if not self.plan.approximate:
-            return "flat index: float32 vectors + int64 ids"
+            return "flat index: float32 vectors + int64 ids (id hash map not counted)"
         parts = "IVF codes + ids + coarse centroids + codebooks, plus the id->row mapping (2 x int64)"
         if isinstance(self._store.base, np.memmap):
             return parts + "; the full float32 vectors are memory-mapped from disk and NOT counted"

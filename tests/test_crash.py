@@ -253,3 +253,24 @@ def test_repair_rebuilds_a_damaged_cache_and_drops_gone_files(tmp_path: Path, ph
     assert repaired.ok, repaired.problems
     assert any("gone" in action for action in repaired.repaired)
     assert str(gone) not in _snapshot(index_dir)["rows"]
+
+
+def test_repair_drops_unusable_rows_and_restores_the_model_record(tmp_path: Path, photos: Path) -> None:
+    from indexer import Indexer
+    from indexer.storage import MetaRow
+
+    index_dir = tmp_path / "idx"
+    Indexer(index_dir, model=fake_model()).add_paths([photos / "d2"])
+    store = IndexStore.open(index_dir)
+    with store.metadata.session() as s, s.begin():
+        s.query(MetaRow).filter(MetaRow.key.in_(["model", "dim"])).delete(synchronize_session=False)
+        s.query(ImageRow).order_by(ImageRow.id).first().vector = b"\x00" * 8  # type: ignore[union-attr]
+    rows = store.metadata.count(ImageRow)
+    store.close()
+    report = check_index(index_dir)
+    assert report.model_problems and not report.ok
+    repaired = check_index(index_dir, repair=True)
+    assert repaired.ok, repaired.problems
+    assert (repaired.model, repaired.dim, repaired.images) == ("fake-colour:test", 32, rows - 1)
+    summary = Indexer(index_dir, model=fake_model()).add_paths([photos / "d2"])  # the dropped row comes back
+    assert (summary.new, summary.unchanged) == (1, rows - 1) and check_index(index_dir).ok

@@ -35,7 +35,7 @@ def _index(index_dir: Path, *paths: Path | str, **kwargs: object):
 def _rows(index_dir: Path) -> dict[str, ImageRow]:
     store = IndexStore.open(index_dir)
     try:
-        return {r.path: r for r in store.metadata.image_rows_under([])}
+        return {r.path: r for r in store.metadata.image_rows_under([], with_vectors=True)}
     finally:
         store.close()
 

@@ -26,7 +26,7 @@ def _index(index_dir: Path, *paths: Path):
 def _rows(index_dir: Path) -> dict[str, ImageRow]:
     store = IndexStore.open(index_dir)
     try:
-        return {Path(r.path).name: r for r in store.metadata.image_rows_under([])}
+        return {Path(r.path).name: r for r in store.metadata.image_rows_under([], with_vectors=True)}
     finally:
         store.close()
 
@@ -133,3 +133,11 @@ def test_faiss_cache_is_rebuilt_when_stale(tmp_path: Path, photo_dir: Path) -> N
     ids, stored = engine.store.metadata.vectors(ImageRow)
     scores, found = vectors.search(stored[:1], 1)
     assert found[0, 0] == ids[0] and np.isclose(scores[0, 0], 1.0, atol=1e-5)
+
+
+def test_a_missing_root_removes_nothing(tmp_path: Path, photo_dir: Path) -> None:
+    _index(tmp_path / "idx", photo_dir)
+    shutil.move(photo_dir, tmp_path / "unmounted")
+    summary = _index(tmp_path / "idx", photo_dir)
+    assert summary.removed == 0 and summary.failed == 1
+    assert len(_rows(tmp_path / "idx")) == 4

@@ -78,7 +78,11 @@ def test_choose_plan_by_size():
     big = choose_plan(1_000_000, 512)
     assert big.approximate and big.nprobe <= big.nlist and big.oversample >= 1
     lean = choose_plan(1_000_000, 512, lean=True)
-    assert lean.lean and "pq" in lean.kind
+    assert lean.lean and "pq" in lean.kind and lean.pq_m // 2 <= 64  # 4-bit codes: <= 64 bytes
+    for dim in (100, 384, 768):  # PQ needs dim % m == 0
+        plan = choose_plan(2_000_000, dim, gpu=False)
+        assert dim % plan.pq_m == 0 and plan.pq_m % 2 == 0
+    assert choose_plan(2_000_000, 512, gpu=True).kind == "ivf_pq"  # GPU FAISS has no fast-scan
 
 
 @pytest.mark.parametrize("kind", ["ivf_sq8", "ivf_pqfs", "ivf_pq"])
