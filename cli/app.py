@@ -67,7 +67,12 @@ def index(
     from indexer import Indexer
 
     with ProgressBar("indexing", enabled=not as_json) as bar:
-        summary = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update).add_paths(paths)
+        indexer = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update)
+        summary = indexer.add_paths(paths)
+    if indexer.model is not None and summary.embedded:
+        from search.querybank import text_bank
+
+        text_bank(indexer.model)  # embed the QB-Norm caption bank now, so the first search is quick
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:

@@ -15,6 +15,11 @@ def print_hits(hits: Sequence[Hit]) -> None:
     if not hits:
         console.print("no hits")
         return
+    if not console.is_terminal:  # piped: one hit per line, never folded
+        for rank, hit in enumerate(hits, 1):
+            label = hit.text if hit.kind == "text" and hit.text else hit.path
+            print(f"{rank:>4}  {hit.score:6.3f}  {label}")
+        return
     table = Table(show_edge=False, box=None)
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")

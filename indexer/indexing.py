@@ -126,6 +126,11 @@ class Indexer:
         self.workers = workers or max(1, (os.cpu_count() or 2))
         self.on_progress = on_progress
 
+    @property
+    def model(self) -> EmbeddingModel | None:
+        """The model once a run has loaded it (or the one given)."""
+        return self._model if isinstance(self._model, EmbeddingModel) else None
+
     def _resolve_model(self, store: IndexStore) -> EmbeddingModel:
         if isinstance(self._model, EmbeddingModel):
             return self._model

@@ -144,6 +144,9 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
     from indexer.offline_towers import build_offline_towers
 
     try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on every search
         towers = build_offline_towers().to(device).eval()
     except ModelLoadError:
         raise

@@ -38,7 +38,7 @@ class HeadConfig:
     text_hidden: int = 256        # hidden width of the residual text MLP (0 = text path is identity)
     text_dropout: float = 0.1
     prior_weight: float = 1.0     # initial weight of the prior (learnable)
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     text_lr_mult: float = 0.3     # text residual learns slower: keep the MiniLM space
@@ -226,7 +226,7 @@ def train_head(
                 loss.backward()
                 opt.step()
                 step += 1
-                tot += float(loss)
+                tot += float(loss.detach())
                 nb += 1
             if on_epoch is not None:
                 on_epoch(epoch, tot / max(1, nb))

