@@ -70,9 +70,12 @@ def index(
         indexer = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update)
         summary = indexer.add_paths(paths)
     if indexer.model is not None and summary.embedded:
+        from indexer.query_encoder import export_query_encoder
         from search.querybank import text_bank
 
-        text_bank(indexer.model)  # embed the QB-Norm caption bank now, so the first search is quick
+        # Prepared now, while the model is loaded, so that a search starts in a second or two.
+        export_query_encoder(indexer.model)
+        text_bank(str(indexer.model.spec), indexer.model.embed_texts, indexer.model.dim)
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
@@ -295,6 +298,24 @@ def evaluate(
     typer.echo(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     for name, scores in (("text→image", result.text_to_image), ("image→text", result.image_to_text)):
         typer.echo(f"{name:<16}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
+
+
+@app.command()
+@_run
+def optimize(
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
+    lean: Annotated[bool, typer.Option("--lean", help="Compressed codes in RAM, full vectors memory-mapped (≤ ~128 bytes a vector).")] = False,
+) -> None:
+    """Choose the FAISS index type for the collection's size now (it also switches by itself as it grows)."""
+    from indexer.index_store import IndexStore
+
+    store = IndexStore.open(index_dir, db_url)
+    try:
+        for kind, description in store.optimize(lean=lean).items():
+            typer.echo(f"{kind}s: {description}")
+    finally:
+        store.close()
 
 
 from cli.check_command import check as _check  # noqa: E402 - registered like the commands above

@@ -135,6 +135,23 @@ class IndexStore:
         for kind, index in self._vectors.items():
             index.save(self.faiss_path(kind), int(meta.get(f"generation:{kind}", "0")))  # type: ignore[arg-type]
 
+    def optimize(self, lean: bool = False) -> dict[str, str]:
+        """Rebuild each FAISS cache with the index type its size calls for (exact up to ~16k
+        vectors, then IVF with exact re-scoring; `lean` keeps compressed codes in RAM and the full
+        vectors memory-mapped). Returns a description of each kind's index type."""
+        from indexer.vector_index import choose_plan
+
+        described = {}
+        with self.write_lock():
+            for kind in ("image", "text"):
+                index = self.vectors(kind)  # type: ignore[arg-type]
+                index.lean = lean
+                if len(index):
+                    index.optimize(choose_plan(len(index), index.dim, lean))
+                described[kind] = f"{len(index)} vectors, {index.plan.describe()}"
+            self.save_vectors()
+        return described
+
     # --- writers ----------------------------------------------------------------------------
     @contextmanager
     def write_lock(self) -> Iterator[None]:

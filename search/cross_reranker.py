@@ -56,7 +56,7 @@ def text_tokens(towers: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.
 class RerankerConfig:
     image_dim: int = 1280
     text_dim: int = 384
-    width: int = 256
+    width: int = 128
     heads: int = 4
     layers: int = 2
     dropout: float = 0.1
@@ -105,11 +105,18 @@ class CrossReranker(nn.Module):
         # combine(): final = first_stage + combine_weight * logit, fitted on held-out pairs.
         self.register_buffer("combine_weight", torch.tensor(0.0))
 
-    def forward(self, grid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, first_stage: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, grid: torch.Tensor) -> torch.Tensor:
+        """(n, 9, image_dim) -> (n, 10, width): standardised regions + a global token, projected."""
         g = (grid.float() - self.grid_mean) / self.grid_std
         g = torch.cat([g.mean(1, keepdim=True), g], dim=1)
-        i = self.i_proj(g) + self.i_pos
-        t = self.t_proj(tokens.float())
+        return self.i_proj(g) + self.i_pos
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(n, L, text_dim) -> (n, L, width)."""
+        return self.t_proj(tokens.float())
+
+    def interact(self, i: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, first_stage: torch.Tensor) -> torch.Tensor:
+        """Co-attention over encoded pairs -> (c,) logits."""
         pad = ~mask.bool()
         for layer in self.layers:
             t, i = layer(t, i, pad)
@@ -119,17 +126,36 @@ class CrossReranker(nn.Module):
         h = self.out_norm(torch.cat([t_pool, i_pool, t_pool * i_pool, (t_pool - i_pool).abs()], dim=-1))
         return self.out(h).squeeze(-1) + self.first_stage_weight * first_stage.float()
 
+    def forward(self, grid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, first_stage: torch.Tensor) -> torch.Tensor:
+        """Logits of c pairs; a grid or a text batch of size 1 is shared by all c pairs (encoded once)."""
+        c = first_stage.shape[0]
+        i = self.encode_image(grid)
+        t = self.encode_text(tokens)
+        if i.shape[0] == 1 and c != 1:
+            i = i.expand(c, -1, -1)
+        if t.shape[0] == 1 and c != 1:
+            t, mask = t.expand(c, -1, -1), mask.expand(c, -1)
+        return self.interact(i, t, mask, first_stage)
+
     @torch.inference_mode()
     def score(
-        self, grid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, first_stage: torch.Tensor, batch_size: int = 256
+        self, grid: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, first_stage: torch.Tensor, batch_size: int = 512
     ) -> torch.Tensor:
-        """(c, 9, 1280), (c, L, 384), (c, L), (c,) -> (c,) float32 match logits (eval mode, batched)."""
+        """(c, 9, 1280), (c, L, 384), (c, L), (c,) -> (c,) float32 match logits (eval mode, batched).
+
+        grid or tokens/mask may have a leading size of 1: one query shared by all c candidates.
+        """
         was_training = self.training
         self.eval()
+        c = first_stage.shape[0]
+
+        def rows(x: torch.Tensor, s: int) -> torch.Tensor:
+            return x if x.shape[0] == 1 else x[s : s + batch_size]
+
         try:
             out = [
-                self(grid[s : s + batch_size], tokens[s : s + batch_size], mask[s : s + batch_size], first_stage[s : s + batch_size])
-                for s in range(0, grid.shape[0], batch_size)
+                self(rows(grid, s), rows(tokens, s), rows(mask, s), first_stage[s : s + batch_size])
+                for s in range(0, c, batch_size)
             ]
         finally:
             self.train(was_training)
@@ -170,13 +196,9 @@ def rerank_candidates(
     first_stage: (c,) cosines of the query with each candidate (exact scores, before QB-Norm).
     text→image: grids = the candidates' stored grids (c, 9, 1280); tokens/mask = the query's (1, L, 384)/(1, L).
     image→text: grids = the query's grid (1, 9, 1280); tokens/mask = the candidates' (c, L, 384)/(c, L).
-    Rows of size 1 are broadcast to c without copying.
+    A query of size 1 is encoded once and shared by the c candidates.
     """
-    c = len(first_stage)
-    if c == 0:
+    if len(first_stage) == 0:
         return np.zeros(0, dtype=np.float64)
-    grids = grids.float().expand(c, -1, -1) if grids.shape[0] == 1 else grids
-    if tokens.shape[0] == 1:
-        tokens, mask = tokens.expand(c, -1, -1), mask.expand(c, -1)
     logits = reranker.score(grids, tokens, mask, torch.as_tensor(np.asarray(first_stage, dtype=np.float32)))
     return reranker.combine(first_stage, logits.numpy())

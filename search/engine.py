@@ -40,6 +40,7 @@ class SearchEngine:
         self._model = model
         self._lock = threading.RLock()
         self._banks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._text_encoder: object = None  # QueryTextEncoder, False when there is none
 
     @classmethod
     def open(
@@ -81,11 +82,23 @@ class SearchEngine:
             return self._model
 
     # --- query vectors ----------------------------------------------------------------------
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Text vectors for queries: the light exported encoder when the full model is not loaded."""
+        if self._model is None:
+            with self._lock:
+                if self._text_encoder is None:
+                    from indexer.query_encoder import QueryTextEncoder
+
+                    self._text_encoder = QueryTextEncoder.for_index(self.store.model_spec) or False
+            if self._text_encoder:
+                return self._text_encoder.embed_texts(texts)
+        return self.model.embed_texts(texts)
+
     def embed_text_query(self, text: str) -> np.ndarray:
         cleaned = " ".join(text.split())
         if not cleaned:
             raise InvalidQueryError("the query text is empty")
-        return self.model.embed_texts([cleaned[:MAX_QUERY_CHARS]])[0]
+        return self.embed_texts([cleaned[:MAX_QUERY_CHARS]])[0]
 
     def embed_image_query(self, image: str | Path | Image.Image) -> np.ndarray:
         if isinstance(image, Image.Image):
@@ -103,7 +116,7 @@ class SearchEngine:
         if isinstance(query, (Path, Image.Image)):
             return self.embed_image_query(query)
         terms = parse_query(query) if isinstance(query, str) else list(query)
-        total = np.zeros(self.model.dim, dtype=np.float32)
+        total = np.zeros(self.store.dim or 0, dtype=np.float32)
         for term in terms:
             vector = self.embed_image_query(term.value) if term.kind == "image" else self.embed_text_query(term.value)
             total += term.weight * vector
@@ -140,7 +153,7 @@ class SearchEngine:
         cleaned = [" ".join(t.split())[:MAX_QUERY_CHARS] for t in texts]
         if any(not t for t in cleaned):
             raise InvalidQueryError("a query text is empty")
-        return self.search_vectors(self.model.embed_texts(cleaned), k, target, **options)  # type: ignore[arg-type]
+        return self.search_vectors(self.embed_texts(cleaned), k, target, **options)  # type: ignore[arg-type]
 
     def similar(self, item_id: int, k: int = 10, kind: Kind = "image", target: Kind | None = None, **options: object) -> list[Hit]:
         """Items most like a stored item ("more like this"); never the item itself."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,6 @@ from platformdirs import user_cache_dir
 from indexer.storage import ImageRow
 
 if TYPE_CHECKING:
-    from indexer.models import EmbeddingModel
     from search.engine import SearchEngine
 
 __all__ = ["querybank_vectors", "text_bank", "BANK_LIMIT"]
@@ -36,28 +36,37 @@ def _caption_bank() -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:BANK_LIMIT]
 
 
-def _cache_file(model: EmbeddingModel, captions: list[str]) -> Path:
-    key = hashlib.sha256(str(model.spec).encode())
-    if model.spec.head is not None and model.spec.head.is_file():
-        key.update(model.spec.head.read_bytes())
+def _cache_file(spec: str, captions: list[str]) -> Path:
+    from indexer.model_spec import parse_model_spec
+
+    key = hashlib.sha256(spec.encode())
+    head = parse_model_spec(spec).head
+    if head is not None and head.is_file():
+        key.update(head.read_bytes())
+    elif parse_model_spec(spec).is_offline_default:
+        from xmodal_data import data_path
+
+        shipped = data_path("offline_head.pt")
+        if shipped.is_file():
+            key.update(shipped.read_bytes())
     key.update("\n".join(captions).encode())
     folder = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal")))
     return folder / "querybanks" / f"{key.hexdigest()[:24]}.npy"
 
 
-def text_bank(model: EmbeddingModel) -> np.ndarray:
-    """The caption bank embedded by this model; computed once, then read from the cache."""
+def text_bank(spec: str, embed_texts: Callable[[list[str]], np.ndarray], dim: int) -> np.ndarray:
+    """The caption bank embedded by the model of `spec`; computed once, then read from the cache."""
     captions = _caption_bank()
     if not captions:
-        return np.zeros((0, model.dim), np.float32)
-    cache = _cache_file(model, captions)
+        return np.zeros((0, dim), np.float32)
+    cache = _cache_file(spec, captions)
     try:
         bank = np.load(cache)
-        if bank.shape == (len(captions), model.dim):
+        if bank.shape == (len(captions), dim):
             return bank
     except (OSError, ValueError):
         pass
-    bank = model.embed_texts(captions)
+    bank = embed_texts(captions)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -70,7 +79,7 @@ def text_bank(model: EmbeddingModel) -> np.ndarray:
 
 def querybank_vectors(engine: SearchEngine, target: str) -> np.ndarray | None:
     if target == "image":
-        return text_bank(engine.model)
+        return text_bank(engine.store.model_spec or "", engine.embed_texts, engine.store.dim or 0)
     ids, vectors = engine.store.metadata.vectors(ImageRow)
     if len(ids) > BANK_LIMIT:
         vectors = vectors[np.random.default_rng(0).choice(len(ids), BANK_LIMIT, replace=False)]

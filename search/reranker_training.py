@@ -50,7 +50,7 @@ class RerankerFeatures:
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 32  # queries per step (each with 1 positive + negatives candidates)
-    negatives: int = 15  # hard negatives per query, sampled from the top `mine_depth` wrong items
+    negatives: int = 8  # hard negatives per query, sampled from the top `mine_depth` wrong items
     mine_depth: int = 30
     lr: float = 3e-4
     weight_decay: float = 0.05
@@ -194,7 +194,13 @@ def _listwise_loss(
     qrep = queries[:, None].expand(-1, c).reshape(-1)
     flat = cands.reshape(-1)
     caps, photos = (qrep, flat) if text_query else (flat, qrep)
-    logits = net(feats.grid[photos], feats.tokens[caps], feats.mask[caps], sim_of(caps, photos)).view(-1, c)
+    # Encode each distinct photo / caption once, then pair them up.
+    up, ip = photos.unique(return_inverse=True)
+    uc, ic = caps.unique(return_inverse=True)
+    length = int(feats.mask[uc].sum(1).max())  # trim shared padding
+    i = net.encode_image(feats.grid[up])[ip]
+    t = net.encode_text(feats.tokens[uc, :length])[ic]
+    logits = net.interact(i, t, feats.mask[caps, :length], sim_of(caps, photos)).view(-1, c)
     return F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
 
 
