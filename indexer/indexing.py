@@ -25,7 +25,7 @@ from indexer.index_store import IndexStore
 from indexer.model_spec import parse_model_spec
 from indexer.models import EmbeddingModel, load_model
 from indexer.scanning import FoundFile, SkippedFile, scan_paths
-from indexer.storage import FailureRow, ImageRow, utcnow, vector_to_blob
+from indexer.storage import FailureRow, ImageRow, grid_to_blob, utcnow, vector_to_blob
 
 __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 
@@ -254,10 +254,10 @@ class Indexer:
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
-                embeddings = model.embed_pixels(torch.stack([p.pixels for p in good])) if good else None  # type: ignore[misc]
+                embeddings, grids = model.embed_pixels_with_grid(torch.stack([p.pixels for p in good])) if good else (None, None)  # type: ignore[misc]
                 timings["embed"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                ids = self._write_batch(store, model, batch, good, embeddings, summary)
+                ids = self._write_batch(store, model, batch, good, embeddings, grids, summary)
                 if embeddings is not None:
                     replaced = np.array([p.work.row_id for p in good if p.work.row_id is not None], dtype=np.int64)
                     vectors.remove(replaced)
@@ -278,6 +278,7 @@ class Indexer:
         batch: list[_Prepared],
         good: list[_Prepared],
         embeddings: np.ndarray | None,
+        grids: np.ndarray | None,
         summary: IndexSummary,
     ) -> list[int]:
         """One transaction for the whole batch: rows, vectors, failures and the new generation."""
@@ -285,7 +286,7 @@ class Indexer:
         ids: list[int] = []
         spec = str(model.spec)
         with store.metadata.session() as s, s.begin():
-            for prepared, vector in zip(good, embeddings if embeddings is not None else []):
+            for position, (prepared, vector) in enumerate(zip(good, embeddings if embeddings is not None else [])):
                 f = prepared.work.found
                 values = dict(
                     path=str(f.path),
@@ -298,6 +299,7 @@ class Indexer:
                     model=spec,
                     indexed_at=now,
                     vector=vector_to_blob(vector),
+                    grid=grid_to_blob(grids[position]) if grids is not None else None,
                 )
                 if prepared.work.row_id is not None:
                     row = s.get(ImageRow, prepared.work.row_id)

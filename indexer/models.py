@@ -86,6 +86,21 @@ class EmbeddingModel:
         out = self.head.project_images(feats) if self.head is not None else feats
         return _normalised(out)
 
+    @property
+    def has_grid(self) -> bool:
+        """Whether the towers give a spatial feature map (stored for the learned reranker)."""
+        return hasattr(self.towers, "image_features_and_grid")
+
+    @torch.inference_mode()
+    def embed_pixels_with_grid(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors plus, when the towers have one, the spatial map (n, tokens, channels) float16;
+        one forward pass for both."""
+        if not self.has_grid:
+            return self.embed_pixels(pixels), None
+        feats, grid = self.towers.image_features_and_grid(pixels.to(self.device))  # type: ignore[attr-defined]
+        out = self.head.project_images(feats) if self.head is not None else feats
+        return _normalised(out), grid.to(torch.float16).cpu().numpy()
+
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         chunks = []
         for start in range(0, len(images), batch_size):

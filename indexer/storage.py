@@ -39,6 +39,8 @@ __all__ = [
     "utcnow",
     "vector_to_blob",
     "blob_to_vector",
+    "grid_to_blob",
+    "blob_to_grid",
 ]
 
 SCHEMA_VERSION = 1
@@ -83,6 +85,8 @@ class ImageRow(Base):
     model: Mapped[str] = mapped_column(String(512))
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    # Spatial feature map (float16 tokens) for the learned reranker, when the model has one.
+    grid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
 
 class TextRow(Base):
@@ -109,6 +113,17 @@ def vector_to_blob(vector: np.ndarray) -> bytes:
 
 def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
+
+
+def grid_to_blob(grid: np.ndarray) -> bytes:
+    """(tokens, channels) as float16, prefixed by the token count so the shape round-trips."""
+    grid = np.ascontiguousarray(grid, dtype="<f2")
+    return np.int32(grid.shape[0]).tobytes() + grid.tobytes()
+
+
+def blob_to_grid(blob: bytes) -> np.ndarray:
+    tokens = int(np.frombuffer(blob[:4], dtype=np.int32)[0])
+    return np.frombuffer(blob[4:], dtype="<f2").reshape(tokens, -1)
 
 
 def utcnow() -> datetime:
