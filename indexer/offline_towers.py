@@ -85,11 +85,15 @@ class OfflineTowers(nn.Module):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         # HFTextEncoder with proj_type=None and output_dim == width -> identity projection.
         verbosity = transformers.logging.get_verbosity()
+        bar = transformers.utils.logging.is_progress_bar_enabled()
         transformers.logging.set_verbosity_error()  # silence the "unexpected pooler keys" load report
+        transformers.utils.logging.disable_progress_bar()
         try:
             self.text = open_clip_hf.HFTextEncoder(path, output_dim=384, pooler_type="mean_pooler", proj_type=None)
         finally:
             transformers.logging.set_verbosity(verbosity)
+            if bar:
+                transformers.utils.logging.enable_progress_bar()
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
