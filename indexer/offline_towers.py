@@ -31,6 +31,7 @@ TIMM_ARCH = "tf_efficientnet_lite0"
 CONSE_TOPK = 10
 CONSE_PROMPTS = ("{}", "a photo of a {}.", "a picture of a {}.", "a photo of the {}.")
 TEXT_MAX_TOKENS = 256
+GRID_SIDE = 3  # the reranker's spatial map: 3x3 regions of the final feature map
 
 
 def _require(module: str, what: str):
@@ -108,16 +109,21 @@ class OfflineTowers(nn.Module):
 
     def _class_text_embeddings(self) -> torch.Tensor:
         import timm.data
+        from platformdirs import user_cache_dir
+        from xmodal_data import data_path
 
-        cache_dir = os.environ.get("XMODAL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "xmodal")
+        # Shipped in data/ (made by this function; a pure function of the installed packages),
+        # else computed once and cached.
+        cache_dir = os.environ.get("XMODAL_CACHE") or user_cache_dir("xmodal")
         cache = os.path.join(cache_dir, "offline_conse_classes_minilm_l6_v1.pt")
-        if os.path.isfile(cache):
-            try:
-                emb = torch.load(cache, map_location="cpu", weights_only=True)
-                if emb.shape == (1000, 384):
-                    return emb.float()
-            except Exception:  # corrupt cache: recompute
-                pass
+        for candidate in (str(data_path("conse_class_embeddings.pt")), cache):
+            if os.path.isfile(candidate):
+                try:
+                    emb = torch.load(candidate, map_location="cpu", weights_only=True)
+                    if emb.shape == (1000, 384):
+                        return emb.float()
+                except Exception:  # corrupt file: recompute
+                    pass
         info = timm.data.ImageNetInfo()
         names = [info.index_to_description(i) for i in range(1000)]
         embs = torch.stack([self._encode_text([p.format(n) for n in names]) for p in CONSE_PROMPTS])
@@ -150,8 +156,19 @@ class OfflineTowers(nn.Module):
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, 224, 224) -> (n, 1280 + 384): [avg-pooled features | ConSE vector]."""
+        return self._features_from_map(self.visual.trunk.forward_features(pixels.float()))
+
+    @torch.no_grad()
+    def image_features_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_features plus the spatial feature map pooled to 3x3: (n, 9, 1280), which the
+        learned reranker reads; one forward pass for both."""
+        feature_map = self.visual.trunk.forward_features(pixels.float())
+        grid = F.adaptive_avg_pool2d(feature_map, GRID_SIDE).flatten(2).transpose(1, 2)
+        return self._features_from_map(feature_map), grid
+
+    def _features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
         trunk = self.visual.trunk
-        pooled = trunk.forward_head(trunk.forward_features(pixels.float()), pre_logits=True)
+        pooled = trunk.forward_head(feature_map, pre_logits=True)
         probs = trunk.classifier(pooled).softmax(-1)
         v, i = probs.topk(CONSE_TOPK, dim=-1)
         conse = torch.zeros_like(probs).scatter(-1, i, v) @ self.class_text_emb
