@@ -141,3 +141,12 @@ def test_a_missing_root_removes_nothing(tmp_path: Path, photo_dir: Path) -> None
     summary = _index(tmp_path / "idx", photo_dir)
     assert summary.removed == 0 and summary.failed == 1
     assert len(_rows(tmp_path / "idx")) == 4
+
+
+def test_any_sqlalchemy_url_is_recorded_for_later_opens(tmp_path: Path, photo_dir: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'elsewhere' / 'meta.sqlite'}"
+    (tmp_path / "elsewhere").mkdir()
+    Indexer(tmp_path / "idx", model=fake_model(), db_url=url).add_paths([photo_dir])
+    assert (tmp_path / "elsewhere" / "meta.sqlite").is_file() and not (tmp_path / "idx" / "index.db").exists()
+    engine = SearchEngine.open(tmp_path / "idx", model=fake_model())  # finds the URL in xmodal.json
+    assert len(engine.search_text("red", k=10)) == 4
