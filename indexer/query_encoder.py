@@ -71,17 +71,21 @@ def export_query_encoder(model: EmbeddingModel) -> Path | None:
 
     path = TextPath().eval().cpu()
     example = torch.tensor([[101, 1037, 3899, 102]], dtype=torch.long)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     import warnings
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            path, (example,), str(tmp), input_names=["ids"], output_names=["vectors"],
-            dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "vectors": {0: "batch"}}, dynamo=False, opset_version=17,
-        )
-    os.replace(tmp, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                path, (example,), str(tmp), input_names=["ids"], output_names=["vectors"],
+                dynamic_axes={"ids": {0: "batch", 1: "tokens"}, "vectors": {0: "batch"}}, dynamo=False, opset_version=17,
+            )
+        os.replace(tmp, target)
+    except Exception:  # an optimisation only: searches fall back to the full model
+        tmp.unlink(missing_ok=True)
+        return None
     return target
 
 

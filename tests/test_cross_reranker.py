@@ -14,7 +14,7 @@ from search.reranker_training import RerankerFeatures, TrainConfig, _Fold, _reca
 SMALL = RerankerConfig(image_dim=16, text_dim=12, width=32, heads=2, layers=1, dropout=0.0)
 
 
-def _toy(n_photos: int = 24, caps_per: int = 2, seed: int = 0) -> tuple[RerankerFeatures, list[_Fold]]:
+def _toy(n_photos: int = 16, caps_per: int = 2, seed: int = 0) -> tuple[RerankerFeatures, list[_Fold]]:
     """Photo i and its captions share a random 'concept' vector; the first-stage scores are pure noise."""
     g = torch.Generator().manual_seed(seed)
     concept = torch.randn(n_photos, 8, generator=g)
@@ -30,7 +30,7 @@ def _toy(n_photos: int = 24, caps_per: int = 2, seed: int = 0) -> tuple[Reranker
     return feats, [fold]
 
 
-CFG = TrainConfig(epochs=12, batch_size=8, negatives=5, mine_depth=20, lr=3e-3, rerank_depth=100)
+CFG = TrainConfig(epochs=8, batch_size=8, negatives=5, mine_depth=20, lr=3e-3, rerank_depth=100)
 
 
 def test_shapes_and_rerank_candidates() -> None:
@@ -75,7 +75,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 def test_training_is_deterministic() -> None:
     feats, folds = _toy()
-    cfg = dataclasses.replace(CFG, epochs=2)
+    cfg = dataclasses.replace(CFG, epochs=1)
     a, ha = fit_reranker(feats, folds, [], cfg, seed=3, net_config=SMALL)
     b, hb = fit_reranker(feats, folds, [], cfg, seed=3, net_config=SMALL)
     assert ha == hb
