@@ -88,16 +88,28 @@ class IndexStore:
         dim = self.metadata.get_meta().get("dim")
         return int(dim) if dim else None
 
-    def check_model(self, spec: str, dim: int) -> None:
-        """Record the model on first use; refuse to mix vectors of two models."""
+    def check_model(self, spec: str, dim: int, fingerprint: str | None = None) -> None:
+        """Record the model on first use; refuse to mix vectors of two models (or two versions)."""
         meta = self.metadata.get_meta()
         if "model" not in meta:
-            self.metadata.set_meta({"model": spec, "dim": str(dim), "normalized": "true", "schema": str(SCHEMA_VERSION)})
+            values = {"model": spec, "dim": str(dim), "normalized": "true", "schema": str(SCHEMA_VERSION)}
+            if fingerprint:
+                values["fingerprint"] = fingerprint
+            self.metadata.set_meta(values)
             return
         if meta["model"] != spec or int(meta["dim"]) != dim:
             raise ModelMismatchError(
                 f"index '{self.directory}' was built with model '{meta['model']}' (dim {meta['dim']}), "
                 f"not '{spec}' (dim {dim}); use --model '{meta['model']}' or another --index"
+            )
+        self.check_fingerprint(fingerprint)
+
+    def check_fingerprint(self, fingerprint: str | None) -> None:
+        recorded = self.metadata.get_meta().get("fingerprint")
+        if fingerprint and recorded and recorded != fingerprint:
+            raise ModelMismatchError(
+                f"index '{self.directory}' was built with other weights of model '{self.model_spec}' "
+                f"(a retrained head?); index into a new --index folder to use the current ones"
             )
 
     def size_bytes(self) -> int:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from indexer.errors import ImageReadError, ModelMismatchError
 from indexer.images import decode_image
 from indexer.index_store import IndexStore
+from indexer.model_spec import model_fingerprint
 from indexer.model_spec import parse_model_spec
 from indexer.models import EmbeddingModel, load_model
 from indexer.scanning import FoundFile, SkippedFile, scan_paths
@@ -160,7 +161,7 @@ class Indexer:
         try:
             with store.write_lock():
                 model = self._resolve_model(store)
-                store.check_model(str(model.spec), model.dim)
+                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
                 summary = self._run(store, model, roots)
                 store.save_vectors()
         finally:

@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import ModelLoadError
 
-__all__ = ["OFFLINE_DEFAULT", "ModelSpec", "parse_model_spec"]
+__all__ = ["OFFLINE_DEFAULT", "ModelSpec", "parse_model_spec", "model_fingerprint"]
 
 OFFLINE_DEFAULT = "xmodal-lite"
 _HEAD_SEPARATOR = "+"
@@ -66,3 +67,20 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
     if _looks_like_path(weights):
         return ModelSpec(name, checkpoint=Path(weights).expanduser().resolve(), head=head)
     return ModelSpec(name, pretrained=weights, head=head)
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """Identifies the weights behind a spec, so that an index notices a retrained head under the
+    same name. Heads are hashed by content; large checkpoints by path, size and mtime."""
+    digest = hashlib.sha256(str(spec).encode())
+    head = spec.head
+    if head is None and spec.is_offline_default:
+        from xmodal_data import data_path
+
+        head = data_path("offline_head.pt")
+    if head is not None and head.is_file():
+        digest.update(head.read_bytes())
+    if spec.checkpoint is not None and spec.checkpoint.is_file():
+        st = spec.checkpoint.stat()
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]

@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from indexer.index_store import IndexStore
+from indexer.model_spec import model_fingerprint
 from indexer.models import EmbeddingModel, load_model
 from indexer.storage import TextRow, utcnow, vector_to_blob
 from indexer.text_sources import read_text_items
@@ -60,7 +61,7 @@ class TextIndexer:
         try:
             with store.write_lock():
                 model = self._model if isinstance(self._model, EmbeddingModel) else load_model(self._model or store.model_spec)
-                store.check_model(str(model.spec), model.dim)
+                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
                 vectors = store.vectors("text")
                 sources = {source for source, _ in entries}
                 with store.metadata.session() as s:

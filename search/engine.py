@@ -49,6 +49,14 @@ class SearchEngine:
         """Open an existing index; the model defaults to the one the index was built with."""
         store = IndexStore.open(index_dir, db_url)
         recorded = store.model_spec
+        if recorded and (model is None or isinstance(model, str)):  # a model object passed in is trusted
+            from indexer.model_spec import model_fingerprint, parse_model_spec
+
+            try:
+                store.check_fingerprint(model_fingerprint(parse_model_spec(recorded)))
+            except Exception:
+                store.close()
+                raise
         if isinstance(model, str):
             from indexer.model_spec import parse_model_spec
 

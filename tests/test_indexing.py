@@ -150,3 +150,14 @@ def test_any_sqlalchemy_url_is_recorded_for_later_opens(tmp_path: Path, photo_di
     assert (tmp_path / "elsewhere" / "meta.sqlite").is_file() and not (tmp_path / "idx" / "index.db").exists()
     engine = SearchEngine.open(tmp_path / "idx", model=fake_model())  # finds the URL in xmodal.json
     assert len(engine.search_text("red", k=10)) == 4
+
+
+def test_other_weights_under_the_same_name_are_refused(tmp_path: Path) -> None:
+    store = IndexStore.open(tmp_path / "idx", create=True)
+    try:
+        store.check_model("xmodal-lite", 384, "aaaa")
+        store.check_model("xmodal-lite", 384, "aaaa")
+        with pytest.raises(ModelMismatchError, match="other weights"):
+            store.check_model("xmodal-lite", 384, "bbbb")
+    finally:
+        store.close()
