@@ -15,8 +15,9 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from sqlalchemy import select
 
 from indexer.errors import ImageReadError, ModelMismatchError
@@ -24,7 +25,11 @@ from indexer.images import decode_image
 from indexer.index_store import IndexStore
 from indexer.model_spec import model_fingerprint
 from indexer.model_spec import parse_model_spec
-from indexer.models import EmbeddingModel, load_model
+
+if TYPE_CHECKING:  # torch is imported only when there is something to embed
+    import torch
+
+    from indexer.models import EmbeddingModel
 from indexer.scanning import FoundFile, SkippedFile, scan_paths
 from indexer.storage import FailureRow, ImageRow, grid_to_blob, utcnow, vector_to_blob
 
@@ -139,19 +144,32 @@ class Indexer:
     @property
     def model(self) -> EmbeddingModel | None:
         """The model once a run has loaded it (or the one given)."""
-        return self._model if isinstance(self._model, EmbeddingModel) else None
+        return None if self._model is None or isinstance(self._model, str) else self._model
 
-    def _resolve_model(self, store: IndexStore) -> EmbeddingModel:
-        if isinstance(self._model, EmbeddingModel):
-            return self._model
-        spec = self._model if isinstance(self._model, str) else store.model_spec
+    def _check_model(self, store: IndexStore) -> None:
+        """Refuse another model than the index's before anything is loaded or written."""
         recorded = store.model_spec
-        if isinstance(self._model, str) and recorded and str(parse_model_spec(self._model)) != recorded:  # before a slow load
+        if self.model is not None:
+            store.check_model(str(self._model.spec), self._model.dim, model_fingerprint(self._model.spec))
+            return
+        if not recorded:  # a new index: its model is the one asked for, or the default
+            model = self._load(store)
+            store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
+            return
+        asked = parse_model_spec(self._model) if isinstance(self._model, str) else parse_model_spec(recorded)
+        if str(asked) != recorded:
             raise ModelMismatchError(
-                f"index '{store.directory}' was built with model '{recorded}', not '{spec}'; use --model '{recorded}' or another --index"
+                f"index '{store.directory}' was built with model '{recorded}', not '{asked}'; use --model '{recorded}' or another --index"
             )
-        self._model = load_model(spec)
-        return self._model
+        store.check_fingerprint(model_fingerprint(asked))
+
+    def _load(self, store: IndexStore) -> EmbeddingModel:
+        """The model, loaded on first need: a run with nothing new to embed never loads it."""
+        if self.model is None:
+            from indexer.models import load_model
+
+            self._model = load_model(self._model or store.model_spec)
+        return self._model  # type: ignore[return-value]
 
     def add_paths(self, paths: Iterable[Path | str]) -> IndexSummary:
         """Index every photo under the paths; returns the run's summary."""
@@ -160,9 +178,8 @@ class Indexer:
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
-                model = self._resolve_model(store)
-                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
-                summary = self._run(store, model, roots)
+                self._check_model(store)
+                summary = self._run(store, roots)
                 store.save_vectors()
         finally:
             store.close()
@@ -170,7 +187,7 @@ class Indexer:
         return summary
 
     # --- the run ----------------------------------------------------------------------------
-    def _run(self, store: IndexStore, model: EmbeddingModel, roots: list[Path]) -> IndexSummary:
+    def _run(self, store: IndexStore, roots: list[Path]) -> IndexSummary:
         summary = IndexSummary()
         clock = time.perf_counter()
         found: list[FoundFile] = []
@@ -217,7 +234,8 @@ class Indexer:
         vectors = store.vectors("image")
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, roots, summary)
         vectors.remove(np.array([row.id for row in missing.values()], dtype=np.int64))
-        self._embed_all(store, model, work, summary)
+        if work:
+            self._embed_all(store, self._load(store), work, summary)
         return summary
 
     def _apply_moves_and_removals(
@@ -250,6 +268,8 @@ class Indexer:
         summary.failures.extend((str(item.path), item.reason) for item in skipped)
 
     def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
+        import torch
+
         vectors = store.vectors("image")
         transform = model.image_transform
         target = _decode_size(transform)

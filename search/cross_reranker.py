@@ -7,6 +7,17 @@ Inputs, stored or computed once per item:
 `CrossReranker.score(grid, tokens, mask, first_stage)` reads one image and one text per row and returns
 a match logit; `combine(first_stage, logits)` mixes it with the first-stage cosine using a weight fitted
 on held-out training pairs (stored in the model file).  `rerank_candidates` wraps both directions.
+
+Engine usage (one query, candidates = the first stage's top K):
+  net = CrossReranker.load(data_path("offline_reranker.pt"))
+  text→image:  tok, m = text_tokens(towers, [query_text]); grids = stored (K, 9, 1280) fp16 grids
+               final = rerank_candidates(net, cosines, grids=grids, tokens=tok, mask=m)
+  image→text:  grid = stored (1, 9, 1280) grid of the query photo (or image_grid(towers, pixels[None]))
+               tok, m = text_tokens(towers, candidate_texts)   # or stored tokens
+               final = rerank_candidates(net, cosines, grids=grid, tokens=tok, mask=m)
+  order = np.argsort(-final, kind="stable").  `cosines` are the exact first-stage scores (before
+  QB-Norm); with QB-Norm, pass its corrected cosine (normalised score / β) as `first_stage` to
+  `combine` and the raw cosine to `score`.
 """
 
 from __future__ import annotations
@@ -56,10 +67,10 @@ def text_tokens(towers: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.
 class RerankerConfig:
     image_dim: int = 1280
     text_dim: int = 384
-    width: int = 128
+    width: int = 64
     heads: int = 4
-    layers: int = 2
-    dropout: float = 0.1
+    layers: int = 1
+    dropout: float = 0.3
     grid_tokens: int = GRID_SIZE * GRID_SIZE
 
 

@@ -10,7 +10,8 @@ Recipe:
      wrong captions.  Loss: listwise softmax cross-entropy over [positive + sampled hard negatives],
      both directions.
   4. One fold is held out to choose the epoch and the combine weight (recall@1 after reranking the
-     top-K, both directions); the model is then refit on all folds for the chosen number of epochs.
+     top-K, both directions); the model of the best epoch is kept (TrainConfig.refit=True instead
+     retrains on all folds for that many epochs and keeps the chosen weight).
 """
 
 from __future__ import annotations
@@ -48,16 +49,16 @@ class RerankerFeatures:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 5
     batch_size: int = 32  # queries per step (each with 1 positive + negatives candidates)
     negatives: int = 8  # hard negatives per query, sampled from the top `mine_depth` wrong items
     mine_depth: int = 30
     lr: float = 3e-4
-    weight_decay: float = 0.05
+    weight_decay: float = 0.1
     warmup_epochs: int = 1
     fold_size: int = 200  # photos per cross-fitting fold (≈ the evaluation pool)
     rerank_depth: int = 30  # K used when validating (rerank the first stage's top K)
-    refit: bool = True  # retrain on all folds for the chosen epochs
+    refit: bool = False  # retrain on all folds for the chosen epochs (default: keep the selected model)
 
 
 def _cache_key(model: EmbeddingModel, pairs: Sequence[CaptionedImage]) -> str:
@@ -155,6 +156,25 @@ def _first_stage_folds(model: EmbeddingModel, feats: RerankerFeatures, fold_size
                 txt = F.normalize(feats.text_feats[caps].float(), dim=-1)
         out.append(_Fold(photos, caps, pos[feats.owners[caps]], (txt @ img.T).float()))
     return out
+
+
+def _cached_folds(model: EmbeddingModel, pairs: Sequence[CaptionedImage], feats: RerankerFeatures, fold_size: int, seed: int) -> list[_Fold]:
+    """_first_stage_folds, cached on disk per (features, head weights, fold size, seed)."""
+    digest = hashlib.sha256(f"folds/1|{_cache_key(model, pairs)}|{fold_size}|{seed}|".encode())
+    if model.head is not None:
+        for name, value in model.head.state_dict().items():
+            digest.update(name.encode())
+            digest.update(value.detach().float().cpu().numpy().tobytes())
+    cache_dir = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
+    cache_file = cache_dir / f"rerank-folds-{digest.hexdigest()[:24]}.pt"
+    if cache_file.is_file():
+        return [_Fold(**d) for d in torch.load(cache_file, weights_only=True)]
+    folds = _first_stage_folds(model, feats, fold_size, seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    torch.save([dataclasses.asdict(f) for f in folds], tmp)
+    os.replace(tmp, cache_file)
+    return folds
 
 
 def _queries(fold: _Fold, depth: int) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]], list[tuple[int, torch.Tensor, torch.Tensor]]]:
@@ -366,7 +386,7 @@ def train_reranker(
     # CPU training is deterministic for a given seed and thread count without torch's
     # deterministic-algorithms mode (which makes the index backward ~3x slower).
     feats = reranker_features(model, pairs)
-    folds = _first_stage_folds(model, feats, cfg.fold_size, seed)
+    folds = _cached_folds(model, pairs, feats, cfg.fold_size, seed)
     if len(folds) > 1:
         # Hold out the last fold: choose the epoch and the combine weight there.
         net, history = fit_reranker(feats, folds[:-1], folds[-1:], cfg, seed)
