@@ -11,7 +11,8 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,8 +280,8 @@ class Indexer:
         timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}
         if self.on_progress:
             self.on_progress(Progress(0, total))
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for batch in _prefetch(pool, work, self.batch_size, lambda w: _prepare(w, transform, target)):
+        with _decode_pool(self.workers, transform, target) as pool:
+            for batch in _prefetch(pool, work, self.batch_size, _prepare):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
@@ -373,7 +374,40 @@ def _decode_size(transform: Callable) -> int:
     return size
 
 
-def _prepare(work: _Work, transform: Callable, target: int) -> _Prepared:
+# Set once per worker process by _init_worker: the model's preprocessing and decode size.
+_WORKER_TRANSFORM: Callable | None = None
+_WORKER_TARGET = 224
+
+
+def _init_worker(transform: Callable, target: int) -> None:
+    global _WORKER_TRANSFORM, _WORKER_TARGET
+    _WORKER_TRANSFORM, _WORKER_TARGET = transform, target
+    try:  # one intra-op thread: torch ops on one small image cost more in thread sync than work
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _decode_pool(workers: int, transform: Callable, target: int) -> Executor:
+    """Worker processes that decode, hash and preprocess photos while the model runs.
+
+    fork (as PyTorch's DataLoader does on Linux) shares the loaded modules; each worker runs torch
+    with a single thread. Where fork is unavailable (or inside a daemon process, which may have no
+    children) the work runs in threads instead.
+    """
+    if "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon:
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(transform, target)
+        )
+    _init_worker(transform, target)
+    return ThreadPoolExecutor(max_workers=workers)
+
+
+def _prepare(work: _Work) -> _Prepared:
+    transform, target = _WORKER_TRANSFORM, _WORKER_TARGET
+    assert transform is not None
     started = time.perf_counter()
     try:
         if work.content_hash is None:
