@@ -298,6 +298,8 @@ def evaluate(
     typer.echo(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     for name, scores in (("text→image", result.text_to_image), ("image→text", result.image_to_text)):
         typer.echo(f"{name:<16}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
+    cost = result.ms_per_query
+    typer.echo(f"search + {'rerank' if not no_rerank else 'no rerank'}: {cost['text_to_image']:.2f} ms per text query, {cost['image_to_text']:.2f} ms per image query (query embedding excluded)")
 
 
 @app.command()

@@ -22,7 +22,6 @@ __all__ = ["RerankOptions", "exact_scores", "querybank_normalise", "maximal_marg
 class RerankOptions:
     candidates: int = 100
     hubness: bool = True
-    learned: bool = True
     diverse: float | None = None  # MMR λ in (0, 1]: 1 = pure relevance
     duplicate_threshold: float | None = None  # e.g. 0.97 collapses near-identical photos
 
@@ -32,8 +31,13 @@ def exact_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return candidates.astype(np.float64) @ query.astype(np.float64)
 
 
+# Chosen on 150 held-out flickr8k-1k *train* photos (head trained on the other 650, bank from their
+# captions): β 5/10/20/40 gave text→image R@1 +2.4/+3.1/+2.4/−0.2 and image→text +4.0/+6.7/+6.7/+6.0.
+QB_NORM_BETA = 10.0
+
+
 def querybank_normalise(
-    scores: np.ndarray, bank_scores: np.ndarray, activated: np.ndarray, beta: float = 20.0
+    scores: np.ndarray, bank_scores: np.ndarray, activated: np.ndarray, beta: float = QB_NORM_BETA
 ) -> np.ndarray:
     """QB-Norm's dynamic inverted softmax for one query.
 
