@@ -68,3 +68,19 @@ def test_local_checkpoint_of_an_open_clip_architecture(tmp_path: Path) -> None:
     images = model.embed_images([Image.new("RGB", (50, 40), (200, 10, 10))])
     assert texts.shape == (2, 32) and images.shape == (1, 32) and texts.dtype == np.float32
     assert np.allclose(np.linalg.norm(texts, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_half_precision_matches_cpu(tmp_path: Path) -> None:
+    import open_clip
+
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "xmodal-tiny-gpu.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(config_dir)
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("xmodal-tiny-gpu").state_dict(), weights)
+    cpu = load_model(f"xmodal-tiny-gpu:{weights}", device="cpu").embed_texts(["a dog"])
+    gpu = load_model(f"xmodal-tiny-gpu:{weights}", device="cuda").embed_texts(["a dog"])
+    assert float(cpu[0] @ gpu[0]) > 0.99  # fp16 on the GPU, same direction as fp32 on the CPU
