@@ -92,3 +92,26 @@ def test_malformed_pairs_name_file_and_line(tmp_path: Path, name: str, content: 
     (tmp_path / name).write_text(content)
     with pytest.raises(InvalidInputError, match=message):
         read_pairs(tmp_path / name)
+
+
+def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from indexer.models import EmbeddingModel
+    from indexer.projection_head import ProjectionHead
+    from indexer.training import train_projection_head
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    photos = _captioned_photos(tmp_path)
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"image": n, "captions": c}) for n, c in photos))
+    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    losses: list[float] = []
+    first = train_projection_head(fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append(loss))
+    second = train_projection_head(fake_model(), pairs, tmp_path / "b.pt", epochs=3, seed=7)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    a, b = ProjectionHead.load(str(first)), ProjectionHead.load(str(second))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert list((tmp_path / "cache" / "features").glob("*.pt"))  # tower features were cached
+    tuned = EmbeddingModel(fake_model().spec, fake_model().towers, a.eval())
+    vectors = tuned.embed_texts(["red", "blue"])
+    assert vectors.shape == (2, a.embed_dim) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
