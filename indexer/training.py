@@ -18,18 +18,21 @@ from indexer.errors import ImageReadError, InvalidInputError
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
 
-__all__ = ["PairFeatures", "pair_features", "train_projection_head"]
+__all__ = ["PairFeatures", "features_cache_file", "pair_features", "train_projection_head"]
 
 PairFeatures = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _cache_key(model: EmbeddingModel, pairs: Sequence[CaptionedImage]) -> str:
-    digest = hashlib.sha256(str(model.spec).split("+")[0].encode())
+def features_cache_file(model: EmbeddingModel, pairs: Sequence[CaptionedImage], kind: str, cache_dir: Path | None = None) -> Path:
+    """Where tower features of these pairs are cached: keyed by the towers (the spec without its
+    head), each photo's path, size and mtime, and the captions."""
+    digest = hashlib.sha256(f"{kind}|{str(model.spec).split('+')[0]}".encode())
     for pair in pairs:
         st = pair.image.stat()
         digest.update(f"{pair.image.absolute()}|{st.st_size}|{st.st_mtime_ns}|".encode())
         digest.update("\x1f".join(pair.captions).encode())
-    return digest.hexdigest()[:24]
+    folder = cache_dir or Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
+    return folder / f"{kind}-{digest.hexdigest()[:24]}.pt"
 
 
 @torch.inference_mode()
@@ -37,8 +40,7 @@ def pair_features(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
 ) -> PairFeatures:
     """(image_feats (N, Di), text_feats (M, Dt), caption_image (M,)) from the frozen towers."""
-    cache_dir = cache_dir or Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
-    cache_file = cache_dir / f"{_cache_key(model, pairs)}.pt"
+    cache_file = features_cache_file(model, pairs, "head", cache_dir)
     if cache_file.is_file():
         cached = torch.load(cache_file, weights_only=True)
         return cached["image"], cached["text"], cached["caption_image"]
@@ -56,7 +58,7 @@ def pair_features(
     owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
     text_chunks = [model.towers.text_features(captions[s : s + 256]).float().cpu() for s in range(0, len(captions), 256)]
     feats = (torch.cat(image_chunks), torch.cat(text_chunks), owners)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
     torch.save({"image": feats[0], "text": feats[1], "caption_image": feats[2]}, tmp)
     os.replace(tmp, cache_file)

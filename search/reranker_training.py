@@ -32,6 +32,7 @@ from indexer.errors import ImageReadError, InvalidInputError
 from indexer.images import decode_image
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
+from indexer.training import features_cache_file
 from search.cross_reranker import CrossReranker, RerankerConfig, image_grid, text_tokens
 
 __all__ = ["RerankerFeatures", "TrainConfig", "reranker_features", "fit_reranker", "train_reranker"]
@@ -61,22 +62,12 @@ class TrainConfig:
     refit: bool = False  # retrain on all folds for the chosen epochs (default: keep the selected model)
 
 
-def _cache_key(model: EmbeddingModel, pairs: Sequence[CaptionedImage]) -> str:
-    digest = hashlib.sha256(("reranker/1|" + str(model.spec).split("+")[0]).encode())
-    for pair in pairs:
-        st = pair.image.stat()
-        digest.update(f"{pair.image.absolute()}|{st.st_size}|{st.st_mtime_ns}|".encode())
-        digest.update("\x1f".join(pair.captions).encode())
-    return digest.hexdigest()[:24]
-
-
 @torch.inference_mode()
 def reranker_features(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
 ) -> RerankerFeatures:
     """Grids, tokens and tower features of the pairs, cached on disk per (model towers, pairs)."""
-    cache_dir = cache_dir or Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
-    cache_file = cache_dir / f"rerank-{_cache_key(model, pairs)}.pt"
+    cache_file = features_cache_file(model, pairs, "reranker-1", cache_dir)
     if cache_file.is_file():
         return RerankerFeatures(**torch.load(cache_file, weights_only=True))
     towers = model.towers
@@ -104,7 +95,7 @@ def reranker_features(
     tokens = torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tok_chunks])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in mask_chunks])
     out = RerankerFeatures(torch.cat(grids), torch.cat(feats), tokens, mask, torch.cat(text_chunks), owners)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
     torch.save(dataclasses.asdict(out), tmp)
     os.replace(tmp, cache_file)
