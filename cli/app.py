@@ -275,6 +275,27 @@ def train(
     typer.echo(f"head written to {path}; use it with --model '{base}+{path.absolute()}'")
 
 
+@app.command("train-reranker")
+@_run
+def train_reranker_command(
+    pairs: PairsArg,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the trained reranker (.pt).")],
+    model: ModelOpt = None,
+    image_root: ImageRootOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the validated value).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same reranker.")] = 0,
+) -> None:
+    """Train the cross-attention reranker (photo regions × caption tokens) with hard negatives from the first stage."""
+    from indexer.models import load_model
+    from indexer.pairs import read_pairs
+    from search.reranker_training import train_reranker
+
+    data = read_pairs(pairs, image_root)
+    typer.echo(f"{len(data)} photos, {sum(len(p.captions) for p in data)} captions; computing features (cached)", err=True)
+    path = train_reranker(load_model(model), data, out, epochs=epochs, seed=seed, on_epoch=lambda e, loss: typer.echo(f"epoch {e:3d}  loss {loss:.4f}", err=True))
+    typer.echo(f"reranker written to {path}")
+
+
 @app.command("eval")
 @_run
 def evaluate(
