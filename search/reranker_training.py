@@ -23,7 +23,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from platformdirs import user_cache_dir
@@ -151,7 +150,7 @@ def _first_stage_folds(model: EmbeddingModel, feats: RerankerFeatures, fold_size
 
 def _cached_folds(model: EmbeddingModel, pairs: Sequence[CaptionedImage], feats: RerankerFeatures, fold_size: int, seed: int) -> list[_Fold]:
     """_first_stage_folds, cached on disk per (features, head weights, fold size, seed)."""
-    digest = hashlib.sha256(f"folds/1|{_cache_key(model, pairs)}|{fold_size}|{seed}|".encode())
+    digest = hashlib.sha256(f"folds/1|{features_cache_file(model, pairs, 'pairs').stem}|{fold_size}|{seed}|".encode())
     if model.head is not None:
         for name, value in model.head.state_dict().items():
             digest.update(name.encode())
