@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from indexer.errors import ImageReadError, InvalidInputError
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
 
-__all__ = ["PairFeatures", "features_cache_file", "pair_features", "train_projection_head"]
+__all__ = ["PairFeatures", "features_cache_file", "pixel_batches", "pair_features", "train_projection_head"]
 
 PairFeatures = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -35,6 +35,20 @@ def features_cache_file(model: EmbeddingModel, pairs: Sequence[CaptionedImage], 
     return folder / f"{kind}-{digest.hexdigest()[:24]}.pt"
 
 
+def pixel_batches(model: EmbeddingModel, pairs: Sequence[CaptionedImage], batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """The pairs' photos, preprocessed for the model, in batches on its device; an unreadable
+    photo is an InvalidInputError naming it."""
+    transform = model.image_transform
+    for start in range(0, len(pairs), batch_size):
+        pixels = []
+        for pair in pairs[start : start + batch_size]:
+            try:
+                pixels.append(transform(decode_image(pair.image).image))
+            except ImageReadError as e:
+                raise InvalidInputError(f"{pair.image}: {e}") from None
+        yield torch.stack(pixels).to(model.device)
+
+
 @torch.inference_mode()
 def pair_features(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
@@ -44,16 +58,7 @@ def pair_features(
     if cache_file.is_file():
         cached = torch.load(cache_file, weights_only=True)
         return cached["image"], cached["text"], cached["caption_image"]
-    transform = model.image_transform
-    image_chunks = []
-    for start in range(0, len(pairs), batch_size):
-        pixels = []
-        for pair in pairs[start : start + batch_size]:
-            try:
-                pixels.append(transform(decode_image(pair.image).image))
-            except ImageReadError as e:
-                raise InvalidInputError(f"{pair.image}: {e}") from None
-        image_chunks.append(model.towers.image_features(torch.stack(pixels).to(model.device)).float().cpu())
+    image_chunks = [model.towers.image_features(pixels).float().cpu() for pixels in pixel_batches(model, pairs, batch_size)]
     captions = [caption for pair in pairs for caption in pair.captions]
     owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
     text_chunks = [model.towers.text_features(captions[s : s + 256]).float().cpu() for s in range(0, len(captions), 256)]

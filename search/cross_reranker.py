@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "GRID_SIZE",
@@ -50,8 +49,7 @@ FORMAT = "xmodal.cross_reranker/1"
 @torch.inference_mode()
 def image_grid(towers: Any, pixels: torch.Tensor) -> torch.Tensor:
     """(n, 3, H, W) transformed pixels -> (n, 9, 1280) float32: trunk feature map pooled to 3×3, row-major."""
-    fmap = towers.visual.trunk.forward_features(pixels.float())
-    return F.adaptive_avg_pool2d(fmap, GRID_SIZE).flatten(2).transpose(1, 2).float().contiguous()
+    return towers.image_features_and_grid(pixels)[1].float().contiguous()  # the map stored at index time
 
 
 @torch.inference_mode()

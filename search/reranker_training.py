@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 from platformdirs import user_cache_dir
 
-from indexer.errors import ImageReadError, InvalidInputError
-from indexer.images import decode_image
+from indexer.errors import InvalidInputError
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
-from indexer.training import features_cache_file
-from search.cross_reranker import CrossReranker, RerankerConfig, image_grid, text_tokens
+from indexer.training import features_cache_file, pixel_batches
+from search.cross_reranker import CrossReranker, RerankerConfig, text_tokens
 
 __all__ = ["RerankerFeatures", "TrainConfig", "reranker_features", "fit_reranker", "train_reranker"]
 
@@ -70,18 +69,11 @@ def reranker_features(
     if cache_file.is_file():
         return RerankerFeatures(**torch.load(cache_file, weights_only=True))
     towers = model.towers
-    transform = model.image_transform
     grids, feats = [], []
-    for start in range(0, len(pairs), batch_size):
-        pixels = []
-        for pair in pairs[start : start + batch_size]:
-            try:
-                pixels.append(transform(decode_image(pair.image).image))
-            except ImageReadError as e:
-                raise InvalidInputError(f"{pair.image}: {e}") from None
-        x = torch.stack(pixels).to(model.device)
-        grids.append(image_grid(towers, x).half().cpu())
-        feats.append(towers.image_features(x).float().cpu())
+    for pixels in pixel_batches(model, pairs, batch_size):
+        feat, grid = towers.image_features_and_grid(pixels)  # one forward pass for both
+        grids.append(grid.half().cpu())
+        feats.append(feat.float().cpu())
     captions = [c for pair in pairs for c in pair.captions]
     owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
     tok_chunks, mask_chunks, text_chunks = [], [], []

@@ -53,16 +53,22 @@ def test_hub_unreachable_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         load_model("RN50:openai")
 
 
-def test_local_checkpoint_of_an_open_clip_architecture(tmp_path: Path) -> None:
+def _tiny_checkpoint(tmp_path: Path, name: str) -> Path:
+    """A tiny open_clip architecture registered under `name`, with seeded random weights saved."""
     import open_clip
 
     config_dir = tmp_path / "configs"
     config_dir.mkdir()
-    (config_dir / "xmodal-tiny-test.json").write_text(json.dumps(TINY))
+    (config_dir / f"{name}.json").write_text(json.dumps(TINY))
     open_clip.add_model_config(config_dir)
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pt"
-    torch.save(open_clip.create_model("xmodal-tiny-test").state_dict(), weights)
+    torch.save(open_clip.create_model(name).state_dict(), weights)
+    return weights
+
+
+def test_local_checkpoint_of_an_open_clip_architecture(tmp_path: Path) -> None:
+    weights = _tiny_checkpoint(tmp_path, "xmodal-tiny-test")
     model = load_model(f"xmodal-tiny-test:{weights}", device="cpu")
     texts = model.embed_texts(["a dog", "a cat"])
     images = model.embed_images([Image.new("RGB", (50, 40), (200, 10, 10))])
@@ -72,15 +78,7 @@ def test_local_checkpoint_of_an_open_clip_architecture(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_half_precision_matches_cpu(tmp_path: Path) -> None:
-    import open_clip
-
-    config_dir = tmp_path / "configs"
-    config_dir.mkdir()
-    (config_dir / "xmodal-tiny-gpu.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(config_dir)
-    torch.manual_seed(0)
-    weights = tmp_path / "tiny.pt"
-    torch.save(open_clip.create_model("xmodal-tiny-gpu").state_dict(), weights)
+    weights = _tiny_checkpoint(tmp_path, "xmodal-tiny-gpu")
     cpu = load_model(f"xmodal-tiny-gpu:{weights}", device="cpu").embed_texts(["a dog"])
     gpu = load_model(f"xmodal-tiny-gpu:{weights}", device="cuda").embed_texts(["a dog"])
     assert float(cpu[0] @ gpu[0]) > 0.99  # fp16 on the GPU, same direction as fp32 on the CPU
