@@ -115,7 +115,7 @@ class _Work:
 @dataclass
 class _Prepared:
     work: _Work
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | torch.Tensor | None = None  # per_image output of the split transform
     width: int = 0
     height: int = 0
     taken_at: object = None
@@ -269,23 +269,23 @@ class Indexer:
         summary.failures.extend((str(item.path), item.reason) for item in skipped)
 
     def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
-        import torch
+        from indexer.preprocess import split_transform
 
         vectors = store.vectors("image")
-        transform = model.image_transform
-        target = _decode_size(transform)
+        target = _decode_size(model.image_transform)
+        split = split_transform(model.image_transform)
         total = len(work)
         done = 0
         last_save = time.perf_counter()
         timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}
         if self.on_progress:
             self.on_progress(Progress(0, total))
-        with _decode_pool(self.workers, transform, target) as pool:
+        with _decode_pool(self.workers, split.per_image, target) as pool:
             for batch in _prefetch(pool, work, self.batch_size, _prepare):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
-                embeddings, grids = model.embed_pixels_with_grid(torch.stack([p.pixels for p in good])) if good else (None, None)  # type: ignore[misc]
+                embeddings, grids = model.embed_pixels_with_grid(split.per_batch([p.pixels for p in good])) if good else (None, None)  # type: ignore[misc]
                 timings["embed"] += time.perf_counter() - clock
                 clock = time.perf_counter()
                 ids = self._write_batch(store, model, batch, good, embeddings, grids, summary)

@@ -172,6 +172,8 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
 
         transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on every search
         towers = build_offline_towers().to(device).eval()
+        if device == "cuda":  # half precision on the GPU, as open_clip models (fp32 features out)
+            towers.half()
     except ModelLoadError:
         raise
     except Exception as e:

@@ -105,6 +105,7 @@ class OfflineTowers(nn.Module):
         self.register_buffer("class_text_emb", self._class_text_embeddings(), persistent=False)
 
         self.image_dim: int = trunk.num_features + 384
+        self._onnx_trunk: object = None  # OnnxTrunk once exported, False when unavailable
         self.text_dim: int = 384
 
     def _class_text_embeddings(self) -> torch.Tensor:
@@ -156,22 +157,36 @@ class OfflineTowers(nn.Module):
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, 224, 224) -> (n, 1280 + 384): [avg-pooled features | ConSE vector]."""
-        return self._features_from_map(self.visual.trunk.forward_features(pixels.float()))
+        return self._features_from_map(self._feature_map(pixels))
 
     @torch.no_grad()
     def image_features_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image_features plus the spatial feature map pooled to 3x3: (n, 9, 1280), which the
         learned reranker reads; one forward pass for both."""
-        feature_map = self.visual.trunk.forward_features(pixels.float())
+        feature_map = self._feature_map(pixels)
         grid = F.adaptive_avg_pool2d(feature_map, GRID_SIDE).flatten(2).transpose(1, 2)
         return self._features_from_map(feature_map), grid
+
+    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The backbone's final feature map; on CPU through onnxruntime (indexer.onnx_trunk)."""
+        trunk = self.visual.trunk
+        weights = trunk.conv_stem.weight
+        if pixels.device.type == "cpu" and weights.device.type == "cpu":
+            if self._onnx_trunk is None:
+                from indexer.onnx_trunk import onnx_trunk_for
+
+                self._onnx_trunk = onnx_trunk_for(trunk, IMAGE_SIZE) or False
+            if self._onnx_trunk is not False:
+                return self._onnx_trunk(pixels)
+        # On a GPU the towers may be half precision (see indexer.models): match the input to them.
+        return trunk.forward_features(pixels.to(device=weights.device, dtype=weights.dtype))
 
     def _features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
         trunk = self.visual.trunk
         pooled = trunk.forward_head(feature_map, pre_logits=True)
         probs = trunk.classifier(pooled).softmax(-1)
         v, i = probs.topk(CONSE_TOPK, dim=-1)
-        conse = torch.zeros_like(probs).scatter(-1, i, v) @ self.class_text_emb
+        conse = torch.zeros_like(probs).scatter(-1, i, v) @ self.class_text_emb.to(probs.dtype)
         return torch.cat([pooled, F.normalize(conse, dim=-1)], dim=-1).float()
 
     # -- text ----------------------------------------------------------------
@@ -181,7 +196,8 @@ class OfflineTowers(nn.Module):
             tok = self.tokenizer(
                 texts[b : b + batch_size], padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt"
             )
-            out.append(F.normalize(self.text(tok["input_ids"]), dim=-1))
+            ids = tok["input_ids"].to(next(self.text.parameters()).device)
+            out.append(F.normalize(self.text(ids).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, 384)
 
     @torch.no_grad()

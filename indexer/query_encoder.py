@@ -8,6 +8,7 @@ and the `tokenizers` library instead. Same vectors as the torch path (tests comp
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -61,8 +62,9 @@ def export_query_encoder(model: EmbeddingModel) -> Path | None:
     class TextPath(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.text = model.towers.text  # type: ignore[attr-defined]
-            self.head = model.head
+            # Copies in fp32 on the CPU: the model itself may live on a GPU in half precision.
+            self.text = copy.deepcopy(model.towers.text).float().cpu()  # type: ignore[attr-defined]
+            self.head = copy.deepcopy(model.head).float().cpu() if model.head is not None else None
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             feats = torch.nn.functional.normalize(self.text(ids), dim=-1)

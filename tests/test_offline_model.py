@@ -62,3 +62,45 @@ def test_zero_shot_meaning_on_everyday_words(model) -> None:
     """Texts about the same thing sit closer than texts about different things (towers + head)."""
     a, b, c = model.embed_texts(["a dog playing fetch", "a puppy running after a ball", "a plate of pasta"])
     assert a @ b > a @ c
+
+
+def test_onnx_backbone_gives_the_torch_vectors(model, tmp_path, monkeypatch) -> None:
+    from indexer.onnx_trunk import onnx_trunk_for
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    trunk = model.towers.visual.trunk
+    onnx = onnx_trunk_for(trunk, 224)
+    assert onnx is not None and list((tmp_path / "image-encoders").glob("*.onnx"))
+    pixels = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        expected = trunk.forward_features(pixels.contiguous(memory_format=torch.channels_last))
+    got = onnx(pixels)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3)
+    assert trunk.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)  # export used a copy
+
+
+def test_without_onnx_the_model_runs_in_torch(model, monkeypatch) -> None:
+    import indexer.onnx_trunk as onnx_trunk
+
+    pixels = torch.stack([model.image_transform(_drawing((0, 150, 0), "circle"))])
+    fast = model.embed_pixels(pixels)
+    monkeypatch.setattr(model.towers, "_onnx_trunk", None)
+    monkeypatch.setattr(onnx_trunk, "_export", lambda *a: (_ for _ in ()).throw(RuntimeError("exporter bug")))
+    monkeypatch.setenv("XMODAL_CACHE", "/nonexistent-cache")
+    slow = model.embed_pixels(pixels)
+    assert model.towers._onnx_trunk is False  # fell back, and remembers it
+    assert float(fast[0] @ slow[0]) > 0.9999
+    monkeypatch.setenv("XMODAL_NO_ONNX", "1")
+    assert onnx_trunk.onnx_trunk_for(model.towers.visual.trunk, 224) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_offline_model_in_half_precision_on_gpu_matches_cpu(model) -> None:
+    from indexer.models import EmbeddingModel, _load_offline
+
+    gpu = _load_offline(model.spec, "cuda")
+    assert isinstance(gpu, EmbeddingModel) and gpu.towers.visual.trunk.conv_stem.weight.dtype == torch.float16
+    image = [_drawing((200, 0, 0), "circle")]
+    assert float(gpu.embed_images(image)[0] @ model.embed_images(image)[0]) > 0.99
+    assert float(gpu.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.99
