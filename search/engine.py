@@ -18,7 +18,7 @@ from indexer.storage import ImageRow, TextRow
 from search.filters import SearchFilter
 from search.hits import Hit
 from search.query import QueryTerm, parse_query
-from search.rerank import RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
+from search.rerank import QB_NORM_BETA, RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
 
 if TYPE_CHECKING:
     from indexer.models import EmbeddingModel
@@ -227,7 +227,7 @@ class SearchEngine:
                 bank_vecs, activated_ids = bank
                 bank_scores = bank_vecs @ vecs.T
                 bank_scores = bank_scores[(bank_vecs @ query) < 0.9999]  # never the query itself
-                new = querybank_normalise(new, bank_scores, np.isin(cand, activated_ids))
+                new = querybank_normalise(new, bank_scores, np.isin(cand, activated_ids), QB_NORM_BETA[target])
             order = np.argsort(-new, kind="stable")
             if options.diverse is not None:
                 order = order[maximal_marginal_relevance(new[order], vecs[order], len(order), options.diverse)]
