@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -146,7 +147,7 @@ class SearchEngine:
         """Top-k hits for any query. `filters` act inside the search; `min_score` may be "auto"."""
         if k <= 0:
             return []
-        scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank)
+        scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank, query_kind=_query_kind(query))
         keep = _score_cutoff(scores[0], min_score)
         return self._hits(target, scores[0][:keep], ids[0][:keep])
 
@@ -161,7 +162,7 @@ class SearchEngine:
         cleaned = [" ".join(t.split())[:MAX_QUERY_CHARS] for t in texts]
         if any(not t for t in cleaned):
             raise InvalidQueryError("a query text is empty")
-        return self.search_vectors(self.embed_texts(cleaned), k, target, **options)  # type: ignore[arg-type]
+        return self.search_vectors(self.embed_texts(cleaned), k, target, query_kind="text", **options)  # type: ignore[arg-type]
 
     def similar(self, item_id: int, k: int = 10, kind: Kind = "image", target: Kind | None = None, **options: object) -> list[Hit]:
         """Items most like a stored item ("more like this"); never the item itself."""
@@ -169,7 +170,7 @@ class SearchEngine:
         if len(vectors) == 0:
             raise InvalidQueryError(f"no {kind} with id {item_id} in the index")
         target = target or kind
-        scores, ids = self.search_vectors(vectors, k + 1, target, **options)  # type: ignore[arg-type]
+        scores, ids = self.search_vectors(vectors, k + 1, target, query_kind=kind, **options)  # type: ignore[arg-type]
         keep = [(s, i) for s, i in zip(scores[0], ids[0]) if not (target == kind and i == item_id)][:k]
         return self._hits(target, np.array([s for s, _ in keep]), np.array([i for _, i in keep], dtype=np.int64))
 
@@ -188,8 +189,12 @@ class SearchEngine:
         target: Kind = "image",
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
+        query_kind: Kind | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit."""
+        """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit.
+
+        query_kind says what the query vectors embed; hubness correction runs only across
+        modalities (its banks are typical queries of the other kind), and when it is None."""
         options = rerank if isinstance(rerank, RerankOptions) else (RerankOptions() if rerank else None)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         with self._lock:
@@ -201,6 +206,8 @@ class SearchEngine:
         depth = max(k, options.candidates) if options else k
         scores, ids = index.search(queries, depth, allowed)
         if options is not None:
+            if query_kind == target and options.hubness:
+                options = replace(options, hubness=False)
             scores, ids = self._rerank(queries, scores, ids, target, options)
         return _pad(scores[:, :k], ids[:, :k], k)
 
@@ -271,6 +278,16 @@ def _plain_text(text: str) -> list[QueryTerm]:
     if not cleaned:
         raise InvalidQueryError("the query text is empty")
     return [QueryTerm(1.0, "text", cleaned[:MAX_QUERY_CHARS])]
+
+
+def _query_kind(query: Query) -> Kind | None:
+    """The kind of a query made of one kind of term; None for vectors and mixed combinations."""
+    if isinstance(query, (Path, Image.Image)):
+        return "image"
+    if isinstance(query, np.ndarray):
+        return None
+    kinds = {term.kind for term in (parse_query(query) if isinstance(query, str) else list(query))}
+    return kinds.pop() if len(kinds) == 1 else None  # type: ignore[return-value]
 
 
 def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -142,3 +142,34 @@ def test_rerank_building_blocks() -> None:
     normalised = querybank_normalise(scores, bank, np.array([True, False]), beta=10.0)
     assert np.argmax(normalised) == 1
     assert np.array_equal(querybank_normalise(scores, bank, np.array([False, True]), beta=10.0), scores)
+
+
+def test_hubness_correction_only_across_modalities(tmp_path, photo_dir, fake, monkeypatch) -> None:
+    """QB-Norm's banks hold typical queries of the other kind, so same-kind searches skip it."""
+    import search.engine as engine_module
+    from indexer import Indexer
+    from indexer.text_indexing import TextIndexer
+    from search import SearchEngine
+
+    Indexer(tmp_path / "idx", model=fake).add_paths([photo_dir])
+    TextIndexer(tmp_path / "idx", model=fake).add_texts([("t", "red"), ("t", "green"), ("t", "blue")])
+    calls: list[int] = []
+    real = engine_module.querybank_normalise
+    monkeypatch.setattr(engine_module, "querybank_normalise", lambda *a, **k: calls.append(1) or real(*a, **k))
+    engine = SearchEngine.open(tmp_path / "idx", model=fake)
+
+    def normalised(search) -> bool:  # noqa: ANN001
+        calls.clear()
+        search()
+        return bool(calls)
+
+    try:
+        image_id = engine.search_text("red", k=1)[0].id
+        assert normalised(lambda: engine.search_text("red", k=2, target="image"))
+        assert normalised(lambda: engine.search_image(photo_dir / "red.jpg", k=2, target="text"))
+        assert not normalised(lambda: engine.search_text("red", k=2, target="text"))
+        assert not normalised(lambda: engine.search_texts(["red"], k=2, target="text"))
+        assert not normalised(lambda: engine.similar(image_id, k=2))
+        assert not normalised(lambda: engine.search_image(photo_dir / "red.jpg", k=2))
+    finally:
+        engine.close()
