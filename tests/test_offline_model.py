@@ -104,3 +104,16 @@ def test_offline_model_in_half_precision_on_gpu_matches_cpu(model) -> None:
     image = [_drawing((200, 0, 0), "circle")]
     assert float(gpu.embed_images(image)[0] @ model.embed_images(image)[0]) > 0.99
     assert float(gpu.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.99
+
+
+def test_half_precision_towers_give_the_same_vectors(model) -> None:
+    """The GPU path's dtype handling (half towers, fp32 features out), checked on the CPU."""
+    from indexer.models import _load_offline
+
+    half = _load_offline(model.spec, "cpu")
+    half.towers.half()
+    half.towers._onnx_trunk = False  # the PyTorch path, as on a GPU
+    image = [_drawing((200, 0, 0), "circle")]
+    got, want = half.embed_images(image), model.embed_images(image)
+    assert got.dtype == np.float32 and float(got[0] @ want[0]) > 0.999
+    assert float(half.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.999
