@@ -70,11 +70,12 @@ def index(
         indexer = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update)
         summary = indexer.add_paths(paths)
     if indexer.model is not None and summary.embedded:
-        from indexer.query_encoder import export_query_encoder
+        from indexer.query_encoder import export_image_query_encoder, export_query_encoder
         from search.querybank import text_bank
 
         # Prepared now, while the model is loaded, so that a search starts in a second or two.
         export_query_encoder(indexer.model)
+        export_image_query_encoder(indexer.model)
         text_bank(str(indexer.model.spec), indexer.model.embed_texts, indexer.model.dim)
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))

@@ -83,6 +83,9 @@ class OnnxTrunk:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
+    def __deepcopy__(self, memo: dict) -> OnnxTrunk:
+        return self  # a session is read-only and thread-safe: copies of a model share it
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(pixels.detach().float().cpu().numpy())
         return torch.from_numpy(self._session.run(None, {"pixels": array})[0])

@@ -41,7 +41,7 @@ class SearchEngine:
         self._model = model
         self._lock = threading.RLock()
         self._banks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._text_encoder: object = None  # QueryTextEncoder, False when there is none
+        self._light_encoders: dict[str, object] = {}  # exported query encoders; False when there is none
 
     @classmethod
     def open(
@@ -91,17 +91,27 @@ class SearchEngine:
             return self._model
 
     # --- query vectors ----------------------------------------------------------------------
+    def _light_encoder(self, kind: Kind) -> object:
+        """The exported ONNX encoder of one kind (indexer.query_encoder) while the full model is
+        not loaded; None when the model is loaded or there is no export."""
+        if self._model is not None:
+            return None
+        with self._lock:
+            if kind not in self._light_encoders:
+                from indexer.query_encoder import QueryImageEncoder, QueryTextEncoder
+
+                encoder = QueryTextEncoder if kind == "text" else QueryImageEncoder
+                self._light_encoders[kind] = encoder.for_index(self.store.model_spec) or False
+            return self._light_encoders[kind] or None
+
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Text vectors for queries: the light exported encoder when the full model is not loaded."""
-        if self._model is None:
-            with self._lock:
-                if self._text_encoder is None:
-                    from indexer.query_encoder import QueryTextEncoder
+        encoder = self._light_encoder("text")
+        return encoder.embed_texts(texts) if encoder else self.model.embed_texts(texts)  # type: ignore[attr-defined]
 
-                    self._text_encoder = QueryTextEncoder.for_index(self.store.model_spec) or False
-            if self._text_encoder:
-                return self._text_encoder.embed_texts(texts)
-        return self.model.embed_texts(texts)
+    def _embed_query_images(self, images: list[Image.Image]) -> np.ndarray:
+        encoder = self._light_encoder("image")
+        return encoder.embed_images(images) if encoder else self.model.embed_images(images)  # type: ignore[attr-defined]
 
     def embed_text_query(self, text: str) -> np.ndarray:
         cleaned = " ".join(text.split())
@@ -111,12 +121,12 @@ class SearchEngine:
 
     def embed_image_query(self, image: str | Path | Image.Image) -> np.ndarray:
         if isinstance(image, Image.Image):
-            return self.model.embed_images([image])[0]
+            return self._embed_query_images([image])[0]
         try:
             decoded = decode_image(Path(image))
         except ImageReadError as e:
             raise InvalidQueryError(f"query image '{image}': {e}") from None
-        return self.model.embed_images([decoded.image])[0]
+        return self._embed_query_images([decoded.image])[0]
 
     def embed_query(self, query: Query) -> np.ndarray:
         """One unit vector for a text, an image, a vector or a weighted combination of terms."""

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from indexer import load_model
-from indexer.query_encoder import QueryTextEncoder, export_query_encoder
+from indexer.query_encoder import QueryImageEncoder, QueryTextEncoder, export_image_query_encoder, export_query_encoder
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,19 @@ def test_exported_query_encoder_matches_the_model(model, tmp_path, monkeypatch) 
     assert encoder is not None
     texts = ["a dog running on the beach", "x", "two children " * 200]
     assert np.allclose(encoder.embed_texts(texts), model.embed_texts(texts), atol=1e-5)
+
+
+def test_exported_image_query_encoder_matches_the_model(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
+    assert QueryImageEncoder.for_index("xmodal-lite") is None  # nothing exported yet
+    assert export_image_query_encoder(model) is not None
+    encoder = QueryImageEncoder.for_index("xmodal-lite")
+    assert encoder is not None
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((480, 640), (333, 251), (225, 1000))]
+    images += [_drawing((0, 120, 0), "circle").convert("RGBA"), _drawing((90, 90, 90), "square").convert("L")]
+    assert np.allclose(encoder.embed_images(images), model.embed_images(images), atol=1e-5)
+    assert model.towers.visual.trunk.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)  # a copy was exported
 
 
 def test_zero_shot_meaning_on_everyday_words(model) -> None:
@@ -117,3 +130,25 @@ def test_half_precision_towers_give_the_same_vectors(model) -> None:
     got, want = half.embed_images(image), model.embed_images(image)
     assert got.dtype == np.float32 and float(got[0] @ want[0]) > 0.999
     assert float(half.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.999
+
+
+def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeypatch) -> None:
+    from indexer import Indexer
+    from search import SearchEngine
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, colour, shape in (("red", (200, 0, 0), "circle"), ("blue", (0, 0, 200), "square"), ("green", (0, 160, 0), "circle")):
+        _drawing(colour, shape).save(photos / f"{name}.png")
+    Indexer(tmp_path / "idx", model=model).add_paths([photos])
+    export_query_encoder(model)
+    export_image_query_encoder(model)
+    with SearchEngine.open(tmp_path / "idx", model=model) as full, SearchEngine.open(tmp_path / "idx") as light:
+        for search in ("search_image", "search_text"):
+            query = photos / "red.png" if search == "search_image" else "a red circle"
+            want = getattr(full, search)(query, k=3)
+            got = getattr(light, search)(query, k=3)
+            assert [h.path for h in got] == [h.path for h in want]
+            assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
+        assert light._model is None  # neither query loaded torch's model
