@@ -218,6 +218,9 @@ class Indexer:
             if row is not None:
                 work.append(_Work(f, row.id))
                 continue
+            if not missing_by_hash:  # nothing can have moved here: the decode workers hash it
+                work.append(_Work(f, None))
+                continue
             try:
                 digest = file_hash(f.path)
             except OSError as e:
