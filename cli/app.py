@@ -80,10 +80,10 @@ def index(
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
+        rate = f"{summary.images_per_second:.1f} images/s, " if summary.embedded else ""
         typer.echo(
             f"new {summary.new}, updated {summary.updated}, unchanged {summary.unchanged}, moved {summary.moved}, "
-            f"removed {summary.removed}, failed {summary.failed} — {summary.images_per_second:.1f} images/s "
-            f"({summary.seconds:.1f} s)"
+            f"removed {summary.removed}, failed {summary.failed} — {rate}{summary.seconds:.2f} s"
         )
         if summary.failed:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
