@@ -12,7 +12,7 @@ import copy
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 from PIL import Image
@@ -146,33 +146,40 @@ def _exported_for_index(spec: str | None, kind: str) -> Path | None:
     return onnx_file if onnx_file.is_file() else None
 
 
-def _session(onnx_file: Path) -> object:
-    import onnxruntime
+class _ExportedEncoder:
+    """An exported path run by onnxruntime; `for_index` finds the export for an index's model."""
 
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-
-
-class QueryTextEncoder:
-    """Embeds query texts with onnxruntime; rows float32 and L2-normalised like the model's."""
+    kind = ""
 
     def __init__(self, onnx_file: Path) -> None:
-        from tokenizers import Tokenizer
+        import onnxruntime
 
-        self._session = _session(onnx_file)
-        self._tokenizer = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
-        self._tokenizer.enable_truncation(_MAX_TOKENS)
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
     @classmethod
-    def for_index(cls, spec: str | None) -> QueryTextEncoder | None:
+    def for_index(cls, spec: str | None) -> Self | None:
         """The exported encoder for an index's model spec, or None when there is none yet."""
-        onnx_file = _exported_for_index(spec, "text")
+        onnx_file = _exported_for_index(spec, cls.kind)
         try:
             return cls(onnx_file) if onnx_file else None
         except Exception:  # a broken cache entry: fall back to the full model
             return None
+
+
+class QueryTextEncoder(_ExportedEncoder):
+    """Embeds query texts with onnxruntime; rows float32 and L2-normalised like the model's."""
+
+    kind = "text"
+
+    def __init__(self, onnx_file: Path) -> None:
+        from tokenizers import Tokenizer
+
+        super().__init__(onnx_file)
+        self._tokenizer = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
+        self._tokenizer.enable_truncation(_MAX_TOKENS)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
@@ -180,20 +187,11 @@ class QueryTextEncoder:
         return self._session.run(None, {"ids": ids})[0].astype(np.float32)
 
 
-class QueryImageEncoder:
+class QueryImageEncoder(_ExportedEncoder):
     """Embeds query images with onnxruntime and Pillow; the offline towers' preprocessing
     (short side to 224 px bicubic, centre crop, scaled to [-1, 1]) without torchvision."""
 
-    def __init__(self, onnx_file: Path) -> None:
-        self._session = _session(onnx_file)
-
-    @classmethod
-    def for_index(cls, spec: str | None) -> QueryImageEncoder | None:
-        onnx_file = _exported_for_index(spec, "image")
-        try:
-            return cls(onnx_file) if onnx_file else None
-        except Exception:  # a broken cache entry: fall back to the full model
-            return None
+    kind = "image"
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         pixels = np.stack([_pixels(im) for im in images])

@@ -9,6 +9,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from platformdirs import user_cache_dir
@@ -18,9 +19,10 @@ from indexer.errors import ImageReadError, InvalidInputError
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
 
-__all__ = ["PairFeatures", "features_cache_file", "pixel_batches", "pair_features", "train_projection_head"]
+__all__ = ["PairFeatures", "features_cache_file", "cached", "pixel_batches", "pair_features", "train_projection_head"]
 
 PairFeatures = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+T = TypeVar("T")
 
 
 def features_cache_file(model: EmbeddingModel, pairs: Sequence[CaptionedImage], kind: str, cache_dir: Path | None = None) -> Path:
@@ -33,6 +35,18 @@ def features_cache_file(model: EmbeddingModel, pairs: Sequence[CaptionedImage], 
         digest.update("\x1f".join(pair.captions).encode())
     folder = cache_dir or Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
     return folder / f"{kind}-{digest.hexdigest()[:24]}.pt"
+
+
+def cached(cache_file: Path, compute: Callable[[], T]) -> T:
+    """torch.load(cache_file), or compute() saved there atomically (concurrent runs never see half a file)."""
+    if cache_file.is_file():
+        return torch.load(cache_file, weights_only=True)
+    value = compute()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, cache_file)
+    return value
 
 
 def pixel_batches(model: EmbeddingModel, pairs: Sequence[CaptionedImage], batch_size: int = 32) -> Iterator[torch.Tensor]:
@@ -54,20 +68,16 @@ def pair_features(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
 ) -> PairFeatures:
     """(image_feats (N, Di), text_feats (M, Dt), caption_image (M,)) from the frozen towers."""
-    cache_file = features_cache_file(model, pairs, "head", cache_dir)
-    if cache_file.is_file():
-        cached = torch.load(cache_file, weights_only=True)
-        return cached["image"], cached["text"], cached["caption_image"]
-    image_chunks = [model.towers.image_features(pixels).float().cpu() for pixels in pixel_batches(model, pairs, batch_size)]
-    captions = [caption for pair in pairs for caption in pair.captions]
-    owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
-    text_chunks = [model.towers.text_features(captions[s : s + 256]).float().cpu() for s in range(0, len(captions), 256)]
-    feats = (torch.cat(image_chunks), torch.cat(text_chunks), owners)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save({"image": feats[0], "text": feats[1], "caption_image": feats[2]}, tmp)
-    os.replace(tmp, cache_file)
-    return feats
+
+    def compute() -> dict[str, torch.Tensor]:
+        image_chunks = [model.towers.image_features(pixels).float().cpu() for pixels in pixel_batches(model, pairs, batch_size)]
+        captions = [caption for pair in pairs for caption in pair.captions]
+        owners = torch.tensor([i for i, pair in enumerate(pairs) for _ in pair.captions], dtype=torch.long)
+        text_chunks = [model.towers.text_features(captions[s : s + 256]).float().cpu() for s in range(0, len(captions), 256)]
+        return {"image": torch.cat(image_chunks), "text": torch.cat(text_chunks), "caption_image": owners}
+
+    feats = cached(features_cache_file(model, pairs, "head", cache_dir), compute)
+    return feats["image"], feats["text"], feats["caption_image"]
 
 
 def train_projection_head(

@@ -30,7 +30,7 @@ from platformdirs import user_cache_dir
 from indexer.errors import InvalidInputError
 from indexer.models import EmbeddingModel
 from indexer.pairs import CaptionedImage
-from indexer.training import features_cache_file, pixel_batches
+from indexer.training import cached, features_cache_file, pixel_batches
 from search.cross_reranker import CrossReranker, RerankerConfig, text_tokens
 
 __all__ = ["RerankerFeatures", "TrainConfig", "reranker_features", "fit_reranker", "train_reranker"]
@@ -65,9 +65,10 @@ def reranker_features(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], cache_dir: Path | None = None, batch_size: int = 32
 ) -> RerankerFeatures:
     """Grids, tokens and tower features of the pairs, cached on disk per (model towers, pairs)."""
-    cache_file = features_cache_file(model, pairs, "reranker-1", cache_dir)
-    if cache_file.is_file():
-        return RerankerFeatures(**torch.load(cache_file, weights_only=True))
+    return RerankerFeatures(**cached(features_cache_file(model, pairs, "reranker-1", cache_dir), lambda: dataclasses.asdict(_compute_reranker_features(model, pairs, batch_size))))
+
+
+def _compute_reranker_features(model: EmbeddingModel, pairs: Sequence[CaptionedImage], batch_size: int) -> RerankerFeatures:
     towers = model.towers
     grids, feats = [], []
     for pixels in pixel_batches(model, pairs, batch_size):
@@ -85,12 +86,7 @@ def reranker_features(
     width = max(t.shape[1] for t in tok_chunks)
     tokens = torch.cat([F.pad(t, (0, 0, 0, width - t.shape[1])) for t in tok_chunks])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in mask_chunks])
-    out = RerankerFeatures(torch.cat(grids), torch.cat(feats), tokens, mask, torch.cat(text_chunks), owners)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(dataclasses.asdict(out), tmp)
-    os.replace(tmp, cache_file)
-    return out
+    return RerankerFeatures(torch.cat(grids), torch.cat(feats), tokens, mask, torch.cat(text_chunks), owners)
 
 
 @dataclasses.dataclass
@@ -147,16 +143,9 @@ def _cached_folds(model: EmbeddingModel, pairs: Sequence[CaptionedImage], feats:
         for name, value in model.head.state_dict().items():
             digest.update(name.encode())
             digest.update(value.detach().float().cpu().numpy().tobytes())
-    cache_dir = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features"
-    cache_file = cache_dir / f"rerank-folds-{digest.hexdigest()[:24]}.pt"
-    if cache_file.is_file():
-        return [_Fold(**d) for d in torch.load(cache_file, weights_only=True)]
-    folds = _first_stage_folds(model, feats, fold_size, seed)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    torch.save([dataclasses.asdict(f) for f in folds], tmp)
-    os.replace(tmp, cache_file)
-    return folds
+    cache_file = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features" / f"rerank-folds-{digest.hexdigest()[:24]}.pt"
+    stored = cached(cache_file, lambda: [dataclasses.asdict(f) for f in _first_stage_folds(model, feats, fold_size, seed)])
+    return [_Fold(**d) for d in stored]
 
 
 def _queries(fold: _Fold, depth: int) -> tuple[list[tuple[int, torch.Tensor, torch.Tensor]], list[tuple[int, torch.Tensor, torch.Tensor]]]:

@@ -53,6 +53,12 @@ def data():
     return base, ids, queries
 
 
+def _exact(base, ids) -> VectorIndex:
+    index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
+    index.add(ids, base)
+    return index
+
+
 def _approx(base, ids, kind="ivf_sq8", lean=False) -> VectorIndex:
     pq_m = {"ivf_pq": DIM // 4, "ivf_pqfs": DIM // 2}.get(kind, 0)
     plan = IndexPlan(kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10,
@@ -127,11 +133,7 @@ def test_vector_source_callable(data):
 @pytest.mark.parametrize("n_allowed", [5, 30, 15_000])
 def test_allowed_ids_give_k_hits(data, approximate, n_allowed):
     base, ids, queries = data
-    if approximate:
-        index = _approx(base, ids)
-    else:
-        index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
-        index.add(ids, base)
+    index = _approx(base, ids) if approximate else _exact(base, ids)
     rng = np.random.default_rng(3)
     allowed_rows = rng.choice(len(ids), n_allowed, replace=False)
     allowed = ids[allowed_rows]
@@ -158,11 +160,7 @@ def test_allowed_ids_large_filter_uses_ivf_and_still_fills(data, monkeypatch):
 @pytest.mark.parametrize("approximate", [False, True])
 def test_remove_and_readd(data, approximate):
     base, ids, queries = data
-    if approximate:
-        index = _approx(base, ids)
-    else:
-        index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
-        index.add(ids, base)
+    index = _approx(base, ids) if approximate else _exact(base, ids)
     _, before = index.search(queries[:3], 10)
     gone = np.unique(before[:, :3])
     index.remove(gone)
