@@ -61,6 +61,7 @@ class EmbeddingModel:
         self.device = device
         # channels-last: on CPU (oneDNN) and GPU alike, EfficientNet's depthwise convolutions run
         # ~1.7x faster in NHWC (measured here: 44 -> 26 ms of CPU per photo for the offline default).
+        # The towers convert their own input, so the onnxruntime backbone gets NCHW without copies.
         for module in (towers, getattr(towers, "model", None)):
             if isinstance(module, torch.nn.Module):
                 module.to(memory_format=torch.channels_last)
@@ -87,7 +88,7 @@ class EmbeddingModel:
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embed a batch of already transformed images."""
-        feats = self.towers.image_features(_nhwc(pixels.to(self.device)))
+        feats = self.towers.image_features(pixels.to(self.device))
         out = self.head.project_images(feats) if self.head is not None else feats
         return _normalised(out)
 
@@ -102,7 +103,7 @@ class EmbeddingModel:
         one forward pass for both."""
         if not self.has_grid:
             return self.embed_pixels(pixels), None
-        feats, grid = self.towers.image_features_and_grid(_nhwc(pixels.to(self.device)))  # type: ignore[attr-defined]
+        feats, grid = self.towers.image_features_and_grid(pixels.to(self.device))  # type: ignore[attr-defined]
         out = self.head.project_images(feats) if self.head is not None else feats
         return _normalised(out), grid.to(torch.float16).cpu().numpy()
 
@@ -121,10 +122,6 @@ class EmbeddingModel:
             out = self.head.project_texts(feats) if self.head is not None else feats
             chunks.append(_normalised(out))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
-
-
-def _nhwc(pixels: torch.Tensor) -> torch.Tensor:
-    return pixels.contiguous(memory_format=torch.channels_last) if pixels.dim() == 4 else pixels
 
 
 def _normalised(x: torch.Tensor) -> np.ndarray:
@@ -146,7 +143,7 @@ class OpenClipTowers:
         return self._preprocess
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels, normalize=True).float()
+        return self.model.encode_image(pixels.contiguous(memory_format=torch.channels_last), normalize=True).float()
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device

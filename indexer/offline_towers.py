@@ -179,7 +179,8 @@ class OfflineTowers(nn.Module):
             if self._onnx_trunk is not False:
                 return self._onnx_trunk(pixels)
         # On a GPU the towers may be half precision (see indexer.models): match the input to them.
-        return trunk.forward_features(pixels.to(device=weights.device, dtype=weights.dtype))
+        pixels = pixels.to(device=weights.device, dtype=weights.dtype).contiguous(memory_format=torch.channels_last)
+        return trunk.forward_features(pixels)  # channels-last weights (EmbeddingModel) want NHWC input
 
     def _features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
         trunk = self.visual.trunk

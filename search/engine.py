@@ -157,6 +157,8 @@ class SearchEngine:
         """Top-k hits for any query. `filters` act inside the search; `min_score` may be "auto"."""
         if k <= 0:
             return []
+        if isinstance(query, str):
+            query = parse_query(query)  # once: the terms give both the vector and the query's kind
         scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank, query_kind=_query_kind(query))
         keep = _score_cutoff(scores[0], min_score)
         return self._hits(target, scores[0][:keep], ids[0][:keep])
@@ -294,9 +296,9 @@ def _query_kind(query: Query) -> Kind | None:
     """The kind of a query made of one kind of term; None for vectors and mixed combinations."""
     if isinstance(query, (Path, Image.Image)):
         return "image"
-    if isinstance(query, np.ndarray):
+    if isinstance(query, (np.ndarray, str)):
         return None
-    kinds = {term.kind for term in (parse_query(query) if isinstance(query, str) else list(query))}
+    kinds = {term.kind for term in query}
     return kinds.pop() if len(kinds) == 1 else None  # type: ignore[return-value]
 
 
