@@ -30,9 +30,9 @@ from indexer.model_spec import parse_model_spec
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     import torch
 
-    from indexer.models import EmbeddingModel
+    from indexer.models import EmbeddingModel, IndexedPixels
 from indexer.scanning import FoundFile, SkippedFile, scan_paths
-from indexer.storage import FailureRow, ImageRow, grid_to_blob, utcnow, vector_to_blob
+from indexer.storage import FailureRow, ImageRow, features_to_blob, grid_to_blob, utcnow, vector_to_blob
 
 __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 
@@ -288,10 +288,11 @@ class Indexer:
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
-                embeddings, grids = model.embed_pixels_with_grid(split.per_batch([p.pixels for p in good])) if good else (None, None)  # type: ignore[misc]
+                embedded = model.embed_pixels_for_index(split.per_batch([p.pixels for p in good])) if good else None
+                embeddings = embedded.vectors if embedded is not None else None
                 timings["embed"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                ids = self._write_batch(store, model, batch, good, embeddings, grids, summary)
+                ids = self._write_batch(store, model, batch, good, embedded, summary)
                 if embeddings is not None:
                     replaced = np.array([p.work.row_id for p in good if p.work.row_id is not None], dtype=np.int64)
                     vectors.remove(replaced)
@@ -311,8 +312,7 @@ class Indexer:
         model: EmbeddingModel,
         batch: list[_Prepared],
         good: list[_Prepared],
-        embeddings: np.ndarray | None,
-        grids: np.ndarray | None,
+        embedded: IndexedPixels | None,
         summary: IndexSummary,
     ) -> list[int]:
         """One transaction for the whole batch: rows, vectors, failures and the new generation."""
@@ -320,7 +320,7 @@ class Indexer:
         ids: list[int] = []
         spec = str(model.spec)
         with store.metadata.session() as s, s.begin():
-            for position, (prepared, vector) in enumerate(zip(good, embeddings if embeddings is not None else [])):
+            for position, (prepared, vector) in enumerate(zip(good, embedded.vectors if embedded is not None else [])):
                 f = prepared.work.found
                 values = dict(
                     path=str(f.path),
@@ -333,7 +333,8 @@ class Indexer:
                     model=spec,
                     indexed_at=now,
                     vector=vector_to_blob(vector),
-                    grid=grid_to_blob(grids[position]) if grids is not None else None,
+                    grid=grid_to_blob(embedded.grids[position]) if embedded.grids is not None else None,
+                    features=features_to_blob(embedded.tower_features[position]) if embedded.tower_features is not None else None,
                 )
                 if prepared.work.row_id is not None:
                     row = s.get(ImageRow, prepared.work.row_id)

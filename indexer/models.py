@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from indexer.errors import ModelLoadError
 from indexer.images import to_rgb
 from indexer.model_spec import ModelSpec, parse_model_spec
 
-__all__ = ["Towers", "EmbeddingModel", "load_model", "resolve_device", "offline_head_path"]
+__all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_model", "resolve_device", "offline_head_path"]
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -49,6 +49,12 @@ def offline_head_path() -> Path:
     from xmodal_data import data_path
 
     return data_path("offline_head.pt")
+
+
+class IndexedPixels(NamedTuple):
+    vectors: np.ndarray  # (n, dim) float32, unit rows
+    grids: np.ndarray | None  # (n, tokens, channels) float16
+    tower_features: np.ndarray | None  # (n, image_dim) float16, what the projection head reads
 
 
 class EmbeddingModel:
@@ -98,14 +104,15 @@ class EmbeddingModel:
         return hasattr(self.towers, "image_features_and_grid")
 
     @torch.inference_mode()
-    def embed_pixels_with_grid(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """Vectors plus, when the towers have one, the spatial map (n, tokens, channels) float16;
-        one forward pass for both."""
+    def embed_pixels_for_index(self, pixels: torch.Tensor) -> IndexedPixels:
+        """Vectors plus what the second stage reads, when the towers give it: the spatial map
+        (n, tokens, channels) and the tower features (n, image_dim), both float16; one forward pass."""
         if not self.has_grid:
-            return self.embed_pixels(pixels), None
+            return IndexedPixels(self.embed_pixels(pixels), None, None)
         feats, grid = self.towers.image_features_and_grid(pixels.to(self.device))  # type: ignore[attr-defined]
         out = self.head.project_images(feats) if self.head is not None else feats
-        return _normalised(out), grid.to(torch.float16).cpu().numpy()
+        half = lambda t: t.to(torch.float16).cpu().numpy()  # noqa: E731
+        return IndexedPixels(_normalised(out), half(grid), half(feats))
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         chunks = []

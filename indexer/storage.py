@@ -21,7 +21,9 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
@@ -41,6 +43,8 @@ __all__ = [
     "blob_to_vector",
     "grid_to_blob",
     "blob_to_grid",
+    "features_to_blob",
+    "blob_to_features",
 ]
 
 SCHEMA_VERSION = 1
@@ -87,6 +91,8 @@ class ImageRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     # Spatial feature map (float16 tokens) for the learned reranker, when the model has one.
     grid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # The towers' features (float16) the projection head reads, for the learned fusion reranker.
+    features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
 
 class TextRow(Base):
@@ -126,6 +132,25 @@ def blob_to_grid(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob[4:], dtype="<f2").reshape(tokens, -1)
 
 
+def features_to_blob(features: np.ndarray) -> bytes:
+    return np.ascontiguousarray(features, dtype="<f2").tobytes()
+
+
+def blob_to_features(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f2")
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to a table after an index was made (nullable, so old rows stay valid)."""
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -154,6 +179,7 @@ class MetadataStore:
         store = cls(engine)
         if create:
             Base.metadata.create_all(engine)
+            _add_missing_columns(engine)
         return store
 
     def session(self) -> Session:
@@ -209,6 +235,12 @@ class MetadataStore:
         out_ids = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
         vecs = np.stack([blob_to_vector(p[1]) for p in pairs]).astype(np.float32, copy=False)
         return out_ids, vecs
+
+    def tower_features(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored tower features of the given photos; photos indexed without them are left out."""
+        with self.session() as s:
+            pairs = s.execute(select(ImageRow.id, ImageRow.features).where(ImageRow.id.in_(list(ids)), ImageRow.features.is_not(None))).all()
+        return {int(i): blob_to_features(blob) for i, blob in pairs}
 
     def failures(self) -> list[FailureRow]:
         with self.session() as s:
