@@ -17,6 +17,7 @@ from indexer.images import decode_image
 from indexer.index_store import IndexStore, Kind
 from indexer.storage import ImageRow, TextRow
 from search.filters import SearchFilter
+from search.fusion import TOP, FusionModel, fusion_features
 from search.hits import Hit
 from search.query import QueryTerm, parse_query
 from search.rerank import QB_NORM_BETA, RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
@@ -40,7 +41,8 @@ class SearchEngine:
         self.store = store
         self._model = model
         self._lock = threading.RLock()
-        self._banks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._banks: dict[str, np.ndarray] = {}
+        self._fusion_model: FusionModel | bool | None = None  # False: the index's model has none
         self._light_encoders: dict[str, object] = {}  # exported query encoders; False when there is none
 
     @classmethod
@@ -159,7 +161,7 @@ class SearchEngine:
             return []
         if isinstance(query, str):
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
-        scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank, query_kind=_query_kind(query))
+        scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank, _query_kind(query))
         keep = _score_cutoff(scores[0], min_score)
         return self._hits(target, scores[0][:keep], ids[0][:keep])
 
@@ -206,7 +208,8 @@ class SearchEngine:
         """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit.
 
         query_kind says what the query vectors embed; hubness correction runs only across
-        modalities (its banks are typical queries of the other kind), and when it is None."""
+        modalities (its banks are typical queries of the other kind), and when it is None; the
+        learned fusion re-scores text queries for images (it was trained on captions)."""
         options = rerank if isinstance(rerank, RerankOptions) else (RerankOptions() if rerank else None)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         with self._lock:
@@ -220,7 +223,7 @@ class SearchEngine:
         if options is not None:
             if query_kind == target and options.hubness:
                 options = replace(options, hubness=False)
-            scores, ids = self._rerank(queries, scores, ids, target, options)
+            scores, ids = self._rerank(queries, scores, ids, target, options, query_kind)
         return _pad(scores[:, :k], ids[:, :k], k)
 
     def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:
@@ -229,11 +232,18 @@ class SearchEngine:
 
     # --- second stage -----------------------------------------------------------------------
     def _rerank(
-        self, queries: np.ndarray, scores: np.ndarray, ids: np.ndarray, target: Kind, options: RerankOptions
+        self,
+        queries: np.ndarray,
+        scores: np.ndarray,
+        ids: np.ndarray,
+        target: Kind,
+        options: RerankOptions,
+        query_kind: Kind | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         unique = np.unique(ids[ids >= 0])
         stored = dict(zip(*self.store.metadata.vectors(_TABLES[target], unique.tolist()))) if len(unique) else {}
         bank = self._bank(target) if options.hubness else None
+        fusion = self._fusion() if options.learned and target == "image" and query_kind == "text" else None
         out_scores = np.full_like(scores, -np.inf, dtype=np.float32)
         out_ids = np.full_like(ids, -1)
         for row, query in enumerate(queries):
@@ -241,13 +251,20 @@ class SearchEngine:
             if len(cand) == 0:
                 continue
             vecs = np.stack([stored[int(i)] for i in cand])
-            new = exact_scores(query, vecs)
+            cosines = exact_scores(query, vecs)
+            new = cosines
+            bank_scores = np.zeros((0, len(cand)))
             if bank is not None:
-                bank_vecs, activated_ids = bank
-                bank_scores = bank_vecs @ vecs.T
-                bank_scores = bank_scores[(bank_vecs @ query) < 0.9999]  # never the query itself
-                new = querybank_normalise(new, bank_scores, np.isin(cand, activated_ids), QB_NORM_BETA[target])
+                bank_scores = bank @ vecs.T
+                bank_scores = bank_scores[(bank @ query) < 0.9999]  # never the query itself
+                new = querybank_normalise(cosines, bank_scores, QB_NORM_BETA[target])
             order = np.argsort(-new, kind="stable")
+            if fusion is not None:
+                order = self._fused_order(fusion, query, cand, vecs, cosines, bank_scores, order)
+                # Scores stay the (hubness-corrected) cosines, handed out in the fused order, so
+                # they read as before and still fall monotonically (--min-score relies on that).
+                new = new.copy()
+                new[order] = np.sort(new)[::-1]
             if options.diverse is not None:
                 order = order[maximal_marginal_relevance(new[order], vecs[order], len(order), options.diverse)]
             if options.duplicate_threshold is not None:
@@ -256,8 +273,35 @@ class SearchEngine:
             out_ids[row, : len(order)] = cand[order]
         return out_scores, out_ids
 
-    def _bank(self, target: Kind) -> tuple[np.ndarray, np.ndarray] | None:
-        """Typical queries for the target (QB-Norm) and the gallery ids that are their top hit."""
+    def _fused_order(
+        self, fusion: FusionModel, query: np.ndarray, cand: np.ndarray, vecs: np.ndarray,
+        cosines: np.ndarray, bank_scores: np.ndarray, order: np.ndarray,
+    ) -> np.ndarray:
+        """The learned fusion's order of the top candidates by cosine (as it was trained), followed
+        by the rest in their present order; unchanged when a candidate was indexed without tower features."""
+        top = np.argsort(-cosines, kind="stable")[:TOP]
+        features = self.store.metadata.tower_features(cand[top].tolist())
+        if len(top) < 2 or len(features) < len(top):
+            return order
+        raw = fusion_features(fusion, query, vecs[top], np.stack([features[int(i)] for i in cand[top]]), bank_scores[:, top])
+        fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
+        return np.concatenate([fused, order[~np.isin(order, top)]])
+
+    def _fusion(self) -> FusionModel | None:
+        """The shipped fusion model, for indexes built with the offline default and its shipped head."""
+        with self._lock:
+            if self._fusion_model is None:
+                from indexer.model_spec import parse_model_spec
+                from xmodal_data import data_path
+
+                spec = parse_model_spec(self.store.model_spec) if self.store.model_spec else None
+                path = data_path("offline_fusion.npz")
+                usable = spec is not None and spec.is_offline_default and spec.head is None and path.is_file()
+                self._fusion_model = FusionModel.load(path) if usable else False
+            return self._fusion_model or None
+
+    def _bank(self, target: Kind) -> np.ndarray | None:
+        """Typical queries for the target (QB-Norm's bank)."""
         with self._lock:
             index = self.store.vectors(target)
             key = f"{target}:{len(index)}"
@@ -267,8 +311,7 @@ class SearchEngine:
                 bank = querybank_vectors(self, target)
                 if bank is None or len(bank) == 0 or len(index) == 0:
                     return None
-                _, top = index.search(bank, 1)
-                self._banks = {key: (bank, np.unique(top[top >= 0]))}
+                self._banks = {key: bank}
             return self._banks[key]
 
     def _hits(self, kind: Kind, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:

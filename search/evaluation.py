@@ -67,12 +67,12 @@ def evaluate_pairs(pairs: Sequence[CaptionedImage], model: EmbeddingModel, reran
             _, image_vecs = store.metadata.vectors(ImageRow)
 
             clock = time.perf_counter()
-            t2i = engine.rank_vectors(text_vecs, depth, target="image", rerank=rerank)
+            t2i = engine.search_vectors(text_vecs, depth, target="image", rerank=rerank, query_kind="text")[1]
             t2i_ms = 1000 * (time.perf_counter() - clock) / max(1, len(text_vecs))
             relevant_t2i = [{image_id_of_path[source_of[int(t)]]} for t in text_ids]
 
             clock = time.perf_counter()
-            i2t = engine.rank_vectors(image_vecs, depth, target="text", rerank=rerank)
+            i2t = engine.search_vectors(image_vecs, depth, target="text", rerank=rerank, query_kind="image")[1]
             i2t_ms = 1000 * (time.perf_counter() - clock) / max(1, len(image_vecs))
             captions_of: dict[str, set[int]] = {}
             for t, source in source_of.items():

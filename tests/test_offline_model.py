@@ -152,3 +152,64 @@ def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeyp
             assert [h.path for h in got] == [h.path for h in want]
             assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
         assert light._model is None  # neither query loaded torch's model
+
+
+def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
+    from indexer import Indexer
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(count):
+        colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+        _drawing(colour, "circle" if n % 2 else "square").save(photos / f"p{n:02d}.png")
+    Indexer(tmp_path / "idx", model=model).add_paths([photos])
+    return tmp_path / "idx"
+
+
+def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path, monkeypatch) -> None:
+    from search import SearchEngine
+    from search.fusion import TOP, fusion_features
+    from search.rerank import RerankOptions
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    index = _drawn_index(model, tmp_path)
+    query = "a red ball on a white wall"
+    with SearchEngine.open(index, model=model) as engine:
+        fusion = engine._fusion()
+        assert fusion is not None  # shipped for the offline default
+        fused = engine.search(query, k=24)
+        plain = engine.search(query, k=24, rerank=RerankOptions(learned=False))
+        assert sorted(h.id for h in fused) == sorted(h.id for h in plain)
+        scores = [h.score for h in fused]
+        assert scores == sorted(scores, reverse=True)  # still monotone for --min-score
+        # The same order, computed by hand from the stored features.
+        ids = [h.id for h in plain]
+        vectors = engine.vectors(ids)
+        q = engine.embed_text_query(query)
+        top = np.argsort(-(vectors @ q), kind="stable")[:TOP]
+        stored = engine.store.metadata.tower_features([ids[i] for i in top])
+        bank = engine._bank("image")
+        raw = fusion_features(fusion, q, vectors[top], np.stack([stored[ids[i]] for i in top]), bank @ vectors[top].T)
+        want = [ids[top[i]] for i in np.argsort(-fusion.scores(raw), kind="stable")]
+        assert [h.id for h in fused[:TOP]] == want
+
+
+def test_an_index_made_before_tower_features_opens_and_searches(model, tmp_path, monkeypatch) -> None:
+    """The features column is added to an older index; its photos are searched without the fusion."""
+    import sqlite3
+
+    from indexer.storage import ImageRow
+    from search import SearchEngine
+    from search.rerank import RerankOptions
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    index = _drawn_index(model, tmp_path, count=6)
+    with sqlite3.connect(index / "index.db") as db:
+        db.execute("ALTER TABLE images DROP COLUMN features")
+    with SearchEngine.open(index, model=model) as engine:
+        ids, _ = engine.store.metadata.vectors(ImageRow)
+        assert engine.store.metadata.tower_features(ids.tolist()) == {}
+        fused = engine.search("a blue square", k=6)
+        plain = engine.search("a blue square", k=6, rerank=RerankOptions(learned=False))
+        assert [h.id for h in fused] == [h.id for h in plain]

@@ -1,0 +1,127 @@
+"""Learned fusion: re-score a text query's top photos with a linear model over cheap signals.
+
+For the offline default (text→image) only. The first stage's top `TOP` photos are re-scored by
+w · z(features), each feature standardised across those candidates (so the weights do not depend
+on the pool's size). The features of one (query, photo) pair, all from the query's vector (the
+query's text is not needed):
+  cosine    the first-stage cosine in the shared space
+  hub       QB-Norm's photo term, −logsumexp(β · bank-caption cosines)/β: photos close to every caption rank lower
+  two_hop   the query's nearest training captions (softmax-weighted), through their photos, to the candidate
+  conse     the query against the photo's ConSE vector (ImageNet classes in MiniLM space; the shared
+            space is MiniLM's space, see indexer.projection_head)
+  linear_cosine  the query against a second, linear image side: normalise(P · standardised tower
+            features), P fitted by InfoNCE to the (fixed) text vectors of the training captions; a
+            second opinion on the image side with another inductive bias than the head's MLP
+Everything shipped (weights, linear projection, training captions and photos in the shared space) comes
+from the flickr8k-1k *train* split; benchmarks/train_offline_fusion.py makes it. Pure numpy: a search
+does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.rerank import logsumexp
+
+__all__ = ["FEATURES", "TOP", "FusionModel", "LinearProjection", "fusion_features", "standardise"]
+
+FEATURES = ("cosine", "hub", "two_hop", "conse", "linear_cosine")
+TOP = 20  # candidates re-scored: the model was fitted on each query's top 20
+HUB_BETA = 10.0
+TWO_HOP_CAPTIONS = 20
+TWO_HOP_TEMPERATURE = 20.0
+CONSE_DIM = 384  # the last columns of the offline towers' image features
+
+
+@dataclass(frozen=True)
+class LinearProjection:
+    """A linear image side into the shared space: normalise(weight · standardised tower features + bias)."""
+
+    mean: np.ndarray  # (feature_dim,)
+    scale: np.ndarray  # (feature_dim,)
+    weight: np.ndarray  # (embed_dim, feature_dim)
+    bias: np.ndarray  # (embed_dim,)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """(n, embed_dim) unit vectors of (n, feature_dim) tower features."""
+        x = (features.astype(np.float64) - self.mean) / self.scale
+        y = x @ self.weight.T + self.bias
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-8)
+
+
+def standardise(x: np.ndarray, axis: int = -2) -> np.ndarray:
+    """Each feature to zero mean and unit spread across the candidates."""
+    return (x - x.mean(axis=axis, keepdims=True)) / (x.std(axis=axis, keepdims=True) + 1e-6)
+
+
+def fusion_features(
+    model: FusionModel,
+    query: np.ndarray,
+    photos: np.ndarray,
+    tower_features: np.ndarray,
+    bank_scores: np.ndarray,
+) -> np.ndarray:
+    """(c, len(FEATURES)) raw features of one query against c candidate photos.
+
+    query: (d,) unit vector; photos: (c, d) unit vectors; tower_features: (c, image_dim) of the
+    offline towers; bank_scores: (b, c) cosines of the caption bank to the candidates."""
+    photos = photos.astype(np.float64)
+    query = query.astype(np.float64)
+    cosine = photos @ query
+    if bank_scores.size:
+        hub = -logsumexp(HUB_BETA * bank_scores.astype(np.float64)) / HUB_BETA
+    else:
+        hub = np.zeros(len(photos))
+    near = model.train_captions @ query
+    top = np.argpartition(-near, min(TWO_HOP_CAPTIONS, len(near)) - 1)[:TWO_HOP_CAPTIONS]
+    weights = np.exp(TWO_HOP_TEMPERATURE * (near[top] - near[top].max()))
+    weights /= weights.sum()
+    two_hop = (photos @ model.train_photos[model.caption_photo[top]].T) @ weights
+    conse = tower_features[:, -CONSE_DIM:].astype(np.float64)
+    conse = conse / np.maximum(np.linalg.norm(conse, axis=1, keepdims=True), 1e-8) @ query
+    linear_cosine = model.linear.project(tower_features) @ query
+    return np.stack([cosine, hub, two_hop, conse, linear_cosine], axis=1)
+
+
+@dataclass(frozen=True)
+class FusionModel:
+    weights: np.ndarray  # (len(FEATURES),) over standardised features
+    train_captions: np.ndarray  # (m, d) training captions in the shared space
+    caption_photo: np.ndarray  # (m,) row of each caption's photo in train_photos
+    train_photos: np.ndarray  # (p, d) training photos in the shared space
+    linear: LinearProjection  # the linear_cosine feature's image side
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """(c,) fused scores from fusion_features of the top candidates."""
+        return standardise(features) @ self.weights
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(
+            path,
+            features=np.array(FEATURES),
+            weights=self.weights,
+            train_captions=self.train_captions.astype(np.float16),
+            caption_photo=self.caption_photo.astype(np.int32),
+            train_photos=self.train_photos.astype(np.float16),
+            linear_mean=self.linear.mean,
+            linear_scale=self.linear.scale,
+            linear_weight=self.linear.weight.astype(np.float16),
+            linear_bias=self.linear.bias,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> FusionModel:
+        with np.load(path, allow_pickle=False) as f:
+            if tuple(str(n) for n in f["features"]) != FEATURES:
+                raise ValueError(f"fusion model '{path}' was made for other features")
+            linear = LinearProjection(
+                f["linear_mean"].astype(np.float64), f["linear_scale"].astype(np.float64),
+                f["linear_weight"].astype(np.float64), f["linear_bias"].astype(np.float64),
+            )
+            return cls(
+                f["weights"].astype(np.float64), f["train_captions"].astype(np.float64),
+                f["caption_photo"].astype(np.int64), f["train_photos"].astype(np.float64), linear,
+            )
