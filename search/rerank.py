@@ -34,9 +34,9 @@ def exact_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return candidates.astype(np.float64) @ query.astype(np.float64)
 
 
-# β per target, chosen out of fold on the 800 flickr8k-1k *train* photos (5 folds plus the
-# original 650/150 split, each with a head trained without its held-out photos; text→image bank:
-# 2000 captions of the head's training photos, image→text bank: the other held-out photos).
+# β per target, chosen out of fold on the 800 flickr8k-1k *train* photos: 150 held out (head trained
+# on the other 650) and 5 folds of 130 of those 650 (head trained on the other 520). text→image bank:
+# 2000 captions of the head's training photos; image→text bank: the other held-out photos.
 # Pooled R@1 change, 4000 caption queries, β 5/10/20/40: +1.0/+1.5/−0.3/−3.2;
 # 800 photo queries, β 20/30/40/60/80: +10.0/+11.7/+11.9/+11.7/+11.6.
 QB_NORM_BETA = {"image": 10.0, "text": 40.0}
