@@ -208,11 +208,15 @@ class Indexer:
         for row in missing.values():
             missing_by_hash.setdefault(row.content_hash, []).append(row)
 
+        # Photos indexed before the offline default stored its tower features are embedded again,
+        # so the learned reranker (search.fusion) covers them too.
+        spec = store.model_spec
+        stale = store.metadata.ids_without_features() if spec and parse_model_spec(spec).is_offline_default else set()
         work: list[_Work] = []
         moves: list[tuple[ImageRow, FoundFile]] = []
         for f in found:
             row = existing.get(str(f.path))
-            if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns:
+            if row is not None and row.size == f.size and row.mtime_ns == f.mtime_ns and row.id not in stale:
                 summary.unchanged += 1
                 continue
             if row is not None:

@@ -242,6 +242,11 @@ class MetadataStore:
             pairs = s.execute(select(ImageRow.id, ImageRow.features).where(ImageRow.id.in_(list(ids)), ImageRow.features.is_not(None))).all()
         return {int(i): blob_to_features(blob) for i, blob in pairs}
 
+    def ids_without_features(self) -> set[int]:
+        """Photos indexed before tower features were stored."""
+        with self.session() as s:
+            return set(s.scalars(select(ImageRow.id).where(ImageRow.features.is_(None))))
+
     def failures(self) -> list[FailureRow]:
         with self.session() as s:
             return list(s.scalars(select(FailureRow).order_by(FailureRow.path)))

@@ -195,10 +195,12 @@ def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp
         assert [h.id for h in fused[:TOP]] == want
 
 
-def test_an_index_made_before_tower_features_opens_and_searches(model, tmp_path, monkeypatch) -> None:
-    """The features column is added to an older index; its photos are searched without the fusion."""
+def test_an_index_made_before_tower_features_opens_searches_and_catches_up(model, tmp_path, monkeypatch) -> None:
+    """The features column is added to an older index; its photos are searched without the fusion
+    until the next `index` run embeds them again."""
     import sqlite3
 
+    from indexer import Indexer
     from indexer.storage import ImageRow
     from search import SearchEngine
     from search.rerank import RerankOptions
@@ -213,3 +215,9 @@ def test_an_index_made_before_tower_features_opens_and_searches(model, tmp_path,
         fused = engine.search("a blue square", k=6)
         plain = engine.search("a blue square", k=6, rerank=RerankOptions(learned=False))
         assert [h.id for h in fused] == [h.id for h in plain]
+    summary = Indexer(index, model=model).add_paths([tmp_path / "photos"])
+    assert (summary.updated, summary.unchanged) == (6, 0)
+    assert Indexer(index, model=model).add_paths([tmp_path / "photos"]).unchanged == 6
+    with SearchEngine.open(index, model=model) as engine:
+        ids, _ = engine.store.metadata.vectors(ImageRow)
+        assert sorted(engine.store.metadata.tower_features(ids.tolist())) == sorted(ids.tolist())
