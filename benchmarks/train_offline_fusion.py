@@ -60,6 +60,7 @@ from search.fusion import (
     fusion_features,
     standardise,
 )
+from search.rerank import QB_NORM_BETA, querybank_correction
 from search.fusion_training import (
     fit_fusion_weights,
     train_linear_projection,
@@ -155,7 +156,7 @@ def fold_candidates(
     photos, queries = project(head, centre[ev], text[ev_caps])
     rng = np.random.default_rng([seed, fold])
     bank = train_captions[np.sort(rng.choice(len(train_captions), min(BANK, len(train_captions)), replace=False))]
-    bank_scores = bank @ photos.T  # (b, 160)
+    hub = -querybank_correction(bank @ photos.T, QB_NORM_BETA["image"])  # (160,), as the engine's QB-Norm
     ev_pos = {int(p): j for j, p in enumerate(ev)}
     own = np.array([ev_pos[int(owner[k])] for k in ev_caps])
     tower = centre[ev].numpy()  # the index stores the centre view only
@@ -167,7 +168,7 @@ def fold_candidates(
         top = np.argsort(-scores[q], kind="stable")[:TOP]
         hit = np.flatnonzero(top == own[q])
         labels[q] = hit[0] if len(hit) else -1
-        feats[q] = fusion_features(model, queries[q], photos[top], tower[top], bank_scores[:, top])
+        feats[q] = fusion_features(model, queries[q], photos[top], tower[top], hub[top])
     times["features"] = time.time() - t0
     return Fold(feats, labels), times
 

@@ -142,8 +142,9 @@ def blob_to_features(blob: bytes) -> np.ndarray:
 
 def _add_missing_columns(engine: Engine) -> None:
     """Columns added to a table after an index was made (nullable, so old rows stay valid)."""
+    inspector = inspect(engine)
     for table in Base.metadata.sorted_tables:
-        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        present = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in present and column.nullable:
                 kind = column.type.compile(dialect=engine.dialect)

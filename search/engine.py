@@ -253,14 +253,13 @@ class SearchEngine:
             vecs = np.stack([stored[int(i)] for i in cand])
             cosines = exact_scores(query, vecs)
             new = cosines
-            bank_scores = np.zeros((0, len(cand)))
             if bank is not None:
                 bank_scores = bank @ vecs.T
                 bank_scores = bank_scores[(bank @ query) < 0.9999]  # never the query itself
                 new = querybank_normalise(cosines, bank_scores, QB_NORM_BETA[target])
             order = np.argsort(-new, kind="stable")
             if fusion is not None:
-                order = self._fused_order(fusion, query, cand, vecs, cosines, bank_scores, order)
+                order = self._fused_order(fusion, query, cand, vecs, cosines, new - cosines, order)
                 # Scores stay the (hubness-corrected) cosines, handed out in the fused order, so
                 # they read as before and still fall monotonically (--min-score relies on that).
                 new = new.copy()
@@ -275,7 +274,7 @@ class SearchEngine:
 
     def _fused_order(
         self, fusion: FusionModel, query: np.ndarray, cand: np.ndarray, vecs: np.ndarray,
-        cosines: np.ndarray, bank_scores: np.ndarray, order: np.ndarray,
+        cosines: np.ndarray, hub: np.ndarray, order: np.ndarray,
     ) -> np.ndarray:
         """The learned fusion's order of the top candidates by cosine (as it was trained), followed
         by the rest in their present order; unchanged when a candidate was indexed without tower features."""
@@ -283,7 +282,7 @@ class SearchEngine:
         features = self.store.metadata.tower_features(cand[top].tolist())
         if len(top) < 2 or len(features) < len(top):
             return order
-        raw = fusion_features(fusion, query, vecs[top], np.stack([features[int(i)] for i in cand[top]]), bank_scores[:, top])
+        raw = fusion_features(fusion, query, vecs[top], np.stack([features[int(i)] for i in cand[top]]), hub[top])
         fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
         return np.concatenate([fused, order[~np.isin(order, top)]])
 

@@ -5,7 +5,8 @@ w · z(features), each feature standardised across those candidates (so the weig
 on the pool's size). The features of one (query, photo) pair, all from the query's vector (the
 query's text is not needed):
   cosine    the first-stage cosine in the shared space
-  hub       QB-Norm's photo term, −logsumexp(β · bank-caption cosines)/β: photos close to every caption rank lower
+  hub       QB-Norm's photo term at the engine's β for images, −log Σ_bank exp(β · bank-caption
+            cosine)/β: photos close to every caption rank lower
   two_hop   the query's nearest training captions (softmax-weighted), through their photos, to the candidate
   conse     the query against the photo's ConSE vector (ImageNet classes in MiniLM space; the shared
             space is MiniLM's space, see indexer.projection_head)
@@ -24,13 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from search.rerank import logsumexp
 
 __all__ = ["FEATURES", "TOP", "FusionModel", "LinearProjection", "fusion_features", "standardise"]
 
 FEATURES = ("cosine", "hub", "two_hop", "conse", "linear_cosine")
 TOP = 20  # candidates re-scored: the model was fitted on each query's top 20
-HUB_BETA = 10.0
 TWO_HOP_CAPTIONS = 20
 TWO_HOP_TEMPERATURE = 20.0
 CONSE_DIM = 384  # the last columns of the offline towers' image features
@@ -62,19 +61,16 @@ def fusion_features(
     query: np.ndarray,
     photos: np.ndarray,
     tower_features: np.ndarray,
-    bank_scores: np.ndarray,
+    hub: np.ndarray,
 ) -> np.ndarray:
     """(c, len(FEATURES)) raw features of one query against c candidate photos.
 
     query: (d,) unit vector; photos: (c, d) unit vectors; tower_features: (c, image_dim) of the
-    offline towers; bank_scores: (b, c) cosines of the caption bank to the candidates."""
+    offline towers; hub: (c,) QB-Norm's term for the candidates (search.rerank: the score change
+    querybank_normalise makes; any constant offset, zeros without a bank), computed once by the caller."""
     photos = photos.astype(np.float64)
     query = query.astype(np.float64)
     cosine = photos @ query
-    if bank_scores.size:
-        hub = -logsumexp(HUB_BETA * bank_scores.astype(np.float64)) / HUB_BETA
-    else:
-        hub = np.zeros(len(photos))
     near = model.train_captions @ query
     top = np.argpartition(-near, min(TWO_HOP_CAPTIONS, len(near)) - 1)[:TWO_HOP_CAPTIONS]
     weights = np.exp(TWO_HOP_TEMPERATURE * (near[top] - near[top].max()))
@@ -83,7 +79,7 @@ def fusion_features(
     conse = tower_features[:, -CONSE_DIM:].astype(np.float64)
     conse = conse / np.maximum(np.linalg.norm(conse, axis=1, keepdims=True), 1e-8) @ query
     linear_cosine = model.linear.project(tower_features) @ query
-    return np.stack([cosine, hub, two_hop, conse, linear_cosine], axis=1)
+    return np.stack([cosine, hub.astype(np.float64), two_hop, conse, linear_cosine], axis=1)
 
 
 @dataclass(frozen=True)

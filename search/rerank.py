@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RerankOptions", "exact_scores", "querybank_normalise", "logsumexp", "maximal_marginal_relevance", "collapse_duplicates"]
+__all__ = ["RerankOptions", "exact_scores", "querybank_normalise", "querybank_correction", "maximal_marginal_relevance", "collapse_duplicates"]
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,16 @@ def querybank_normalise(scores: np.ndarray, bank_scores: np.ndarray, beta: float
         return scores
     # exp(β s) / Σ_bank exp(β s_bank) ranks like s − log Σ_bank exp(β s_bank) / β; centring the
     # correction keeps the scores on the cosine scale people read (and --min-score uses).
-    correction = logsumexp(beta * bank_scores) / beta
+    correction = querybank_correction(bank_scores, beta)
     return scores - (correction - correction.mean())
 
 
-def logsumexp(x: np.ndarray) -> np.ndarray:
-    """log Σ exp over the first axis, shifted by the maximum (np.logaddexp.reduce is 10× slower)."""
+def querybank_correction(bank_scores: np.ndarray, beta: float) -> np.ndarray:
+    """(c,) log Σ_bank exp(β s_bank) / β per candidate, shifted by the maximum
+    (np.logaddexp.reduce is 10× slower)."""
+    x = beta * bank_scores
     top = x.max(axis=0)
-    return top + np.log(np.exp(x - top).sum(axis=0))
+    return (top + np.log(np.exp(x - top).sum(axis=0))) / beta
 
 
 def maximal_marginal_relevance(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:

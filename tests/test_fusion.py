@@ -16,6 +16,7 @@ from search.fusion import (
     fusion_features,
     standardise,
 )
+from search.rerank import querybank_correction
 from search.fusion_training import (
     fit_fusion_weights,
     train_linear_projection,
@@ -112,9 +113,10 @@ def test_fusion_features_and_scores_are_finite_with_and_without_a_bank() -> None
     photos = rng.normal(size=(TOP, 384))
     photos /= np.linalg.norm(photos, axis=1, keepdims=True)
     tower = rng.normal(size=(TOP, 400))
-    for bank in (rng.normal(size=(50, TOP)) * 0.3, np.zeros((0, TOP))):
-        x = fusion_features(model, query, photos, tower, bank)
+    for hub in (-querybank_correction(rng.normal(size=(50, TOP)) * 0.3, 10.0), np.zeros(TOP)):
+        x = fusion_features(model, query, photos, tower, hub)
         assert x.shape == (TOP, len(FEATURES)) and np.isfinite(x).all()
+        np.testing.assert_allclose(x[:, FEATURES.index("hub")], hub)
         np.testing.assert_allclose(x[:, 0], photos @ query)
         np.testing.assert_allclose(x[:, FEATURES.index("linear_cosine")], model.linear.project(tower) @ query)
         assert np.abs(x[:, FEATURES.index("linear_cosine")]).max() <= 1.0 + 1e-9

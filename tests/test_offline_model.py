@@ -170,7 +170,7 @@ def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
 def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path, monkeypatch) -> None:
     from search import SearchEngine
     from search.fusion import TOP, fusion_features
-    from search.rerank import RerankOptions
+    from search.rerank import QB_NORM_BETA, RerankOptions, querybank_correction
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     index = _drawn_index(model, tmp_path)
@@ -190,7 +190,8 @@ def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp
         top = np.argsort(-(vectors @ q), kind="stable")[:TOP]
         stored = engine.store.metadata.tower_features([ids[i] for i in top])
         bank = engine._bank("image")
-        raw = fusion_features(fusion, q, vectors[top], np.stack([stored[ids[i]] for i in top]), bank @ vectors[top].T)
+        hub = -querybank_correction(bank @ vectors[top].T, QB_NORM_BETA["image"])
+        raw = fusion_features(fusion, q, vectors[top], np.stack([stored[ids[i]] for i in top]), hub)
         want = [ids[top[i]] for i in np.argsort(-fusion.scores(raw), kind="stable")]
         assert [h.id for h in fused[:TOP]] == want
 
