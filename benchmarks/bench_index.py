@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer import Indexer, load_model
-from indexer.images import decode_image
+from xmodal.indexer import Indexer, load_model
+from xmodal.indexer.images import decode_image
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int] = (4000, 3000), seed: int = 0) -> list[Path]:

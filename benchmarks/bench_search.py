@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from indexer.vector_index import VectorIndex, choose_plan  # noqa: E402
+from xmodal.indexer.store.vector_index import VectorIndex, choose_plan  # noqa: E402
 
 BLOCK = 50_000
 RANK = 64

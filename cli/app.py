@@ -40,7 +40,7 @@ def _run(fn):  # noqa: ANN001, ANN202 - decorator keeps command signatures for t
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        from indexer.errors import XmodalError
+        from xmodal.indexer.errors import XmodalError
 
         try:
             return fn(*args, **kwargs)
@@ -63,15 +63,15 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave."""
-    from cli.progress import ProgressBar
-    from indexer import Indexer
+    from xmodal.cli.progress import ProgressBar
+    from xmodal.indexer import Indexer
 
     with ProgressBar("indexing", enabled=not as_json) as bar:
         indexer = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update)
         summary = indexer.add_paths(paths)
     if indexer.model is not None and summary.embedded:
-        from indexer.query_encoder import export_image_query_encoder, export_query_encoder
-        from search.querybank import text_bank
+        from xmodal.indexer.models.query_encoders import export_image_query_encoder, export_query_encoder
+        from xmodal.search.rerank.querybank import text_bank
 
         # Prepared now, while the model is loaded, so that a search starts in a second or two.
         export_query_encoder(indexer.model)
@@ -117,10 +117,10 @@ def search(
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML contact sheet to this file.")] = None,
 ) -> None:
     """Search by text, picture or a combination, for images (default) or indexed texts (--target text)."""
-    from indexer.errors import InvalidQueryError
-    from search import SearchEngine
-    from search.filters import SearchFilter, parse_date, parse_min_size
-    from search.rerank import RerankOptions
+    from xmodal.indexer.errors import InvalidQueryError
+    from xmodal.search import SearchEngine
+    from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
+    from xmodal.search.rerank.stages import RerankOptions
 
     if (query is None) == (image is None):
         raise InvalidQueryError("give either a query text or --image PATH")
@@ -147,21 +147,21 @@ def search(
             image if image is not None else (query or ""), k=limit, target=target, filters=filters, rerank=rerank, min_score=cutoff  # type: ignore[arg-type]
         )
     if links is not None:
-        from search.export import link_hits
+        from xmodal.search.export import link_hits
 
         link_hits(hits, links)
     if html is not None:
-        from search.export import write_contact_sheet
+        from xmodal.search.export import write_contact_sheet
 
         write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image}")
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
     elif as_csv:
-        from search.export import hits_to_csv
+        from xmodal.search.export import hits_to_csv
 
         typer.echo(hits_to_csv(hits), nl=False)
     else:
-        from cli.output import print_hits
+        from xmodal.cli.output import print_hits
 
         print_hits(hits)
 
@@ -177,10 +177,10 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """Zero-shot labels with probabilities (prompt ensembles such as "a photo of a {}")."""
-    from indexer.errors import InvalidQueryError
-    from indexer.models import load_model
-    from indexer.text_sources import read_text_items
-    from search.tagging import tag_images
+    from xmodal.indexer.errors import InvalidQueryError
+    from xmodal.indexer.models.embedding import load_model
+    from xmodal.indexer.text_sources import read_text_items
+    from xmodal.search.tagging import tag_images
 
     if (labels is None) == (labels_file is None):
         raise InvalidQueryError("give either --labels or --labels-file")
@@ -208,7 +208,7 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what an index holds."""
-    from search.stats import failures, index_info
+    from xmodal.search.stats import failures, index_info
 
     if errors:
         rows = failures(index_dir, db_url)
@@ -238,7 +238,7 @@ def index_text(
     as_json: JsonOpt = False,
 ) -> None:
     """Index texts (captions, descriptions, tags) into the same space as the photos."""
-    from indexer.text_indexing import TextIndexer
+    from xmodal.indexer.text_indexing import TextIndexer
 
     summary = TextIndexer(index_dir, model=model, db_url=db_url).add_files(files, column=column, field=field)
     if as_json:
@@ -262,10 +262,10 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same head.")] = 0,
 ) -> None:
     """Train a model's projection head on image–caption pairs (symmetric InfoNCE, towers frozen)."""
-    from indexer.models import load_model
-    from indexer.model_spec import parse_model_spec
-    from indexer.pairs import read_pairs
-    from indexer.training import train_projection_head
+    from xmodal.indexer.models.embedding import load_model
+    from xmodal.indexer.models.spec import parse_model_spec
+    from xmodal.indexer.pairs import read_pairs
+    from xmodal.search.training.head import train_projection_head
 
     data = read_pairs(pairs, image_root)
     spec = parse_model_spec(model)
@@ -274,27 +274,6 @@ def train(
     path = train_projection_head(loaded, data, out, epochs=epochs, seed=seed, on_epoch=lambda e, loss: typer.echo(f"epoch {e:3d}  loss {loss:.4f}", err=True))
     base = str(spec).split("+")[0]
     typer.echo(f"head written to {path}; use it with --model '{base}+{path.absolute()}'")
-
-
-@app.command("train-reranker")
-@_run
-def train_reranker_command(
-    pairs: PairsArg,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the trained reranker (.pt).")],
-    model: ModelOpt = None,
-    image_root: ImageRootOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the validated value).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same reranker.")] = 0,
-) -> None:
-    """Train the cross-attention reranker (photo regions × caption tokens) with hard negatives from the first stage."""
-    from indexer.models import load_model
-    from indexer.pairs import read_pairs
-    from search.reranker_training import train_reranker
-
-    data = read_pairs(pairs, image_root)
-    typer.echo(f"{len(data)} photos, {sum(len(p.captions) for p in data)} captions; computing features (cached)", err=True)
-    path = train_reranker(load_model(model), data, out, epochs=epochs, seed=seed, on_epoch=lambda e, loss: typer.echo(f"epoch {e:3d}  loss {loss:.4f}", err=True))
-    typer.echo(f"reranker written to {path}")
 
 
 @app.command("eval")
@@ -307,9 +286,9 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure recall@1/5/10 for text→image and image→text on captioned photos."""
-    from indexer.models import load_model
-    from indexer.pairs import read_pairs
-    from search.evaluation import evaluate_pairs
+    from xmodal.indexer.models.embedding import load_model
+    from xmodal.indexer.pairs import read_pairs
+    from xmodal.search.evaluation import evaluate_pairs
 
     data = read_pairs(pairs, image_root)
     result = evaluate_pairs(data, load_model(model), rerank=not no_rerank)
@@ -332,7 +311,7 @@ def optimize(
     lean: Annotated[bool, typer.Option("--lean", help="Compressed codes in RAM, full vectors memory-mapped (≤ ~128 bytes a vector).")] = False,
 ) -> None:
     """Choose the FAISS index type for the collection's size now (it also switches by itself as it grows)."""
-    from indexer.index_store import IndexStore
+    from xmodal.indexer.store.index_store import IndexStore
 
     store = IndexStore.open(index_dir, db_url)
     try:
@@ -342,7 +321,7 @@ def optimize(
         store.close()
 
 
-from cli.check_command import check as _check  # noqa: E402 - registered like the commands above
+from xmodal.cli.check_command import check as _check  # noqa: E402 - registered like the commands above
 
 app.command("check")(_run(_check))
 

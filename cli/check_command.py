@@ -44,7 +44,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Verify an index: every row has exactly one vector, no vector lacks a row, files exist, the model matches."""
-    from indexer.checking import check_index
+    from xmodal.indexer.store.checking import check_index
 
     report = check_index(index_dir, db_url, repair=repair, prune_missing=not keep_missing)
     if as_json:

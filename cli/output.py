@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from search.hits import Hit
+from xmodal.search.hits import Hit
 
 
 def print_hits(hits: Sequence[Hit]) -> None:

@@ -7,7 +7,7 @@ from types import TracebackType
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from indexer.indexing import Progress as RunProgress
+from xmodal.indexer.indexing import Progress as RunProgress
 
 
 class ProgressBar:

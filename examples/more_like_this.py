@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from search import SearchEngine
+from xmodal.search import SearchEngine
 
 
 def main() -> None:

@@ -12,21 +12,21 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["load_model", "EmbeddingModel", "Indexer", "IndexSummary", "TextIndexer", "XmodalError", "OFFLINE_DEFAULT"]
 
 _WHERE = {
-    "load_model": "indexer.models",
-    "EmbeddingModel": "indexer.models",
-    "Indexer": "indexer.indexing",
-    "IndexSummary": "indexer.indexing",
-    "TextIndexer": "indexer.text_indexing",
-    "XmodalError": "indexer.errors",
-    "OFFLINE_DEFAULT": "indexer.model_spec",
+    "load_model": "xmodal.indexer.models.embedding",
+    "EmbeddingModel": "xmodal.indexer.models.embedding",
+    "Indexer": "xmodal.indexer.indexing",
+    "IndexSummary": "xmodal.indexer.indexing",
+    "TextIndexer": "xmodal.indexer.text_indexing",
+    "XmodalError": "xmodal.indexer.errors",
+    "OFFLINE_DEFAULT": "xmodal.indexer.models.spec",
 }
 
 if TYPE_CHECKING:
-    from indexer.errors import XmodalError
-    from indexer.indexing import Indexer, IndexSummary
-    from indexer.model_spec import OFFLINE_DEFAULT
-    from indexer.models import EmbeddingModel, load_model
-    from indexer.text_indexing import TextIndexer
+    from xmodal.indexer.errors import XmodalError
+    from xmodal.indexer.indexing import Indexer, IndexSummary
+    from xmodal.indexer.models.spec import OFFLINE_DEFAULT
+    from xmodal.indexer.models.embedding import EmbeddingModel, load_model
+    from xmodal.indexer.text_indexing import TextIndexer
 
 
 def __getattr__(name: str) -> Any:

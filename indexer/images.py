@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from indexer.errors import ImageReadError
+from xmodal.indexer.errors import ImageReadError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "DecodedImage", "decode_image", "to_rgb"]
 

@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from indexer.errors import ImageReadError, ModelMismatchError
-from indexer.images import decode_image
-from indexer.index_store import IndexStore
-from indexer.model_spec import model_fingerprint
-from indexer.model_spec import parse_model_spec
+from xmodal.indexer.errors import ImageReadError, ModelMismatchError
+from xmodal.indexer.images import decode_image
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.models.spec import model_fingerprint
+from xmodal.indexer.models.spec import parse_model_spec
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     import torch
 
-    from indexer.models import EmbeddingModel, IndexedPixels
-from indexer.scanning import FoundFile, SkippedFile, scan_paths
-from indexer.storage import FailureRow, ImageRow, features_to_blob, grid_to_blob, utcnow, vector_to_blob
+    from xmodal.indexer.models.embedding import EmbeddingModel, IndexedPixels
+from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths
+from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, utcnow, vector_to_blob
 
 __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 
@@ -167,7 +167,7 @@ class Indexer:
     def _load(self, store: IndexStore) -> EmbeddingModel:
         """The model, loaded on first need: a run with nothing new to embed never loads it."""
         if self.model is None:
-            from indexer.models import load_model
+            from xmodal.indexer.models.embedding import load_model
 
             self._model = load_model(self._model or store.model_spec)
         return self._model  # type: ignore[return-value]
@@ -276,7 +276,7 @@ class Indexer:
         summary.failures.extend((str(item.path), item.reason) for item in skipped)
 
     def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
-        from indexer.preprocess import split_transform
+        from xmodal.indexer.models.preprocess import split_transform
 
         vectors = store.vectors("image")
         target = _decode_size(model.image_transform)
@@ -337,7 +337,6 @@ class Indexer:
                     model=spec,
                     indexed_at=now,
                     vector=vector_to_blob(vector),
-                    grid=grid_to_blob(embedded.grids[position]) if embedded.grids is not None else None,
                     features=features_to_blob(embedded.tower_features[position]) if embedded.tower_features is not None else None,
                 )
                 if prepared.work.row_id is not None:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import InvalidInputError
+from xmodal.indexer.errors import InvalidInputError
 
 __all__ = ["CaptionedImage", "read_pairs"]
 

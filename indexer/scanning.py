@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.images import IMAGE_EXTENSIONS
+from xmodal.indexer.images import IMAGE_EXTENSIONS
 
 __all__ = ["FoundFile", "SkippedFile", "scan_paths"]
 

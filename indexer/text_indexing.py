@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from indexer.index_store import IndexStore
-from indexer.model_spec import model_fingerprint
-from indexer.models import EmbeddingModel, load_model
-from indexer.storage import TextRow, utcnow, vector_to_blob
-from indexer.text_sources import read_text_items
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.models.spec import model_fingerprint
+from xmodal.indexer.models.embedding import EmbeddingModel, load_model
+from xmodal.indexer.store.schema import TextRow, utcnow, vector_to_blob
+from xmodal.indexer.text_sources import read_text_items
 
 __all__ = ["TextSummary", "TextIndexer"]
 

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from indexer.errors import InvalidInputError
+from xmodal.indexer.errors import InvalidInputError
 
 __all__ = ["read_text_items"]
 

@@ -12,18 +12,18 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from indexer.errors import ImageReadError, InvalidQueryError, ModelMismatchError
-from indexer.images import decode_image
-from indexer.index_store import IndexStore, Kind
-from indexer.storage import ImageRow, TextRow
-from search.filters import SearchFilter
-from search.fusion import TOP, FusionModel, fusion_features
-from search.hits import Hit
-from search.query import QueryTerm, parse_query
-from search.rerank import QB_NORM_BETA, RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
+from xmodal.indexer.errors import ImageReadError, InvalidQueryError, ModelMismatchError
+from xmodal.indexer.images import decode_image
+from xmodal.indexer.store.index_store import IndexStore, Kind
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.search.filters import SearchFilter
+from xmodal.search.rerank.fusion import TOP, FusionModel, fusion_features
+from xmodal.search.hits import Hit
+from xmodal.search.query import QueryTerm, parse_query
+from xmodal.search.rerank.stages import QB_NORM_BETA, RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
 
 if TYPE_CHECKING:
-    from indexer.models import EmbeddingModel
+    from xmodal.indexer.models.embedding import EmbeddingModel
 
 __all__ = ["SearchEngine", "MAX_QUERY_CHARS", "Query"]
 
@@ -53,7 +53,7 @@ class SearchEngine:
         store = IndexStore.open(index_dir, db_url)
         recorded = store.model_spec
         if recorded and (model is None or isinstance(model, str)):  # a model object passed in is trusted
-            from indexer.model_spec import model_fingerprint, parse_model_spec
+            from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
 
             try:
                 store.check_fingerprint(model_fingerprint(parse_model_spec(recorded)))
@@ -61,7 +61,7 @@ class SearchEngine:
                 store.close()
                 raise
         if isinstance(model, str):
-            from indexer.model_spec import parse_model_spec
+            from xmodal.indexer.models.spec import parse_model_spec
 
             if recorded and str(parse_model_spec(model)) != recorded:
                 store.close()
@@ -87,7 +87,7 @@ class SearchEngine:
             if self._model is None:
                 if not self.store.model_spec:
                     raise InvalidQueryError(f"index '{self.store.directory}' is empty")
-                from indexer.models import load_model
+                from xmodal.indexer.models.embedding import load_model
 
                 self._model = load_model(self.store.model_spec)
             return self._model
@@ -100,7 +100,7 @@ class SearchEngine:
             return None
         with self._lock:
             if kind not in self._light_encoders:
-                from indexer.query_encoder import QueryImageEncoder, QueryTextEncoder
+                from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder
 
                 encoder = QueryTextEncoder if kind == "text" else QueryImageEncoder
                 self._light_encoders[kind] = encoder.for_index(self.store.model_spec) or False
@@ -290,8 +290,8 @@ class SearchEngine:
         """The shipped fusion model, for indexes built with the offline default and its shipped head."""
         with self._lock:
             if self._fusion_model is None:
-                from indexer.model_spec import parse_model_spec
-                from xmodal_data import data_path
+                from xmodal.indexer.models.spec import parse_model_spec
+                from xmodal.data import data_path
 
                 spec = parse_model_spec(self.store.model_spec) if self.store.model_spec else None
                 path = data_path("offline_fusion.npz")
@@ -305,7 +305,7 @@ class SearchEngine:
             index = self.store.vectors(target)
             key = f"{target}:{len(index)}"
             if key not in self._banks:
-                from search.querybank import querybank_vectors
+                from xmodal.search.rerank.querybank import querybank_vectors
 
                 bank = querybank_vectors(self, target)
                 if bank is None or len(bank) == 0 or len(index) == 0:

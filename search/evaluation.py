@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.indexing import Indexer
-from indexer.models import EmbeddingModel
-from indexer.pairs import CaptionedImage
-from indexer.storage import ImageRow, TextRow
-from indexer.text_indexing import TextIndexer
-from search.engine import SearchEngine
+from xmodal.indexer.indexing import Indexer
+from xmodal.indexer.models.embedding import EmbeddingModel
+from xmodal.indexer.pairs import CaptionedImage
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.text_indexing import TextIndexer
+from xmodal.search.engine import SearchEngine
 
 __all__ = ["EvalResult", "recall_at_k", "evaluate_pairs"]
 

@@ -10,9 +10,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from indexer.errors import ImageReadError, InvalidQueryError
-from indexer.images import decode_image
-from search.hits import Hit
+from xmodal.indexer.errors import ImageReadError, InvalidQueryError
+from xmodal.indexer.images import decode_image
+from xmodal.search.hits import Hit
 
 __all__ = ["hits_to_csv", "link_hits", "write_contact_sheet"]
 

@@ -12,8 +12,8 @@ from dateutil import parser as date_parser
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from indexer.errors import InvalidQueryError
-from indexer.storage import ImageRow, TextRow
+from xmodal.indexer.errors import InvalidQueryError
+from xmodal.indexer.store.schema import ImageRow, TextRow
 
 __all__ = ["SearchFilter", "parse_date", "parse_min_size"]
 

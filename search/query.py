@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from indexer.errors import InvalidQueryError
-from indexer.images import IMAGE_EXTENSIONS
+from xmodal.indexer.errors import InvalidQueryError
+from xmodal.indexer.images import IMAGE_EXTENSIONS
 
 __all__ = ["QueryTerm", "parse_query"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.index_store import IndexStore
-from indexer.storage import FailureRow, ImageRow, TextRow
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import FailureRow, ImageRow, TextRow
 
 
 def index_info(index_dir: Path | str | None = None, db_url: str | None = None) -> dict[str, object]:

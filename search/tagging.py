@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import ImageReadError, InvalidQueryError
-from indexer.images import decode_image
-from indexer.models import EmbeddingModel
+from xmodal.indexer.errors import ImageReadError, InvalidQueryError
+from xmodal.indexer.images import decode_image
+from xmodal.indexer.models.embedding import EmbeddingModel
 
 __all__ = ["PROMPTS", "label_vectors", "tag_images"]
 

@@ -17,7 +17,7 @@ FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "f
 
 def xmodal(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+        [sys.executable, "-m", "xmodal.cli.app", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
     )
     assert "Traceback" not in result.stderr, result.stderr
     if check:

@@ -20,11 +20,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import indexer.indexing
-import indexer.models
-from cli.app import _run, app
-from cli.check_command import check
-from indexer import Indexer
+import xmodal.indexer.indexing
+import xmodal.indexer.models.embedding
+from xmodal.cli.app import _run, app
+from xmodal.cli.check_command import check
+from xmodal.indexer import Indexer
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 
@@ -46,12 +46,12 @@ def fake_index(tmp_path: Path, photo_dir: Path) -> Path:
 @pytest.fixture
 def fake_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     """load_model(FAKE_SPEC) gives the fake encoder, for the CLI paths that do need a model."""
-    real = indexer.models.load_model
+    real = xmodal.indexer.models.embedding.load_model
 
     def load(spec=None, device="auto"):  # noqa: ANN001, ANN202
         return fake_model() if str(spec) == FAKE_SPEC else real(spec, device)
 
-    monkeypatch.setattr(indexer.models, "load_model", load)
+    monkeypatch.setattr(xmodal.indexer.models.embedding, "load_model", load)
     # indexer.indexing imports load_model from indexer.models at the moment it needs a model
 
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from indexer import Indexer
-from indexer.checking import check_index
-from indexer.errors import IndexLockedError
-from indexer.index_store import IndexStore
-from indexer.storage import ImageRow
-from search import SearchEngine
+from xmodal.indexer import Indexer
+from xmodal.indexer.store.checking import check_index
+from xmodal.indexer.errors import IndexLockedError
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import ImageRow
+from xmodal.search import SearchEngine
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
@@ -28,8 +28,8 @@ N_IMAGES = 48
 
 def _writer(index_dir: str, photos: str) -> None:
     """An index run paced like a real model, saving its FAISS cache after every batch."""
-    import indexer.indexing as indexing
-    from indexer import Indexer
+    import xmodal.indexer.indexing as indexing
+    from xmodal.indexer import Indexer
     from tests.fakes import fake_model
 
     indexing._SAVE_INTERVAL_S = 0.0
@@ -45,7 +45,7 @@ def _writer(index_dir: str, photos: str) -> None:
 
 
 def _lock_holder(index_dir: str, ready) -> None:  # noqa: ANN001
-    from indexer.index_store import IndexStore
+    from xmodal.indexer.store.index_store import IndexStore
 
     store = IndexStore.open(index_dir)
     with store.write_lock():
@@ -140,7 +140,7 @@ def test_second_writer_is_refused_and_a_killed_writer_leaves_no_stuck_lock(tmp_p
 
         from typer.testing import CliRunner
 
-        from cli.app import app
+        from xmodal.cli.app import app
 
         result = CliRunner().invoke(app, ["index", str(photos), "--index", str(index_dir)])
         assert result.exit_code == 6

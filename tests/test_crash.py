@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.checking import check_index
-from indexer.index_store import IndexStore
-from indexer.storage import FailureRow, ImageRow
-from search import SearchEngine
+from xmodal.indexer.store.checking import check_index
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import FailureRow, ImageRow
+from xmodal.search import SearchEngine
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
@@ -32,16 +32,16 @@ SEED = int(os.environ.get("XMODAL_CRASH_SEED", "20240611"))  # another seed: ano
 QUERIES = ["red", "green", "blue", "yellow", "red blue", "a dark photo"]
 
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "faiss", "sqlalchemy", "PIL.Image", "indexer.indexing", "tests.fakes", "tests.test_crash"])
+_CTX.set_forkserver_preload(["torch", "faiss", "sqlalchemy", "PIL.Image", "xmodal.indexer.indexing", "tests.fakes", "tests.test_crash"])
 
 
 # --- the child ------------------------------------------------------------------------------------
 def _child_index(index_dir: str, photos: str, kill_in_save: int = 0) -> None:
     """One `xmodal index` run with the fake encoder. kill_in_save=N: SIGKILL itself inside the
     N-th FAISS save, after the new index file is in place but before its generation stamp."""
-    import indexer.indexing as indexing
-    import indexer.vector_index as vector_index
-    from indexer import Indexer
+    import xmodal.indexer.indexing as indexing
+    import xmodal.indexer.store.vector_index as vector_index
+    from xmodal.indexer import Indexer
     from tests.fakes import fake_model
 
     indexing._SAVE_INTERVAL_S = 0.0  # save the FAISS cache after every batch: crash windows in saves too
@@ -221,7 +221,7 @@ def test_kill_inside_the_faiss_save_is_repaired(tmp_path: Path, photos: Path, cl
 def test_repair_rebuilds_a_damaged_cache_and_drops_gone_files(tmp_path: Path, photos: Path) -> None:
     import shutil
 
-    from indexer.vector_index import VectorIndex
+    from xmodal.indexer.store.vector_index import VectorIndex
 
     local = tmp_path / "photos"
     shutil.copytree(photos / "d0", local)
@@ -256,8 +256,8 @@ def test_repair_rebuilds_a_damaged_cache_and_drops_gone_files(tmp_path: Path, ph
 
 
 def test_repair_drops_unusable_rows_and_restores_the_model_record(tmp_path: Path, photos: Path) -> None:
-    from indexer import Indexer
-    from indexer.storage import MetaRow
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.store.schema import MetaRow
 
     index_dir = tmp_path / "idx"
     Indexer(index_dir, model=fake_model()).add_paths([photos / "d2"])

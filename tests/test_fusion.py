@@ -1,4 +1,4 @@
-"""Learned fusion (search.fusion, search.fusion_training) on small synthetic data."""
+"""Learned fusion (xmodal.search.rerank.fusion and its training) on small synthetic data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.fusion import (
+from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
     FusionModel,
@@ -16,8 +16,8 @@ from search.fusion import (
     fusion_features,
     standardise,
 )
-from search.rerank import querybank_correction
-from search.fusion_training import (
+from xmodal.search.rerank.stages import querybank_correction
+from xmodal.search.training.fusion import (
     fit_fusion_weights,
     train_linear_projection,
 )

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import indexer.indexing as indexing_mod
-from indexer import Indexer
-from indexer.index_store import IndexStore
-from indexer.storage import ImageRow
-from search.stats import failures
+import xmodal.indexer.indexing as indexing_mod
+from xmodal.indexer import Indexer
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import ImageRow
+from xmodal.search.stats import failures
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 
@@ -273,7 +273,7 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
     reasons = _failure_reasons(summary)
     assert "vanished" in reasons["p4.jpg"] or "no such file" in reasons["p4.jpg"].lower()
     assert {Path(p).name for p in _rows(tmp_path / "idx")} == {"p0.jpg", "p1.jpg", "p3.jpg", "p5.jpg"}
-    from indexer.checking import check_index
+    from xmodal.indexer.store.checking import check_index
 
     assert check_index(tmp_path / "idx").ok
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.errors import ImageReadError
-from indexer.images import MAX_PIXELS, decode_image
+from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.images import MAX_PIXELS, decode_image
 
 
 def _exif_jpeg(path: Path, orientation: int, taken: str | None = "2021:07:14 09:30:00") -> Path:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import Indexer
-from indexer.errors import ModelMismatchError
-from indexer.index_store import IndexStore
-from indexer.storage import ImageRow
-from search import SearchEngine
+from xmodal.indexer import Indexer
+from xmodal.indexer.errors import ModelMismatchError
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import ImageRow
+from xmodal.search import SearchEngine
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 
@@ -102,8 +102,8 @@ def test_hidden_symlinks_fifos_and_bad_files(tmp_path: Path, photo_dir: Path) ->
 
 
 def test_model_mismatch_is_refused(tmp_path: Path, photo_dir: Path) -> None:
-    from indexer.model_spec import ModelSpec
-    from indexer.models import EmbeddingModel
+    from xmodal.indexer.models.spec import ModelSpec
+    from xmodal.indexer.models.embedding import EmbeddingModel
     from tests.fakes import FakeTowers
 
     _index(tmp_path / "idx", photo_dir)

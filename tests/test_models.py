@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer import models as models_module
-from indexer.errors import ModelLoadError
-from indexer.model_spec import OFFLINE_DEFAULT, parse_model_spec
-from indexer.models import load_model
+from xmodal.indexer.models import embedding as models_module
+from xmodal.indexer.errors import ModelLoadError
+from xmodal.indexer.models.spec import OFFLINE_DEFAULT, parse_model_spec
+from xmodal.indexer.models.embedding import load_model
 
 TINY = {
     "embed_dim": 32,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from indexer import load_model
-from indexer.query_encoder import QueryImageEncoder, QueryTextEncoder, export_image_query_encoder, export_query_encoder
+from xmodal.indexer import load_model
+from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder, export_image_query_encoder, export_query_encoder
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_zero_shot_meaning_on_everyday_words(model) -> None:
 
 
 def test_onnx_backbone_gives_the_torch_vectors(model, tmp_path, monkeypatch) -> None:
-    from indexer.onnx_trunk import onnx_trunk_for
+    from xmodal.indexer.models.onnx_backbone import onnx_trunk_for
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
     trunk = model.towers.visual.trunk
@@ -94,7 +94,7 @@ def test_onnx_backbone_gives_the_torch_vectors(model, tmp_path, monkeypatch) -> 
 
 
 def test_without_onnx_the_model_runs_in_torch(model, monkeypatch) -> None:
-    import indexer.onnx_trunk as onnx_trunk
+    import xmodal.indexer.models.onnx_backbone as onnx_trunk
 
     pixels = torch.stack([model.image_transform(_drawing((0, 150, 0), "circle"))])
     fast = model.embed_pixels(pixels)
@@ -110,7 +110,7 @@ def test_without_onnx_the_model_runs_in_torch(model, monkeypatch) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_offline_model_in_half_precision_on_gpu_matches_cpu(model) -> None:
-    from indexer.models import EmbeddingModel, _load_offline
+    from xmodal.indexer.models.embedding import EmbeddingModel, _load_offline
 
     gpu = _load_offline(model.spec, "cuda")
     assert isinstance(gpu, EmbeddingModel) and gpu.towers.visual.trunk.conv_stem.weight.dtype == torch.float16
@@ -121,7 +121,7 @@ def test_offline_model_in_half_precision_on_gpu_matches_cpu(model) -> None:
 
 def test_half_precision_towers_give_the_same_vectors(model) -> None:
     """The GPU path's dtype handling (half towers, fp32 features out), checked on the CPU."""
-    from indexer.models import _load_offline
+    from xmodal.indexer.models.embedding import _load_offline
 
     half = _load_offline(model.spec, "cpu")
     half.towers.half()
@@ -133,8 +133,8 @@ def test_half_precision_towers_give_the_same_vectors(model) -> None:
 
 
 def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeypatch) -> None:
-    from indexer import Indexer
-    from search import SearchEngine
+    from xmodal.indexer import Indexer
+    from xmodal.search import SearchEngine
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     photos = tmp_path / "photos"
@@ -155,7 +155,7 @@ def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeyp
 
 
 def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
-    from indexer import Indexer
+    from xmodal.indexer import Indexer
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -168,9 +168,9 @@ def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
 
 
 def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path, monkeypatch) -> None:
-    from search import SearchEngine
-    from search.fusion import TOP, fusion_features
-    from search.rerank import QB_NORM_BETA, RerankOptions, querybank_correction
+    from xmodal.search import SearchEngine
+    from xmodal.search.rerank.fusion import TOP, fusion_features
+    from xmodal.search.rerank.stages import QB_NORM_BETA, RerankOptions, querybank_correction
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     index = _drawn_index(model, tmp_path)
@@ -201,10 +201,10 @@ def test_an_index_made_before_tower_features_opens_searches_and_catches_up(model
     until the next `index` run embeds them again."""
     import sqlite3
 
-    from indexer import Indexer
-    from indexer.storage import ImageRow
-    from search import SearchEngine
-    from search.rerank import RerankOptions
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.store.schema import ImageRow
+    from xmodal.search import SearchEngine
+    from xmodal.search.rerank.stages import RerankOptions
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     index = _drawn_index(model, tmp_path, count=6)

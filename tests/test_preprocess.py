@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from indexer.preprocess import split_transform
+from xmodal.indexer.models.preprocess import split_transform
 
 
 def _photos() -> list[Image.Image]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import Indexer
-from indexer.errors import InvalidQueryError
-from search import SearchEngine
-from search.export import hits_to_csv, link_hits, write_contact_sheet
-from search.filters import SearchFilter, parse_date
-from search.rerank import RerankOptions, collapse_duplicates, maximal_marginal_relevance, querybank_normalise
+from xmodal.indexer import Indexer
+from xmodal.indexer.errors import InvalidQueryError
+from xmodal.search import SearchEngine
+from xmodal.search.export import hits_to_csv, link_hits, write_contact_sheet
+from xmodal.search.filters import SearchFilter, parse_date
+from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance, querybank_normalise
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
@@ -147,10 +147,10 @@ def test_rerank_building_blocks() -> None:
 
 def test_hubness_correction_only_across_modalities(tmp_path, photo_dir, fake, monkeypatch) -> None:
     """QB-Norm's banks hold typical queries of the other kind, so same-kind searches skip it."""
-    import search.engine as engine_module
-    from indexer import Indexer
-    from indexer.text_indexing import TextIndexer
-    from search import SearchEngine
+    import xmodal.search.engine as engine_module
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.text_indexing import TextIndexer
+    from xmodal.search import SearchEngine
 
     Indexer(tmp_path / "idx", model=fake).add_paths([photo_dir])
     TextIndexer(tmp_path / "idx", model=fake).add_texts([("t", "red"), ("t", "green"), ("t", "blue")])

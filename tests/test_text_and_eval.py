@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer import Indexer
-from indexer.errors import InvalidInputError
-from indexer.pairs import read_pairs
-from indexer.text_indexing import TextIndexer
-from search import SearchEngine
-from search.evaluation import evaluate_pairs, recall_at_k
+from xmodal.indexer import Indexer
+from xmodal.indexer.errors import InvalidInputError
+from xmodal.indexer.pairs import read_pairs
+from xmodal.indexer.text_indexing import TextIndexer
+from xmodal.search import SearchEngine
+from xmodal.search.evaluation import evaluate_pairs, recall_at_k
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 
@@ -97,9 +97,9 @@ def test_malformed_pairs_name_file_and_line(tmp_path: Path, name: str, content: 
 def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from indexer.models import EmbeddingModel
-    from indexer.projection_head import ProjectionHead
-    from indexer.training import train_projection_head
+    from xmodal.indexer.models.embedding import EmbeddingModel
+    from xmodal.indexer.models.head import ProjectionHead
+    from xmodal.search.training.head import train_projection_head
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     photos = _captioned_photos(tmp_path)

@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.vector_index import FLAT_MAX_ELEMENTS, IndexPlan, VectorIndex, choose_plan, gpu_available
+from xmodal.indexer.store.vector_index import FLAT_MAX_ELEMENTS, IndexPlan, VectorIndex, choose_plan, gpu_available
 
 DIM = 64
 
@@ -146,7 +146,7 @@ def test_allowed_ids_give_k_hits(data, approximate, n_allowed):
 
 
 def test_allowed_ids_large_filter_uses_ivf_and_still_fills(data, monkeypatch):
-    import indexer.vector_index as vi
+    import xmodal.indexer.store.vector_index as vi
 
     base, ids, queries = data
     monkeypatch.setattr(vi, "EXACT_FILTER_MAX", 10)
@@ -226,7 +226,7 @@ def test_load_rejects_mismatch(data, tmp_path):
 
 
 def test_auto_switch_from_flat(data, monkeypatch):
-    import indexer.vector_index as vi
+    import xmodal.indexer.store.vector_index as vi
 
     base, ids, queries = data
     monkeypatch.setattr(vi, "FLAT_MAX_ELEMENTS", 5_000 * DIM)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.errors import ModelLoadError
-from indexer.images import to_rgb
-from indexer.model_spec import ModelSpec, parse_model_spec
+from xmodal.indexer.errors import ModelLoadError
+from xmodal.indexer.images import to_rgb
+from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
 __all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_model", "resolve_device", "offline_head_path"]
 
@@ -46,14 +46,13 @@ def resolve_device(device: Device = "auto") -> str:
 
 
 def offline_head_path() -> Path:
-    from xmodal_data import data_path
+    from xmodal.data import data_path
 
     return data_path("offline_head.pt")
 
 
 class IndexedPixels(NamedTuple):
     vectors: np.ndarray  # (n, dim) float32, unit rows
-    grids: np.ndarray | None  # (n, tokens, channels) float16
     tower_features: np.ndarray | None  # (n, image_dim) float16, what the projection head reads
 
 
@@ -99,20 +98,20 @@ class EmbeddingModel:
         return _normalised(out)
 
     @property
-    def has_grid(self) -> bool:
-        """Whether the towers give a spatial feature map (stored for the learned reranker)."""
-        return hasattr(self.towers, "image_features_and_grid")
+    def keeps_tower_features(self) -> bool:
+        """Whether the index stores the towers' features per photo (the learned fusion reads them)."""
+        return bool(getattr(self.towers, "keeps_tower_features", False)) and self.head is not None
 
     @torch.inference_mode()
     def embed_pixels_for_index(self, pixels: torch.Tensor) -> IndexedPixels:
-        """Vectors plus what the second stage reads, when the towers give it: the spatial map
-        (n, tokens, channels) and the tower features (n, image_dim), both float16; one forward pass."""
-        if not self.has_grid:
-            return IndexedPixels(self.embed_pixels(pixels), None, None)
-        feats, grid = self.towers.image_features_and_grid(pixels.to(self.device))  # type: ignore[attr-defined]
-        out = self.head.project_images(feats) if self.head is not None else feats
-        half = lambda t: t.to(torch.float16).cpu().numpy()  # noqa: E731
-        return IndexedPixels(_normalised(out), half(grid), half(feats))
+        """Vectors plus, when the second stage reads them, the tower features (n, image_dim) as
+        float16; one forward pass."""
+        if not self.keeps_tower_features:
+            return IndexedPixels(self.embed_pixels(pixels), None)
+        assert self.head is not None
+        feats = self.towers.image_features(pixels.to(self.device))
+        out = self.head.project_images(feats)
+        return IndexedPixels(_normalised(out), feats.to(torch.float16).cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         chunks = []
@@ -158,7 +157,7 @@ class OpenClipTowers:
 
 
 def _load_head(path: Path, device: str) -> torch.nn.Module:
-    from indexer.projection_head import ProjectionHead
+    from xmodal.indexer.models.head import ProjectionHead
 
     if not path.is_file():
         raise ModelLoadError(f"projection head '{path}' not found (train one with `xmodal train`)")
@@ -169,7 +168,7 @@ def _load_head(path: Path, device: str) -> torch.nn.Module:
 
 
 def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
-    from indexer.offline_towers import build_offline_towers
+    from xmodal.indexer.models.offline_towers import build_offline_towers
 
     try:
         import transformers

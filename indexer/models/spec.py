@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import ModelLoadError
+from xmodal.indexer.errors import ModelLoadError
 
 __all__ = ["OFFLINE_DEFAULT", "ModelSpec", "parse_model_spec", "model_fingerprint"]
 
@@ -75,7 +75,7 @@ def model_fingerprint(spec: ModelSpec) -> str:
     digest = hashlib.sha256(str(spec).encode())
     head = spec.head
     if head is None and spec.is_offline_default:
-        from xmodal_data import data_path
+        from xmodal.data import data_path
 
         head = data_path("offline_head.pt")
     if head is not None and head.is_file():

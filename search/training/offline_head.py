@@ -1,6 +1,6 @@
 """Train the shipped offline projection head (data/offline_head.pt) and report test recall.
 
-    python benchmarks/train_offline_head.py --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
+    python -m xmodal.search.training.offline_head --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
 
 Trains on ALL train photos of the flickr8k-1k split with the validated HeadConfig defaults,
 then reports recall@1/5/10 (text->image and image->text) on the test split, with the 200
@@ -19,10 +19,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from indexer.offline_towers import build_offline_towers  # noqa: E402
-from indexer.projection_head import HeadConfig, ProjectionHead, train_head  # noqa: E402
+from xmodal.indexer.models.offline_towers import build_offline_towers  # noqa: E402
+from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head  # noqa: E402
 
 
 def read_dataset(data: str) -> tuple[list[str], dict[str, str], list[str], list[str]]:

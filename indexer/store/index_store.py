@@ -19,9 +19,9 @@ from typing import Literal
 
 from platformdirs import user_data_dir
 
-from indexer.errors import IndexLockedError, IndexNotFoundError, ModelMismatchError
-from indexer.storage import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow
-from indexer.vector_index import VectorIndex
+from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError, ModelMismatchError
+from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow
+from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["Kind", "INDEX_ENV_VAR", "default_index_dir", "IndexStore"]
 
@@ -151,7 +151,7 @@ class IndexStore:
         """Rebuild each FAISS cache with the index type its size calls for (exact up to ~16k
         vectors, then IVF with exact re-scoring; `lean` keeps compressed codes in RAM and the full
         vectors memory-mapped). Returns a description of each kind's index type."""
-        from indexer.vector_index import choose_plan
+        from xmodal.indexer.store.vector_index import choose_plan
 
         described = {}
         with self.write_lock():

@@ -1,6 +1,6 @@
 """Train the shipped fusion reranker (data/offline_fusion.npz) on the flickr8k-1k TRAIN split.
 
-    python benchmarks/train_offline_fusion.py --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
+    python -m xmodal.search.training.offline_fusion --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
 
 Only the 800 train photos and their 4,000 captions are read (the test split is not touched).
   1. Tower features (centre view + 4 augmentation views) and caption features, cached on disk.
@@ -41,27 +41,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.train_offline_head import read_dataset
-from indexer.offline_towers import (
+from xmodal.search.training.offline_head import read_dataset
+from xmodal.indexer.models.offline_towers import (
     IMAGE_SIZE,
     MEAN,
     STD,
     OfflineTowers,
     build_offline_towers,
 )
-from indexer.projection_head import HeadConfig, ProjectionHead, train_head
-from indexer.training import cached
-from search.fusion import (
+from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
+from xmodal.search.training.head import cached
+from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
     FusionModel,
     fusion_features,
     standardise,
 )
-from search.rerank import QB_NORM_BETA, querybank_correction
-from search.fusion_training import (
+from xmodal.search.rerank.stages import QB_NORM_BETA, querybank_correction
+from xmodal.search.training.fusion import (
     fit_fusion_weights,
     train_linear_projection,
 )

@@ -19,7 +19,7 @@ from PIL import Image
 from platformdirs import user_cache_dir
 
 if TYPE_CHECKING:
-    from indexer.models import EmbeddingModel
+    from xmodal.indexer.models.embedding import EmbeddingModel
 
 __all__ = ["QueryTextEncoder", "QueryImageEncoder", "export_query_encoder", "export_image_query_encoder", "query_encoder_path"]
 
@@ -48,7 +48,7 @@ def _head_path(model: EmbeddingModel) -> Path | None:
     if model.spec.head is not None:
         return model.spec.head
     if model.spec.is_offline_default:
-        from indexer.models import offline_head_path
+        from xmodal.indexer.models.embedding import offline_head_path
 
         return offline_head_path()
     return None
@@ -132,14 +132,14 @@ def export_image_query_encoder(model: EmbeddingModel) -> Path | None:
 def _exported_for_index(spec: str | None, kind: str) -> Path | None:
     if not spec:
         return None
-    from indexer.model_spec import parse_model_spec
+    from xmodal.indexer.models.spec import parse_model_spec
 
     parsed = parse_model_spec(spec)
     if not parsed.is_offline_default:
         return None
     head = parsed.head
     if head is None:
-        from xmodal_data import data_path
+        from xmodal.data import data_path
 
         head = data_path("offline_head.pt")
     onnx_file = query_encoder_path(str(parsed), head, kind)
@@ -200,7 +200,7 @@ class QueryImageEncoder(_ExportedEncoder):
 
 def _pixels(image: Image.Image) -> np.ndarray:
     """torchvision's Resize(224, BICUBIC) + CenterCrop(224) + ToTensor + Normalize(0.5, 0.5) on a PIL image."""
-    from indexer.images import to_rgb
+    from xmodal.indexer.images import to_rgb
 
     image = to_rgb(image)
     width, height = image.size

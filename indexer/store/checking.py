@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from indexer.index_store import IndexStore, Kind
-from indexer.storage import ImageRow, TextRow
-from indexer.vector_index import VectorIndex
+from xmodal.indexer.store.index_store import IndexStore, Kind
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["CheckReport", "check_index"]
 
@@ -177,7 +177,7 @@ def _same_model(wanted: str, recorded: str) -> bool:
     if wanted == recorded:
         return True
     try:
-        from indexer.model_spec import parse_model_spec
+        from xmodal.indexer.models.spec import parse_model_spec
 
         return str(parse_model_spec(wanted)) == recorded
     except Exception:

@@ -31,7 +31,6 @@ TIMM_ARCH = "tf_efficientnet_lite0"
 CONSE_TOPK = 10
 CONSE_PROMPTS = ("{}", "a photo of a {}.", "a picture of a {}.", "a photo of the {}.")
 TEXT_MAX_TOKENS = 256
-GRID_SIDE = 3  # the reranker's spatial map: 3x3 regions of the final feature map
 
 
 def _require(module: str, what: str):
@@ -53,6 +52,9 @@ def _lite0_state_dict() -> dict[str, torch.Tensor]:
 
 class OfflineTowers(nn.Module):
     """Frozen image + text towers; outputs the features the ProjectionHead consumes."""
+
+    # The learned fusion re-reads these features at query time, so the index keeps them per photo.
+    keeps_tower_features = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +113,7 @@ class OfflineTowers(nn.Module):
     def _class_text_embeddings(self) -> torch.Tensor:
         import timm.data
         from platformdirs import user_cache_dir
-        from xmodal_data import data_path
+        from xmodal.data import data_path
 
         # Shipped in data/ (made by this function; a pure function of the installed packages),
         # else computed once and cached.
@@ -159,21 +161,13 @@ class OfflineTowers(nn.Module):
         """(n, 3, 224, 224) -> (n, 1280 + 384): [avg-pooled features | ConSE vector]."""
         return self._features_from_map(self._feature_map(pixels))
 
-    @torch.no_grad()
-    def image_features_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_features plus the spatial feature map pooled to 3x3: (n, 9, 1280), which the
-        learned reranker reads; one forward pass for both."""
-        feature_map = self._feature_map(pixels)
-        grid = F.adaptive_avg_pool2d(feature_map, GRID_SIDE).flatten(2).transpose(1, 2)
-        return self._features_from_map(feature_map), grid
-
     def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """The backbone's final feature map; on CPU through onnxruntime (indexer.onnx_trunk)."""
         trunk = self.visual.trunk
         weights = trunk.conv_stem.weight
         if pixels.device.type == "cpu" and weights.device.type == "cpu":
             if self._onnx_trunk is None:
-                from indexer.onnx_trunk import onnx_trunk_for
+                from xmodal.indexer.models.onnx_backbone import onnx_trunk_for
 
                 self._onnx_trunk = onnx_trunk_for(trunk, IMAGE_SIZE) or False
             if self._onnx_trunk is not False:

@@ -41,8 +41,6 @@ __all__ = [
     "utcnow",
     "vector_to_blob",
     "blob_to_vector",
-    "grid_to_blob",
-    "blob_to_grid",
     "features_to_blob",
     "blob_to_features",
 ]
@@ -89,8 +87,6 @@ class ImageRow(Base):
     model: Mapped[str] = mapped_column(String(512))
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
-    # Spatial feature map (float16 tokens) for the learned reranker, when the model has one.
-    grid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     # The towers' features (float16) the projection head reads, for the learned fusion reranker.
     features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
@@ -119,17 +115,6 @@ def vector_to_blob(vector: np.ndarray) -> bytes:
 
 def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
-
-
-def grid_to_blob(grid: np.ndarray) -> bytes:
-    """(tokens, channels) as float16, prefixed by the token count so the shape round-trips."""
-    grid = np.ascontiguousarray(grid, dtype="<f2")
-    return np.int32(grid.shape[0]).tobytes() + grid.tobytes()
-
-
-def blob_to_grid(blob: bytes) -> np.ndarray:
-    tokens = int(np.frombuffer(blob[:4], dtype=np.int32)[0])
-    return np.frombuffer(blob[4:], dtype="<f2").reshape(tokens, -1)
 
 
 def features_to_blob(features: np.ndarray) -> bytes:

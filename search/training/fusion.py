@@ -1,6 +1,6 @@
 """Training side of the learned fusion reranker (search.fusion): the linear_cosine projection and the fusion weights.
 
-benchmarks/train_offline_fusion.py wires these to the flickr8k-1k train split and writes
+xmodal.search.training.offline_fusion wires these to the flickr8k-1k train split and writes
 data/offline_fusion.npz; search.fusion (pure numpy) applies the result at query time.
 """
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.fusion import LinearProjection, standardise
+from xmodal.search.rerank.fusion import LinearProjection, standardise
 
 __all__ = ["fit_fusion_weights", "train_linear_projection"]
 

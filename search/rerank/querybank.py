@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from platformdirs import user_cache_dir
 
-from indexer.storage import ImageRow
+from xmodal.indexer.store.schema import ImageRow
 
 if TYPE_CHECKING:
-    from search.engine import SearchEngine
+    from xmodal.search.engine import SearchEngine
 
 __all__ = ["querybank_vectors", "text_bank", "BANK_LIMIT"]
 
@@ -28,7 +28,7 @@ BANK_LIMIT = 5000
 
 
 def _caption_bank() -> list[str]:
-    from xmodal_data import data_path
+    from xmodal.data import data_path
 
     path = data_path("querybank_captions.txt")
     if not path.is_file():
@@ -37,14 +37,14 @@ def _caption_bank() -> list[str]:
 
 
 def _cache_file(spec: str, captions: list[str]) -> Path:
-    from indexer.model_spec import parse_model_spec
+    from xmodal.indexer.models.spec import parse_model_spec
 
     key = hashlib.sha256(spec.encode())
     head = parse_model_spec(spec).head
     if head is not None and head.is_file():
         key.update(head.read_bytes())
     elif parse_model_spec(spec).is_offline_default:
-        from xmodal_data import data_path
+        from xmodal.data import data_path
 
         shipped = data_path("offline_head.pt")
         if shipped.is_file():

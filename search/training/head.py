@@ -14,10 +14,10 @@ from typing import TypeVar
 import torch
 from platformdirs import user_cache_dir
 
-from indexer.images import decode_image
-from indexer.errors import ImageReadError, InvalidInputError
-from indexer.models import EmbeddingModel
-from indexer.pairs import CaptionedImage
+from xmodal.indexer.images import decode_image
+from xmodal.indexer.errors import ImageReadError, InvalidInputError
+from xmodal.indexer.models.embedding import EmbeddingModel
+from xmodal.indexer.pairs import CaptionedImage
 
 __all__ = ["PairFeatures", "features_cache_file", "cached", "pixel_batches", "pair_features", "train_projection_head"]
 
@@ -89,7 +89,7 @@ def train_projection_head(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Train a head for the model's towers with the symmetric InfoNCE loss and save it to `out`."""
-    from indexer.projection_head import HeadConfig, train_head
+    from xmodal.indexer.models.head import HeadConfig, train_head
 
     image_feats, text_feats, owners = pair_features(model, pairs)
     towers = model.towers

@@ -1,0 +1,1 @@
+"""The second stage: exact re-scoring, querybank normalisation, the learned fusion."""

@@ -1,0 +1,1 @@
+"""Training projection heads and the fusion; the scripts that make the shipped files in data/."""
