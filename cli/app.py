@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,13 +18,22 @@ app = typer.Typer(
 )
 
 IndexOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
 ]
-DbUrlOpt = Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder).")]
+DbUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url",
+        help="SQLAlchemy URL of the index database, e.g. postgresql+psycopg://user:pw@host/db (default: "
+        "$XMODAL_DB_URL, else the one the index was made with, else SQLite in the index folder).",
+    ),
+]
 ModelOpt = Annotated[
-    Optional[str],
-    typer.Option("--model", help="Model spec: xmodal-lite (offline default), NAME:PRETRAINED, NAME:/path/weights, SPEC+HEAD.pt"),
+    str | None,
+    typer.Option(
+        "--model", help="Model spec: xmodal-lite (offline default), NAME:PRETRAINED, NAME:/path/weights, SPEC+HEAD.pt"
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -55,28 +64,43 @@ def _run(fn):  # noqa: ANN001, ANN202 - decorator keeps command signatures for t
 @app.command()
 @_run
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders or image files to index (recursive).")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Folders or image files to index (recursive).")] = None,
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
     db_url: DbUrlOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model batch.")] = 32,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Embed on Ray: --ray (a local cluster), --ray auto (the running one), --ray HOST:PORT or ray://HOST:10001.",
+        ),
+    ] = None,
+    from_list: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-list",
+            help="Files to index from a listing (.txt: a path a line; .parquet: a path column) "
+            "instead of walking PATHs.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave."""
     from xmodal.cli.progress import ProgressBar
+    from xmodal.cli.scale_options import listing, ray_options
     from xmodal.indexer import Indexer
+    from xmodal.indexer.errors import InvalidInputError
 
+    paths = list(paths or [])
+    on_ray = ray_options(ray, paths)
+    if not paths and from_list is None:
+        raise InvalidInputError("give the folders to index (PATH...) or --from-list FILE")
     with ProgressBar("indexing", enabled=not as_json) as bar:
-        indexer = Indexer(index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update)
-        summary = indexer.add_paths(paths)
-    if indexer.model is not None and summary.embedded:
-        from xmodal.indexer.models.query_encoders import export_image_query_encoder, export_query_encoder
-        from xmodal.search.rerank.querybank import text_bank
-
-        # Prepared now, while the model is loaded, so that a search starts in a second or two.
-        export_query_encoder(indexer.model)
-        export_image_query_encoder(indexer.model)
-        text_bank(str(indexer.model.spec), indexer.model.embed_texts, indexer.model.dim)
+        indexer = Indexer(
+            index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update, ray=on_ray
+        )
+        summary = indexer.add_paths(paths, listing=listing(from_list))
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
@@ -85,6 +109,13 @@ def index(
             f"new {summary.new}, updated {summary.updated}, unchanged {summary.unchanged}, moved {summary.moved}, "
             f"removed {summary.removed}, failed {summary.failed} — {rate}{summary.seconds:.2f} s"
         )
+        if summary.skipped:
+            kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(summary.skipped.items()))
+            typer.echo(
+                f"skipped {sum(summary.skipped.values())} file(s) of kinds xmodal does not read ({kinds}); "
+                "see `xmodal info --errors`",
+                err=True,
+            )
         if summary.failed:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
     if summary.embedded + summary.unchanged + summary.moved == 0 and summary.failed:
@@ -94,8 +125,13 @@ def index(
 @app.command()
 @_run
 def search(
-    query: Annotated[Optional[str], typer.Argument(help='Text, or a combination: \'"golden retriever" + ./beach.jpg - "snow"\', weights as 2:term.')] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Search by this picture.")] = None,
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help='Text, or a combination: \'"golden retriever" + ./beach.jpg - "snow"\', weights as 2:term.'
+        ),
+    ] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Search by this picture.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Number of hits.")] = 10,
     target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     index_dir: IndexOpt = None,
@@ -103,18 +139,30 @@ def search(
     db_url: DbUrlOpt = None,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage candidates to re-rank.")] = 100,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="First stage only.")] = False,
-    diverse: Annotated[Optional[float], typer.Option("--diverse", min=0.0, max=1.0, help="MMR λ: 1 = relevance only, lower = more varied.")] = None,
-    collapse: Annotated[Optional[float], typer.Option("--collapse", min=0.0, max=1.0, help="Drop near-duplicates above this cosine (e.g. 0.97).")] = None,
-    min_score: Annotated[Optional[str], typer.Option("--min-score", help="Relevance cutoff: a score, or 'auto'.")] = None,
-    under: Annotated[Optional[Path], typer.Option("--under", help="Only files under this folder.")] = None,
-    after: Annotated[Optional[str], typer.Option("--after", help="Only photos taken (EXIF, else mtime) after this date.")] = None,
-    before: Annotated[Optional[str], typer.Option("--before", help="Only photos taken before this date.")] = None,
-    ext: Annotated[Optional[list[str]], typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")] = None,
-    min_size: Annotated[Optional[str], typer.Option("--min-size", help="Only photos at least WIDTHxHEIGHT.")] = None,
+    diverse: Annotated[
+        float | None,
+        typer.Option("--diverse", min=0.0, max=1.0, help="MMR λ: 1 = relevance only, lower = more varied."),
+    ] = None,
+    collapse: Annotated[
+        float | None,
+        typer.Option("--collapse", min=0.0, max=1.0, help="Drop near-duplicates above this cosine (e.g. 0.97)."),
+    ] = None,
+    min_score: Annotated[str | None, typer.Option("--min-score", help="Relevance cutoff: a score, or 'auto'.")] = None,
+    under: Annotated[Path | None, typer.Option("--under", help="Only files under this folder.")] = None,
+    after: Annotated[
+        str | None, typer.Option("--after", help="Only photos taken (EXIF, else mtime) after this date.")
+    ] = None,
+    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before this date.")] = None,
+    ext: Annotated[
+        list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")
+    ] = None,
+    min_size: Annotated[str | None, typer.Option("--min-size", help="Only photos at least WIDTHxHEIGHT.")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    links: Annotated[Optional[Path], typer.Option("--links", help="Also make symlinks to the hits in this folder.")] = None,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write an HTML contact sheet to this file.")] = None,
+    links: Annotated[
+        Path | None, typer.Option("--links", help="Also make symlinks to the hits in this folder.")
+    ] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML contact sheet to this file.")] = None,
 ) -> None:
     """Search by text, picture or a combination, for images (default) or indexed texts (--target text)."""
     from xmodal.indexer.errors import InvalidQueryError
@@ -144,7 +192,12 @@ def search(
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
         hits = engine.search(
-            image if image is not None else (query or ""), k=limit, target=target, filters=filters, rerank=rerank, min_score=cutoff  # type: ignore[arg-type]
+            image if image is not None else (query or ""),
+            k=limit,
+            target=target,  # type: ignore[arg-type]  # checked above: "image" or "text"
+            filters=filters,
+            rerank=rerank,
+            min_score=cutoff,  # type: ignore[arg-type]
         )
     if links is not None:
         from xmodal.search.export import link_hits
@@ -170,8 +223,8 @@ def search(
 @_run
 def tag(
     paths: Annotated[list[Path], typer.Argument(help="Image files to tag.")],
-    labels: Annotated[Optional[str], typer.Option("--labels", help='Comma-separated labels: "cat,dog,beach".')] = None,
-    labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="A file with one label per line.")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help='Comma-separated labels: "cat,dog,beach".')] = None,
+    labels_file: Annotated[Path | None, typer.Option("--labels-file", help="A file with one label per line.")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Labels to show per image.")] = 3,
     model: ModelOpt = None,
     as_json: JsonOpt = False,
@@ -187,10 +240,17 @@ def tag(
     names = read_text_items(labels_file) if labels_file else [x for x in (labels or "").split(",")]
     results = tag_images(load_model(model), paths, names)
     if as_json:
-        typer.echo(json.dumps([
-            {"path": str(p), "labels": [{"label": l, "probability": round(pr, 4)} for l, pr in r[:top]]} if not isinstance(r, str) else {"path": str(p), "error": r}
-            for p, r in results
-        ], ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                [
+                    {"path": str(p), "labels": [{"label": lb, "probability": round(pr, 4)} for lb, pr in r[:top]]}
+                    if not isinstance(r, str)
+                    else {"path": str(p), "error": r}
+                    for p, r in results
+                ],
+                ensure_ascii=False,
+            )
+        )
         return
     for path, result in results:
         if isinstance(result, str):
@@ -223,6 +283,8 @@ def info(
         typer.echo(json.dumps(facts))
     else:
         for key, value in facts.items():
+            if key == "bytes_per_photo" and isinstance(value, dict):  # what each stored part costs
+                value = ", ".join(f"{part.replace('_', ' ')} {size:,}" for part, size in value.items()) or "-"
             typer.echo(f"{key:>12}: {value}")
 
 
@@ -230,8 +292,8 @@ def info(
 @_run
 def index_text(
     files: Annotated[list[Path], typer.Argument(help="Text files: plain (one item per line), .csv, .jsonl.")],
-    column: Annotated[Optional[str], typer.Option("--column", help="CSV column holding the text.")] = None,
-    field: Annotated[Optional[str], typer.Option("--field", help="JSONL field holding the text.")] = None,
+    column: Annotated[str | None, typer.Option("--column", help="CSV column holding the text.")] = None,
+    field: Annotated[str | None, typer.Option("--field", help="JSONL field holding the text.")] = None,
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
     db_url: DbUrlOpt = None,
@@ -244,36 +306,17 @@ def index_text(
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
-        typer.echo(f"new {summary.new}, unchanged {summary.unchanged}, removed {summary.removed} ({summary.seconds:.1f} s)")
+        typer.echo(
+            f"new {summary.new}, unchanged {summary.unchanged}, removed {summary.removed} ({summary.seconds:.1f} s)"
+        )
 
 
-PairsArg = Annotated[Path, typer.Argument(help="Pairs: JSONL {image, captions}, CSV image,caption, or COCO captions JSON.")]
-ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Folder the CSV/COCO image names are relative to.")]
-
-
-@app.command()
-@_run
-def train(
-    pairs: PairsArg,
-    out: Annotated[Path, typer.Option("--out", help="Where to write the trained head (.pt).")],
-    model: ModelOpt = None,
-    image_root: ImageRootOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (default: the validated value).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same head.")] = 0,
-) -> None:
-    """Train a model's projection head on image–caption pairs (symmetric InfoNCE, towers frozen)."""
-    from xmodal.indexer.models.embedding import load_model
-    from xmodal.indexer.models.spec import parse_model_spec
-    from xmodal.indexer.pairs import read_pairs
-    from xmodal.search.training.head import train_projection_head
-
-    data = read_pairs(pairs, image_root)
-    spec = parse_model_spec(model)
-    loaded = load_model(spec)
-    typer.echo(f"{len(data)} photos, {sum(len(p.captions) for p in data)} captions; computing tower features (cached)", err=True)
-    path = train_projection_head(loaded, data, out, epochs=epochs, seed=seed, on_epoch=lambda e, loss: typer.echo(f"epoch {e:3d}  loss {loss:.4f}", err=True))
-    base = str(spec).split("+")[0]
-    typer.echo(f"head written to {path}; use it with --model '{base}+{path.absolute()}'")
+PairsArg = Annotated[
+    Path, typer.Argument(help="Pairs: JSONL {image, captions}, CSV image,caption, or COCO captions JSON.")
+]
+ImageRootOpt = Annotated[
+    Path | None, typer.Option("--image-root", help="Folder the CSV/COCO image names are relative to.")
+]
 
 
 @app.command("eval")
@@ -292,15 +335,30 @@ def evaluate(
 
     data = read_pairs(pairs, image_root)
     result = evaluate_pairs(data, load_model(model), rerank=not no_rerank)
+    for path, reason in result.skipped:
+        typer.echo(f"xmodal: warning: skipped photo '{path}': {reason}", err=True)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
     typer.echo(f"{result.images} photos, {result.captions} captions (pool: all of them)")
-    typer.echo(f"{'direction':<16}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
-    for name, scores in (("text→image", result.text_to_image), ("image→text", result.image_to_text)):
-        typer.echo(f"{name:<16}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
+    typer.echo(f"{'direction':<26}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    rows = [("text→image", result.text_to_image), ("image→text", result.image_to_text)]
+    if result.image_to_text_held_out is not None:
+        rows.append(("image→text (held-out bank)", result.image_to_text_held_out))
+    for name, scores in rows:
+        typer.echo(f"{name:<26}" + "".join(f"{scores[f'recall@{k}']:>8.1f}" for k in (1, 5, 10)))
+    if result.image_to_text_held_out is not None:
+        from xmodal.search.evaluation import BANK_POLICY
+
+        typer.echo(
+            f"QB-Norm banks: text→image: {BANK_POLICY['text_to_image']}; image→text: {BANK_POLICY['image_to_text']}; "
+            f"held-out: {BANK_POLICY['image_to_text_held_out']}"
+        )
     cost = result.ms_per_query
-    typer.echo(f"search + {'rerank' if not no_rerank else 'no rerank'}: {cost['text_to_image']:.2f} ms per text query, {cost['image_to_text']:.2f} ms per image query (query embedding excluded)")
+    typer.echo(
+        f"search + {'rerank' if not no_rerank else 'no rerank'}: {cost['text_to_image']:.2f} ms per text query, "
+        f"{cost['image_to_text']:.2f} ms per image query (query embedding excluded)"
+    )
 
 
 @app.command()
@@ -308,14 +366,31 @@ def evaluate(
 def optimize(
     index_dir: IndexOpt = None,
     db_url: DbUrlOpt = None,
-    lean: Annotated[bool, typer.Option("--lean", help="Compressed codes in RAM, full vectors memory-mapped (≤ ~128 bytes a vector).")] = False,
+    lean: Annotated[
+        bool,
+        typer.Option("--lean", help="Compressed codes in RAM, full vectors memory-mapped (≤ ~128 bytes a vector)."),
+    ] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Build from the database in streamed chunks within this much RAM, e.g. 2GB "
+            "(lean; lists on disk if needed).",
+        ),
+    ] = None,
 ) -> None:
     """Choose the FAISS index type for the collection's size now (it also switches by itself as it grows)."""
+    from xmodal.indexer.errors import InvalidInputError
+    from xmodal.indexer.store.bounded_build import parse_bytes
     from xmodal.indexer.store.index_store import IndexStore
 
+    try:
+        budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    except ValueError as e:
+        raise InvalidInputError(f"--memory-budget: {e}") from None
     store = IndexStore.open(index_dir, db_url)
     try:
-        for kind, description in store.optimize(lean=lean).items():
+        for kind, description in store.optimize(lean=lean, memory_budget=budget).items():
             typer.echo(f"{kind}s: {description}")
     finally:
         store.close()
@@ -325,11 +400,31 @@ from xmodal.cli.check_command import check as _check  # noqa: E402 - registered 
 
 app.command("check")(_run(_check))
 
+from xmodal.cli.train_command import train as _train  # noqa: E402
+
+app.command("train")(_run(_train))
+
+from xmodal.cli.mcp_command import mcp as _mcp  # noqa: E402 - the mcp package is imported inside
+
+app.command("mcp")(_run(_mcp))
+
+from xmodal.cli.export_command import export_command as _export_command  # noqa: E402
+from xmodal.cli.import_command import import_command as _import_command  # noqa: E402
+from xmodal.cli.serve_command import serve as _serve  # noqa: E402 - FastAPI/uvicorn are imported inside
+from xmodal.cli.watch_command import watch as _watch  # noqa: E402
+
+app.command("serve")(_run(_serve))
+app.command("watch")(_run(_watch))
+app.command("import")(_run(_import_command))
+app.command("export")(_run(_export_command))
+
 
 def main() -> None:
     """Entry point: usage errors and domain errors become one `xmodal: error: …` line."""
+    from xmodal.cli.scale_options import bare_ray_flag
+
     try:
-        code = app(prog_name="xmodal", standalone_mode=False)
+        code = app(args=bare_ray_flag(sys.argv[1:]), prog_name="xmodal", standalone_mode=False)
     except BrokenPipeError:  # `xmodal search ... | head`
         sys.stderr.close()
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,15 +31,25 @@ _SHOWN = 10  # items listed per category in the human output
 
 def check(
     index_dir: Annotated[
-        Optional[Path], typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder).")
+        Path | None,
+        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
     ] = None,
-    db_url: Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder).")] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
+    ] = None,
     repair: Annotated[
         bool,
-        typer.Option("--repair", help="Mend what is found: rebuild the FAISS caches from SQL, drop rows of gone files and unusable rows."),
+        typer.Option(
+            "--repair",
+            help="Mend what is found: rebuild the FAISS caches from SQL, drop rows of gone files and unusable rows.",
+        ),
     ] = False,
     keep_missing: Annotated[
-        bool, typer.Option("--keep-missing", help="With --repair, keep rows whose files are gone (e.g. a drive not mounted now).")
+        bool,
+        typer.Option(
+            "--keep-missing", help="With --repair, keep rows whose files are gone (e.g. a drive not mounted now)."
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
@@ -50,16 +60,23 @@ def check(
     if as_json:
         typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
-        typer.echo(f"index {report.index}: {report.images} images, {report.texts} texts, model {report.model or 'unknown'}")
+        typer.echo(
+            f"index {report.index}: {report.images} images, {report.texts} texts, model {report.model or 'unknown'}"
+        )
         for action in report.repaired:
             typer.echo(f"repaired: {action}")
         for note in report.stale_caches + report.notes:
             typer.echo(f"note: {note}")
         if report.leftover_files:
-            typer.echo(f"note: {len(report.leftover_files)} temporary file(s) of an interrupted save: {', '.join(report.leftover_files)}")
+            typer.echo(
+                f"note: {len(report.leftover_files)} temporary file(s) of an interrupted save: "
+                f"{', '.join(report.leftover_files)}"
+            )
         for name, items in report.problems.items():
             shown = ", ".join(items[:_SHOWN]) + (f", … ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
             typer.echo(f"problem: {len(items)} {_LABELS.get(name, name)}: {shown}")
-        typer.echo("ok" if report.ok else "problems found" + ("" if repair else "; run `xmodal check --repair` to mend them"))
+        typer.echo(
+            "ok" if report.ok else "problems found" + ("" if repair else "; run `xmodal check --repair` to mend them")
+        )
     if not report.ok:
         raise typer.Exit(1)

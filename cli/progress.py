@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from xmodal.indexer.indexing import Progress as RunProgress
 
@@ -15,7 +23,8 @@ class ProgressBar:
         self._enabled = enabled and sys.stderr.isatty()
         self._label = label
         self._progress: Progress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
+        self._stage = "index"
 
     def __enter__(self) -> ProgressBar:
         if self._enabled:
@@ -36,12 +45,21 @@ class ProgressBar:
         return self
 
     def update(self, event: RunProgress) -> None:
-        if self._progress is None or self._task is None:
+        """One bar per stage: the photos ("index"), then each one-time preparation by its name."""
+        if self._progress is None:
             return
-        task = self._progress.tasks[0]
-        rate = f"{task.speed:.1f} img/s" if task.speed else ""
+        stage = getattr(event, "stage", "index")
+        if stage != self._stage or self._task is None:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._stage = stage
+            self._task = self._progress.add_task(self._label if stage == "index" else stage, total=None, rate="")
+        task = next(t for t in self._progress.tasks if t.id == self._task)
+        rate = f"{task.speed:.1f} img/s" if task.speed and stage == "index" else ""
         self._progress.update(self._task, total=event.total, completed=event.done, rate=rate)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()

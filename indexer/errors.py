@@ -11,6 +11,7 @@ __all__ = [
     "InvalidQueryError",
     "InvalidInputError",
     "ImageReadError",
+    "ClusterError",
 ]
 
 
@@ -58,3 +59,9 @@ class InvalidInputError(XmodalError):
 
 class ImageReadError(XmodalError):
     """One image file could not be decoded; recorded as a failure, never fatal to a run."""
+
+
+class ClusterError(XmodalError):
+    """Ray is missing, its cluster cannot be reached, or it gave up on the run (`--ray`)."""
+
+    exit_code = 7

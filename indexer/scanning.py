@@ -10,7 +10,39 @@ from pathlib import Path
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 
-__all__ = ["FoundFile", "SkippedFile", "scan_paths"]
+__all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
+
+# Files people keep beside their photos that the indexer does not read. They are reported as skipped,
+# by extension, so a photographer learns why part of a shoot is missing.
+_RAW = (
+    ".cr2",
+    ".cr3",
+    ".crw",
+    ".nef",
+    ".nrw",
+    ".dng",
+    ".arw",
+    ".srf",
+    ".sr2",
+    ".orf",
+    ".rw2",
+    ".raf",
+    ".pef",
+    ".srw",
+    ".x3f",
+    ".3fr",
+    ".erf",
+    ".kdc",
+    ".mrw",
+    ".raw",
+    ".rwl",
+    ".iiq",
+    ".mef",
+    ".mos",
+)
+_VIDEO = (".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".m2ts", ".wmv", ".webm", ".mpg", ".mpeg", ".flv")
+UNREAD_KINDS: dict[str, str] = {**{e: "camera RAW" for e in _RAW}, **{e: "video" for e in _VIDEO}}
+UNREAD_PREFIX = "not read by xmodal: "  # how a skipped file's reason starts in the failures table
 
 
 @dataclass(frozen=True)
@@ -28,6 +60,18 @@ class SkippedFile:
 
     path: Path
     reason: str
+    unread: str | None = None  # the extension, for a file of a kind xmodal does not read (not a failure)
+
+
+def unread_extension(reason: str, path: str) -> str | None:
+    """The extension of a recorded skip of an unread kind, None for a real failure."""
+    return os.path.splitext(path)[1].lower() if reason.startswith(UNREAD_PREFIX) else None
+
+
+def _unread(path: Path) -> SkippedFile:
+    extension = path.suffix.lower()
+    reason = f"{UNREAD_PREFIX}{UNREAD_KINDS[extension]} ({extension}); convert it to JPEG, PNG or TIFF to index it"
+    return SkippedFile(path, reason, extension)
 
 
 def _is_image_name(name: str) -> bool:
@@ -63,7 +107,9 @@ def scan_paths(roots: Iterable[Path | str]) -> Iterator[FoundFile | SkippedFile]
     for root in roots:
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
-            if root_path.exists() or root_path.is_symlink():
+            if root_path.suffix.lower() in UNREAD_KINDS and root_path.is_file():
+                yield _unread(root_path.absolute())
+            elif root_path.exists() or root_path.is_symlink():
                 found = _inspect(root_path.absolute(), seen_files)
                 if found is not None:
                     yield found
@@ -82,7 +128,11 @@ def scan_paths(roots: Iterable[Path | str]) -> Iterator[FoundFile | SkippedFile]
             seen_dirs.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if name.startswith(".") or not _is_image_name(name):
+                if name.startswith("."):
+                    continue
+                if not _is_image_name(name):
+                    if os.path.splitext(name)[1].lower() in UNREAD_KINDS:
+                        yield _unread(Path(dirpath, name))
                     continue
                 found = _inspect(Path(dirpath, name), seen_files)
                 if found is not None:

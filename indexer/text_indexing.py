@@ -85,13 +85,10 @@ class TextIndexer:
                     now = utcnow()
                     with store.metadata.session() as s, s.begin():
                         rows = [
-                            TextRow(source=source, text=text, content_hash=digest, model=str(model.spec), indexed_at=now, vector=vector_to_blob(vec))
+                            dict(source=source, text=text, content_hash=digest, model=str(model.spec), indexed_at=now, vector=vector_to_blob(vec))
                             for ((source, digest), text), vec in zip(batch, embeddings)
                         ]
-                        s.add_all(rows)
-                        s.flush()
-                        ids = np.array([row.id for row in rows], dtype=np.int64)
-                        store.metadata.bump_generation(s, "text")
+                        ids = np.array(store.metadata.insert_rows(s, TextRow, rows), dtype=np.int64)
                     vectors.add(ids, embeddings)
                     summary.new += len(batch)
                 store.save_vectors()

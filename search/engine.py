@@ -1,9 +1,10 @@
-"""The query engine: embed a query, take candidates from FAISS, re-rank them, return hits."""
+"""The query engine: a query flows forward, parse → embed → candidates (FAISS) → second stage
+(search.rerank.pipeline) → hits, and never comes back here between the steps."""
 
 from __future__ import annotations
 
+import os
 import threading
-from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -17,10 +18,11 @@ from xmodal.indexer.images import decode_image
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.filters import SearchFilter
-from xmodal.search.rerank.fusion import TOP, FusionModel, fusion_features
 from xmodal.search.hits import Hit
 from xmodal.search.query import QueryTerm, parse_query
-from xmodal.search.rerank.stages import QB_NORM_BETA, RerankOptions, collapse_duplicates, exact_scores, maximal_marginal_relevance, querybank_normalise
+from xmodal.search.rerank.pipeline import Candidates, SecondStage
+from xmodal.search.rerank.qbnorm import QueryBanks
+from xmodal.search.rerank.stages import RerankOptions
 
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel
@@ -29,7 +31,9 @@ __all__ = ["SearchEngine", "MAX_QUERY_CHARS", "Query"]
 
 # Longer queries are cut: the text towers read a few hundred tokens at most anyway.
 MAX_QUERY_CHARS = 2000
-_TABLES = {"image": ImageRow, "text": TextRow}
+# onnxruntime threads of one query encoder run: a short query gains little past two.
+_QUERY_THREADS = max(1, min(2, os.cpu_count() or 1))
+_TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
 Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm]
 MinScore = float | Literal["auto"] | None
 
@@ -38,12 +42,31 @@ class SearchEngine:
     """Searches one index. Safe to share between threads: reads take no lock on the database."""
 
     def __init__(self, store: IndexStore, model: EmbeddingModel | None = None) -> None:
-        self.store = store
         self._model = model
         self._lock = threading.RLock()
-        self._banks: dict[str, np.ndarray] = {}
-        self._fusion_model: FusionModel | bool | None = None  # False: the index's model has none
         self._light_encoders: dict[str, object] = {}  # exported query encoders; False when there is none
+        self.store = store  # also builds the second stage (see the setter)
+        # FAISS and the second stage's NumPy work run one search at a time: their thread pools
+        # (OpenMP, BLAS) already use every core, and FAISS sets its OpenMP thread count for the
+        # process; concurrent callers would only make those pools compete. Query embedding (onnxruntime,
+        # per-session threads without spin-waiting), filters and the hits' rows stay concurrent.
+        self._compute_lock = threading.Lock()
+
+    @property
+    def store(self) -> IndexStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: IndexStore) -> None:
+        """Swap the index (a server follows another process's writes this way); the second stage
+        follows, and what it keeps is keyed by generation, so nothing stale survives."""
+        self._store = store
+        self.second_stage = SecondStage(store, QueryBanks(store, self.embed_texts))
+
+    @property
+    def uses_exported_encoders(self) -> bool:
+        """Whether text queries run the exported ONNX path (the full model is not loaded)."""
+        return self._light_encoder("text") is not None
 
     @classmethod
     def open(
@@ -103,7 +126,9 @@ class SearchEngine:
                 from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder
 
                 encoder = QueryTextEncoder if kind == "text" else QueryImageEncoder
-                self._light_encoders[kind] = encoder.for_index(self.store.model_spec) or False
+                # Per-session threads, no spin-waiting: concurrent callers then share the cores
+                # instead of each one's thread pool spinning against the others'.
+                self._light_encoders[kind] = encoder.for_index(self.store.model_spec, threads=_QUERY_THREADS) or False
             return self._light_encoders[kind] or None
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -157,28 +182,37 @@ class SearchEngine:
         min_score: MinScore = None,
     ) -> list[Hit]:
         """Top-k hits for any query. `filters` act inside the search; `min_score` may be "auto"."""
+        _check_filters(filters, target)  # before the query is embedded
         if k <= 0:
             return []
         if isinstance(query, str):
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
-        scores, ids = self.search_vectors(self.embed_query(query)[None, :], k, target, filters, rerank, _query_kind(query))
+        scores, ids = self.search_vectors(
+            self.embed_query(query)[None, :], k, target, filters, rerank, _query_kind(query)
+        )
         keep = _score_cutoff(scores[0], min_score)
         return self._hits(target, scores[0][:keep], ids[0][:keep])
 
     def search_text(self, text: str, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
         return self.search(_plain_text(text), k, target, **options)  # type: ignore[arg-type]
 
-    def search_image(self, image: str | Path | Image.Image, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
+    def search_image(
+        self, image: str | Path | Image.Image, k: int = 10, target: Kind = "image", **options: object
+    ) -> list[Hit]:
         return self.search(image if isinstance(image, Image.Image) else Path(image), k, target, **options)  # type: ignore[arg-type]
 
-    def search_texts(self, texts: Sequence[str], k: int = 10, target: Kind = "image", **options: object) -> tuple[np.ndarray, np.ndarray]:
+    def search_texts(
+        self, texts: Sequence[str], k: int = 10, target: Kind = "image", **options: object
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Batched text queries for pipelines: (scores, ids), arrays of shape (len(texts), k)."""
         cleaned = [" ".join(t.split())[:MAX_QUERY_CHARS] for t in texts]
         if any(not t for t in cleaned):
             raise InvalidQueryError("a query text is empty")
         return self.search_vectors(self.embed_texts(cleaned), k, target, query_kind="text", **options)  # type: ignore[arg-type]
 
-    def similar(self, item_id: int, k: int = 10, kind: Kind = "image", target: Kind | None = None, **options: object) -> list[Hit]:
+    def similar(
+        self, item_id: int, k: int = 10, kind: Kind = "image", target: Kind | None = None, **options: object
+    ) -> list[Hit]:
         """Items most like a stored item ("more like this"); never the item itself."""
         vectors = self.vectors([item_id], kind)
         if len(vectors) == 0:
@@ -204,114 +238,32 @@ class SearchEngine:
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         query_kind: Kind | None = None,
+        bank: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit.
 
-        query_kind says what the query vectors embed; hubness correction runs only across
-        modalities (its banks are typical queries of the other kind), and when it is None; the
-        learned fusion re-scores text queries for images (it was trained on captions)."""
+        query_kind says what the query vectors embed (see SecondStage.run); `bank` replaces the
+        QB-Norm bank of the target's direction (the evaluation passes one without its queries)."""
         options = rerank if isinstance(rerank, RerankOptions) else (RerankOptions() if rerank else None)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         with self._lock:
             index = self.store.vectors(target)
+        _check_filters(filters, target)
         allowed = None
         if filters is not None and filters.active:
             with self.store.metadata.session() as s:
                 allowed = filters.allowed_ids(s, target)
         depth = max(k, options.candidates) if options else k
-        scores, ids = index.search(queries, depth, allowed)
+        with self._compute_lock:
+            scores, ids = index.search(queries, depth, allowed)
         if options is not None:
-            if query_kind == target and options.hubness:
-                options = replace(options, hubness=False)
-            scores, ids = self._rerank(queries, scores, ids, target, options, query_kind)
+            with self._compute_lock:
+                scores, ids = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank)
         return _pad(scores[:, :k], ids[:, :k], k)
 
     def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:
         """Ids of the top k for each query, best first."""
         return self.search_vectors(queries, k, target, rerank=rerank)[1]
-
-    # --- second stage -----------------------------------------------------------------------
-    def _rerank(
-        self,
-        queries: np.ndarray,
-        scores: np.ndarray,
-        ids: np.ndarray,
-        target: Kind,
-        options: RerankOptions,
-        query_kind: Kind | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        unique = np.unique(ids[ids >= 0])
-        stored = dict(zip(*self.store.metadata.vectors(_TABLES[target], unique.tolist()))) if len(unique) else {}
-        bank = self._bank(target) if options.hubness else None
-        fusion = self._fusion() if options.learned and target == "image" and query_kind == "text" else None
-        out_scores = np.full_like(scores, -np.inf, dtype=np.float32)
-        out_ids = np.full_like(ids, -1)
-        for row, query in enumerate(queries):
-            cand = np.array([i for i in ids[row] if i >= 0 and int(i) in stored], dtype=np.int64)
-            if len(cand) == 0:
-                continue
-            vecs = np.stack([stored[int(i)] for i in cand])
-            cosines = exact_scores(query, vecs)
-            new = cosines
-            if bank is not None:
-                bank_scores = bank @ vecs.T
-                bank_scores = bank_scores[(bank @ query) < 0.9999]  # never the query itself
-                new = querybank_normalise(cosines, bank_scores, QB_NORM_BETA[target])
-            order = np.argsort(-new, kind="stable")
-            if fusion is not None:
-                order = self._fused_order(fusion, query, cand, vecs, cosines, new - cosines, order)
-                # Scores stay the (hubness-corrected) cosines, handed out in the fused order, so
-                # they read as before and still fall monotonically (--min-score relies on that).
-                new = new.copy()
-                new[order] = np.sort(new)[::-1]
-            if options.diverse is not None:
-                order = order[maximal_marginal_relevance(new[order], vecs[order], len(order), options.diverse)]
-            if options.duplicate_threshold is not None:
-                order = collapse_duplicates(order, vecs, options.duplicate_threshold)
-            out_scores[row, : len(order)] = new[order]
-            out_ids[row, : len(order)] = cand[order]
-        return out_scores, out_ids
-
-    def _fused_order(
-        self, fusion: FusionModel, query: np.ndarray, cand: np.ndarray, vecs: np.ndarray,
-        cosines: np.ndarray, hub: np.ndarray, order: np.ndarray,
-    ) -> np.ndarray:
-        """The learned fusion's order of the top candidates by cosine (as it was trained), followed
-        by the rest in their present order; unchanged when a candidate was indexed without tower features."""
-        top = np.argsort(-cosines, kind="stable")[:TOP]
-        features = self.store.metadata.tower_features(cand[top].tolist())
-        if len(top) < 2 or len(features) < len(top):
-            return order
-        raw = fusion_features(fusion, query, vecs[top], np.stack([features[int(i)] for i in cand[top]]), hub[top])
-        fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
-        return np.concatenate([fused, order[~np.isin(order, top)]])
-
-    def _fusion(self) -> FusionModel | None:
-        """The shipped fusion model, for indexes built with the offline default and its shipped head."""
-        with self._lock:
-            if self._fusion_model is None:
-                from xmodal.indexer.models.spec import parse_model_spec
-                from xmodal.data import data_path
-
-                spec = parse_model_spec(self.store.model_spec) if self.store.model_spec else None
-                path = data_path("offline_fusion.npz")
-                usable = spec is not None and spec.is_offline_default and spec.head is None and path.is_file()
-                self._fusion_model = FusionModel.load(path) if usable else False
-            return self._fusion_model or None
-
-    def _bank(self, target: Kind) -> np.ndarray | None:
-        """Typical queries for the target (QB-Norm's bank)."""
-        with self._lock:
-            index = self.store.vectors(target)
-            key = f"{target}:{len(index)}"
-            if key not in self._banks:
-                from xmodal.search.rerank.querybank import querybank_vectors
-
-                bank = querybank_vectors(self, target)
-                if bank is None or len(bank) == 0 or len(index) == 0:
-                    return None
-                self._banks = {key: bank}
-            return self._banks[key]
 
     def _hits(self, kind: Kind, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         valid = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0]
@@ -320,11 +272,25 @@ class SearchEngine:
         wanted = [i for i, _ in valid]
         with self.store.metadata.session() as s:
             if kind == "image":
-                rows = {r.id: (r.path, None) for r in s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_(wanted)))}
+                rows = {
+                    r.id: (r.path, None)
+                    for r in s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_(wanted)))
+                }
             else:
-                rows = {r.id: (r.source, r.text) for r in s.execute(select(TextRow.id, TextRow.source, TextRow.text).where(TextRow.id.in_(wanted)))}
+                rows = {
+                    r.id: (r.source, r.text)
+                    for r in s.execute(select(TextRow.id, TextRow.source, TextRow.text).where(TextRow.id.in_(wanted)))
+                }
         # A row deleted by a concurrent writer after the vector search is simply left out.
         return [Hit(i, kind, score, rows[i][0], rows[i][1]) for i, score in valid if i in rows]
+
+
+def _check_filters(filters: SearchFilter | None, target: Kind) -> None:
+    if filters is not None and target == "text" and filters.photo_only():
+        names = ", ".join(f"--{name}" for name in filters.photo_only())
+        raise InvalidQueryError(
+            f"{names} filter photos only (texts have no date, extension or size); use --under for texts"
+        )
 
 
 def _plain_text(text: str) -> list[QueryTerm]:

@@ -59,12 +59,17 @@ def write_contact_sheet(hits: Sequence[Hit], out: Path, title: str) -> Path:
     for rank, hit in enumerate(hits, 1):
         label = html.escape(hit.text if hit.kind == "text" and hit.text else hit.path)
         thumb = _thumbnail(hit.path) if hit.kind == "image" else None
-        picture = f'<img src="data:image/jpeg;base64,{thumb}" alt="">' if thumb else '<div class="missing">no preview</div>'
-        cells.append(f'<figure>{picture}<figcaption><b>{rank}</b> · {hit.score:.3f}<br><span>{label}</span></figcaption></figure>')
+        picture = (
+            f'<img src="data:image/jpeg;base64,{thumb}" alt="">' if thumb else '<div class="missing">no preview</div>'
+        )
+        cells.append(
+            f"<figure>{picture}<figcaption><b>{rank}</b> · {hit.score:.3f}<br>"
+            f"<span>{label}</span></figcaption></figure>"
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}}main{{display:flex;flex-wrap:wrap;gap:12px}}
 figure{{width:240px;margin:0}}img{{max-width:240px;max-height:240px}}figcaption{{font-size:12px;word-break:break-all}}
 .missing{{width:240px;height:160px;background:#eee}}</style></head>
-<body><h1>{html.escape(title)}</h1><main>{''.join(cells)}</main></body></html>"""
+<body><h1>{html.escape(title)}</h1><main>{"".join(cells)}</main></body></html>"""
     out.write_text(page, encoding="utf-8")
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +12,8 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import InvalidQueryError
-from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.paths import absolute
+from xmodal.indexer.store.schema import ImageRow, TextRow, under_clause
 
 __all__ = ["SearchFilter", "parse_date", "parse_min_size"]
 
@@ -48,8 +48,22 @@ class SearchFilter:
     def active(self) -> bool:
         return bool(self.under or self.after or self.before or self.extensions or self.min_width or self.min_height)
 
+    def photo_only(self) -> list[str]:
+        """The filters set here that only photos have (a date, an extension, a size); texts have
+        only the file they came from, so a text search with these is refused, never silently widened."""
+        return [
+            name
+            for name, value in (
+                ("after", self.after),
+                ("before", self.before),
+                ("ext", self.extensions),
+                ("min-size", self.min_width or self.min_height),
+            )
+            if value
+        ]
+
     def allowed_ids(self, session: Session, kind: str) -> np.ndarray | None:
-        """Ids that pass, or None when nothing is filtered."""
+        """Ids that pass, or None when nothing is filtered; one SQL query on either backend."""
         if not self.active:
             return None
         if kind == "text":
@@ -62,26 +76,35 @@ class SearchFilter:
             conditions.append(_under(ImageRow.path, self.under))
         if self.extensions:
             exts = [e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions]
-            conditions.append(or_(*[func.lower(ImageRow.path).like(f"%{e}") for e in exts]))
+            conditions.append(or_(*[func.lower(ImageRow.path).like(f"%{_escape_like(e)}", escape="\\") for e in exts]))
         if self.min_width:
             conditions.append(ImageRow.width >= self.min_width)
         if self.min_height:
             conditions.append(ImageRow.height >= self.min_height)
-        stmt = select(ImageRow.id, ImageRow.taken_at, ImageRow.mtime_ns).where(and_(*conditions)) if conditions else select(
-            ImageRow.id, ImageRow.taken_at, ImageRow.mtime_ns
-        )
-        ids = []
-        for row_id, taken_at, mtime_ns in session.execute(stmt):
-            when = taken_at or datetime.fromtimestamp(mtime_ns / 1e9)
-            if self.after and when < self.after.replace(tzinfo=None):
-                continue
-            if self.before and when > self.before.replace(tzinfo=None):
-                continue
-            ids.append(row_id)
-        return np.array(ids, dtype=np.int64)
+        if self.after:
+            conditions.append(_taken(">=", self.after))
+        if self.before:
+            conditions.append(_taken("<=", self.before))
+        return np.fromiter(session.scalars(select(ImageRow.id).where(and_(*conditions))), dtype=np.int64)
 
 
 def _under(column, folder: Path):  # noqa: ANN001, ANN202 - SQLAlchemy column expression
-    prefix = os.path.abspath(Path(folder).expanduser()).rstrip("/")
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return or_(column == prefix, column.like(escaped + "/%", escape="\\"))
+    return under_clause(column, [str(absolute(folder))])
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _taken(op: str, moment: datetime):  # noqa: ANN202 - SQLAlchemy expression
+    """The photo's time (EXIF capture time, else its file's mtime as local time) against a bound.
+
+    A naive moment is local time, as the mtime is read; an aware one keeps its wall time (as
+    before). mtime compares in nanoseconds, so no per-backend date arithmetic is needed."""
+    wall = moment.replace(tzinfo=None)
+    ns = int(wall.replace(microsecond=0).timestamp()) * 1_000_000_000 + wall.microsecond * 1000
+    if op == ">=":
+        exif, mtime = ImageRow.taken_at >= wall, ImageRow.mtime_ns >= ns - 500  # mtime rounded to µs, as before
+    else:
+        exif, mtime = ImageRow.taken_at <= wall, ImageRow.mtime_ns < ns + 500
+    return or_(and_(ImageRow.taken_at.is_not(None), exif), and_(ImageRow.taken_at.is_(None), mtime))

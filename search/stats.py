@@ -4,24 +4,70 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import func, select
+
+from xmodal.indexer.scanning import unread_extension
 from xmodal.indexer.store.index_store import IndexStore
-from xmodal.indexer.store.schema import FailureRow, ImageRow, TextRow
+from xmodal.indexer.store.schema import ImageRow, TextRow
+
+__all__ = ["failures", "index_info", "storage_per_photo"]
 
 
 def index_info(index_dir: Path | str | None = None, db_url: str | None = None) -> dict[str, object]:
     store = IndexStore.open(index_dir, db_url)
     try:
+        skipped: dict[str, int] = {}  # files of kinds not read (camera RAW, video), by extension
+        errors = 0
+        for failure in store.metadata.failures():
+            extension = unread_extension(failure.reason, failure.path)
+            if extension is None:
+                errors += 1
+            else:
+                skipped[extension] = skipped.get(extension, 0) + 1
         return {
             "index": str(store.directory),
+            "database": store.db_url,  # password masked
             "images": store.metadata.count(ImageRow),
             "texts": store.metadata.count(TextRow),
-            "errors": store.metadata.count(FailureRow),
+            "errors": errors,
+            "skipped": dict(sorted(skipped.items())),
             "model": store.model_spec,
             "dim": store.dim,
             "size_bytes": store.size_bytes(),
+            "bytes_per_photo": storage_per_photo(store),
         }
     finally:
         store.close()
+
+
+def storage_per_photo(store: IndexStore) -> dict[str, int]:
+    """What each stored part costs per photo, in bytes: the vector and the tower features (SQL
+    columns), the photos' FAISS cache, the rest of the folder (rows, paths, hashes, SQL indexes,
+    texts) and the folder's total divided by the photos; empty without photos. With a database
+    outside the folder (PostgreSQL) the folder holds the FAISS caches only."""
+    with store.metadata.session() as s:
+        photos, vectors, features = s.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(func.length(ImageRow.vector)), 0),
+                func.coalesce(func.sum(func.length(ImageRow.features)), 0),
+            )
+        ).one()
+    if not photos:
+        return {}
+    files = {f.name: f.stat().st_size for f in store.directory.iterdir() if f.is_file()}
+    folder = sum(files.values())
+    faiss = sum(size for name, size in files.items() if name.startswith(store.faiss_path("image").name))
+    parts = {"vector": vectors, "tower_features": features, "faiss_cache": faiss}
+    url = store.metadata.engine.url
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database
+        and Path(url.database).resolve().parent == Path(store.directory).resolve()
+    ):
+        parts["other"] = max(0, folder - vectors - features - faiss)
+        parts["total"] = folder
+    return {name: int(round(size / photos)) for name, size in parts.items()}
 
 
 def failures(index_dir: Path | str | None = None, db_url: str | None = None) -> list[dict[str, str]]:

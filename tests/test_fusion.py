@@ -16,7 +16,7 @@ from xmodal.search.rerank.fusion import (
     fusion_features,
     standardise,
 )
-from xmodal.search.rerank.stages import querybank_correction
+from xmodal.search.rerank.qbnorm import querybank_correction
 from xmodal.search.training.fusion import (
     fit_fusion_weights,
     train_linear_projection,

@@ -225,7 +225,7 @@ def test_permission_denied_is_recorded(tmp_path: Path, monkeypatch: pytest.Monke
     assert "permission denied" in _failure_reasons(summary)["locked.jpg"].lower()
 
 
-def test_non_utf8_folder_and_bytes_root(tmp_path: Path) -> None:
+def test_non_utf8_folder_and_bytes_root(tmp_path: Path, db_backend) -> None:  # noqa: ANN001 - names round-trip on both databases
     base = os.fsencode(tmp_path)
     folder = base + b"/\xff\xfeweird"
     os.makedirs(folder)

@@ -28,7 +28,7 @@ def test_spec_parsing(tmp_path: Path) -> None:
     assert (spec.name, spec.pretrained, spec.checkpoint) == ("ViT-B-32", "laion2b_s34b_b79k", None)
     local = parse_model_spec(f"ViT-B-32:{tmp_path}/w.pt+{tmp_path}/head.pt")
     assert local.checkpoint == tmp_path / "w.pt" and local.head == tmp_path / "head.pt"
-    assert parse_model_spec(f"xmodal-lite+{tmp_path}/h.pt").is_offline_default
+    assert parse_model_spec(f"xmodal-lite+{tmp_path}/h.pt").capabilities.towers == "offline"
     with pytest.raises(ModelLoadError, match="NAME:PRETRAINED"):
         parse_model_spec("just-a-name")
 

@@ -167,38 +167,50 @@ def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
     return tmp_path / "idx"
 
 
-def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path, monkeypatch) -> None:
-    from xmodal.search import SearchEngine
-    from xmodal.search.rerank.fusion import TOP, fusion_features
-    from xmodal.search.rerank.stages import QB_NORM_BETA, RerankOptions, querybank_correction
+def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path) -> None:
+    """Fusion models whose weights make the order known in advance: all on the cosine (the first
+    stage's order), against it (that order reversed), all on QB-Norm's hub term (the order of
+    QB-Norm's score changes); the rest follow in QB-Norm's order."""
+    from dataclasses import replace
 
-    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    from xmodal.search import SearchEngine
+    from xmodal.search.rerank.fusion import FEATURES, TOP
+    from xmodal.search.rerank.pipeline import SecondStage, load_fusion
+    from xmodal.search.rerank.stages import RerankOptions
+
     index = _drawn_index(model, tmp_path)
+    shipped = load_fusion("xmodal-lite")
+    assert shipped is not None  # shipped for the offline default
     query = "a red ball on a white wall"
-    with SearchEngine.open(index, model=model) as engine:
-        fusion = engine._fusion()
-        assert fusion is not None  # shipped for the offline default
-        fused = engine.search(query, k=24)
-        plain = engine.search(query, k=24, rerank=RerankOptions(learned=False))
-        assert sorted(h.id for h in fused) == sorted(h.id for h in plain)
-        scores = [h.score for h in fused]
+
+    def fused_ids(weights: dict[str, float], hubness: bool) -> list[int]:
+        fusion = replace(shipped, weights=np.array([weights.get(f, 0.0) for f in FEATURES]))
+        with SearchEngine.open(index, model=model) as engine:
+            engine.second_stage = SecondStage(engine.store, engine.second_stage.banks, fusion=lambda: fusion)
+            hits = engine.search(query, k=24, rerank=RerankOptions(hubness=hubness))
+        scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)  # still monotone for --min-score
-        # The same order, computed by hand from the stored features.
-        ids = [h.id for h in plain]
-        vectors = engine.vectors(ids)
-        q = engine.embed_text_query(query)
-        top = np.argsort(-(vectors @ q), kind="stable")[:TOP]
-        stored = engine.store.metadata.tower_features([ids[i] for i in top])
-        bank = engine._bank("image")
-        hub = -querybank_correction(bank @ vectors[top].T, QB_NORM_BETA["image"])
-        raw = fusion_features(fusion, q, vectors[top], np.stack([stored[ids[i]] for i in top]), hub)
-        want = [ids[top[i]] for i in np.argsort(-fusion.scores(raw), kind="stable")]
-        assert [h.id for h in fused[:TOP]] == want
+        return [h.id for h in hits]
+
+    with SearchEngine.open(index, model=model) as engine:
+        cosine = {h.id: h.score for h in engine.search(query, k=24, rerank=False)}
+        qbnorm = {h.id: h.score for h in engine.search(query, k=24, rerank=RerankOptions(learned=False))}
+        shipped_order = [h.id for h in engine.search(query, k=24)]
+    first_stage, qbnorm_order = list(cosine), list(qbnorm)
+    top = first_stage[:TOP]
+    hub = {i: qbnorm[i] - cosine[i] for i in top}  # QB-Norm's change of each score
+    assert fused_ids({"cosine": 1.0}, hubness=False) == first_stage
+    assert fused_ids({"cosine": -1.0}, hubness=False) == top[::-1] + first_stage[TOP:]
+    by_hub = fused_ids({"hub": 1.0}, hubness=True)
+    assert by_hub[:TOP] == sorted(top, key=lambda i: -hub[i])
+    assert by_hub[TOP:] == [i for i in qbnorm_order if i not in top]
+    assert sorted(shipped_order) == sorted(first_stage)
 
 
 def test_an_index_made_before_tower_features_opens_searches_and_catches_up(model, tmp_path, monkeypatch) -> None:
-    """The features column is added to an older index; its photos are searched without the fusion
-    until the next `index` run embeds them again."""
+    """Photos indexed before tower features were stored (an older index's rows: the migration adds
+    the column, empty; tests/test_migrations.py upgrades such a database) are searched without the
+    fusion until the next `index` run embeds them again."""
     import sqlite3
 
     from xmodal.indexer import Indexer
@@ -209,7 +221,7 @@ def test_an_index_made_before_tower_features_opens_searches_and_catches_up(model
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     index = _drawn_index(model, tmp_path, count=6)
     with sqlite3.connect(index / "index.db") as db:
-        db.execute("ALTER TABLE images DROP COLUMN features")
+        db.execute("UPDATE images SET features = NULL")
     with SearchEngine.open(index, model=model) as engine:
         ids, _ = engine.store.metadata.vectors(ImageRow)
         assert engine.store.metadata.tower_features(ids.tolist()) == {}

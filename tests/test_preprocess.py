@@ -33,3 +33,31 @@ def test_unknown_steps_after_to_tensor_stay_in_the_workers() -> None:
     assert torch.equal(split.per_batch(items), torch.stack([whole(im) for im in _photos()]))
     plain = split_transform(lambda im: torch.zeros(3, 8, 8))  # not a Compose at all
     assert not plain.splits and split.per_batch([plain.per_image(_photos()[0])]).shape == (1, 3, 8, 8)
+
+
+def test_one_preprocessing_definition_gives_the_same_pixels_with_and_without_torch() -> None:
+    """The offline default's preprocessing is data (OFFLINE_PREPROCESSING); torchvision, the decode
+    workers' split and the torch-free query path all run that one definition."""
+    from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, Preprocessing
+    from xmodal.indexer.models.spec import parse_model_spec
+
+    assert parse_model_spec("xmodal-lite").capabilities.preprocessing == OFFLINE_PREPROCESSING
+    photos = _photos() + [Image.new("RGBA", (300, 120), (10, 200, 30, 128)), Image.new("L", (90, 400), 77)]
+    for preprocessing in (OFFLINE_PREPROCESSING, Preprocessing(64, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4), "bilinear")):
+        transform = preprocessing.transform()
+        torch_path = torch.stack([transform(im.convert("RGB")) for im in photos])
+        numpy_path = np.stack([preprocessing.pixels(im.convert("RGB")) for im in photos])
+        np.testing.assert_allclose(numpy_path, torch_path.numpy(), atol=1e-6)
+        split = split_transform(transform)
+        assert split.splits
+        assert torch.allclose(split.per_batch([split.per_image(im.convert("RGB")) for im in photos]), torch_path, atol=1e-6)
+
+
+def test_capabilities_not_model_names() -> None:
+    from xmodal.indexer.models.spec import capabilities, parse_model_spec
+
+    lite = parse_model_spec("xmodal-lite").capabilities
+    assert (lite.prior_dim, lite.tower_features, lite.fusion_file, lite.towers) == (384, True, "offline_fusion.npz", "offline")
+    assert parse_model_spec("xmodal-lite").head_file is not None and parse_model_spec("xmodal-lite").head_file.is_file()
+    clip = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")
+    assert clip.capabilities == capabilities("ViT-B-32") and clip.capabilities.prior_dim == 0 and clip.head_file is None

@@ -15,13 +15,14 @@ from xmodal.indexer.errors import InvalidQueryError
 from xmodal.search import SearchEngine
 from xmodal.search.export import hits_to_csv, link_hits, write_contact_sheet
 from xmodal.search.filters import SearchFilter, parse_date
-from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance, querybank_normalise
+from xmodal.search.rerank.qbnorm import querybank_normalise
+from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
 
 @pytest.fixture
-def engine(tmp_path: Path):
+def engine(tmp_path: Path, db_backend):  # noqa: ANN001 - each search test on SQLite and PostgreSQL
     root = tmp_path / "photos"
     # 30 reddish photos, then a few of other colours in a separate folder
     for i in range(30):
@@ -145,32 +146,23 @@ def test_rerank_building_blocks() -> None:
     assert np.array_equal(querybank_normalise(scores, bank[:0], beta=10.0), scores)
 
 
-def test_hubness_correction_only_across_modalities(tmp_path, photo_dir, fake, monkeypatch) -> None:
-    """QB-Norm's banks hold typical queries of the other kind, so same-kind searches skip it."""
-    import xmodal.search.engine as engine_module
-    from xmodal.indexer import Indexer
+def test_photo_only_filters_are_refused_when_searching_texts(tmp_path: Path, photo_dir: Path) -> None:
+    """Bug 5: --after, --ext and --min-size were silently ignored for --target text."""
+    from typer.testing import CliRunner
+
+    from xmodal.cli.app import app
     from xmodal.indexer.text_indexing import TextIndexer
-    from xmodal.search import SearchEngine
 
-    Indexer(tmp_path / "idx", model=fake).add_paths([photo_dir])
-    TextIndexer(tmp_path / "idx", model=fake).add_texts([("t", "red"), ("t", "green"), ("t", "blue")])
-    calls: list[int] = []
-    real = engine_module.querybank_normalise
-    monkeypatch.setattr(engine_module, "querybank_normalise", lambda *a, **k: calls.append(1) or real(*a, **k))
-    engine = SearchEngine.open(tmp_path / "idx", model=fake)
-
-    def normalised(search) -> bool:  # noqa: ANN001
-        calls.clear()
-        search()
-        return bool(calls)
-
-    try:
-        image_id = engine.search_text("red", k=1)[0].id
-        assert normalised(lambda: engine.search_text("red", k=2, target="image"))
-        assert normalised(lambda: engine.search_image(photo_dir / "red.jpg", k=2, target="text"))
-        assert not normalised(lambda: engine.search_text("red", k=2, target="text"))
-        assert not normalised(lambda: engine.search_texts(["red"], k=2, target="text"))
-        assert not normalised(lambda: engine.similar(image_id, k=2))
-        assert not normalised(lambda: engine.search_image(photo_dir / "red.jpg", k=2))
-    finally:
-        engine.close()
+    index = tmp_path / "idx"
+    Indexer(index, model=fake_model()).add_paths([photo_dir])
+    TextIndexer(index, model=fake_model()).add_texts([(str(tmp_path / "notes.txt"), "red"), (str(tmp_path / "notes.txt"), "blue")])
+    with SearchEngine.open(index, model=fake_model()) as eng:
+        for refused in (SearchFilter(after=parse_date("2020-01-01")), SearchFilter(extensions=("jpg",)), SearchFilter(min_width=10, min_height=10)):
+            with pytest.raises(InvalidQueryError, match="photos only"):
+                eng.search("red", k=2, target="text", filters=refused)
+        assert len(eng.search("red", k=2, target="text", filters=SearchFilter(under=tmp_path))) == 2  # --under applies
+        assert eng.search("red", k=2, filters=SearchFilter(extensions=("jpg",)))[0].path.endswith("red.jpg")
+    for option in (["--after", "2020-01-01"], ["--ext", "jpg"], ["--min-size", "10x10"]):
+        result = CliRunner().invoke(app, ["search", "red", "--target", "text", "--index", str(index), *option])
+        lines = [line for line in result.output.splitlines() if line]
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("xmodal: error:") and option[0] in lines[0], result.output

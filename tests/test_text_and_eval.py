@@ -109,7 +109,7 @@ def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pyte
     first = train_projection_head(fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append(loss))
     second = train_projection_head(fake_model(), pairs, tmp_path / "b.pt", epochs=3, seed=7)
     assert len(losses) == 3 and all(np.isfinite(losses))
-    a, b = ProjectionHead.load(str(first)), ProjectionHead.load(str(second))
+    a, b = ProjectionHead.load(str(first.path)), ProjectionHead.load(str(second.path))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert list((tmp_path / "cache" / "features").glob("*.pt"))  # tower features were cached
     tuned = EmbeddingModel(fake_model().spec, fake_model().towers, a.eval())

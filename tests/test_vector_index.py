@@ -226,10 +226,10 @@ def test_load_rejects_mismatch(data, tmp_path):
 
 
 def test_auto_switch_from_flat(data, monkeypatch):
-    import xmodal.indexer.store.vector_index as vi
+    import xmodal.indexer.store.plan as plan
 
     base, ids, queries = data
-    monkeypatch.setattr(vi, "FLAT_MAX_ELEMENTS", 5_000 * DIM)
+    monkeypatch.setattr(plan, "FLAT_MAX_ELEMENTS", 5_000 * DIM)
     index = VectorIndex(DIM, use_gpu=False)
     index.add(ids[:5000], base[:5000])
     assert index.plan.kind == "flat"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import difflib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -20,11 +19,15 @@ from PIL import Image
 
 from xmodal.indexer.errors import ModelLoadError
 from xmodal.indexer.images import to_rgb
+from xmodal.indexer.models.preprocess import Preprocessing
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
-__all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_model", "resolve_device", "offline_head_path"]
+if TYPE_CHECKING:
+    from xmodal.indexer.models.head import ProjectionHead
 
-Device = Literal["auto", "cpu", "cuda"]
+__all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_model", "resolve_device"]
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
 class Towers(Protocol):
@@ -39,16 +42,11 @@ class Towers(Protocol):
 
 
 def resolve_device(device: Device = "auto") -> str:
-    """Resolve "auto" once, at load time, and pass the concrete device down."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """Resolve "auto" once, at load time (CUDA, else Apple's MPS, else the CPU), and pass the
+    concrete device down."""
+    from xmodal.indexer.accelerators import resolve_device as resolve
 
-
-def offline_head_path() -> Path:
-    from xmodal.data import data_path
-
-    return data_path("offline_head.pt")
+    return resolve(device)
 
 
 class IndexedPixels(NamedTuple):
@@ -59,7 +57,7 @@ class IndexedPixels(NamedTuple):
 class EmbeddingModel:
     """Embeds texts and images into one space; rows are float32 and L2-normalised."""
 
-    def __init__(self, spec: ModelSpec, towers: Towers, head: torch.nn.Module | None, device: str = "cpu") -> None:
+    def __init__(self, spec: ModelSpec, towers: Towers, head: ProjectionHead | None, device: str = "cpu") -> None:
         self.spec = spec
         self.towers = towers
         self.head = head
@@ -71,7 +69,15 @@ class EmbeddingModel:
             if isinstance(module, torch.nn.Module):
                 module.to(memory_format=torch.channels_last)
         self._transform = towers.image_transform()
+        # What the model expects of an image, as data (input size for decode workers, mean/std).
+        self.preprocessing: Preprocessing | None = getattr(towers, "preprocessing", None)
         self.dim = int(head.embed_dim) if head is not None else int(towers.image_dim)
+        self._exported_image_path: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def use_exported_image_path(self, embed: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """Let `embed_pixels` run this instead of the torch towers: the same image path exported
+        to onnxruntime (indexer.preparation decides when; None goes back to torch)."""
+        self._exported_image_path = embed
 
     def __repr__(self) -> str:
         return f"EmbeddingModel({str(self.spec)!r}, dim={self.dim})"
@@ -93,6 +99,8 @@ class EmbeddingModel:
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embed a batch of already transformed images."""
+        if self._exported_image_path is not None:
+            return self._exported_image_path(pixels.numpy())
         feats = self.towers.image_features(pixels.to(self.device))
         out = self.head.project_images(feats) if self.head is not None else feats
         return _normalised(out)
@@ -100,7 +108,7 @@ class EmbeddingModel:
     @property
     def keeps_tower_features(self) -> bool:
         """Whether the index stores the towers' features per photo (the learned fusion reads them)."""
-        return bool(getattr(self.towers, "keeps_tower_features", False)) and self.head is not None
+        return self.spec.capabilities.tower_features and self.head is not None
 
     @torch.inference_mode()
     def embed_pixels_for_index(self, pixels: torch.Tensor) -> IndexedPixels:
@@ -138,10 +146,12 @@ def _normalised(x: torch.Tensor) -> np.ndarray:
 class OpenClipTowers:
     """An open_clip model as towers: its own normalised embeddings are the features."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Callable) -> None:
-        self.model = model.eval()
-        self._preprocess = preprocess
+    def __init__(self, model: Any, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Callable) -> None:
+        self.model: Any = model.eval()  # an open_clip CLIP: encode_image, encode_text
+        self._preprocess = preprocess  # open_clip's own transform, made from the facts below
         self._tokenizer = tokenizer
+        visual_cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+        self.preprocessing = Preprocessing.from_open_clip(visual_cfg)
         dim = int(getattr(model, "embed_dim", 0) or model.text_projection.shape[1])
         self.image_dim = self.text_dim = dim
 
@@ -156,13 +166,13 @@ class OpenClipTowers:
         return self.model.encode_text(self._tokenizer(texts).to(device), normalize=True).float()
 
 
-def _load_head(path: Path, device: str) -> torch.nn.Module:
+def _load_head(path: Path, device: str) -> ProjectionHead:
     from xmodal.indexer.models.head import ProjectionHead
 
     if not path.is_file():
         raise ModelLoadError(f"projection head '{path}' not found (train one with `xmodal train`)")
     try:
-        return ProjectionHead.load(path).to(device).eval()
+        return ProjectionHead.load(str(path)).to(device).eval()
     except Exception as e:
         raise ModelLoadError(f"projection head '{path}' could not be read: {e}") from e
 
@@ -171,9 +181,6 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
     from xmodal.indexer.models.offline_towers import build_offline_towers
 
     try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar on every search
         towers = build_offline_towers().to(device).eval()
         if device == "cuda":  # half precision on the GPU, as open_clip models (fp32 features out)
             towers.half()
@@ -181,7 +188,9 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
         raise
     except Exception as e:
         raise ModelLoadError(f"the offline default model could not be built: {e}") from e
-    head = _load_head(spec.head or offline_head_path(), device)
+    head_file = spec.head_file
+    assert head_file is not None  # the offline default ships its head
+    head = _load_head(head_file, device)
     return EmbeddingModel(spec, towers, head, device)
 
 
@@ -195,40 +204,34 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-@contextmanager
-def _quiet_hub(offline: bool) -> Iterator[None]:
-    """Without network, make the hub client fail at once from its cache instead of retrying for a
-    minute, and keep its retry warnings off the user's terminal."""
-    import logging
+def _cached_weights(spec: ModelSpec) -> tuple[str, dict[str, object]] | None:
+    """A pretrained tag's weights from the local caches only, without any network request: (file,
+    the tag's preprocessing settings), or None when they were never downloaded. Offline, this lets a
+    cached model load at once instead of the hub client retrying for a minute."""
+    from open_clip.pretrained import get_pretrained_cfg
 
-    saved_env = os.environ.get("HF_HUB_OFFLINE")
-    root = logging.getLogger()
-    saved_level = root.level
-    hub_logger = logging.getLogger("huggingface_hub")
-    saved_hub = hub_logger.level
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            import huggingface_hub.constants as hub_constants
+    cfg = get_pretrained_cfg(spec.name, spec.pretrained or "") or {}
+    # as create_model_and_transforms' image_* arguments, which is how the tag path applies them
+    preprocessing = {f"image_{k}": cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    hub = str(cfg.get("hf_hub", ""))
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
 
-            saved_constant = hub_constants.HF_HUB_OFFLINE
-            hub_constants.HF_HUB_OFFLINE = True
-        except Exception:  # pragma: no cover - hub layout differs
-            hub_constants = None
-    root.setLevel(logging.CRITICAL)
-    hub_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        root.setLevel(saved_level)
-        hub_logger.setLevel(saved_hub)
-        if offline:
-            if saved_env is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = saved_env
-            if hub_constants is not None:
-                hub_constants.HF_HUB_OFFLINE = saved_constant
+        repo, filename = os.path.split(hub)  # 'org/model/' names the repository's default file
+        # open_clip prefers a safetensors file where the hub has one
+        names = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"] if not filename else [filename]
+        if filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+        for name in names:
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found, preprocessing
+    url = str(cfg.get("url", ""))
+    if url:
+        path = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if path.is_file():
+            return str(path), preprocessing
+    return None
 
 
 def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
@@ -252,15 +255,25 @@ def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
             f"or use the offline default 'xmodal-lite'"
         )
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or (spec.pretrained is not None and not _hub_reachable())
-    try:
-        with _quiet_hub(offline):
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.name, pretrained=weights, device=device, precision="fp16" if device == "cuda" else "fp32"
+    forced: dict[str, object] = {}
+    if offline and spec.pretrained:
+        cached = _cached_weights(spec)
+        if cached is None:
+            raise ModelLoadError(
+                f"could not load model '{spec}': its weights are not in the local cache and the hub cannot be "
+                f"reached (offline?). Alternatives: the offline default 'xmodal-lite', "
+                f"or a local checkpoint as '{spec.name}:/path/to/weights.pt'"
             )
-            tokenizer = open_clip.get_tokenizer(spec.name)
+        weights, forced = cached  # the file itself: open_clip makes no request
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.name, pretrained=weights, device=device, precision="fp16" if device == "cuda" else "fp32", **forced
+        )
+        tokenizer = open_clip.get_tokenizer(spec.name)
     except Exception as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = "its weights are not in the local cache and the hub cannot be reached (offline?)" if offline and spec.pretrained else first_line
+        offline_reason = "its weights are not in the local cache and the hub cannot be reached (offline?)"
+        reason = offline_reason if offline and spec.pretrained else first_line
         raise ModelLoadError(
             f"could not load model '{spec}': {reason}. Alternatives: the offline default 'xmodal-lite', "
             f"or a local checkpoint as '{spec.name}:/path/to/weights.pt'"
@@ -274,7 +287,7 @@ _LOADING = threading.Lock()
 
 
 def load_model(spec: str | ModelSpec | None = None, device: Device = "auto") -> EmbeddingModel:
-    """Load a model by spec string (see indexer.model_spec); the offline default when None.
+    """Load a model by spec string (see xmodal.indexer.models.spec); the offline default when None.
 
     Models are read-only, so each (spec, device) is loaded once per process and then shared.
     """
@@ -283,5 +296,6 @@ def load_model(spec: str | ModelSpec | None = None, device: Device = "auto") -> 
     key = (str(parsed), concrete)
     with _LOADING:
         if key not in _LOADED:
-            _LOADED[key] = _load_offline(parsed, concrete) if parsed.is_offline_default else _load_open_clip(parsed, concrete)
+            loader = _load_offline if parsed.capabilities.towers == "offline" else _load_open_clip
+            _LOADED[key] = loader(parsed, concrete)
         return _LOADED[key]

@@ -16,11 +16,14 @@ embeddings; this head maps both into one shared, L2-normalised space.  Design ch
   learns what the classifier cannot name (people, actions, scenes).
 * Symmetric InfoNCE (CLIP loss) with a learnable temperature.
 """
+
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,21 +34,28 @@ import torch.nn.functional as F
 class HeadConfig:
     """Hyper-parameters of the head and its training (defaults = validated values)."""
 
-    embed_dim: int = 384          # shared space size; must equal text_dim (identity text path)
-    prior_dim: int = 384          # last columns of image features that are a text-space prior (0 = none)
-    image_hidden: int = 1024      # hidden width of the image MLP
-    image_dropout: float = 0.7    # heavy dropout on image MLP input/hidden: 650-800 photos only (0.3->0.7: +5 t2i R@10 on val)
-    text_hidden: int = 0          # residual text MLP width; 0 = identity text path (a residual gave no val gain, identity keeps MiniLM's space intact)
+    embed_dim: int = 384  # shared space size; must equal text_dim (identity text path)
+    prior_dim: int = 384  # last columns of image features that are a text-space prior (0 = none)
+    image_hidden: int = 1024  # hidden width of the image MLP
+    # heavy dropout on the image MLP's input and hidden layer: 650-800 photos only (0.3 -> 0.7: +5 t2i R@10 on val)
+    image_dropout: float = 0.7
+    # residual text MLP width; 0 = identity text path (a residual gave no val gain; identity keeps MiniLM's space)
+    text_hidden: int = 0
     text_dropout: float = 0.1
-    prior_weight: float = 1.0     # initial weight of the prior (learnable)
+    prior_weight: float = 1.0  # initial weight of the prior (learnable)
     epochs: int = 50
     batch_size: int = 128
     lr: float = 1e-3
-    text_lr_mult: float = 0.3     # text residual learns slower: keep the MiniLM space
+    text_lr_mult: float = 0.3  # text residual learns slower: keep the MiniLM space
     weight_decay: float = 0.05
     init_temperature: float = 0.05
-    all_captions: bool = True     # every caption of a batch photo is a positive (vs one random caption)
+    all_captions: bool = True  # every caption of a batch photo is a positive (vs one random caption)
     warmup_epochs: int = 2
+    # WiSE-FT in output space (Wortsman et al. 2022): the image vector is
+    # normalise((1 - a) * normalise(head) + a * normalise(prior)). A head fitted on a narrow set of
+    # photos forgets what the zero-shot prior knows about other photos; mixing the prior back in
+    # keeps it (chosen on concept-held-out folds: benchmarks/shift_protocol.py). 0 = the head alone.
+    prior_mix: float = 0.0
 
 
 class ProjectionHead(nn.Module):
@@ -55,9 +65,13 @@ class ProjectionHead(nn.Module):
         super().__init__()
         cfg = config or HeadConfig()
         if cfg.embed_dim != text_dim:
-            raise ValueError(f"embed_dim ({cfg.embed_dim}) must equal text_dim ({text_dim}): the text path is identity+residual")
+            raise ValueError(
+                f"embed_dim ({cfg.embed_dim}) must equal text_dim ({text_dim}): the text path is identity+residual"
+            )
         if cfg.prior_dim not in (0, cfg.embed_dim):
             raise ValueError("prior_dim must be 0 or embed_dim")
+        if not 0.0 <= cfg.prior_mix <= 1.0:
+            raise ValueError(f"prior_mix must lie in [0, 1], not {cfg.prior_mix}")
         self.config = cfg
         self.image_dim = image_dim
         self.text_dim = text_dim
@@ -100,6 +114,9 @@ class ProjectionHead(nn.Module):
         """(n, image_dim) -> (n, embed_dim) L2-normalised.  (n, views, image_dim) is averaged over views."""
         feats = feats.float()
         x = F.normalize(self._image_raw(feats), dim=-1)
+        mix, p = self.config.prior_mix, self.config.prior_dim
+        if mix and p:
+            x = F.normalize((1.0 - mix) * x + mix * F.normalize(feats[..., -p:], dim=-1), dim=-1)
         if x.dim() == 3:
             x = F.normalize(x.mean(1), dim=-1)
         return x
@@ -110,6 +127,14 @@ class ProjectionHead(nn.Module):
         if self.text_mlp is not None:
             t = t + self.text_mlp(t)
         return F.normalize(t, dim=-1)
+
+    def with_prior_mix(self, prior_mix: float) -> ProjectionHead:
+        """The same trained weights (shared, not copied) with another output-space mix of the prior."""
+        if not 0.0 <= prior_mix <= 1.0:
+            raise ValueError(f"prior_mix must lie in [0, 1], not {prior_mix}")
+        twin = copy.copy(self)
+        twin.config = dataclasses.replace(self.config, prior_mix=float(prior_mix))
+        return twin
 
     def save(self, path: str) -> None:
         """One small file: plain-typed config + fp16 state dict (loadable with weights_only=True)."""
@@ -126,7 +151,7 @@ class ProjectionHead(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str, map_location: str | torch.device = "cpu") -> "ProjectionHead":
+    def load(cls, path: str, map_location: str | torch.device = "cpu") -> ProjectionHead:
         blob: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
         known = {f.name for f in dataclasses.fields(HeadConfig)}
         cfg = HeadConfig(**{k: v for k, v in blob["config"].items() if k in known})
@@ -207,7 +232,11 @@ def train_head(
                 if len(idx) < 2:
                     continue
                 # cosine schedule with linear warm-up
-                f = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+                f = (
+                    (step + 1) / warm
+                    if step < warm
+                    else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+                )
                 for gr, lr in zip(opt.param_groups, base_lrs):
                     gr["lr"] = lr * f
                 v = torch.randint(n_views, (len(idx),), generator=g)

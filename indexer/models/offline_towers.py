@@ -11,22 +11,24 @@ the classifier's top-10 class probabilities times the MiniLM embeddings of the c
 names, i.e. a zero-shot image embedding already in the text space.  The projection head
 (``indexer.projection_head``) uses it as a prior and learns the rest.
 """
+
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-IMAGE_SIZE = 224
-# Validated on held-out train photos: TF-style preprocessing (mean=std=0.5, BN eps 1e-3,
-# TF "same" padding) beats ImageNet mean/std and PyTorch-style padding for these weights.
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
+
+# Preprocessing (224 px, scaled to [-1, 1]) is defined once, in indexer.models.preprocess; TF-style
+# BN eps 1e-3 and "same" padding beat PyTorch-style ones for these weights on held-out train photos.
+IMAGE_SIZE = OFFLINE_PREPROCESSING.size
 TIMM_ARCH = "tf_efficientnet_lite0"
 CONSE_TOPK = 10
 CONSE_PROMPTS = ("{}", "a photo of a {}.", "a picture of a {}.", "a photo of the {}.")
@@ -50,11 +52,18 @@ def _lite0_state_dict() -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _minilm_weights(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = load_file(os.path.join(folder, "model.safetensors"))
+    weights.pop("embeddings.position_ids", None)
+    return weights
+
+
 class OfflineTowers(nn.Module):
     """Frozen image + text towers; outputs the features the ProjectionHead consumes."""
 
-    # The learned fusion re-reads these features at query time, so the index keeps them per photo.
-    keeps_tower_features = True
+    preprocessing = OFFLINE_PREPROCESSING
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,20 +92,16 @@ class OfflineTowers(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 m.eps = 1e-3  # TF-trained weights
 
-        path = minilm.get_model_path()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = str(minilm.get_model_path())
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # Built from the package's config and filled from its weights file: nothing is looked up
+        # on a hub, and no process-wide switch (environment, log levels) is touched to keep it so.
         # HFTextEncoder with proj_type=None and output_dim == width -> identity projection.
-        verbosity = transformers.logging.get_verbosity()
-        bar = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.logging.set_verbosity_error()  # silence the "unexpected pooler keys" load report
-        transformers.utils.logging.disable_progress_bar()
-        try:
-            self.text = open_clip_hf.HFTextEncoder(path, output_dim=384, pooler_type="mean_pooler", proj_type=None)
-        finally:
-            transformers.logging.set_verbosity(verbosity)
-            if bar:
-                transformers.utils.logging.enable_progress_bar()
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        self.text = open_clip_hf.HFTextEncoder(
+            path, output_dim=384, config=config, pooler_type="mean_pooler", proj_type=None
+        )
+        self.text.transformer.load_state_dict(_minilm_weights(path))
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -107,17 +112,18 @@ class OfflineTowers(nn.Module):
         self.register_buffer("class_text_emb", self._class_text_embeddings(), persistent=False)
 
         self.image_dim: int = trunk.num_features + 384
-        self._onnx_trunk: object = None  # OnnxTrunk once exported, False when unavailable
+        self._onnx_trunk: Any = None  # OnnxTrunk once exported, False when unavailable
         self.text_dim: int = 384
 
     def _class_text_embeddings(self) -> torch.Tensor:
         import timm.data
-        from platformdirs import user_cache_dir
+
         from xmodal.data import data_path
+        from xmodal.indexer.cache import cache_dir as xmodal_cache
 
         # Shipped in data/ (made by this function; a pure function of the installed packages),
         # else computed once and cached.
-        cache_dir = os.environ.get("XMODAL_CACHE") or user_cache_dir("xmodal")
+        cache_dir = str(xmodal_cache())
         cache = os.path.join(cache_dir, "offline_conse_classes_minilm_l6_v1.pt")
         for candidate in (str(data_path("conse_class_embeddings.pt")), cache):
             if os.path.isfile(candidate):
@@ -142,19 +148,8 @@ class OfflineTowers(nn.Module):
 
     # -- image ---------------------------------------------------------------
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> (3, 224, 224) float tensor: RGB, bicubic resize of the short side to
-        224, centre crop, scaled to [-1, 1].  One view per image (no multi-crop)."""
-        from torchvision import transforms as T
-
-        return T.Compose(
-            [
-                T.Lambda(lambda im: im.convert("RGB")),
-                T.Resize(IMAGE_SIZE, interpolation=T.InterpolationMode.BICUBIC),
-                T.CenterCrop(IMAGE_SIZE),
-                T.ToTensor(),
-                T.Normalize(MEAN, STD),
-            ]
-        )
+        """PIL image -> (3, 224, 224) float tensor (see OFFLINE_PREPROCESSING); one view per image."""
+        return self.preprocessing.transform()
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -181,7 +176,8 @@ class OfflineTowers(nn.Module):
         pooled = trunk.forward_head(feature_map, pre_logits=True)
         probs = trunk.classifier(pooled).softmax(-1)
         v, i = probs.topk(CONSE_TOPK, dim=-1)
-        conse = torch.zeros_like(probs).scatter(-1, i, v) @ self.class_text_emb.to(probs.dtype)
+        class_text_emb: torch.Tensor = self.class_text_emb  # type: ignore[assignment]  # a registered buffer
+        conse = torch.zeros_like(probs).scatter(-1, i, v) @ class_text_emb.to(probs.dtype)
         return torch.cat([pooled, F.normalize(conse, dim=-1)], dim=-1).float()
 
     # -- text ----------------------------------------------------------------
@@ -189,7 +185,11 @@ class OfflineTowers(nn.Module):
         out = []
         for b in range(0, len(texts), batch_size):
             tok = self.tokenizer(
-                texts[b : b + batch_size], padding=True, truncation=True, max_length=TEXT_MAX_TOKENS, return_tensors="pt"
+                texts[b : b + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=TEXT_MAX_TOKENS,
+                return_tensors="pt",
             )
             ids = tok["input_ids"].to(next(self.text.parameters()).device)
             out.append(F.normalize(self.text(ids).float(), dim=-1))

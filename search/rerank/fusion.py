@@ -9,7 +9,7 @@ query's text is not needed):
             cosine)/β: photos close to every caption rank lower
   two_hop   the query's nearest training captions (softmax-weighted), through their photos, to the candidate
   conse     the query against the photo's ConSE vector (ImageNet classes in MiniLM space; the shared
-            space is MiniLM's space, see indexer.projection_head)
+            space is MiniLM's space, see xmodal.indexer.models.head)
   linear_cosine  the query against a second, linear image side: normalise(P · standardised tower
             features), P fitted by InfoNCE to the (fixed) text vectors of the training captions; a
             second opinion on the image side with another inductive bias than the head's MLP
@@ -25,8 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-
-__all__ = ["FEATURES", "TOP", "FusionModel", "LinearProjection", "fusion_features", "standardise"]
+__all__ = [
+    "FEATURES",
+    "TOP",
+    "FusionModel",
+    "LinearProjection",
+    "features_from_parts",
+    "fusion_features",
+    "photo_parts",
+    "standardise",
+]
 
 FEATURES = ("cosine", "hub", "two_hop", "conse", "linear_cosine")
 TOP = 20  # candidates re-scored: the model was fitted on each query's top 20
@@ -56,6 +64,14 @@ def standardise(x: np.ndarray, axis: int = -2) -> np.ndarray:
     return (x - x.mean(axis=axis, keepdims=True)) / (x.std(axis=axis, keepdims=True) + 1e-6)
 
 
+def photo_parts(model: FusionModel, tower_features: np.ndarray) -> np.ndarray:
+    """(c, CONSE_DIM + d) the query-independent part of each photo's features: its unit ConSE vector
+    and its unit vector under the linear projection (a search computes them once per photo)."""
+    conse = tower_features[:, -CONSE_DIM:].astype(np.float64)
+    conse = conse / np.maximum(np.linalg.norm(conse, axis=1, keepdims=True), 1e-8)
+    return np.concatenate([conse, model.linear.project(tower_features)], axis=1)
+
+
 def fusion_features(
     model: FusionModel,
     query: np.ndarray,
@@ -66,19 +82,30 @@ def fusion_features(
     """(c, len(FEATURES)) raw features of one query against c candidate photos.
 
     query: (d,) unit vector; photos: (c, d) unit vectors; tower_features: (c, image_dim) of the
-    offline towers; hub: (c,) QB-Norm's term for the candidates (search.rerank: the score change
+    offline towers; hub: (c,) QB-Norm's term for the candidates (search.rerank.qbnorm: the score change
     querybank_normalise makes; any constant offset, zeros without a bank), computed once by the caller."""
+    return features_from_parts(model, query, photos, photo_parts(model, tower_features), hub)
+
+
+def features_from_parts(
+    model: FusionModel,
+    query: np.ndarray,
+    photos: np.ndarray,
+    parts: np.ndarray,
+    hub: np.ndarray,
+    cosine: np.ndarray | None = None,
+) -> np.ndarray:
+    """fusion_features from photo_parts; `cosine` is the first stage's exact score when the caller has it."""
     photos = photos.astype(np.float64)
     query = query.astype(np.float64)
-    cosine = photos @ query
+    cosine = photos @ query if cosine is None else cosine.astype(np.float64)
     near = model.train_captions @ query
     top = np.argpartition(-near, min(TWO_HOP_CAPTIONS, len(near)) - 1)[:TWO_HOP_CAPTIONS]
     weights = np.exp(TWO_HOP_TEMPERATURE * (near[top] - near[top].max()))
     weights /= weights.sum()
     two_hop = (photos @ model.train_photos[model.caption_photo[top]].T) @ weights
-    conse = tower_features[:, -CONSE_DIM:].astype(np.float64)
-    conse = conse / np.maximum(np.linalg.norm(conse, axis=1, keepdims=True), 1e-8) @ query
-    linear_cosine = model.linear.project(tower_features) @ query
+    conse = parts[:, :CONSE_DIM] @ query
+    linear_cosine = parts[:, CONSE_DIM:] @ query
     return np.stack([cosine, hub.astype(np.float64), two_hop, conse, linear_cosine], axis=1)
 
 
@@ -114,10 +141,15 @@ class FusionModel:
             if tuple(str(n) for n in f["features"]) != FEATURES:
                 raise ValueError(f"fusion model '{path}' was made for other features")
             linear = LinearProjection(
-                f["linear_mean"].astype(np.float64), f["linear_scale"].astype(np.float64),
-                f["linear_weight"].astype(np.float64), f["linear_bias"].astype(np.float64),
+                f["linear_mean"].astype(np.float64),
+                f["linear_scale"].astype(np.float64),
+                f["linear_weight"].astype(np.float64),
+                f["linear_bias"].astype(np.float64),
             )
             return cls(
-                f["weights"].astype(np.float64), f["train_captions"].astype(np.float64),
-                f["caption_photo"].astype(np.int64), f["train_photos"].astype(np.float64), linear,
+                f["weights"].astype(np.float64),
+                f["train_captions"].astype(np.float64),
+                f["caption_photo"].astype(np.int64),
+                f["train_photos"].astype(np.float64),
+                linear,
             )

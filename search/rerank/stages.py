@@ -1,14 +1,14 @@
-"""The second stage: re-score the first stage's candidates.
+"""The second stage's options and its pure building blocks (search.rerank.pipeline runs them).
 
-Stages, each optional and each a pure function of arrays:
-  exact      full-precision inner products from the stored vectors (an approximate or compressed
-             first stage loses nothing)
-  hubness    querybank normalisation (QB-Norm, inverted softmax): gallery items that are close
-             to every query ("hubs") are scaled down; needs no training
-  learned    text→image on the offline default: a linear fusion of cheap signals re-scores the
-             top candidates (search.fusion), trained on the flickr8k-1k train split
+Stages, each optional:
+  hubness    querybank normalisation (QB-Norm, inverted softmax; search.rerank.qbnorm): gallery
+             items that are close to every query ("hubs") are scaled down; needs no training
+  learned    text→image where the model ships one: a linear fusion of cheap signals re-scores the
+             top candidates (search.rerank.fusion), trained on the flickr8k-1k train split
   diverse    maximal marginal relevance with weight λ
   collapse   near-duplicates (cosine ≥ threshold to a better hit) are dropped
+The candidates' scores are the first stage's exact inner products (flat search, or IVF candidates
+re-scored with the full vectors): no stage scores them again.
 """
 
 from __future__ import annotations
@@ -17,53 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RerankOptions", "exact_scores", "querybank_normalise", "querybank_correction", "maximal_marginal_relevance", "collapse_duplicates"]
+__all__ = ["RerankOptions", "maximal_marginal_relevance", "collapse_duplicates"]
 
 
 @dataclass(frozen=True)
 class RerankOptions:
     candidates: int = 100
     hubness: bool = True
-    learned: bool = True  # the learned fusion (search.fusion), where the index's model has one
+    learned: bool = True  # the learned fusion (search.rerank.fusion), where the index's model has one
     diverse: float | None = None  # MMR λ in (0, 1]: 1 = pure relevance
     duplicate_threshold: float | None = None  # e.g. 0.97 collapses near-identical photos
-
-
-def exact_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Inner products of one query with each candidate row, in float64 for stable ties."""
-    return candidates.astype(np.float64) @ query.astype(np.float64)
-
-
-# β per target, chosen out of fold on the 800 flickr8k-1k *train* photos: 150 held out (head trained
-# on the other 650) and 5 folds of 130 of those 650 (head trained on the other 520). text→image bank:
-# 2000 captions of the head's training photos; image→text bank: the other held-out photos.
-# Pooled R@1 change, 4000 caption queries, β 5/10/20/40: +1.0/+1.5/−0.3/−3.2;
-# 800 photo queries, β 20/30/40/60/80: +10.0/+11.7/+11.9/+11.7/+11.6.
-QB_NORM_BETA = {"image": 10.0, "text": 40.0}
-
-
-def querybank_normalise(scores: np.ndarray, bank_scores: np.ndarray, beta: float) -> np.ndarray:
-    """QB-Norm's inverted softmax for one query.
-
-    scores: (c,) query–candidate similarities; bank_scores: (b, c) similarities of a bank of
-    typical queries to the same candidates. Every query is normalised: QB-Norm's optional
-    activation check (normalise only when the best candidate is some bank query's top hit) cost
-    image→text 6 points of R@1 out of fold (+5.7 with it, +11.9 without) and text→image nothing.
-    """
-    if scores.size == 0 or bank_scores.size == 0:
-        return scores
-    # exp(β s) / Σ_bank exp(β s_bank) ranks like s − log Σ_bank exp(β s_bank) / β; centring the
-    # correction keeps the scores on the cosine scale people read (and --min-score uses).
-    correction = querybank_correction(bank_scores, beta)
-    return scores - (correction - correction.mean())
-
-
-def querybank_correction(bank_scores: np.ndarray, beta: float) -> np.ndarray:
-    """(c,) log Σ_bank exp(β s_bank) / β per candidate, shifted by the maximum
-    (np.logaddexp.reduce is 10× slower)."""
-    x = beta * bank_scores
-    top = x.max(axis=0)
-    return (top + np.log(np.exp(x - top).sum(axis=0))) / beta
 
 
 def maximal_marginal_relevance(scores: np.ndarray, vectors: np.ndarray, k: int, lam: float) -> np.ndarray:

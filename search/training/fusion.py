@@ -17,7 +17,8 @@ __all__ = ["fit_fusion_weights", "train_linear_projection"]
 
 # Linear projection of the linear_cosine feature (chosen on the train split's folds: its own R@1 on a fold's
 # 160 photos went 22 -> 27 -> 30 -> 32 -> 32.5 for input dropout 0 / 0.5 / 0.7 / 0.85 / 0.9, the fused
-# pooled LOFO gain +3.46 -> +3.71 from 0.85 to 0.9 (seeds 0-2, with the since-dropped words feature); 640 photos, 1664 inputs, hence so strong).
+# pooled LOFO gain +3.46 -> +3.71 from 0.85 to 0.9 (seeds 0-2, with the since-dropped words feature);
+# 640 photos, 1664 inputs, hence so strong).
 _LINEAR_DROPOUT = 0.9
 _LINEAR_TEMPERATURE = 0.05
 _LINEAR_LR = 1e-3
@@ -82,7 +83,10 @@ def train_linear_projection(
     t = F.normalize(torch.as_tensor(np.asarray(texts), dtype=torch.float32), dim=-1)
     owner = torch.as_tensor(np.asarray(caption_photo), dtype=torch.long)
     if x.dim() != 3 or owner.shape != t.shape[:1] or not len(owner) or owner.min() < 0 or owner.max() >= len(x):
-        raise ValueError(f"features {tuple(features.shape)}, texts {tuple(t.shape)} and caption_photo {tuple(owner.shape)} do not match")
+        raise ValueError(
+            f"features {tuple(features.shape)}, texts {tuple(t.shape)} "
+            f"and caption_photo {tuple(owner.shape)} do not match"
+        )
     n, views, dim = x.shape
     flat = x.reshape(-1, dim)
     mean, scale = flat.mean(0), flat.std(0).clamp(min=1e-4)

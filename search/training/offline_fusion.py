@@ -28,12 +28,12 @@ from a linear multi-label word model on the tower features):
 Once linear_cosine was in, words added nothing (pooled gain 3.713 without vs 3.708 with, seed-averaged),
 so it was dropped: the fusion no longer needs the query's text.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from xmodal.search.training.offline_head import read_dataset
-from xmodal.indexer.models.offline_towers import (
-    IMAGE_SIZE,
-    MEAN,
-    STD,
-    OfflineTowers,
-    build_offline_towers,
-)
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
-from xmodal.search.training.head import cached
+from xmodal.indexer.models.offline_towers import OfflineTowers, build_offline_towers
+from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
 from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
@@ -59,16 +51,21 @@ from xmodal.search.rerank.fusion import (
     fusion_features,
     standardise,
 )
-from xmodal.search.rerank.stages import QB_NORM_BETA, querybank_correction
+from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
 from xmodal.search.training.fusion import (
     fit_fusion_weights,
     train_linear_projection,
 )
+from xmodal.search.training.head import cached
+from xmodal.search.training.offline_head import read_dataset
 
 CACHE_VERSION = "fusion-features/1"  # bump when the views, towers or caption set change
 VIEWS = ("centre", "squash", "first", "last", "flip")  # view 0 is what the index stores
 FOLDS = 5
 BANK = 2000  # caption bank of the hub feature (as QB-Norm's query bank)
+
+
+IMAGE_SIZE = OFFLINE_PREPROCESSING.size
 
 
 def view_pixels(im, normalise) -> torch.Tensor:
@@ -90,29 +87,36 @@ def view_pixels(im, normalise) -> torch.Tensor:
     return torch.stack([normalise(TF.to_tensor(v)) for v in views])
 
 
-def compute_features(towers: OfflineTowers, data: str, names: list[str], captions: list[str]) -> dict[str, torch.Tensor]:
+def compute_features(
+    towers: OfflineTowers, data: str, names: list[str], captions: list[str]
+) -> dict[str, torch.Tensor]:
     from PIL import Image
     from torchvision import transforms as T
 
-    normalise = T.Normalize(MEAN, STD)
+    normalise = T.Normalize(OFFLINE_PREPROCESSING.mean, OFFLINE_PREPROCESSING.std)
     t0 = time.time()
     chunks = []
     for b in range(0, len(names), 16):
-        pixels = torch.cat([view_pixels(Image.open(os.path.join(data, "images", n)), normalise) for n in names[b : b + 16]])
+        pixels = torch.cat(
+            [view_pixels(Image.open(os.path.join(data, "images", n)), normalise) for n in names[b : b + 16]]
+        )
         chunks.append(towers.image_features(pixels).float().reshape(-1, len(VIEWS), towers.image_dim))
     t_img = time.time() - t0
     t0 = time.time()
     text = towers.text_features(captions).float()
-    print(f"  computed: {len(names)} photos x {len(VIEWS)} views in {t_img:.1f}s, {len(captions)} captions in {time.time() - t0:.1f}s",
-          flush=True)
+    print(
+        f"  computed: {len(names)} photos x {len(VIEWS)} views in {t_img:.1f}s, "
+        f"{len(captions)} captions in {time.time() - t0:.1f}s",
+        flush=True,
+    )
     return {"image": torch.cat(chunks), "text": text}
 
 
 def cache_file(data: str) -> Path:
-    from platformdirs import user_cache_dir
+    from xmodal.indexer.cache import cache_dir as xmodal_cache
 
     key = hashlib.sha256(f"{CACHE_VERSION}|{os.path.abspath(data)}".encode()).hexdigest()[:24]
-    return Path(os.environ.get("XMODAL_CACHE", user_cache_dir("xmodal"))) / "features" / f"fusion-{key}.pt"
+    return xmodal_cache() / "features" / f"fusion-{key}.pt"
 
 
 @dataclass
@@ -122,8 +126,8 @@ class Fold:
 
 
 def unit(x: torch.Tensor) -> np.ndarray:
-    x = x.double().numpy()
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    a = x.double().numpy()
+    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-8)
 
 
 def project(head: ProjectionHead, images: torch.Tensor, texts: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -132,10 +136,17 @@ def project(head: ProjectionHead, images: torch.Tensor, texts: torch.Tensor) -> 
 
 
 def fold_candidates(
-    ev: np.ndarray, tr: np.ndarray, image: torch.Tensor, text: torch.Tensor, owner: np.ndarray,
-    seed: int, fold: int,
+    ev: np.ndarray,
+    tr: np.ndarray,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    owner: np.ndarray,
+    seed: int,
+    fold: int,
+    config: HeadConfig,
 ) -> tuple[Fold, dict[str, float]]:
-    """Fusion features of each eval caption's top TOP eval photos, with everything trained on tr only."""
+    """Fusion features of each eval caption's top TOP eval photos, with everything trained on tr only;
+    the fold's head is built like the shipped one (config: its HeadConfig, prior mix included)."""
     times: dict[str, float] = {}
     t0 = time.time()
     tr_caps = np.flatnonzero(np.isin(owner, tr))
@@ -143,7 +154,7 @@ def fold_candidates(
     tr_pos = {int(p): j for j, p in enumerate(tr)}
     tr_owner = np.array([tr_pos[int(owner[k])] for k in tr_caps])
     centre = image[:, 0]
-    head = train_head(centre[tr], text[tr_caps], torch.from_numpy(tr_owner), HeadConfig(), seed=seed)
+    head = train_head(centre[tr], text[tr_caps], torch.from_numpy(tr_owner), config, seed=seed)
     times["head"] = time.time() - t0
 
     train_photos, train_captions = project(head, centre[tr], text[tr_caps])
@@ -206,7 +217,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/datasets/flickr8k-1k")
     ap.add_argument("--out", default="data/offline_fusion.npz")
-    ap.add_argument("--head", default="data/offline_head.pt", help="the shipped projection head (its space is the index's)")
+    ap.add_argument(
+        "--head", default="data/offline_head.pt", help="the shipped projection head (its space is the index's)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-ablation", action="store_true", help="skip the per-feature ablation")
@@ -236,25 +249,36 @@ def main() -> None:
     image, text = feats["image"].float(), feats["text"].float()  # (800, views, 1664), (4000, 384)
     if image.shape[:2] != (len(train_names), len(VIEWS)) or len(text) != len(captions):
         raise SystemExit(f"stale feature cache {cache_file(args.data)}: delete it")
-    print(f"features {tuple(image.shape)} + {tuple(text.shape)} in {time.time() - t0:.1f}s ({cache_file(args.data)})", flush=True)
+    print(
+        f"features {tuple(image.shape)} + {tuple(text.shape)} in {time.time() - t0:.1f}s ({cache_file(args.data)})",
+        flush=True,
+    )
 
     perm = np.random.default_rng(args.seed).permutation(len(train_names))
+    config = ProjectionHead.load(args.head).config  # fold heads are built as the shipped head was
     folds: list[Fold] = []
     for f in range(FOLDS):
         t0 = time.time()
         ev = np.sort(perm[f::FOLDS])
         tr = np.sort(np.setdiff1d(perm, ev))
-        fold, times = fold_candidates(ev, tr, image, text, owner, args.seed, f)
+        fold, times = fold_candidates(ev, tr, image, text, owner, args.seed, f, config)
         folds.append(fold)
-        print(f"fold {f}: {len(tr)} train / {len(ev)} eval photos, {len(fold.labels)} queries, "
-              f"photo in top {TOP}: {100 * (fold.labels >= 0).mean():.1f}%  ("
-              + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()) + f"; {time.time() - t0:.0f}s)", flush=True)
+        print(
+            f"fold {f}: {len(tr)} train / {len(ev)} eval photos, {len(fold.labels)} queries, "
+            f"photo in top {TOP}: {100 * (fold.labels >= 0).mean():.1f}%  ("
+            + ", ".join(f"{k} {v:.1f}s" for k, v in times.items())
+            + f"; {time.time() - t0:.0f}s)",
+            flush=True,
+        )
 
     every = list(range(len(FEATURES)))
     print(f"\nleave-one-fold-out text->image R@1 (pool {len(train_names) // FOLDS} photos; ties count against):")
     per_fold, base, fused = leave_one_fold_out(folds, every)
-    print("  " + "  ".join(f"f{f} {b:.1f}->{u:.1f} ({u - b:+.1f})" for f, (b, u) in enumerate(per_fold))
-          + f"  | pooled {base:.2f} -> {fused:.2f} ({fused - base:+.2f})")
+    print(
+        "  "
+        + "  ".join(f"f{f} {b:.1f}->{u:.1f} ({u - b:+.1f})" for f, (b, u) in enumerate(per_fold))
+        + f"  | pooled {base:.2f} -> {fused:.2f} ({fused - base:+.2f})"
+    )
 
     if not args.no_ablation:
         print("ablation, pooled LOFO R@1 change with one feature dropped:")
@@ -279,8 +303,10 @@ def main() -> None:
     loaded = FusionModel.load(out)
     if not (np.allclose(loaded.weights, weights) and np.array_equal(loaded.caption_photo, owner)):
         raise SystemExit(f"{out} does not load back as written")
-    print(f"final: linear projection on {len(train_names)} photos, "
-          f"{len(captions)} captions in {args.head}'s space; {time.time() - t0:.1f}s")
+    print(
+        f"final: linear projection on {len(train_names)} photos, "
+        f"{len(captions)} captions in {args.head}'s space; {time.time() - t0:.1f}s"
+    )
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"total {time.time() - t_start:.1f}s")
 

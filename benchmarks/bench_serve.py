@@ -1,0 +1,376 @@
+"""Serving benchmark: `xmodal serve` under a bounded load of concurrent HTTP clients (async httpx).
+
+    python3 benchmarks/bench_serve.py --items 100000 --requests 200 --clients 1,8,32 [--json out.json]
+    python3 benchmarks/bench_serve.py --items 2000 --requests 10 --clients 1,8 --writer-photos 40   # a quick check
+
+The index: a few real photos indexed by `xmodal index` with the offline default model (so the model,
+its exported query encoders and its query bank are the real ones), then `--items` synthetic image
+rows with embedding-like vectors (benchmarks/bench_search.py's generator) written straight to SQL,
+and the FAISS cache built at the size's index type (`xmodal optimize`). Built once per size in
+--workdir and reused.
+
+A thumbnail phase fetches the thumbnails of a page of 60 12-MP photos (4032x3024 JPEGs) over 8
+connections, first with an empty thumbnail cache (made on request), then warm.
+
+Each phase runs `--requests` text searches per client (GET /api/search?q=...&limit=20, the same 40
+queries in turn) with 1, 8 and 32 clients, each client one request at a time over a shared
+connection pool: requests/s, p50/p95/p99 latency, errors (non-200 answers and dropped connections).
+The `writer` phase repeats the 32-client load while `xmodal index` (another process) embeds
+--writer-photos new real photos into the same index.
+
+The library baseline is measured in the same run, before the server starts: the same queries
+through `SearchEngine.search` in-process, from 1 thread and from 8 threads; the report compares
+HTTP at 8 clients with the better of the two (goal: at least 80%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+QUERIES = [
+    "a dog running on the grass",
+    "children playing in the snow",
+    "a man riding a bicycle",
+    "two people on a beach",
+    "a black and white dog",
+    "a girl in a pink dress",
+    "a group of people in a city street",
+    "a boat on the water",
+    "a skier going down a slope",
+    "a football game",
+    "a cat sleeping on a sofa",
+    "mountains at sunset",
+    "a red car parked outside",
+    "a child on a swing",
+    "a woman climbing a rock",
+    "a brown dog with a ball",
+    "surfers riding a wave",
+    "a crowd at a concert",
+    "a man with a hat",
+    "a bird flying over the sea",
+    "people sitting at a table",
+    "a boy jumping into a pool",
+    "a horse in a field",
+    "a woman with an umbrella",
+    "a street at night",
+    "two dogs playing",
+    "a person on a skateboard",
+    "a snowy forest",
+    "an old building",
+    "a baby smiling",
+    "a man fishing from a boat",
+    "runners in a race",
+    "a dog catching a frisbee",
+    "a couple walking in the park",
+    "a motorcycle on a road",
+    "kids in a playground",
+    "a girl reading a book",
+    "a biker doing a trick",
+    "a family at a picnic",
+    "a wedding photo",
+]
+ROOT = Path(__file__).resolve().parent
+THUMBNAIL_PAGE = 60  # thumbnails on one results page of the gallery
+
+
+def _xmodal(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xmodal.cli.app", *args], capture_output=True, text=True, env=env)
+
+
+def _photos(folder: Path, count: int, seed: int) -> Path:
+    """Small real JPEGs (shapes on a background), different in every run so the writer embeds them."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        im = Image.new("RGB", (320, 240), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(4):
+            x, y = (int(v) for v in rng.integers(0, 280, 2))
+            draw.ellipse((x, y % 200, x + 60, y % 200 + 50), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        im.save(folder / f"p{seed}_{i:05d}.jpg", quality=85)
+    return folder
+
+
+def _camera_photos(folder: Path, count: int) -> Path:
+    """12-MP JPEGs (4032x3024, smooth content like a photo's), for the thumbnail phase."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        target = folder / f"camera_{i:03d}.jpg"
+        if not target.exists():
+            small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((4032, 3024), Image.Resampling.BICUBIC).save(target, quality=88)
+    return folder
+
+
+def build_index(workdir: Path, items: int, env: dict[str, str]) -> Path:
+    """The benchmark index: `items` synthetic rows, 8 small real photos and 60 12-MP photos (made
+    once per size, then reused)."""
+    index = workdir / f"index_{items}"
+    if (index / "ready").exists():
+        return index
+    photos = _photos(workdir / "seed_photos", 8, seed=0)
+    camera = _camera_photos(workdir / "camera_photos", THUMBNAIL_PAGE)
+    result = _xmodal("index", str(photos), str(camera), "--index", str(index), env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"xmodal index failed: {result.stderr}")
+    sys.path.insert(0, str(ROOT))
+    from bench_search import make_vectors  # the same embedding-like generator as the search benchmark
+
+    from xmodal.indexer.store.index_store import IndexStore
+    from xmodal.indexer.store.schema import ImageRow, utcnow, vector_to_blob
+
+    store = IndexStore.open(index)
+    try:
+        spec, dim = store.model_spec, store.dim
+        vectors = make_vectors(items, int(dim or 0), seed=7)
+        now = utcnow()
+        with store.write_lock():
+            for start in range(0, items, 5000):
+                with store.metadata.session() as s, s.begin():
+                    s.add_all(
+                        ImageRow(
+                            path=f"/synthetic/{i // 1000:04d}/img_{i:07d}.jpg",
+                            size=100_000 + i,
+                            mtime_ns=1_600_000_000_000_000_000 + i,
+                            content_hash=f"synthetic{i}",
+                            width=640,
+                            height=480,
+                            taken_at=None,
+                            model=spec,
+                            indexed_at=now,
+                            vector=vector_to_blob(vectors[i]),
+                        )
+                        for i in range(start, min(items, start + 5000))
+                    )
+                    store.metadata.bump_generation(s, "image")
+        store.optimize()  # the FAISS index type for this size, saved at the current generation
+    finally:
+        store.close()
+    (index / "ready").write_text("ok")
+    return index
+
+
+def library_baseline(index: Path, requests: int) -> dict[str, float]:
+    """Queries per second of SearchEngine.search in-process: one thread, and eight threads."""
+    from xmodal.search.engine import SearchEngine
+
+    out = {}
+    with SearchEngine.open(index) as engine:
+        for q in QUERIES[:5]:
+            engine.search(q, k=20)  # warm: encoder, FAISS, query bank
+        for threads in (1, 8):
+            total = max(requests * threads, 40)
+            started = time.perf_counter()
+            if threads == 1:
+                for i in range(total):
+                    engine.search(QUERIES[i % len(QUERIES)], k=20)
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda i: engine.search(QUERIES[i % len(QUERIES)], k=20), range(total)))
+            out[f"threads_{threads}"] = total / (time.perf_counter() - started)
+    return out
+
+
+def start_server(index: Path, env: dict[str, str], extra: list[str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xmodal.cli.app", "serve", "--index", str(index), "--port", "0", *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline()
+    match = re.search(r"http://[^ ]+:(\d+)/", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"the server did not start: {line}{process.stderr.read()}")
+    threading.Thread(target=process.stderr.read, daemon=True).start()
+    return process, f"http://127.0.0.1:{match.group(1)}"
+
+
+async def load(url: str, clients: int, requests: int) -> dict[str, float]:
+    """`clients` concurrent clients, each sending `requests` searches one after another."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        await client.get("/api/search", params={"q": QUERIES[0], "limit": 20})  # warm the server
+
+        async def one_client(number: int) -> None:
+            nonlocal errors
+            for i in range(requests):
+                query = QUERIES[(number * 7 + i) % len(QUERIES)]
+                started = time.perf_counter()
+                try:
+                    response = await client.get("/api/search", params={"q": query, "limit": 20})
+                    ok = response.status_code == 200 and len(response.json()["hits"]) > 0
+                except (httpx.HTTPError, ValueError):
+                    ok = False
+                latencies.append(time.perf_counter() - started)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(n) for n in range(clients)))
+        wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "errors": errors,
+    }
+
+
+async def thumbnail_page(url: str, camera: Path, cache: Path) -> dict[str, float]:
+    """A page of 60 thumbnails of 12-MP photos fetched over 8 connections (as a browser does):
+    first with an empty thumbnail cache, then warm."""
+    import shutil
+
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=8), timeout=300) as client:
+        body = (
+            await client.get("/api/search", params={"q": "a photo", "under": str(camera), "limit": THUMBNAIL_PAGE})
+        ).json()
+        ids = [h["id"] for h in body["hits"]]
+        shutil.rmtree(cache / "thumbnails", ignore_errors=True)
+        out: dict[str, float] = {"thumbnails": len(ids)}
+        for label in ("cold_page_ms", "warm_page_ms"):
+            started = time.perf_counter()
+            answers = await asyncio.gather(*(client.get(f"/api/items/{i}/thumbnail") for i in ids))
+            out[label] = round((time.perf_counter() - started) * 1000, 1)
+            out["errors"] = out.get("errors", 0) + sum(a.status_code != 200 for a in answers)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100_000, help="synthetic image rows in the index")
+    parser.add_argument("--requests", type=int, default=200, help="requests per client in each phase")
+    parser.add_argument("--clients", default="1,8,32", help="client counts, comma-separated")
+    parser.add_argument(
+        "--writer-photos",
+        type=int,
+        default=400,
+        help="real photos `xmodal index` adds during the writer phase (0: skip it)",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/xmodal_bench_serve"))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "XMODAL_CACHE": str(args.workdir / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    os.environ.update({k: env[k] for k in ("XMODAL_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
+
+    index = build_index(args.workdir, args.items, env)
+    baseline = library_baseline(index, args.requests)
+    best = max(baseline.values())
+    print(
+        f"library in-process: 1 thread {baseline['threads_1']:.1f} q/s, 8 threads {baseline['threads_8']:.1f} q/s",
+        flush=True,
+    )
+
+    process, url = start_server(index, env, [])
+    phases = []
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not answer /api/health")
+            time.sleep(0.2)
+        thumbs = asyncio.run(thumbnail_page(url, args.workdir / "camera_photos", args.workdir / "cache"))
+        print(json.dumps({"phase": "thumbnail page", **thumbs}), flush=True)
+        for n in clients:
+            result = asyncio.run(load(url, n, args.requests))
+            result["phase"] = "read"
+            phases.append(result)
+            print(json.dumps(result), flush=True)
+        if args.writer_photos:
+            photos = _photos(args.workdir / f"writer_{int(time.time())}", args.writer_photos, seed=int(time.time()))
+            before = httpx.get(url + "/api/info").json()["images"]
+            writer = subprocess.Popen(
+                [sys.executable, "-m", "xmodal.cli.app", "index", str(photos), "--index", str(index)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            while writer.poll() is None and httpx.get(url + "/api/info").json()["images"] == before:
+                time.sleep(0.2)  # the model loads first; the load starts with the first written batch
+            result = asyncio.run(load(url, max(clients), args.requests))
+            result["phase"] = "read while indexing"
+            result["writer_still_running_at_end"] = writer.poll() is None
+            writer.wait()
+            result["writer_exit"] = writer.returncode
+            after = httpx.get(url + "/api/info").json()["images"]
+            result["photos_added"] = after - before
+            phases.append(result)
+            print(json.dumps(result), flush=True)
+    finally:
+        process.terminate()
+        process.wait(60)
+
+    at8 = next((p for p in phases if p["clients"] == 8 and p["phase"] == "read"), None)
+    report = {
+        "items": args.items,
+        "library_qps": {k: round(v, 1) for k, v in baseline.items()},
+        "phases": phases,
+        "thumbnails": thumbs,
+    }
+    if at8:
+        report["http8_vs_best_library"] = round(at8["requests_per_s"] / best, 3)
+    print()
+    print("| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for p in phases:
+        print(
+            f"| {p['phase']} | {p['clients']} | {p['requests']} | {p['requests_per_s']} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['errors']} |"
+        )
+    print(
+        f"\nthumbnail page ({thumbs['thumbnails']:.0f} 12-MP photos, 8 connections): cold {thumbs['cold_page_ms']} ms, warm {thumbs['warm_page_ms']} ms"
+    )
+    print(
+        f"library in-process (same queries): 1 thread {baseline['threads_1']:.1f} q/s, 8 threads {baseline['threads_8']:.1f} q/s"
+    )
+    if at8:
+        print(f"HTTP at 8 clients / best library: {report['http8_vs_best_library']:.2f} (goal >= 0.80)")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

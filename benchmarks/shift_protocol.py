@@ -1,0 +1,362 @@
+"""Shift-aware validation of the offline head: hold out whole concepts of the flickr8k-1k TRAIN split.
+
+    python benchmarks/shift_protocol.py --data ../shared/datasets/flickr8k-1k [--methods today,wise-out-0.5] [--second-stage]
+
+Only the 800 train photos are read (the test split is never touched). For each concept (a group of
+words: water scenes, dogs, city streets, snow, mountains), every train photo whose captions mention
+the concept at least once is kept out of training; the model is judged on
+  held-out  up to POOL of those photos (pool: themselves, their captions), kinds of photo it never saw;
+  in-dist   as many photos drawn from the rest, also kept out of training (same pool size, so the two
+            figures compare).
+Reported: recall@1/5/10 text->image and image->text, macro-averaged over the concepts, for the first
+stage and, with --second-stage, for the default pipeline (QB-Norm both ways; the learned fusion for
+text->image with its weights fitted out of fold on the concept fold's training photos only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xmodal.indexer.cache import cache_dir
+from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
+from xmodal.indexer.models.offline_towers import build_offline_towers
+from xmodal.search.rerank.fusion import FEATURES, TOP, FusionModel, features_from_parts, photo_parts
+from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
+from xmodal.search.training.fusion import fit_fusion_weights, train_linear_projection
+from xmodal.search.training.head import cached
+from xmodal.search.training.offline_fusion import cache_file, compute_features
+from xmodal.search.training.offline_head import read_dataset
+
+CONCEPTS = {
+    "water": r"\b(water|beach|ocean|lake|river|pool|swim\w*|surf\w*|waves?|sea|splash\w*|boats?|wet)\b",
+    "dogs": r"\b(dogs?|pupp(y|ies))\b",
+    "street": r"\b(street|city|sidewalk|buildings?|road|crowd\w*|urban|traffic|store)\b",
+    "snow": r"\b(snow\w*|ski\w*|skier|icy|ice)\b",
+    "mountain": r"\b(mountain\w*|rocks?|rocky|climb\w*|cliff|hills?|hiker|hiking)\b",
+}
+POOL = 100
+KS = (1, 5, 10)
+INNER_FOLDS = 4
+BANK = 2000
+PRIOR = 384
+
+
+@dataclass
+class ConceptFold:
+    name: str
+    train: np.ndarray
+    indist: np.ndarray
+    heldout: np.ndarray
+
+
+def concept_folds(captions_of: list[list[str]], seed: int = 0) -> list[ConceptFold]:
+    folds = []
+    for f, (name, pattern) in enumerate(CONCEPTS.items()):
+        rx = re.compile(pattern, re.I)
+        mentions = np.array([sum(bool(rx.search(c)) for c in caps) for caps in captions_of])
+        rng = np.random.default_rng([seed, f])
+        rest = np.flatnonzero(mentions == 0)
+        held = np.flatnonzero(mentions >= 1)
+        held = np.sort(rng.choice(held, min(POOL, len(held)), replace=False))
+        indist = np.sort(rng.choice(rest, len(held), replace=False))
+        train = np.setdiff1d(rest, indist)
+        folds.append(ConceptFold(name, train, indist, held))
+    return folds
+
+
+# -- methods: each trains on (image views, caption vectors, caption owner) and gives an Embedder ------
+@dataclass
+class Embedder:
+    images: Callable[[torch.Tensor], np.ndarray]  # (n, D) tower features -> (n, 384) unit vectors
+    texts: Callable[[torch.Tensor], np.ndarray]
+
+
+def unit(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+def head_embedder(head: ProjectionHead) -> Embedder:
+    def images(f: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return unit(head.project_images(f))
+
+    def texts(t: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return unit(head.project_texts(t))
+
+    return Embedder(images, texts)
+
+
+def raw_mix(raws: list[Callable[[torch.Tensor], torch.Tensor]], alpha: float, space: str) -> Embedder:
+    """Average of heads (raw outputs) then WiSE-FT with the prior in output or weight space."""
+
+    def images(f: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            f = f.float()
+            prior = F.normalize(f[:, -PRIOR:], dim=-1)
+            if space == "out":
+                x = torch.stack([F.normalize(r(f), dim=-1) for r in raws]).mean(0)
+                x = F.normalize(x, dim=-1)
+                return unit((1 - alpha) * x + alpha * prior)
+            # weight space: the zero-shot head is MLP = 0, prior weight 1; raw = (1-a) raw_ft + a prior
+            x = torch.stack([r(f) for r in raws]).mean(0)
+            return unit((1 - alpha) * x + alpha * prior)
+
+    return Embedder(images, lambda t: unit(F.normalize(t.float(), dim=-1)))
+
+
+def make_method(name: str) -> tuple[str, Callable[..., Embedder]]:
+    """name -> (trainer key, builder(heads) -> Embedder). Post-hoc variants share the trained heads."""
+    if name == "zero-shot":
+        return "none", lambda heads: Embedder(lambda f: unit(f[:, -PRIOR:]), lambda t: unit(t))
+    m = re.fullmatch(r"(\w[\w.]*?)(?:-x(\d+))?(?:-(out|w)-([\d.]+))?", name)
+    if not m:
+        raise SystemExit(f"unknown method {name}")
+    base, k, space, alpha = m.group(1), int(m.group(2) or 1), m.group(3), float(m.group(4) or 0)
+    key = f"{base}-x{k}"
+    if space is None and k == 1:
+        return key, lambda heads: head_embedder(heads[0])
+    return key, lambda heads: raw_mix([h._image_raw for h in heads], alpha, space or "out")
+
+
+BASES: dict[str, dict] = {
+    "today": {},
+    "views": {},  # today's config trained on the 5 augmentation views
+    "wd0.5": {"weight_decay": 0.5},  # ten times the weight decay: a stronger pull of the MLP to zero (= the prior)
+}
+
+
+HEAD_CACHE: Path | None = None  # heads are cached by (config, photos, seed): reruns and other methods reuse them
+
+
+def train_heads(
+    key: str, views: torch.Tensor, text: torch.Tensor, owner: np.ndarray, seed: int
+) -> list[ProjectionHead]:
+    if key == "none":
+        return []
+    base, k = key.rsplit("-x", 1)
+    cfg = HeadConfig(**BASES[base])
+    feats = views if base == "views" else views[:, 0]
+    heads = []
+    for s in range(int(k)):
+        digest = hashlib.sha256(f"{base}|{cfg}|{seed + s}|{len(feats)}".encode())
+        digest.update(feats[:, ..., :8].numpy().tobytes())
+        path = HEAD_CACHE / f"head-{digest.hexdigest()[:24]}.pt" if HEAD_CACHE else None
+        if path is not None and path.is_file():
+            heads.append(ProjectionHead.load(str(path)))
+            continue
+        head = train_head(feats, text, torch.from_numpy(owner), cfg, seed=seed + s)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            head.save(str(path))
+            head = ProjectionHead.load(str(path))  # same fp16 weights whether cached or not
+        heads.append(head)
+    return heads
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def recall(
+    scores_t2i: np.ndarray, own_img: np.ndarray, scores_i2t: np.ndarray | None = None, order_t2i=None, order_i2t=None
+) -> dict[str, float]:
+    out = {}
+    o = order_t2i if order_t2i is not None else np.argsort(-scores_t2i, axis=1, kind="stable")
+    rank = np.argmax(o == own_img[:, None], axis=1)
+    for k in KS:
+        out[f"t2i@{k}"] = 100 * float((rank < k).mean())
+    o = order_i2t if order_i2t is not None else np.argsort(-scores_i2t, axis=1, kind="stable")
+    n_img = o.shape[0]
+    first = np.argmax(own_img[o] == np.arange(n_img)[:, None], axis=1)
+    for k in KS:
+        out[f"i2t@{k}"] = 100 * float((first < k).mean())
+    return out
+
+
+def pipeline_orders(
+    img: np.ndarray, txt: np.ndarray, t2i_bank: np.ndarray, fusion: FusionModel | None, tower: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's default second stage on a whole pool: QB-Norm both ways, then the fusion (text->image)."""
+    cos = txt @ img.T  # (q, n)
+    corr = querybank_correction(t2i_bank @ img.T, QB_NORM_BETA["image"])
+    qb = cos - corr[None, :]
+    order_t2i = np.argsort(-qb, axis=1, kind="stable")
+    if fusion is not None:
+        hub = -corr
+        parts = photo_parts(fusion, tower)  # query-independent, once per pool (as the engine per photo)
+        for q in range(len(txt)):
+            top = np.argsort(-cos[q], kind="stable")[:TOP]
+            raw = features_from_parts(fusion, txt[q], img[top], parts[top], hub[top])
+            fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
+            rest = order_t2i[q][~np.isin(order_t2i[q], top)]
+            order_t2i[q] = np.concatenate([fused, rest])
+    cos_i = img @ txt.T  # (n, m)
+    order_i2t = np.zeros_like(cos_i, dtype=np.int64)
+    bank_scores = img @ txt.T
+    for i in range(len(img)):
+        others = np.delete(bank_scores, i, axis=0)  # the index's other photos are the bank
+        s = cos_i[i] - querybank_correction(others, QB_NORM_BETA["text"])
+        order_i2t[i] = np.argsort(-s, kind="stable")
+    return order_t2i, order_i2t
+
+
+def fusion_for(
+    build: Callable[..., Embedder], key: str, views: torch.Tensor, text: torch.Tensor, owner: np.ndarray, seed: int
+) -> FusionModel:
+    """Fusion weights fitted out of fold on these photos only (inner folds), linear projection on all of them."""
+    n = len(views)
+    perm = np.random.default_rng(seed).permutation(n)
+    feats, labels = [], []
+    for f in range(INNER_FOLDS):
+        ev = np.sort(perm[f::INNER_FOLDS])
+        tr = np.sort(np.setdiff1d(perm, ev))
+        model, emb = fold_fusion_model(build, key, views, text, owner, tr, seed)
+        ev_caps = np.flatnonzero(np.isin(owner, ev))
+        pos = {int(p): j for j, p in enumerate(ev)}
+        own = np.array([pos[int(owner[k])] for k in ev_caps])
+        photos, queries = emb.images(views[ev, 0]), emb.texts(text[ev_caps])
+        rng = np.random.default_rng([seed, f])
+        bank = model.train_captions[
+            np.sort(rng.choice(len(model.train_captions), min(BANK, len(model.train_captions)), replace=False))
+        ]
+        hub = -querybank_correction(bank @ photos.T, QB_NORM_BETA["image"])
+        tower = views[ev, 0].numpy()
+        scores = queries @ photos.T
+        parts = photo_parts(model, tower)
+        fe = np.zeros((len(ev_caps), TOP, len(FEATURES)))
+        lab = np.full(len(ev_caps), -1)
+        for q in range(len(ev_caps)):
+            top = np.argsort(-scores[q], kind="stable")[:TOP]
+            hit = np.flatnonzero(top == own[q])
+            lab[q] = hit[0] if len(hit) else -1
+            fe[q] = features_from_parts(model, queries[q], photos[top], parts[top], hub[top])
+        feats.append(fe)
+        labels.append(lab)
+    weights = fit_fusion_weights(feats, labels)
+    model, _ = fold_fusion_model(build, key, views, text, owner, np.arange(n), seed)
+    return FusionModel(weights, model.train_captions, model.caption_photo, model.train_photos, model.linear)
+
+
+def fold_fusion_model(build, key, views, text, owner, tr, seed):
+    caps = np.flatnonzero(np.isin(owner, tr))
+    pos = {int(p): j for j, p in enumerate(tr)}
+    tr_owner = np.array([pos[int(owner[k])] for k in caps])
+    emb = build(train_heads(key, views[tr], text[caps], tr_owner, seed))
+    photos, captions = emb.images(views[tr, 0]), emb.texts(text[caps])
+    linear = train_linear_projection(views[tr], captions, tr_owner, seed=seed)
+    return FusionModel(np.eye(len(FEATURES))[0], captions, tr_owner, photos, linear), emb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets/flickr8k-1k")
+    ap.add_argument("--methods", default="zero-shot,today,today-out-0.5")
+    ap.add_argument("--second-stage", action="store_true")
+    ap.add_argument("--data-dir", default="data", help="folder of offline_fusion.npz")
+    ap.add_argument("--concepts", default=",".join(CONCEPTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--fusion-weights",
+        choices=("shipped", "refit"),
+        default="shipped",
+        help="shipped: the 5 weights of data/offline_fusion.npz (fitted on all train photos), the linear "
+        "projection and two-hop bank from the fold's training photos; refit: weights fitted on inner folds",
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    global HEAD_CACHE
+    HEAD_CACHE = cache_dir() / "shift-heads"
+    names, split, all_captions, cap_names = read_dataset(args.data)
+    train_names = [n for n in names if split[n] == "train"]
+    pos = {n: i for i, n in enumerate(train_names)}
+    keep = [k for k, n in enumerate(cap_names) if n in pos]
+    captions = [all_captions[k] for k in keep]
+    owner = np.array([pos[cap_names[k]] for k in keep])
+    feats = cached(
+        cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
+    )
+    views, text = feats["image"].float(), feats["text"].float()
+    shipped = FusionModel.load(Path(args.data_dir) / "offline_fusion.npz") if args.second_stage else None
+    captions_of = [[] for _ in train_names]
+    for c, o in zip(captions, owner):
+        captions_of[o].append(c)
+    folds = [f for f in concept_folds(captions_of, args.seed) if f.name in args.concepts.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for fold in folds:
+        t0 = time.time()
+        caps = np.flatnonzero(np.isin(owner, fold.train))
+        p = {int(x): j for j, x in enumerate(fold.train)}
+        tr_owner = np.array([p[int(owner[k])] for k in caps])
+        heads: dict[str, list[ProjectionHead]] = {}  # per base config, one head per seed
+        linear = None
+        for m in methods:
+            key, build = make_method(m)
+            if key != "none":
+                base, k = key.rsplit("-x", 1)
+                have = heads.setdefault(base, [])
+                for s in range(len(have), int(k)):
+                    have += train_heads(f"{base}-x1", views[fold.train], text[caps], tr_owner, args.seed + s)
+            emb = build(heads[base][: int(k)] if key != "none" else [])
+            fusion = None
+            if args.second_stage:
+                if args.fusion_weights == "refit":
+                    fusion = fusion_for(build, key, views[fold.train], text[caps], tr_owner, args.seed)
+                else:
+                    if linear is None:  # the text side is MiniLM's for every method: one projection per fold
+                        linear = train_linear_projection(views[fold.train], unit(text[caps]), tr_owner, seed=args.seed)
+                    fusion = FusionModel(
+                        shipped.weights, emb.texts(text[caps]), tr_owner, emb.images(views[fold.train, 0]), linear
+                    )
+                bank_all = emb.texts(text[caps])
+                bank = bank_all[
+                    np.sort(
+                        np.random.default_rng(args.seed).choice(len(bank_all), min(BANK, len(bank_all)), replace=False)
+                    )
+                ]
+            for part in ("indist", "heldout"):
+                photos = getattr(fold, part)
+                pc = np.flatnonzero(np.isin(owner, photos))
+                pp = {int(x): j for j, x in enumerate(photos)}
+                own = np.array([pp[int(owner[k])] for k in pc])
+                img, txt = emb.images(views[photos, 0]), emb.texts(text[pc])
+                r = recall(txt @ img.T, own, img @ txt.T)
+                results.setdefault(m, {}).setdefault(f"{part}/first", []).append(r)
+                if args.second_stage:
+                    o1, o2 = pipeline_orders(img, txt, bank, fusion, views[photos, 0].numpy())
+                    results[m].setdefault(f"{part}/pipeline", []).append(recall(None, own, None, o1, o2))
+        print(
+            f"# fold {fold.name}: train {len(fold.train)}, pools {len(fold.indist)} ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
+        for m in methods:
+            r = results[m]
+            print(
+                f"  {m:22s} "
+                + "  ".join(f"{k}: t2i@10 {v[-1]['t2i@10']:.1f} i2t@10 {v[-1]['i2t@10']:.1f}" for k, v in r.items()),
+                flush=True,
+            )
+    print(
+        f"\nmacro average over {len(folds)} concepts ({', '.join(f.name for f in folds)}); pool = up to {POOL} photos"
+    )
+    cols = [f"{d}@{k}" for d in ("t2i", "i2t") for k in KS]
+    print(f"{'method':22s} {'stage':9s} {'part':8s} " + " ".join(f"{c:>7s}" for c in cols))
+    for m in methods:
+        for key in sorted(results[m], key=lambda s: (s.split("/")[1], s)):
+            part, stage = key.split("/")
+            avg = {c: np.mean([r[c] for r in results[m][key]]) for c in cols}
+            print(f"{m:22s} {stage:9s} {part:8s} " + " ".join(f"{avg[c]:7.1f}" for c in cols))
+
+
+if __name__ == "__main__":
+    main()

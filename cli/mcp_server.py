@@ -1,0 +1,104 @@
+"""The index as Model Context Protocol tools, for agents: search by text, similar items, item
+lookup and index facts. `build_server` takes an open engine (no globals); `xmodal mcp` serves it
+over stdio. Results carry ids, scores and paths, as `xmodal search --json` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel
+
+from xmodal.indexer.errors import XmodalError
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.search.engine import SearchEngine
+
+__all__ = ["HitOut", "ItemOut", "build_server", "lookup"]
+
+Target = Literal["image", "text"]
+T = TypeVar("T")
+
+
+class HitOut(BaseModel):
+    """One result: `path` is the photo (or the file a text came from); `text` only for texts."""
+
+    id: int
+    kind: Target
+    score: float
+    path: str
+    text: str | None = None
+
+
+class ItemOut(BaseModel):
+    id: int
+    kind: Target
+    path: str
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+
+
+def _domain(call: Callable[[], T]) -> T:
+    """Domain errors reach the agent as the tool's error message (other crashes stay generic)."""
+    try:
+        return call()
+    except XmodalError as e:
+        raise ToolError(str(e)) from e
+
+
+def _hits(raw: list[Any]) -> list[HitOut]:
+    return [HitOut(**h.as_dict()) for h in raw]
+
+
+def lookup(engine: SearchEngine, item_id: int, kind: Target) -> ItemOut | None:
+    """One row of the index, by id (the database is the source of truth; no vector is read)."""
+    with engine.store.metadata.session() as s:
+        if kind == "text":
+            text = s.get(TextRow, item_id)
+            return None if text is None else ItemOut(id=text.id, kind="text", path=text.source, text=text.text)
+        image = s.get(ImageRow, item_id)
+        if image is None:
+            return None
+        taken = image.taken_at.isoformat() if image.taken_at is not None else None
+        return ItemOut(id=image.id, kind="image", path=image.path, width=image.width, height=image.height, taken_at=taken)
+
+
+def build_server(engine: SearchEngine, info: Callable[[], dict[str, object]]) -> MCPServer:
+    """An MCP server over one open engine; `info` returns the index facts (as `xmodal info --json`)."""
+    server = MCPServer(
+        "xmodal",
+        instructions=(
+            "Cross-modal search over one index of photos (and optional texts). Search photos by "
+            "describing them, find items similar to an id, look an id up, read the index facts."
+        ),
+        log_level="WARNING",
+    )
+
+    @server.tool()
+    def search(query: str, k: int = 10, target: Target = "image") -> list[HitOut]:
+        """Find indexed photos (target "image") or texts (target "text") that match a description."""
+        return _domain(lambda: _hits(engine.search(query, k=k, target=target)))
+
+    @server.tool()
+    def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:
+        """Items most like the indexed item `item_id` ("more like this"), never the item itself."""
+        return _domain(lambda: _hits(engine.similar(item_id, k=k, kind=kind)))
+
+    @server.tool()
+    def item(item_id: int, kind: Target = "image") -> ItemOut:
+        """What the index holds about one item: its path, size and capture time (or its text)."""
+        found = _domain(lambda: lookup(engine, item_id, kind))
+        if found is None:
+            raise ToolError(f"no {kind} with id {item_id} in this index")
+        return found
+
+    @server.tool()
+    def index_info() -> dict[str, object]:
+        """Counts, model, vector dimension and size of the index."""
+        return _domain(info)
+
+    return server

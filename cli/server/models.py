@@ -1,0 +1,136 @@
+"""Request and response bodies of the JSON API (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "HitOut",
+    "SearchResponse",
+    "ItemOut",
+    "BatchSearchRequest",
+    "BatchResult",
+    "BatchSearchResponse",
+    "EmbedTextsRequest",
+    "EmbedResponse",
+    "InfoOut",
+    "FailureOut",
+    "IndexRequest",
+    "IndexStatus",
+    "HealthOut",
+    "ErrorOut",
+]
+
+Kind = Literal["image", "text"]
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong, and what to do about it.")
+    status: int
+
+
+class HitOut(BaseModel):
+    id: int
+    kind: Kind
+    score: float
+    path: str = Field(description="The photo's path, or for a text the file it came from.")
+    name: str = Field(description="The file name (last part of the path).")
+    text: str | None = None
+    thumbnail: str | None = Field(None, description="URL of the thumbnail (images only).")
+    url: str | None = Field(None, description="URL of the full photo (images only).")
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    offset: int
+    limit: int
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
+    target: Kind
+    took_ms: float
+
+
+class ItemOut(BaseModel):
+    id: int
+    kind: Kind
+    path: str
+    name: str
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: datetime | None = Field(None, description="EXIF capture time, when the photo has one.")
+    modified: datetime | None = None
+    indexed_at: datetime | None = None
+    text: str | None = None
+    thumbnail: str | None = None
+    url: str | None = None
+    texts: list[HitOut] = Field(default_factory=list, description="Indexed texts that match this photo best.")
+
+
+class BatchSearchRequest(BaseModel):
+    queries: list[str] = Field(min_length=1, description="Query texts.")
+    limit: int = Field(10, ge=1, le=500)
+    target: Kind = "image"
+    rerank: bool = True
+
+
+class BatchResult(BaseModel):
+    query: str
+    ids: list[int]
+    scores: list[float]
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[BatchResult]
+    target: Kind
+    took_ms: float
+
+
+class EmbedTextsRequest(BaseModel):
+    texts: list[str] = Field(min_length=1)
+
+
+class EmbedResponse(BaseModel):
+    model: str | None
+    dim: int
+    vectors: list[list[float]] = Field(description="One L2-normalised vector per input, in order.")
+
+
+class InfoOut(BaseModel):
+    index: str
+    images: int
+    texts: int
+    errors: int
+    model: str | None
+    dim: int | None
+    size_bytes: int
+    roots: list[str]
+    read_only: bool
+    auth: bool
+    reloads: int
+
+
+class FailureOut(BaseModel):
+    path: str
+    reason: str
+
+
+class IndexRequest(BaseModel):
+    paths: list[str] = Field(
+        default_factory=list, description="Folders or files under the index's folders; none: all of them."
+    )
+
+
+class IndexStatus(BaseModel):
+    state: Literal["idle", "running", "done", "failed"]
+    paths: list[str] = Field(default_factory=list)
+    done: int = 0
+    total: int = 0
+    summary: dict[str, object] | None = None
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]

@@ -1,0 +1,146 @@
+"""Query-string options shared by the search routes, checked once and turned into engine arguments."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import HTTPException, Query
+
+from xmodal.indexer.images import IMAGE_EXTENSIONS
+from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
+from xmodal.search.query import QueryTerm, parse_query
+from xmodal.search.rerank.stages import RerankOptions
+
+__all__ = ["MAX_LIMIT", "MAX_TEXT", "SearchOptions", "search_options", "clean_text", "text_terms", "encode_cursor"]
+
+MAX_LIMIT = 500  # hits in one page
+MAX_TEXT = 4096  # characters in one query text (the text towers read a few hundred tokens anyway)
+MAX_DEPTH = 5000  # offset + limit: a deeper page is refused
+_ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+
+
+def clean_text(value: str, field: str) -> str:
+    """A text parameter without control characters (400), as people type them."""
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROLS:
+            raise HTTPException(400, f"{field} contains a control character (U+{ord(ch):04X})")
+    return value
+
+
+def text_terms(q: str) -> list[QueryTerm]:
+    """The terms of a query text. Over HTTP every term is text: no endpoint reads a file named by a
+    client, so a term that looks like a picture's file name is refused whether or not it exists
+    (the answer must not tell which files exist on the server)."""
+    clean_text(q, "q")
+    terms = parse_query(q)
+    for term in terms:
+        value = term.value.strip()
+        looks_like_file = term.kind == "image" or (
+            " " not in value and os.path.splitext(value)[1].lower() in IMAGE_EXTENSIONS
+        )
+        if looks_like_file:
+            raise HTTPException(
+                422,
+                f"q: file paths are not read over HTTP ({value!r}); upload the picture (POST /api/search, field "
+                "'image') or name an indexed photo with like=ID",
+            )
+    return terms
+
+
+def encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, number = raw.partition(":")
+        if kind != "o" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(
+            422, "cursor: not a cursor this server handed out (use next_cursor from a previous page)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    limit: int
+    offset: int
+    target: Literal["image", "text"]
+    filters: SearchFilter
+    rerank: RerankOptions | bool
+    min_score: float | Literal["auto"] | None
+
+    @property
+    def depth(self) -> int:
+        """Hits to ask the engine for: this page, everything before it, and one to know if more follow."""
+        return self.offset + self.limit + 1
+
+
+Text = Annotated[str | None, Query(max_length=MAX_TEXT)]
+
+
+def search_options(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Hits per page.")] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_DEPTH, description="Hits to skip (or use cursor).")] = 0,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
+    target: Annotated[
+        Literal["image", "text"], Query(description="Find photos (image) or indexed texts (text).")
+    ] = "image",
+    under: Annotated[
+        str | None, Query(max_length=MAX_TEXT, description="Only items whose path is under this folder.")
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=64, description="Only photos taken after this date (EXIF, else mtime).")
+    ] = None,
+    before: Annotated[str | None, Query(max_length=64, description="Only photos taken before this date.")] = None,
+    ext: Annotated[list[str] | None, Query(max_length=16, description="Only these extensions (repeatable).")] = None,
+    min_size: Annotated[str | None, Query(max_length=32, description="Only photos at least WIDTHxHEIGHT.")] = None,
+    min_score: Annotated[str | None, Query(max_length=32, description="A score, or 'auto'.")] = None,
+    diverse: Annotated[float | None, Query(ge=0.0, le=1.0, description="MMR λ: 1 = relevance only.")] = None,
+    collapse: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="Drop near-duplicates above this cosine.")
+    ] = None,
+    rerank: Annotated[bool, Query(description="Second stage on (default) or off.")] = True,
+    candidates: Annotated[int, Query(ge=1, le=2000, description="First-stage candidates to re-rank.")] = 100,
+) -> SearchOptions:
+    if cursor is not None:
+        offset = _decode_cursor(cursor)
+    if offset + limit > MAX_DEPTH:
+        raise HTTPException(422, f"offset + limit must be at most {MAX_DEPTH} (got {offset + limit})")
+    for name, value in (("under", under), ("after", after), ("before", before), ("min_size", min_size)):
+        if value is not None:
+            clean_text(value, name)
+    cutoff: float | Literal["auto"] | None = None
+    if min_score is not None and min_score.strip():
+        if min_score.strip() == "auto":
+            cutoff = "auto"
+        else:
+            try:
+                cutoff = float(min_score)
+            except ValueError:
+                raise HTTPException(422, f"min_score must be a number or 'auto', not {min_score!r}") from None
+            if cutoff != cutoff or abs(cutoff) == float("inf"):
+                raise HTTPException(422, "min_score must be a finite number")
+    width, height = parse_min_size(min_size) if min_size else (0, 0)
+    extensions = tuple(clean_text(e, "ext").strip() for e in (ext or ()) if e.strip())
+    filters = SearchFilter(
+        under=Path(under) if under else None,
+        after=parse_date(after) if after else None,
+        before=parse_date(before) if before else None,
+        extensions=extensions,
+        min_width=width,
+        min_height=height,
+    )
+    options: RerankOptions | bool = (
+        RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse) if rerank else False
+    )
+    return SearchOptions(limit=limit, offset=offset, target=target, filters=filters, rerank=options, min_score=cutoff)

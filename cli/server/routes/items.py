@@ -1,0 +1,174 @@
+"""Indexed items by id: metadata, "more like this", the thumbnail and the photo itself.
+
+No route takes a file path: an item is found by its id in the index, and its file is served only
+while it is still the file that was indexed (same size and mtime, a regular file), so a photo
+swapped for a symlink to something else after indexing is not served.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from PIL import Image
+from sqlalchemy import select
+
+from xmodal.cli.server.models import ItemOut, SearchResponse
+from xmodal.cli.server.params import SearchOptions, search_options
+from xmodal.cli.server.routes.search import run_search
+from xmodal.cli.server.routes.shaping import hit_out
+from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.search.engine import SearchEngine
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/items", tags=["items"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id, as search results give it.")]
+_CHUNK = 256 * 1024
+_MATCHING_TEXTS = 5
+
+
+def _photo(engine: SearchEngine, item_id: int) -> ImageRow:
+    with engine.store.metadata.session() as s:
+        row = s.execute(
+            select(
+                ImageRow.id,
+                ImageRow.path,
+                ImageRow.size,
+                ImageRow.mtime_ns,
+                ImageRow.width,
+                ImageRow.height,
+                ImageRow.taken_at,
+                ImageRow.indexed_at,
+            ).where(ImageRow.id == item_id)
+        ).first()
+    if row is None:
+        raise HTTPException(404, f"no photo with id {item_id} in the index")
+    return row  # type: ignore[return-value]
+
+
+def _open_indexed(row: ImageRow) -> int:
+    """A file descriptor of the photo, checked to be the very file that was indexed."""
+    gone = HTTPException(
+        404, f"the file of photo {row.id} changed or was removed since it was indexed; index its folder again"
+    )
+    try:
+        fd = os.open(row.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise gone from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != row.size or st.st_mtime_ns != row.mtime_ns:
+        os.close(fd)
+        raise gone
+    return fd
+
+
+@router.get(
+    "/{item_id}", response_model=ItemOut, summary="One item's metadata (and, for a photo, its best-matching texts)"
+)
+def item(
+    services: ServicesDep, item_id: ItemId, kind: Annotated[Literal["image", "text"], Query()] = "image"
+) -> ItemOut:
+    engine = services.engine
+    if kind == "text":
+        with engine.store.metadata.session() as s:
+            text_row = s.execute(
+                select(TextRow.id, TextRow.source, TextRow.text, TextRow.indexed_at).where(TextRow.id == item_id)
+            ).first()
+        if text_row is None:
+            raise HTTPException(404, f"no text with id {item_id} in the index")
+        return ItemOut(
+            id=text_row.id,
+            kind="text",
+            path=text_row.source,
+            name=os.path.basename(text_row.source),
+            text=text_row.text,
+            indexed_at=text_row.indexed_at,
+        )
+    row = _photo(engine, item_id)
+    texts = []
+    if len(engine.store.vectors("text")):
+        with services.searching() as searching:
+            texts = [hit_out(h) for h in searching.similar(item_id, k=_MATCHING_TEXTS, kind="image", target="text")]
+    return ItemOut(
+        id=row.id,
+        kind="image",
+        path=row.path,
+        name=os.path.basename(row.path),
+        size=row.size,
+        width=row.width,
+        height=row.height,
+        taken_at=row.taken_at,
+        modified=datetime.fromtimestamp(row.mtime_ns / 1e9),
+        indexed_at=row.indexed_at,
+        thumbnail=f"/api/items/{row.id}/thumbnail",
+        url=f"/api/items/{row.id}/file",
+        texts=texts,
+    )
+
+
+@router.get("/{item_id}/similar", response_model=SearchResponse, summary="More like this: never the item itself")
+def similar(
+    services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options)]
+) -> SearchResponse:
+    return run_search(services, options, None, item_id, None)
+
+
+@router.get(
+    "/{item_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such photo, or its file changed"}},
+    summary="A JPEG thumbnail (EXIF orientation applied, cached on disk)",
+)
+def thumbnail(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
+    row = _photo(services.engine, item_id)
+    os.close(_open_indexed(row))
+    etag = '"' + services.thumbnails.key(row.path, row.size, row.mtime_ns) + '"'
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        path = services.thumbnails.get(row.path, row.size, row.mtime_ns)
+    except ImageReadError as e:
+        raise HTTPException(404, f"photo {item_id} cannot be read any more: {e}") from None
+    return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+
+@router.get(
+    "/{item_id}/file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
+    summary="The photo itself",
+)
+def original(services: ServicesDep, item_id: ItemId) -> Response:
+    row = _photo(services.engine, item_id)
+    fd = _open_indexed(row)
+    handle = os.fdopen(fd, "rb")
+    try:
+        with Image.open(handle) as im:  # the type comes from the content, never from the file name
+            media_type = Image.MIME.get(im.format or "", "application/octet-stream")
+    except Exception:  # noqa: BLE001 - indexed once, unreadable now
+        handle.close()
+        raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
+    handle.seek(0)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(_CHUNK):
+                yield block
+
+    name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in os.path.basename(row.path))
+    headers = {
+        "Content-Disposition": f'inline; filename="{name}"',
+        "Content-Length": str(row.size),
+        "Cache-Control": "private, max-age=3600",
+    }
+    return StreamingResponse(chunks(), media_type=media_type, headers=headers)

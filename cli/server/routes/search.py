@@ -1,0 +1,150 @@
+"""Searching: by text, by an uploaded picture, by an indexed photo's id, or all combined; and batches."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from PIL import Image
+
+from xmodal.cli.server.models import BatchResult, BatchSearchRequest, BatchSearchResponse, SearchResponse
+from xmodal.cli.server.params import MAX_TEXT, SearchOptions, clean_text, search_options, text_terms
+from xmodal.cli.server.routes.shaping import page
+from xmodal.cli.server.services import Services, get_services
+from xmodal.cli.server.uploads import read_upload
+from xmodal.search.engine import SearchEngine
+from xmodal.search.hits import Hit
+
+__all__ = ["router", "run_search"]
+
+router = APIRouter(prefix="/api", tags=["search"])
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+OptionsDep = Annotated[SearchOptions, Depends(search_options)]
+ItemId = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Search by an indexed photo (its id).")]
+
+
+def _item_vector(engine: SearchEngine, item_id: int) -> np.ndarray:
+    vectors = engine.vectors([item_id], "image")
+    if len(vectors) == 0:
+        raise HTTPException(404, f"no photo with id {item_id} in the index")
+    return vectors[0]
+
+
+def _similar(engine: SearchEngine, item_id: int, options: SearchOptions) -> list[Hit]:
+    _item_vector(engine, item_id)  # 404 before searching
+    if options.min_score == "auto":
+        raise HTTPException(422, "min_score=auto applies to queries; give a number for 'more like this'")
+    hits = engine.similar(
+        item_id, k=options.depth, kind="image", target=options.target, filters=options.filters, rerank=options.rerank
+    )
+    if options.min_score is not None:
+        hits = [h for h in hits if h.score >= float(options.min_score)]
+    return hits
+
+
+def run_search(
+    services: Services, options: SearchOptions, q: str | None, like: int | None, picture: Image.Image | None
+) -> SearchResponse:
+    """One search from any mix of a text, a picture and an indexed photo (their vectors are added)."""
+    started = time.perf_counter()
+    text = q if q is not None and q.strip() else None
+    if q is not None and text is None:
+        raise HTTPException(400, "q: the query text is empty")
+    if text is None and like is None and picture is None:
+        raise HTTPException(400, "give a query: q=TEXT, an uploaded picture (field 'image') or like=ID")
+    terms = text_terms(text) if text is not None else None
+    with services.searching() as engine:
+        if not engine.store.model_spec:  # nothing indexed yet: an empty result, not an error
+            return page([], options, (time.perf_counter() - started) * 1000)
+        search = dict(
+            k=options.depth,
+            target=options.target,
+            filters=options.filters,
+            rerank=options.rerank,
+            min_score=options.min_score,
+        )
+        if terms is not None and like is None and picture is None:
+            hits = engine.search(terms, **search)  # type: ignore[arg-type]
+        elif picture is not None and terms is None and like is None:
+            hits = engine.search(picture, **search)  # type: ignore[arg-type]
+        elif like is not None and terms is None and picture is None:
+            hits = _similar(engine, like, options)
+        else:
+            total = np.zeros(engine.store.dim or 0, dtype=np.float32)
+            if terms is not None:
+                total += engine.embed_query(terms)
+            if picture is not None:
+                total += engine.embed_image_query(picture)
+            if like is not None:
+                total += _item_vector(engine, like)
+            norm = float(np.linalg.norm(total))
+            if norm < 1e-6:
+                raise HTTPException(400, "the query's parts cancel each other out")
+            hits = engine.search(total / norm, **search)  # type: ignore[arg-type]
+    return page(hits, options, (time.perf_counter() - started) * 1000)
+
+
+@router.get("/search", response_model=SearchResponse, summary="Search by text (and/or an indexed photo)")
+def search_get(
+    services: ServicesDep,
+    options: OptionsDep,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_TEXT, description='Text, or a combination: \'"dog" + "beach" - "snow"\', weights as 2:term.'
+        ),
+    ] = None,
+    like: ItemId = None,
+) -> SearchResponse:
+    return run_search(services, options, q, like, None)
+
+
+@router.post(
+    "/search", response_model=SearchResponse, summary="Search by an uploaded picture (and/or text, an indexed photo)"
+)
+def search_post(
+    services: ServicesDep,
+    options: OptionsDep,
+    image: Annotated[
+        UploadFile | None, File(description="A picture; its content decides, not its name or type.")
+    ] = None,
+    q: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
+    like: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None,
+) -> SearchResponse:
+    picture = read_upload(image.file.read()) if image is not None else None
+    return run_search(services, options, q, like, picture)
+
+
+@router.post("/search/batch", response_model=BatchSearchResponse, summary="Many text queries at once: ids and scores")
+def search_batch(services: ServicesDep, request: BatchSearchRequest) -> BatchSearchResponse:
+    started = time.perf_counter()
+    limit = services.settings.max_batch
+    if len(request.queries) > limit:
+        raise HTTPException(422, f"queries: at most {limit} in one request (got {len(request.queries)})")
+    for i, text in enumerate(request.queries):
+        if len(text) > MAX_TEXT:
+            raise HTTPException(422, f"queries[{i}]: longer than {MAX_TEXT} characters")
+        clean_text(text, f"queries[{i}]")
+        if not text.strip():
+            raise HTTPException(400, f"queries[{i}]: the query text is empty")
+    with services.searching() as engine:
+        if not engine.store.model_spec:
+            results = [BatchResult(query=t, ids=[], scores=[]) for t in request.queries]
+        else:
+            scores, ids = engine.search_texts(
+                request.queries, k=request.limit, target=request.target, rerank=request.rerank
+            )
+            results = [
+                BatchResult(
+                    query=t,
+                    ids=[int(i) for i in row_ids if i >= 0],
+                    scores=[round(float(s), 6) for s, i in zip(row_scores, row_ids) if i >= 0],
+                )
+                for t, row_scores, row_ids in zip(request.queries, scores, ids)
+            ]
+    return BatchSearchResponse(
+        results=results, target=request.target, took_ms=round((time.perf_counter() - started) * 1000, 2)
+    )

@@ -1,0 +1,348 @@
+"""Indexing on a Ray cluster: decode in Ray tasks, embed in a pool of model actors, write on the driver.
+
+The driver scans (or reads a listing), compares with the store and follows moves exactly as a
+local run does, so unchanged and moved files never reach the cluster. Only the files to embed
+become a Ray Data dataset:
+
+    paths --map_batches(_decode_batch, tasks)--> pixels --map_batches(_Embedder, actors)--> vectors
+
+and the vectors stream back to the driver block by block (one block = one model batch), where each
+block goes through the local pipeline's writer: one SQL transaction per batch, so a killed driver
+loses at most the batches in flight and the same command resumes.
+
+Decoding reuses the local pipeline's `decode_pool._prepare` (draft-mode JPEG, EXIF orientation, the same
+hostile-file handling and failure reasons). Paths must be visible on every node (shared storage).
+Ray Data's defaults do the fault handling: a decode task whose worker died is retried, a model
+actor that died is restarted and its calls retried (both without limit); the run's result is the
+same, since a batch is only written once the driver holds its vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xmodal.indexer.errors import ClusterError, XmodalError
+
+if TYPE_CHECKING:
+    from xmodal.indexer.decode_pool import _Work
+    from xmodal.indexer.indexing import Indexer, IndexSummary
+    from xmodal.indexer.models.embedding import EmbeddingModel
+    from xmodal.indexer.store.index_store import IndexStore
+
+__all__ = ["RayOptions", "embed_on_ray", "cluster_resources"]
+
+
+# A decode worker measured ~500-570 MB (torch, PIL, one photo); 120 MP decoded as RGB alone is
+# 360 MB (draft mode keeps JPEGs far below, other formats may not shrink).
+_DECODE_MEMORY = 1024**3
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how to run on Ray.
+
+    address: None starts a local cluster in this process (num_cpus CPUs, default all), "auto" joins
+    the cluster started by `ray start` on this machine, "ray://HOST:10001" a remote one through Ray
+    Client, "HOST:6379" a cluster's GCS. An already initialised Ray (ray.init by the caller) is used
+    as it is. actors: model actors (default: one per GPU, else one per two CPUs); gpus_per_actor:
+    default 1 where the cluster has GPUs (the model then runs in fp16), else 0; cpus_per_actor: CPUs
+    reserved by (and torch threads of) each actor. log_level: Ray's logging level, given to ray.init
+    when this run starts Ray.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+    decode_batch: int = 16
+    log_level: int | None = None  # Ray's own logging level (its default when None); the CLI passes ERROR
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is the part we need
+    except ImportError as e:
+        raise ClusterError("Ray is not installed; install it with `pip install 'xmodal[ray]'`") from e
+    return ray
+
+
+@contextmanager
+def _connected(options: RayOptions) -> Iterator[Any]:
+    """Ray, initialised for the run; shut down afterwards only when this run started it."""
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if options.log_level is not None:
+            kwargs["logging_level"] = options.log_level
+        if options.address is None:
+            kwargs["num_cpus"] = options.num_cpus
+        try:
+            ray.init(address=options.address, **kwargs)
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError, depending on the address
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ClusterError(f"cannot connect to the Ray cluster at '{options.address}': {reason}") from e
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cluster_resources(ray: Any) -> tuple[float, float]:
+    """(CPUs, GPUs) of the cluster as Ray counts them."""
+    resources = ray.cluster_resources()
+    return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+
+
+# --- the decode tasks ---------------------------------------------------------------------------------
+def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int) -> dict[str, Any]:
+    """Decode, hash and preprocess each file of the batch with the local pipeline's own function."""
+    from pathlib import Path
+
+    from xmodal.indexer import decode_pool
+    from xmodal.indexer.scanning import FoundFile
+
+    if decode_pool._WORKER_TRANSFORM is not transform:
+        decode_pool._init_worker(transform, target)
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("i", "error", "width", "height", "taken_at", "content_hash", "pixels", "shape", "dtype")
+    }
+    for i, path, size, mtime_ns, digest in zip(
+        batch["i"], batch["path"], batch["size"], batch["mtime_ns"], batch["content_hash"]
+    ):
+        found = FoundFile(Path(os.fsdecode(bytes(path))), int(size), int(mtime_ns))
+        prepared = decode_pool._prepare(decode_pool._Work(found, None, str(digest) or None))
+        pixels = prepared.pixels
+        if pixels is not None and not isinstance(pixels, np.ndarray):
+            pixels = pixels.numpy()  # a finished tensor (a model whose transform does not split)
+        out["i"].append(int(i))
+        out["error"].append(prepared.error or "")
+        out["width"].append(prepared.width)
+        out["height"].append(prepared.height)
+        taken = prepared.taken_at
+        out["taken_at"].append(taken.isoformat() if isinstance(taken, datetime) else "")
+        out["content_hash"].append(prepared.work.content_hash or "")
+        out["pixels"].append(np.ascontiguousarray(pixels).tobytes() if pixels is not None else b"")
+        out["shape"].append(",".join(map(str, pixels.shape)) if pixels is not None else "")
+        out["dtype"].append(str(pixels.dtype) if pixels is not None else "")
+    return {k: np.array(v, dtype=object) if k in ("pixels",) else np.array(v) for k, v in out.items()}
+
+
+# --- the model actors ---------------------------------------------------------------------------------
+class _Embedder:
+    """One model per actor, loaded once; embeds the decoded rows of each batch it is handed."""
+
+    def __init__(self, model: EmbeddingModel | str, use_gpu: bool, threads: int) -> None:
+        import torch
+
+        from xmodal.indexer.models.preprocess import split_transform
+
+        torch.set_num_threads(max(1, threads))
+        if isinstance(model, str):
+            from xmodal.indexer.models.embedding import load_model
+            from xmodal.indexer.preparation import use_exported_image_path
+
+            # on a GPU, load_model runs the model in fp16 (features come back as fp32); on a CPU the
+            # image path runs in onnxruntime where the local pipeline would run it so
+            model = load_model(model, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+            use_exported_image_path(model)
+        self.model = model
+        self.split = split_transform(model.image_transform)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        good = [j for j, error in enumerate(batch["error"]) if not error]
+        out: dict[str, Any] = {k: batch[k] for k in ("i", "error", "width", "height", "taken_at", "content_hash")}
+        vectors = [b""] * len(batch["i"])
+        extras: dict[str, list[bytes]] = {}
+        if good:
+            items = [
+                np.frombuffer(batch["pixels"][j], dtype=str(batch["dtype"][j])).reshape(
+                    tuple(int(x) for x in str(batch["shape"][j]).split(","))
+                )
+                for j in good
+            ]
+            pixels = self.split.per_batch(items if self.split.splits else [torch.from_numpy(a.copy()) for a in items])
+            embedded = self.model.embed_pixels_for_index(pixels)
+            for position, j in enumerate(good):
+                vectors[j] = np.ascontiguousarray(embedded.vectors[position], dtype="<f4").tobytes()
+            # whatever else the model gives for the second stage (tower features, ...) travels as float16
+            for name in embedded._fields[1:]:
+                value = getattr(embedded, name)
+                if value is None:
+                    continue
+                column = extras.setdefault(name, [b""] * len(batch["i"]))
+                for position, j in enumerate(good):
+                    part = np.ascontiguousarray(value[position], dtype="<f2")
+                    column[j] = (
+                        np.int32(part.ndim).tobytes() + np.asarray(part.shape, dtype="<i4").tobytes() + part.tobytes()
+                    )
+        out["vector"] = np.array(vectors, dtype=object)
+        for name, column in extras.items():
+            out[f"x_{name}"] = np.array(column, dtype=object)
+        return out
+
+
+def _unpack_half(blob: bytes) -> np.ndarray:
+    ndim = int(np.frombuffer(blob[:4], dtype="<i4")[0])
+    shape = tuple(int(x) for x in np.frombuffer(blob[4 : 4 + 4 * ndim], dtype="<i4"))
+    return np.frombuffer(blob[4 + 4 * ndim :], dtype="<f2").reshape(shape)
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+def _plan_actors(options: RayOptions, cpus: float, gpus: float) -> tuple[int, float]:
+    gpus_per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    if options.actors is not None:
+        return max(1, options.actors), gpus_per_actor
+    if gpus_per_actor > 0:
+        return max(1, int(gpus // gpus_per_actor)), gpus_per_actor
+    # CPU only: half the CPUs run models, the other half decode for them
+    return max(1, int(cpus // (2 * max(options.cpus_per_actor, 1.0)))), 0.0
+
+
+def embed_on_ray(
+    indexer: Indexer,
+    store: IndexStore,
+    model: EmbeddingModel,
+    work: list[_Work],
+    summary: IndexSummary,
+    options: RayOptions,
+    ship_spec: bool = True,
+) -> None:
+    """Embed `work` on the cluster and write each returned batch through the indexer's writer.
+
+    model: the driver's copy (its preprocessing runs in the decode tasks). ship_spec: each actor
+    loads the model from its spec on its own device (fp16 on a GPU); otherwise the driver's model
+    object itself is shipped (tests, custom models that have no spec to load from).
+    """
+    from xmodal.indexer.decode_pool import _decode_size
+    from xmodal.indexer.indexing import Progress
+    from xmodal.indexer.models.embedding import IndexedPixels
+    from xmodal.indexer.models.preprocess import split_transform
+
+    transform = model.image_transform
+    preprocessing = getattr(model, "preprocessing", None)
+    target = preprocessing.size if preprocessing is not None else _decode_size(transform)
+    per_image = split_transform(transform).per_image
+    total, done = len(work), 0
+    timings = {"cluster": 0.0, "write": 0.0}
+    if indexer.on_progress:
+        indexer.on_progress(Progress(0, total))
+    with _connected(options) as ray:
+        cpus, gpus = cluster_resources(ray)
+        actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
+        summary.timings["cluster_cpus"], summary.timings["cluster_gpus"] = cpus, gpus
+        items = [
+            {
+                "i": k,
+                "path": os.fsencode(w.found.path),
+                "size": w.found.size,
+                "mtime_ns": w.found.mtime_ns,
+                "content_hash": w.content_hash or "",
+            }
+            for k, w in enumerate(work)
+        ]
+        context = ray.data.DataContext.get_current()
+        saved = context.enable_progress_bars
+        context.enable_progress_bars = False  # the library prints nothing; the caller has on_progress
+        try:
+            ds = ray.data.from_items(
+                items,
+                override_num_blocks=max(
+                    1, min(len(items), (len(items) + options.decode_batch - 1) // options.decode_batch)
+                ),
+            )
+            ds = ds.map_batches(
+                _decode_batch,
+                batch_size=options.decode_batch,
+                fn_kwargs={"transform": per_image, "target": target},
+                num_cpus=1,
+                # a decoder holds one photo of up to MAX_PIXELS; the reservation also keeps Ray Data
+                # from fusing decoding into the model actors (equal resource requests would)
+                memory=_DECODE_MEMORY,
+            )
+            ds = ds.map_batches(
+                _Embedder,
+                batch_size=indexer.batch_size,
+                fn_constructor_kwargs={
+                    "model": str(model.spec) if ship_spec else model,
+                    "use_gpu": gpus_per_actor > 0,
+                    "threads": int(max(1, options.cpus_per_actor)),
+                },
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=options.cpus_per_actor,
+                num_gpus=gpus_per_actor,
+            )
+            clock = started = time.perf_counter()
+            for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                timings["cluster"] += time.perf_counter() - clock
+                # until the first batch: workers start, import torch, actors load the model
+                timings.setdefault("first_batch", time.perf_counter() - started)
+                clock = time.perf_counter()
+                batch, good, embedded = _to_prepared(block, work, IndexedPixels)
+                indexer._commit_batch(store, model, batch, good, embedded, summary)
+                timings["write"] += time.perf_counter() - clock
+                done += len(batch)
+                if indexer.on_progress:
+                    indexer.on_progress(Progress(done, total))
+                clock = time.perf_counter()
+        except XmodalError:
+            raise
+        except Exception as e:
+            if not type(e).__module__.startswith("ray"):
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ClusterError(
+                f"the Ray run failed ({done} of {total} files written, run the same command to resume): {reason}"
+            ) from e
+        finally:
+            context.enable_progress_bars = saved
+    summary.timings.update(timings)
+
+
+def _to_prepared(block: dict[str, np.ndarray], work: list[_Work], indexed: Any) -> tuple[list, list, Any]:
+    """The local pipeline's _Prepared rows and IndexedPixels (`indexed`, the NamedTuple class) for
+    one returned block."""
+    from xmodal.indexer.decode_pool import _Prepared
+
+    batch, good, vectors = [], [], []
+    extras: dict[str, list[np.ndarray]] = {name[2:]: [] for name in block if name.startswith("x_")}
+    for j, i in enumerate(block["i"]):
+        item = work[int(i)]
+        if block["content_hash"][j]:
+            item.content_hash = str(block["content_hash"][j])
+        taken = str(block["taken_at"][j])
+        prepared = _Prepared(
+            item,
+            width=int(block["width"][j]),
+            height=int(block["height"][j]),
+            taken_at=datetime.fromisoformat(taken) if taken else None,
+            error=str(block["error"][j]) or None,
+        )
+        batch.append(prepared)
+        if prepared.error is None:
+            good.append(prepared)
+            vectors.append(np.frombuffer(block["vector"][j], dtype="<f4"))
+            for name in extras:
+                extras[name].append(_unpack_half(block[f"x_{name}"][j]))
+    if not good:
+        return batch, good, None
+    fields: dict[str, np.ndarray | None] = {name: None for name in indexed._fields}
+    fields["vectors"] = np.stack(vectors).astype(np.float32)
+    for name, parts in extras.items():
+        if name in fields:
+            fields[name] = np.stack(parts)
+    return batch, good, indexed(**fields)

@@ -1,0 +1,239 @@
+"""The second stage as one forward pass over the first stage's candidates.
+
+    candidates (FAISS: ids and their exact inner products)
+      → QB-Norm against the direction's query bank (across modalities only)
+      → the learned fusion of the top candidates (text→image, where the model ships one)
+      → maximal marginal relevance (--diverse) → near-duplicate collapse (--collapse)
+
+The first stage's scores are the exact score (flat search, or IVF candidates re-scored with the full
+vectors): nothing is scored twice. Stored vectors are read from SQL, the source of truth, only when
+a stage needs them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from xmodal.indexer.store.index_store import IndexStore, Kind
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.search.rerank.fusion import TOP, FusionModel, features_from_parts, photo_parts
+from xmodal.search.rerank.qbnorm import QB_NORM_BETA, QueryBanks, querybank_correction, querybank_normalise
+from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance
+
+__all__ = ["Candidates", "SecondStage", "load_fusion"]
+
+_TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
+# A bank entry this close to the query is the query itself (image→text: an indexed photo as the query).
+_SAME_AS_QUERY = 0.9999
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The first stage's answer: per query row, candidate ids (-1 past the last) and their exact scores."""
+
+    queries: np.ndarray  # (n, d) unit query vectors
+    scores: np.ndarray  # (n, c)
+    ids: np.ndarray  # (n, c)
+
+
+def load_fusion(model_spec: str | None) -> FusionModel | None:
+    """The learned fusion shipped for an index's model, or None (other models, or a user's own head)."""
+    if not model_spec:
+        return None
+    from xmodal.data import data_path
+    from xmodal.indexer.models.spec import parse_model_spec
+
+    spec = parse_model_spec(model_spec)
+    fusion_file = spec.capabilities.fusion_file
+    # The fusion's features were fitted on the shipped head's space: a retrained head has none.
+    if fusion_file is None or spec.head is not None or not data_path(fusion_file).is_file():
+        return None
+    return FusionModel.load(data_path(fusion_file))
+
+
+class _PerItem:
+    """Values of gallery items that do not depend on the query, dropped whenever `key` (what they
+    depend on: the bank, the index generation) changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: object = None
+        self._values: dict[int, np.ndarray] = {}
+
+    def lookup(self, key: object, ids: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """(known values, positions in ids of the unknown ones)."""
+        with self._lock:
+            if key != self._key:
+                self._key, self._values = key, {}
+            known = {int(i): self._values[int(i)] for i in ids if int(i) in self._values}
+        missing = np.array([p for p, i in enumerate(ids) if int(i) not in known], dtype=np.int64)
+        return known, missing
+
+    def remember(self, key: object, ids: np.ndarray, values: np.ndarray) -> None:
+        with self._lock:
+            if key == self._key:
+                self._values.update(zip((int(i) for i in ids), values))
+
+
+class SecondStage:
+    """Re-scores candidates of one index. Collaborators come in: the store (SQL), the query banks and
+    a loader of the fusion model (called once, on first need). Safe to share between threads."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        banks: QueryBanks,
+        fusion: Callable[[], FusionModel | None] | None = None,
+    ) -> None:
+        self._store = store
+        self._banks = banks
+        self._fusion_loader = fusion if fusion is not None else (lambda: load_fusion(store.model_spec))
+        self._fusion: FusionModel | None = None
+        self._fusion_loaded = False
+        self._lock = threading.Lock()
+        self._corrections = {"image": _PerItem(), "text": _PerItem()}
+        self._photo_parts = _PerItem()
+
+    @property
+    def banks(self) -> QueryBanks:
+        return self._banks
+
+    def forget(self) -> None:
+        """Drop the per-item values kept so far (they are rebuilt on demand)."""
+        self._corrections = {"image": _PerItem(), "text": _PerItem()}
+        self._photo_parts = _PerItem()
+
+    def fusion(self) -> FusionModel | None:
+        """The fusion model of the index's model, loaded on first use; None when it has none."""
+        with self._lock:
+            if not self._fusion_loaded:
+                self._fusion = self._fusion_loader()
+                self._fusion_loaded = True
+            return self._fusion
+
+    def run(
+        self,
+        candidates: Candidates,
+        target: Kind,
+        options: RerankOptions,
+        query_kind: Kind | None,
+        bank: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) in the final order, same shapes as the candidates'.
+
+        query_kind says what the query vectors embed: QB-Norm runs only across modalities (its banks
+        are typical queries of the other kind) and when it is None; the learned fusion re-scores text
+        queries for images (it was trained on captions). `bank` replaces the direction's own bank
+        (the evaluation uses one without the evaluated queries)."""
+        hubness = options.hubness and query_kind != target
+        fusion = self.fusion() if options.learned and target == "image" and query_kind == "text" else None
+        needs_vectors = (
+            hubness or fusion is not None or options.diverse is not None or options.duplicate_threshold is not None
+        )
+        meta = self._store.metadata.get_meta() if needs_vectors else {}
+        generations = {kind: meta.get(f"generation:{kind}", "0") for kind in ("image", "text")}
+        bank_key: object = None
+        if not hubness:
+            bank = None
+        elif bank is None:
+            held = self._banks.bank_and_key(target, meta)
+            bank, bank_key = held if held is not None else (None, None)
+        ids = candidates.ids
+        stored: dict[int, np.ndarray] = {}
+        if needs_vectors:
+            unique = np.unique(ids[ids >= 0])
+            if len(unique):
+                stored = dict(zip(*self._store.metadata.vectors(_TABLES[target], unique.tolist())))
+        # Per-item values hold while the bank and the target's rows are the ones they came from.
+        hub_key = (bank_key, generations.get(target)) if bank_key is not None else None
+        out_scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        out_ids = np.full(ids.shape, -1, dtype=np.int64)
+        for row, query in enumerate(candidates.queries):
+            keep = ids[row] >= 0
+            if needs_vectors:  # a row deleted by a concurrent writer after the first stage drops out
+                keep &= np.fromiter((int(i) in stored for i in ids[row]), dtype=bool, count=ids.shape[1])
+            cand = ids[row][keep]
+            if len(cand) == 0:
+                continue
+            cosines = candidates.scores[row][keep].astype(np.float64)
+            new = cosines
+            vecs = np.stack([stored[int(i)] for i in cand]) if needs_vectors else None
+            if bank is not None and vecs is not None:
+                new = self._normalised(query, cand, cosines, vecs, bank, target, hub_key)
+            order = np.argsort(-new, kind="stable")
+            if fusion is not None and vecs is not None:
+                order = self._fused_order(
+                    fusion, query, cand, vecs, cosines, new - cosines, order, generations["image"]
+                )
+                # Scores stay the (hubness-corrected) cosines, handed out in the fused order, so they
+                # read as before and still fall monotonically (--min-score relies on that).
+                new = new.copy()
+                new[order] = np.sort(new)[::-1]
+            if options.diverse is not None and vecs is not None:
+                order = order[maximal_marginal_relevance(new[order], vecs[order], len(order), options.diverse)]
+            if options.duplicate_threshold is not None and vecs is not None:
+                order = collapse_duplicates(order, vecs, options.duplicate_threshold)
+            out_scores[row, : len(order)] = new[order]
+            out_ids[row, : len(order)] = cand[order]
+        return out_scores, out_ids
+
+    def _normalised(
+        self,
+        query: np.ndarray,
+        cand: np.ndarray,
+        cosines: np.ndarray,
+        vecs: np.ndarray,
+        bank: np.ndarray,
+        target: Kind,
+        hub_key: object,
+    ) -> np.ndarray:
+        """QB-Norm of one query's candidates. A candidate's correction depends on the bank alone, so it
+        is computed once per item, unless the query is itself in the bank (it is then left out)."""
+        beta = QB_NORM_BETA[target]
+        # einsum, not BLAS: a threaded matrix-vector product costs ~15x the CPU (thread wake-ups) and
+        # competes with concurrent searches; this only tells whether the query is a bank entry.
+        in_bank = np.einsum("ij,j->i", bank, query.astype(bank.dtype, copy=False)) >= _SAME_AS_QUERY
+        if hub_key is None or in_bank.any():
+            return querybank_normalise(cosines, (bank @ vecs.T)[~in_bank], beta)
+        memo = self._corrections[target]
+        known, missing = memo.lookup(hub_key, cand)
+        if len(missing):
+            fresh = querybank_correction(bank @ vecs[missing].T, beta)
+            memo.remember(hub_key, cand[missing], fresh)
+            known.update(zip((int(i) for i in cand[missing]), fresh))
+        correction = np.array([known[int(i)] for i in cand])
+        return cosines - (correction - correction.mean())
+
+    def _fused_order(
+        self,
+        fusion: FusionModel,
+        query: np.ndarray,
+        cand: np.ndarray,
+        vecs: np.ndarray,
+        cosines: np.ndarray,
+        hub: np.ndarray,
+        order: np.ndarray,
+        generation: str,
+    ) -> np.ndarray:
+        """The fusion's order of the top candidates by cosine (as it was trained), then the rest in
+        their present order; unchanged when a candidate was indexed without tower features."""
+        top = np.argsort(-cosines, kind="stable")[:TOP]
+        if len(top) < 2:
+            return order
+        known, missing = self._photo_parts.lookup(generation, cand[top])
+        if len(missing):
+            wanted = cand[top][missing]
+            features = self._store.metadata.tower_features(wanted.tolist())
+            if len(features) < len(wanted):
+                return order
+            fresh = photo_parts(fusion, np.stack([features[int(i)] for i in wanted]))
+            self._photo_parts.remember(generation, wanted, fresh)
+            known.update(zip((int(i) for i in wanted), fresh))
+        parts = np.stack([known[int(i)] for i in cand[top]])
+        raw = features_from_parts(fusion, query, vecs[top], parts, hub[top], cosine=cosines[top])
+        fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
+        return np.concatenate([fused, order[~np.isin(order, top)]])

@@ -1,0 +1,149 @@
+"""OpenCLIP models get the fast paths: ONNX query encoders, an onnxruntime image path for
+indexing, progress for every one-time preparation. A small open_clip architecture with a local
+random-weights checkpoint (no download) stands in for a pretrained one: same code, less compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ARCH = "ViT-S-32-alt"  # 43 M parameters: the smallest open_clip config with a CLIP tokenizer
+
+
+@pytest.fixture(scope="module")
+def clip_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(ARCH)
+    path = tmp_path_factory.mktemp("clip") / "random.pt"
+    torch.save(model.state_dict(), path)
+    return f"{ARCH}:{path}"
+
+
+def _drawing(colour: tuple[int, int, int], shape: str, size: tuple[int, int] = (200, 150)) -> Image.Image:
+    im = Image.new("RGB", size, (245, 245, 240))
+    draw = ImageDraw.Draw(im)
+    box = (size[0] // 4, size[1] // 6, 3 * size[0] // 4, 5 * size[1] // 6)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
+    return im
+
+
+@pytest.fixture(scope="module")
+def indexed(clip_spec: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, list]:
+    """An index built through the library alone (no CLI), with its own cache folder."""
+    from xmodal.indexer import Indexer
+
+    root = tmp_path_factory.mktemp("openclip")
+    cache = root / "cache"
+    saved = os.environ.get("XMODAL_CACHE")
+    os.environ["XMODAL_CACHE"] = str(cache)
+    try:
+        photos = root / "photos"
+        photos.mkdir()
+        for i, (colour, shape) in enumerate([((200, 0, 0), "circle"), ((0, 0, 200), "square"), ((0, 150, 0), "circle"), ((90, 90, 90), "square")]):
+            _drawing(colour, shape, (200 + 40 * i, 150)).save(photos / f"p{i}.png")
+        events: list = []
+        summary = Indexer(root / "idx", model=clip_spec, on_progress=events.append).add_paths([photos])
+        assert summary.new == 4
+    finally:
+        if saved is None:
+            os.environ.pop("XMODAL_CACHE", None)
+        else:
+            os.environ["XMODAL_CACHE"] = saved
+    return root / "idx", photos, cache, events
+
+
+def test_clip_tokenizer_without_torch_gives_open_clips_ids() -> None:
+    import open_clip
+
+    from xmodal.indexer.models.clip_tokenizer import ClipBpeTokenizer
+
+    reference = open_clip.get_tokenizer(ARCH)
+    ours = ClipBpeTokenizer(Path(open_clip.tokenizer.default_bpe()), reference.context_length)
+    texts = ["a dog on the grass", "  Two CATS!!  on a sofa's edge ", "naïve café — 日本語 😀", "it's &amp; I'd", "", "word " * 100]
+    assert np.array_equal(ours(texts), reference(texts).numpy())
+
+
+def test_library_index_prepares_exports_and_bank_with_progress(clip_spec: str, indexed: tuple) -> None:
+    """Bug 6: the library's Indexer itself makes what a fast search needs, and says so."""
+    from xmodal.indexer.preparation import BANK_STAGE
+
+    _, _, cache, events = indexed
+    stages = {e.stage for e in events}
+    assert {"index", "exporting the image encoder", "exporting the text query encoder", BANK_STAGE} <= stages
+    bank = [e for e in events if e.stage == BANK_STAGE]
+    assert bank[0].done == 0 and bank[-1].done == bank[-1].total > 1000 and len(bank) > 10  # steps, not one jump
+    sidecars = sorted((cache / "query-encoders").glob("*.json"))
+    kinds = sorted(json.loads(p.read_text())["kind"] for p in sidecars)
+    assert kinds == ["image", "text"]
+
+
+def test_exported_encoders_equal_the_torch_model(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xmodal.indexer import load_model
+    from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder
+
+    _, photos, cache, _ = indexed
+    monkeypatch.setenv("XMODAL_CACHE", str(cache))
+    model = load_model(clip_spec)
+    text = QueryTextEncoder.for_index(clip_spec)
+    image = QueryImageEncoder.for_index(clip_spec)
+    assert text is not None and image is not None and "CPUExecutionProvider" in text.providers
+    texts = ["a red circle", "x", "two children playing " * 30]
+    assert np.allclose(text.embed_texts(texts), model.embed_texts(texts), atol=1e-5)
+    images = [Image.open(p) for p in sorted(photos.iterdir())] + [_drawing((10, 200, 200), "circle", (90, 300)).convert("L")]
+    saved = model._exported_image_path
+    model.use_exported_image_path(None)  # the torch towers themselves
+    try:
+        want = model.embed_images(images)
+    finally:
+        model.use_exported_image_path(saved)
+    assert np.allclose(image.embed_images(images), want, atol=1e-5)
+
+
+def test_index_vectors_from_onnxruntime_equal_torchs(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    from xmodal.indexer import load_model
+    from xmodal.search import SearchEngine
+
+    index, photos, cache, _ = indexed
+    monkeypatch.setenv("XMODAL_CACHE", str(cache))
+    model = load_model(clip_spec)
+    assert model._exported_image_path is not None  # the run used onnxruntime for the photos
+    with SearchEngine.open(index) as engine:
+        hits = engine.search_image(photos / "p2.png", k=4, rerank=False)
+        ids = [h.id for h in hits]
+        stored = engine.vectors(ids)
+    saved = model._exported_image_path
+    model.use_exported_image_path(None)
+    try:
+        want = model.embed_images([Image.open(h.path) for h in hits])
+    finally:
+        model.use_exported_image_path(saved)
+    assert hits[0].path.endswith("p2.png")
+    assert np.allclose(stored, want, atol=1e-4)
+
+
+def test_cold_search_runs_without_torch(indexed: tuple) -> None:
+    """A fresh process searches an OpenCLIP index with the exports alone: torch is never imported."""
+    index, photos, cache, _ = indexed
+    script = (
+        "import sys, json\n"
+        "from xmodal.search import SearchEngine\n"
+        f"engine = SearchEngine.open({str(index)!r})\n"
+        "text = engine.search_text('a red circle', k=3)\n"
+        f"image = engine.search_image({str(photos / 'p1.png')!r}, k=1)\n"
+        "print(json.dumps([len(text), image[0].path, 'torch' in sys.modules]))\n"
+    )
+    env = {**os.environ, "XMODAL_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    count, path, torch_loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert count == 3 and path.endswith("p1.png") and torch_loaded is False
