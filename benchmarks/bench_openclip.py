@@ -9,9 +9,9 @@ as pretrained weights, no download). Photos: the flickr8k-1k *test* split next t
   first_index_s    `xmodal index` wall time with a cold cache: includes the one-time preparations
                    (ONNX exports, the 2,000-caption query bank), shown as progress
   index_ips        `xmodal index` of the same photos into a new index, cache warm: photos / run time
-                   (model load included), and index_loop_ips (decode + embed + write only)
+                   (model load included), and index_ips_without_load (timings["load"] taken off)
   cold_search_s    `xmodal search "…"` wall times from fresh processes (median and worst of 5)
-and the ratios index_ips / tower_ips and index_loop_ips / tower_ips (goal: >= 0.8; search <= 2 s).
+and the ratios of both to tower_ips (goal: >= 0.8) and the cold searches (goal: <= 2 s).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def main() -> int:
         first, _ = xmodal("index", *sources, "--index", work / "idx1", "--model", spec, "--json")
         _, out = xmodal("index", *sources, "--index", work / "idx2", "--model", spec, "--json")
         summary = json.loads(out)
-        loop = sum(summary["timings"].get(k, 0.0) for k in ("decode", "embed", "write"))
         embedded = summary["new"] + summary["updated"]
+        run = summary["seconds"] - summary["timings"].get("load", 0.0)  # the run without the model's load
         searches = [xmodal("search", "a dog running on the grass", "--index", work / "idx2", "--json")[0] for _ in range(args.searches)]
         result = {
             "model": spec,
@@ -120,9 +120,9 @@ def main() -> int:
             "tower_ips": round(tower, 2),
             "first_index_s": round(first, 1),
             "index_ips": round(summary["images_per_second"], 2),
-            "index_loop_ips": round(embedded / loop, 2) if loop else None,
+            "index_ips_without_load": round(embedded / run, 2),
             "index_over_tower": round(summary["images_per_second"] / tower, 2),
-            "loop_over_tower": round(embedded / loop / tower, 2) if loop else None,
+            "without_load_over_tower": round(embedded / run / tower, 2),
             "cold_search_median_s": round(statistics.median(searches), 2),
             "cold_search_worst_s": round(max(searches), 2),
             "timings": summary["timings"],

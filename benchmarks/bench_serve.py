@@ -276,6 +276,7 @@ def main() -> None:
         default=400,
         help="real photos `xmodal index` adds during the writer phase (0: skip it)",
     )
+    parser.add_argument("--server-threads", type=int, help="`xmodal serve --threads N` (default: the server's own)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/xmodal_bench_serve"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -297,7 +298,7 @@ def main() -> None:
         flush=True,
     )
 
-    process, url = start_server(index, env, [])
+    process, url = start_server(index, env, ["--threads", str(args.server_threads)] if args.server_threads else [])
     phases = []
     try:
         import httpx
@@ -357,14 +358,17 @@ def main() -> None:
     print("| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for p in phases:
-        print(
-            f"| {p['phase']} | {p['clients']} | {p['requests']} | {p['requests_per_s']} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['errors']} |"
-        )
+        cells = [
+            p[k] for k in ("phase", "clients", "requests", "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")
+        ]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     print(
-        f"\nthumbnail page ({thumbs['thumbnails']:.0f} 12-MP photos, 8 connections): cold {thumbs['cold_page_ms']} ms, warm {thumbs['warm_page_ms']} ms"
+        f"\nthumbnail page ({thumbs['thumbnails']:.0f} 12-MP photos, 8 connections): "
+        f"cold {thumbs['cold_page_ms']} ms, warm {thumbs['warm_page_ms']} ms"
     )
     print(
-        f"library in-process (same queries): 1 thread {baseline['threads_1']:.1f} q/s, 8 threads {baseline['threads_8']:.1f} q/s"
+        f"library in-process (same queries): 1 thread {baseline['threads_1']:.1f} q/s, "
+        f"8 threads {baseline['threads_8']:.1f} q/s"
     )
     if at8:
         print(f"HTTP at 8 clients / best library: {report['http8_vs_best_library']:.2f} (goal >= 0.80)")

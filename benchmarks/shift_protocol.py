@@ -1,6 +1,7 @@
 """Shift-aware validation of the offline head: hold out whole concepts of the flickr8k-1k TRAIN split.
 
-    python benchmarks/shift_protocol.py --data ../shared/datasets/flickr8k-1k [--methods today,wise-out-0.5] [--second-stage]
+    python benchmarks/shift_protocol.py --data ../shared/datasets/flickr8k-1k \
+        --methods zero-shot,today,today-out-0.2,today-out-0.3,today-out-0.4 [--second-stage]
 
 Only the 800 train photos are read (the test split is never touched). For each concept (a group of
 words: water scenes, dogs, city streets, snow, mountains), every train photo whose captions mention
@@ -9,8 +10,20 @@ the concept at least once is kept out of training; the model is judged on
   in-dist   as many photos drawn from the rest, also kept out of training (same pool size, so the two
             figures compare).
 Reported: recall@1/5/10 text->image and image->text, macro-averaged over the concepts, for the first
-stage and, with --second-stage, for the default pipeline (QB-Norm both ways; the learned fusion for
-text->image with its weights fitted out of fold on the concept fold's training photos only).
+stage and, with --second-stage, for the default pipeline: QB-Norm both ways (text->image bank: 2,000
+of the fold's training captions; image->text bank: the pool's other photos, as the engine's index
+photos) and the learned fusion for text->image. Fusion weights: --fusion-weights shipped takes the 5
+weights of data/offline_fusion.npz (fitted on all train photos: a leak of 5 numbers) with the linear
+projection and the two-hop captions from the fold's training photos only; refit fits them on inner
+folds of the fold's training photos (slower, no leak).
+
+Methods (names compose): zero-shot (the ConSE prior alone); BASE in today (the HeadConfig defaults),
+views (trained on 5 augmentation views), wd0.5 (ten times the weight decay); BASE-xK an ensemble of K
+seeds (unit outputs averaged); ...-out-A output-space WiSE-FT with the prior (the product's
+HeadConfig.prior_mix = A); ...-w-A weight-space WiSE-FT (the MLP's last layer scaled by 1 - A and the
+prior's weight moved toward 1: the raw output mixed before normalising). Heads are cached on disk
+(xmodal cache dir / shift-heads) by config, photos and seed. One thread by default: with the machine
+shared, more threads mostly spin.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ printed there. The `mcp` package comes with `pip install 'xmodal[mcp]'`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,9 +16,13 @@ __all__ = ["mcp"]
 
 def mcp(
     index_dir: Annotated[
-        Optional[Path], typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder).")
+        Path | None,
+        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
     ] = None,
-    db_url: Annotated[Optional[str], typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder).")] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
+    ] = None,
 ) -> None:
     """Serve the index as MCP tools over stdio: search, similar, item, index_info."""
     from xmodal.indexer.errors import InvalidInputError
@@ -26,7 +30,9 @@ def mcp(
     try:
         from xmodal.cli.mcp_server import build_server
     except ImportError as e:
-        raise InvalidInputError(f"the MCP server needs the 'mcp' package ({e.name} is missing): pip install 'xmodal[mcp]'") from e
+        raise InvalidInputError(
+            f"the MCP server needs the 'mcp' package ({e.name} is missing): pip install 'xmodal[mcp]'"
+        ) from e
     from xmodal.search import SearchEngine
     from xmodal.search.stats import index_info
 

@@ -64,7 +64,9 @@ def lookup(engine: SearchEngine, item_id: int, kind: Target) -> ItemOut | None:
         if image is None:
             return None
         taken = image.taken_at.isoformat() if image.taken_at is not None else None
-        return ItemOut(id=image.id, kind="image", path=image.path, width=image.width, height=image.height, taken_at=taken)
+        return ItemOut(
+            id=image.id, kind="image", path=image.path, width=image.width, height=image.height, taken_at=taken
+        )
 
 
 def build_server(engine: SearchEngine, info: Callable[[], dict[str, object]]) -> MCPServer:

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from xmodal.indexer.indexing import Progress as RunProgress
+from xmodal.indexer.progress import Progress as RunProgress
 
 
 class ProgressBar:

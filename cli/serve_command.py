@@ -108,7 +108,8 @@ def serve(
         _fail(f"the token is empty; give a real one with --token or ${TOKEN_ENV_VAR}", 2)
     if not is_loopback(host) and not token:
         _fail(
-            f"refusing to listen on {host} without a token: pass --token TOKEN or set ${TOKEN_ENV_VAR} (or use --host 127.0.0.1)",
+            f"refusing to listen on {host} without a token: pass --token TOKEN or set ${TOKEN_ENV_VAR} "
+            "(or use --host 127.0.0.1)",
             2,
         )
     if log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -123,6 +124,7 @@ def serve(
         )
 
     from xmodal.cli.server.app import create_app
+    from xmodal.cli.watch_command import decode_start_method
     from xmodal.indexer.indexing import Indexer
     from xmodal.indexer.store.index_store import IndexStore
     from xmodal.search.engine import SearchEngine
@@ -144,9 +146,10 @@ def serve(
         from xmodal.indexer.models.embedding import load_model
 
         print("xmodal: loading the model for --watch …", file=sys.stderr, flush=True)
-        indexer = Indexer(directory, model=load_model(engine.store.model_spec), db_url=db_url)
+        loaded = load_model(engine.store.model_spec)
+        indexer = Indexer(directory, model=loaded, db_url=db_url, start_method=decode_start_method())
     elif allow_index:
-        indexer = Indexer(directory, db_url=db_url)
+        indexer = Indexer(directory, db_url=db_url, start_method=decode_start_method())
     app = create_app(
         engine, settings, reopen=lambda: IndexStore.open(directory, db_url), indexer=indexer, close_engine=True
     )
@@ -174,7 +177,8 @@ def serve(
     )
     server = _graceful_server_class()(config)
     print(
-        f"xmodal: serving {directory} at http://{shown}:{bound_port}/ (API docs at /docs){' — watching its folders' if watcher else ''}",
+        f"xmodal: serving {directory} at http://{shown}:{bound_port}/ (API docs at /docs)"
+        + (" — watching its folders" if watcher else ""),
         file=sys.stderr,
         flush=True,
     )

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from xmodal.indexer.decode_pool import StartMethod
     from xmodal.indexer.indexing import Indexer
     from xmodal.indexer.watching import CatchUp, FolderWatcher, WatchRun
 
-__all__ = ["watch", "start_watcher"]
+__all__ = ["watch", "start_watcher", "decode_start_method"]
 
 
 def _describe(run: WatchRun) -> str:
@@ -58,6 +59,21 @@ def start_watcher(
     if summary is not None:
         on_run(WatchRun(tuple(watcher.roots), summary))
     return watcher
+
+
+def decode_start_method() -> StartMethod | None:
+    """How index runs started inside a threaded process (the server, the watcher) start their decode
+    workers: forkserver. A fork from a process whose other threads are inside NumPy/BLAS or ONNX can
+    deadlock (seen: a search's matrix product and a watcher run's fork, both stuck); the fork server
+    is exec'd fresh, once, with the decode stage's imports preloaded, and forks the workers itself."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None  # spawn platforms: already safe
+    multiprocessing.set_forkserver_preload(
+        ["xmodal.indexer.decode_pool", "xmodal.indexer.images", "torch", "PIL.Image"]
+    )
+    return "forkserver"
 
 
 def _recorded_model(index_dir: Path | None, db_url: str | None) -> str | None:
@@ -122,7 +138,8 @@ def watch(
     if missing:
         raise InvalidQueryError(f"not a folder: {missing[0]}")
     # The model is loaded once, here, and every run after this reuses it.
-    indexer = Indexer(index_dir, model=load_model(model or _recorded_model(index_dir, db_url)), db_url=db_url)
+    loaded = load_model(model or _recorded_model(index_dir, db_url))
+    indexer = Indexer(index_dir, model=loaded, db_url=db_url, start_method=decode_start_method())
     watcher = start_watcher(indexer, roots, debounce=debounce, as_json=as_json, catch_up="now")
     if not as_json:
         typer.echo(f"xmodal: watching {', '.join(roots)} (Ctrl-C stops)", err=True)

@@ -24,8 +24,8 @@ _WHERE = {
 if TYPE_CHECKING:
     from xmodal.indexer.errors import XmodalError
     from xmodal.indexer.indexing import Indexer, IndexSummary
-    from xmodal.indexer.models.spec import OFFLINE_DEFAULT
     from xmodal.indexer.models.embedding import EmbeddingModel, load_model
+    from xmodal.indexer.models.spec import OFFLINE_DEFAULT
     from xmodal.indexer.text_indexing import TextIndexer
 
 

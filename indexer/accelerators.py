@@ -27,7 +27,7 @@ _FOR_DEVICE = {"cuda": ("CUDAExecutionProvider",), "mps": ("CoreMLExecutionProvi
 
 
 def resolve_device(device: Device | str = "auto") -> str:
-    """"auto" -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu"."""
+    """ "auto" -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu"."""
     if device != "auto":
         return device
     import torch

@@ -127,7 +127,10 @@ def _decode_pool(workers: int, transform: Callable, target: int, start_method: S
     method = start_method or default_start_method()
     if method in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon:
         return ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker, initargs=(transform, target)
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker,
+            initargs=(transform, target),
         )
     _init_worker(transform, target)
     return ThreadPoolExecutor(max_workers=workers)
@@ -142,7 +145,9 @@ def _prepare(work: _Work) -> _Prepared:
             work.content_hash = file_hash(work.found.path)
         decoded = decode_image(work.found.path, target)
         pixels = transform(decoded.image)
-        return _Prepared(work, pixels, decoded.width, decoded.height, decoded.taken_at, seconds=time.perf_counter() - started)
+        return _Prepared(
+            work, pixels, decoded.width, decoded.height, decoded.taken_at, seconds=time.perf_counter() - started
+        )
     except ImageReadError as e:
         return _Prepared(work, error=str(e), seconds=time.perf_counter() - started)
     except OSError as e:
@@ -151,7 +156,9 @@ def _prepare(work: _Work) -> _Prepared:
         return _Prepared(work, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - started)
 
 
-def _prefetch(pool: Executor, work: Sequence[_Work], batch_size: int, fn: Callable[[_Work], _Prepared]) -> Iterator[list[_Prepared]]:
+def _prefetch(
+    pool: Executor, work: Sequence[_Work], batch_size: int, fn: Callable[[_Work], _Prepared]
+) -> Iterator[list[_Prepared]]:
     """Yield prepared batches in order while the next batch is decoded in the background."""
     batches = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
     pending = [[pool.submit(fn, w) for w in batch] for batch in batches[:2]]

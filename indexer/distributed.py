@@ -229,9 +229,9 @@ def embed_on_ray(
     object itself is shipped (tests, custom models that have no spec to load from).
     """
     from xmodal.indexer.decode_pool import _decode_size
-    from xmodal.indexer.indexing import Progress
     from xmodal.indexer.models.embedding import IndexedPixels
     from xmodal.indexer.models.preprocess import split_transform
+    from xmodal.indexer.progress import Progress
 
     transform = model.image_transform
     preprocessing = getattr(model, "preprocessing", None)

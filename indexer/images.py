@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -68,11 +69,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping to white.
         im = im.convert("I")
-        lo, hi = im.getextrema()
+        lo, hi = cast(tuple[float, float], im.getextrema())  # one band: (min, max)
         scale = 255.0 / max(1, hi - lo)
         im = im.point(lambda v: (v - lo) * scale).convert("L")
     elif im.mode == "F":
-        lo, hi = im.getextrema()
+        lo, hi = cast(tuple[float, float], im.getextrema())
         scale = 255.0 / max(1e-12, hi - lo)
         im = im.point(lambda v: (v - lo) * scale).convert("L")
     if im.mode == "P":

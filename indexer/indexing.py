@@ -29,6 +29,8 @@ from xmodal.indexer.decode_pool import (  # the run's decode stage; distributed.
 )
 from xmodal.indexer.errors import ModelMismatchError
 from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
+from xmodal.indexer.paths import absolute
+from xmodal.indexer.progress import Progress
 from xmodal.indexer.store.index_store import IndexStore
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
@@ -81,16 +83,6 @@ class IndexSummary:
         }
 
 
-@dataclass(frozen=True)
-class Progress:
-    """`done` of `total` in one stage: "index" (photos), or a one-time preparation such as
-    "exporting the text query encoder" or "embedding the query bank" (indexer.preparation)."""
-
-    done: int
-    total: int
-    stage: str = "index"
-
-
 class Indexer:
     """Adds folders of photos to an index. A library user calls it the same way the CLI does."""
 
@@ -104,6 +96,7 @@ class Indexer:
         on_progress: Callable[[Progress], None] | None = None,
         ray: RayOptions | None = None,
         start_method: StartMethod | None = None,
+        prepare_search: bool = True,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process."""
         self.index_dir = index_dir
@@ -116,6 +109,10 @@ class Indexer:
         self.batch_size = batch_size
         self.workers = workers or max(1, (os.cpu_count() or 2))
         self.start_method = start_method  # of the decode workers; None: default_start_method()
+        # After a run that embedded photos: export the query encoders and embed the caption bank
+        # (indexer.preparation), once per model and machine; False leaves that to the first search.
+        self.prepare_search = prepare_search
+        self._load_seconds = 0.0
         self.on_progress = on_progress
 
     @property
@@ -147,7 +144,9 @@ class Indexer:
         if self.model is None:
             from xmodal.indexer.models.embedding import load_model
 
+            clock = time.perf_counter()
             self._model = load_model(self._model if isinstance(self._model, str) else store.model_spec)
+            self._load_seconds = time.perf_counter() - clock  # the run's summary shows it as timings["load"]
         return self._model  # type: ignore[return-value]
 
     def add_paths(
@@ -159,7 +158,8 @@ class Indexer:
         the paths then only say where files that left the listing are removed (or moved from).
         """
         started = time.perf_counter()
-        roots = [Path(os.path.abspath(Path(os.fsdecode(p)).expanduser())) for p in paths]
+        self._load_seconds = 0.0
+        roots = [absolute(p) for p in paths]
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
@@ -169,7 +169,9 @@ class Indexer:
         finally:
             store.close()
         summary.seconds = time.perf_counter() - started
-        if summary.embedded and self.model is not None:
+        if self._load_seconds:
+            summary.timings["load"] = self._load_seconds
+        if summary.embedded and self.model is not None and self.prepare_search:
             # What a search of this index needs (query encoders, the caption bank), made now while
             # the model is loaded; once per model and machine, outside the run's own time.
             from xmodal.indexer.preparation import prepare_for_search

@@ -40,7 +40,11 @@ def _read_jsonl(path: Path) -> list[CaptionedImage]:
             captions = row.get("captions", row.get("caption"))
             if isinstance(captions, str):
                 captions = [captions]
-            if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            if (
+                not isinstance(captions, list)
+                or not captions
+                or not all(isinstance(c, str) and c.strip() for c in captions)
+            ):
                 raise InvalidInputError(f"{where}: 'captions' must be a non-empty list of texts")
             out.append(CaptionedImage(_check(path.parent / row["image"], where), tuple(c.strip() for c in captions)))
     return out
@@ -79,7 +83,9 @@ def _read_coco(path: Path, image_root: Path) -> list[CaptionedImage]:
     for image_id, captions in grouped.items():
         if image_id not in files:
             raise InvalidInputError(f"{path}: annotation for unknown image id {image_id}")
-        out.append(CaptionedImage(_check(image_root / files[image_id], f"{path}: image id {image_id}"), tuple(captions)))
+        out.append(
+            CaptionedImage(_check(image_root / files[image_id], f"{path}: image id {image_id}"), tuple(captions))
+        )
     return out
 
 

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder, export_image_encoder, prepare_query_encoders, sidecar_path
+from xmodal.indexer.models.query_encoders import (
+    QueryImageEncoder,
+    QueryTextEncoder,
+    export_image_encoder,
+    prepare_query_encoders,
+    sidecar_path,
+)
 
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel

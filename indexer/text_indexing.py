@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from xmodal.indexer.store.index_store import IndexStore
-from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
+from xmodal.indexer.models.spec import model_fingerprint
+from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import TextRow, utcnow, vector_to_blob
 from xmodal.indexer.text_sources import read_text_items
 
@@ -28,7 +28,12 @@ class TextSummary:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
-        return {"new": self.new, "unchanged": self.unchanged, "removed": self.removed, "seconds": round(self.seconds, 3)}
+        return {
+            "new": self.new,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _text_hash(text: str) -> str:
@@ -39,14 +44,20 @@ class TextIndexer:
     """Adds texts, grouped by source (a file path or any label); re-running a source is incremental."""
 
     def __init__(
-        self, index_dir: Path | str | None = None, model: EmbeddingModel | str | None = None, db_url: str | None = None, batch_size: int = 256
+        self,
+        index_dir: Path | str | None = None,
+        model: EmbeddingModel | str | None = None,
+        db_url: str | None = None,
+        batch_size: int = 256,
     ) -> None:
         self.index_dir = index_dir
         self.db_url = db_url
         self._model = model
         self.batch_size = batch_size
 
-    def add_files(self, files: Iterable[Path | str], column: str | None = None, field: str | None = None) -> TextSummary:
+    def add_files(
+        self, files: Iterable[Path | str], column: str | None = None, field: str | None = None
+    ) -> TextSummary:
         entries: list[tuple[str, str]] = []
         for file in files:
             source = str(Path(file).expanduser().absolute())
@@ -60,12 +71,18 @@ class TextIndexer:
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
-                model = self._model if isinstance(self._model, EmbeddingModel) else load_model(self._model or store.model_spec)
+                model = (
+                    self._model
+                    if isinstance(self._model, EmbeddingModel)
+                    else load_model(self._model or store.model_spec)
+                )
                 store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
                 vectors = store.vectors("text")
                 sources = {source for source, _ in entries}
                 with store.metadata.session() as s:
-                    existing = s.execute(select(TextRow.id, TextRow.source, TextRow.content_hash).where(TextRow.source.in_(sources))).all()
+                    existing = s.execute(
+                        select(TextRow.id, TextRow.source, TextRow.content_hash).where(TextRow.source.in_(sources))
+                    ).all()
                 known = {(row.source, row.content_hash): row.id for row in existing}
                 wanted: dict[tuple[str, str], str] = {}
                 for source, text in entries:
@@ -85,7 +102,14 @@ class TextIndexer:
                     now = utcnow()
                     with store.metadata.session() as s, s.begin():
                         rows = [
-                            dict(source=source, text=text, content_hash=digest, model=str(model.spec), indexed_at=now, vector=vector_to_blob(vec))
+                            dict(
+                                source=source,
+                                text=text,
+                                content_hash=digest,
+                                model=str(model.spec),
+                                indexed_at=now,
+                                vector=vector_to_blob(vec),
+                            )
                             for ((source, digest), text), vec in zip(batch, embeddings)
                         ]
                         ids = np.array(store.metadata.insert_rows(s, TextRow, rows), dtype=np.int64)

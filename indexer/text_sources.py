@@ -23,7 +23,9 @@ def read_text_items(path: Path | str, column: str | None = None, field: str | No
                 reader = csv.DictReader(f)
                 name = column or (reader.fieldnames[0] if reader.fieldnames else None)
                 if not name or name not in (reader.fieldnames or []):
-                    raise InvalidInputError(f"{path}: no column '{column}' (columns: {', '.join(reader.fieldnames or [])})")
+                    raise InvalidInputError(
+                        f"{path}: no column '{column}' (columns: {', '.join(reader.fieldnames or [])})"
+                    )
                 items = [(row.get(name) or "").strip() for row in reader]
             elif suffix == ".jsonl":
                 if not field:

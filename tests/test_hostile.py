@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import xmodal.indexer.decode_pool as decode_pool_mod
 import xmodal.indexer.indexing as indexing_mod
 from xmodal.indexer import Indexer
 from xmodal.indexer.store.index_store import IndexStore
@@ -260,7 +261,7 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
     target = root / "p4.jpg"
     make_image(target, BLUE, size=(70, 50))
     os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
-    real_decode = indexing_mod.decode_image
+    real_decode = decode_pool_mod.decode_image
 
     def vanish_then_decode(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if Path(path).name == "p4.jpg" and Path(path).exists():
@@ -268,7 +269,7 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
         return real_decode(path, *args, **kwargs)
 
     monkeypatch.setattr(indexing_mod, "scan_paths", real_scan)
-    monkeypatch.setattr(indexing_mod, "decode_image", vanish_then_decode)
+    monkeypatch.setattr(decode_pool_mod, "decode_image", vanish_then_decode)
     summary = _index(tmp_path / "idx", root)
     reasons = _failure_reasons(summary)
     assert "vanished" in reasons["p4.jpg"] or "no such file" in reasons["p4.jpg"].lower()
@@ -301,7 +302,7 @@ def test_file_changing_while_read_heals_on_next_run(tmp_path: Path, monkeypatch:
     root = tmp_path / "photos"
     make_image(root / "a.jpg", RED)
     target = make_image(root / "b.png", RED)
-    real_decode = indexing_mod.decode_image
+    real_decode = decode_pool_mod.decode_image
     changed = []
 
     def change_then_decode(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -311,10 +312,10 @@ def test_file_changing_while_read_heals_on_next_run(tmp_path: Path, monkeypatch:
             os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
         return real_decode(path, *args, **kwargs)
 
-    monkeypatch.setattr(indexing_mod, "decode_image", change_then_decode)
+    monkeypatch.setattr(decode_pool_mod, "decode_image", change_then_decode)
     first = _index(tmp_path / "idx", root)
     assert first.new + first.failed == 2
-    monkeypatch.setattr(indexing_mod, "decode_image", real_decode)
+    monkeypatch.setattr(decode_pool_mod, "decode_image", real_decode)
     _index(tmp_path / "idx", root)
     rows = {Path(p).name: r for p, r in _rows(tmp_path / "idx").items()}
     # after the next run the row describes the file as it is now

@@ -79,6 +79,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
+# How many tiles the first row of the grid holds.
+_COLUMNS_JS = (
+    "const t=document.querySelectorAll('#results .hit');let n=0;"
+    "while(n<t.length&&t[n].offsetTop===t[0].offsetTop)n++;return n;"
+)
+
+
 def _wait(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], object], timeout: float = 15) -> object:
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
 
@@ -97,7 +104,7 @@ def _captions(driver: webdriver.Chrome) -> list[str]:
 
 def _no_alert(driver: webdriver.Chrome) -> bool:
     try:
-        driver.switch_to.alert
+        driver.switch_to.alert  # noqa: B018 - the property raises when there is no alert
     except NoAlertPresentException:
         return True
     return False
@@ -159,9 +166,7 @@ def test_keyboard_navigation(browser: webdriver.Chrome, base_url: str) -> None:
     assert active(browser).get_attribute("data-index") == "0"
     active(browser).send_keys(Keys.ARROW_RIGHT)
     assert active(browser).get_attribute("data-index") == "1"
-    columns = browser.execute_script(
-        "const t=document.querySelectorAll('#results .hit');let n=0;while(n<t.length&&t[n].offsetTop===t[0].offsetTop)n++;return n;"
-    )
+    columns = browser.execute_script(_COLUMNS_JS)
     active(browser).send_keys(Keys.ARROW_DOWN)
     assert active(browser).get_attribute("data-index") == str(1 + columns)
     active(browser).send_keys(Keys.ARROW_LEFT)
@@ -214,15 +219,20 @@ def test_phone_sized_screen(browser: webdriver.Chrome, base_url: str) -> None:
         browser.get(base_url + "/?q=red")
         _wait(browser, lambda d: len(_tiles(d)) > 3)
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
-        columns = browser.execute_script(
-            "const t=document.querySelectorAll('#results .hit');let n=0;while(n<t.length&&t[n].offsetTop===t[0].offsetTop)n++;return n;"
-        )
+        columns = browser.execute_script(_COLUMNS_JS)
         assert columns >= 3
         _tiles(browser)[0].click()
         _wait(browser, lambda d: d.find_element(By.ID, "viewer").is_displayed())
         assert browser.execute_script(
-            "const r=document.querySelector('#viewer .panel').getBoundingClientRect();return r.width <= window.innerWidth"
+            "return document.querySelector('#viewer .panel').getBoundingClientRect().width <= window.innerWidth"
         )
         browser.find_element(By.ID, "close").click()
     finally:
         browser.set_window_size(1280, 1000)
+
+
+def test_api_docs_page_renders_offline(browser: webdriver.Chrome, base_url: str) -> None:
+    browser.get(base_url + "/docs")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#routes section")) >= 10)
+    text = browser.find_element(By.ID, "routes").text
+    assert "/api/search" in text and "/api/items/{item_id}/thumbnail" in text

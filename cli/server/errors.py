@@ -201,7 +201,8 @@ class LoopbackHostOnly:
             if name not in self._ALLOWED:
                 await _json(
                     400,
-                    "this server answers only requests for 127.0.0.1 or localhost (start it with a token to serve other names)",
+                    "this server answers only requests for 127.0.0.1 or localhost "
+                    "(start it with a token to serve other names)",
                 )(scope, receive, send)
                 return
         await self.app(scope, receive, send)

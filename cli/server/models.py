@@ -39,15 +39,17 @@ class HitOut(BaseModel):
     path: str = Field(description="The photo's path, or for a text the file it came from.")
     name: str = Field(description="The file name (last part of the path).")
     text: str | None = None
-    thumbnail: str | None = Field(None, description="URL of the thumbnail (images only).")
-    url: str | None = Field(None, description="URL of the full photo (images only).")
+    thumbnail: str | None = Field(default=None, description="URL of the thumbnail (images only).")
+    url: str | None = Field(default=None, description="URL of the full photo (images only).")
 
 
 class SearchResponse(BaseModel):
     hits: list[HitOut]
     offset: int
     limit: int
-    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
     target: Kind
     took_ms: float
 
@@ -60,7 +62,7 @@ class ItemOut(BaseModel):
     size: int | None = None
     width: int | None = None
     height: int | None = None
-    taken_at: datetime | None = Field(None, description="EXIF capture time, when the photo has one.")
+    taken_at: datetime | None = Field(default=None, description="EXIF capture time, when the photo has one.")
     modified: datetime | None = None
     indexed_at: datetime | None = None
     text: str | None = None

@@ -1,1 +1,2 @@
-"""Models: spec strings and capabilities, embedding, the offline towers, projection head, preprocessing, ONNX exports."""
+"""Models: spec strings and capabilities, embedding, the offline towers, projection head,
+preprocessing, ONNX exports."""

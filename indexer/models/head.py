@@ -61,6 +61,9 @@ class HeadConfig:
 class ProjectionHead(nn.Module):
     """Maps frozen tower features into the shared, normalised embedding space."""
 
+    feat_mean: torch.Tensor  # buffers, set from the training features
+    feat_std: torch.Tensor
+
     def __init__(self, image_dim: int, text_dim: int, config: HeadConfig | None = None) -> None:
         super().__init__()
         cfg = config or HeadConfig()
@@ -89,15 +92,13 @@ class ProjectionHead(nn.Module):
         )
         self.prior_weight = nn.Parameter(torch.tensor(float(cfg.prior_weight)))
         if cfg.text_hidden > 0:
-            self.text_mlp: nn.Module | None = nn.Sequential(
-                nn.Dropout(cfg.text_dropout),
-                nn.Linear(text_dim, cfg.text_hidden),
-                nn.GELU(),
-                nn.Linear(cfg.text_hidden, text_dim),
-            )
+            last = nn.Linear(cfg.text_hidden, text_dim)
             # Zero-init: training starts from the untouched MiniLM space.
-            nn.init.zeros_(self.text_mlp[-1].weight)
-            nn.init.zeros_(self.text_mlp[-1].bias)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.text_mlp: nn.Module | None = nn.Sequential(
+                nn.Dropout(cfg.text_dropout), nn.Linear(text_dim, cfg.text_hidden), nn.GELU(), last
+            )
         else:
             self.text_mlp = None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
@@ -201,7 +202,7 @@ def train_head(
     base = feats[..., : di - cfg.prior_dim].reshape(-1, di - cfg.prior_dim)
     head.feat_mean.copy_(base.mean(0))
     head.feat_std.copy_(base.std(0).clamp(min=1e-4))
-    caps_of = [[] for _ in range(n_img)]
+    caps_of: list[list[int]] = [[] for _ in range(n_img)]
     for k, i in enumerate(caption_image.tolist()):
         caps_of[i].append(k)
     caps_t = [torch.tensor(c) for c in caps_of]

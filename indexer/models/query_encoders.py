@@ -85,7 +85,9 @@ def _exportable() -> Iterator[None]:
                 mha.set_fastpath_enabled(saved)
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, target: Path, input_name: str, dynamic: dict[int, str]) -> None:
+def _export(
+    module: torch.nn.Module, example: torch.Tensor, target: Path, input_name: str, dynamic: dict[int, str]
+) -> None:
     """Export to `target` (plus `target.data` for large graphs) through temporary names."""
     import torch
 
@@ -94,15 +96,27 @@ def _export(module: torch.nn.Module, example: torch.Tensor, target: Path, input_
         target.parent.mkdir(parents=True, exist_ok=True)
         with _exportable():
             torch.onnx.export(
-                module, (example,), str(tmp), input_names=[input_name], output_names=["vectors"],
-                dynamic_axes={input_name: dynamic, "vectors": {0: "batch"}}, dynamo=False, opset_version=17,
+                module,
+                (example,),
+                str(tmp),
+                input_names=[input_name],
+                output_names=["vectors"],
+                dynamic_axes={input_name: dynamic, "vectors": {0: "batch"}},
+                dynamo=False,
+                opset_version=17,
             )
         if tmp.stat().st_size > _EXTERNAL_DATA_BYTES:
             import onnx
 
             graph = onnx.load(str(tmp))
             tmp.unlink()
-            onnx.save_model(graph, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{target.name}.data")
+            onnx.save_model(
+                graph,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=f"{target.name}.data",
+            )
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -129,20 +143,34 @@ def _text_graph(model: EmbeddingModel, folder: Path, key: str) -> tuple[Any, Any
         features = _call(copy.deepcopy(towers.text).float().cpu(), "forward", normalize=True)
         from xmodal.indexer.models.offline_towers import TEXT_MAX_TOKENS
 
-        described = {"type": "hf", "file": tokenizer.name, "max_tokens": TEXT_MAX_TOKENS, "pad_id": towers.tokenizer.pad_token_id or 0}
+        described = {
+            "type": "hf",
+            "file": tokenizer.name,
+            "max_tokens": TEXT_MAX_TOKENS,
+            "pad_id": towers.tokenizer.pad_token_id or 0,
+        }
         return features, torch.tensor([[101, 1037, 3899, 102]], dtype=torch.long), described
     if isinstance(towers, OpenClipTowers):
         from open_clip import tokenizer as oc_tokenizer
 
-        tok = towers._tokenizer
-        clean = {oc_tokenizer._clean_lower: "lower", oc_tokenizer._clean_whitespace: "whitespace", oc_tokenizer._clean_canonicalize: "canonicalize"}
+        tok: Any = towers._tokenizer  # open_clip's SimpleTokenizer, checked below
+        clean = {
+            oc_tokenizer._clean_lower: "lower",
+            oc_tokenizer._clean_whitespace: "whitespace",
+            oc_tokenizer._clean_canonicalize: "canonicalize",
+        }
         if type(tok) is not oc_tokenizer.SimpleTokenizer or tok.reduction_fn is not None or tok.clean_fn not in clean:
             return None
         merges = folder / f"{key}.bpe.txt.gz"
         shutil.copyfile(oc_tokenizer.default_bpe(), merges)
         clip = copy.deepcopy(towers.model).float().cpu().to(memory_format=torch.contiguous_format)
         features = _call(clip, "encode_text", normalize=False, kwargs={"normalize": True})
-        described = {"type": "clip-bpe", "file": merges.name, "context_length": int(tok.context_length), "clean": clean[tok.clean_fn]}
+        described = {
+            "type": "clip-bpe",
+            "file": merges.name,
+            "context_length": int(tok.context_length),
+            "clean": clean[tok.clean_fn],
+        }
         return features, tok(["a dog"]), described
     return None
 
@@ -217,8 +245,16 @@ def export_text_encoder(model: EmbeddingModel) -> Path | None:
         if graph is None:
             return None
         features, example, tokenizer = graph
-        _export(_projected(features, model.head, "project_texts"), example, folder / f"{key}.onnx", "ids", {0: "batch", 1: "tokens"})
-        _write_sidecar(sidecar, {"kind": "text", "spec": spec, "onnx": f"{key}.onnx", "input": "ids", "tokenizer": tokenizer})
+        _export(
+            _projected(features, model.head, "project_texts"),
+            example,
+            folder / f"{key}.onnx",
+            "ids",
+            {0: "batch", 1: "tokens"},
+        )
+        _write_sidecar(
+            sidecar, {"kind": "text", "spec": spec, "onnx": f"{key}.onnx", "input": "ids", "tokenizer": tokenizer}
+        )
     except Exception:  # an optimisation only: searches then load the model
         return None
     return sidecar
@@ -241,9 +277,18 @@ def export_image_encoder(model: EmbeddingModel) -> Path | None:
             return None
         folder, key = sidecar.parent, sidecar.stem
         example = torch.zeros(2, 3, preprocessing.size, preprocessing.size)
-        _export(_projected(features, model.head, "project_images"), example, folder / f"{key}.onnx", "pixels", {0: "batch"})
-        described = {"size": preprocessing.size, "mean": list(preprocessing.mean), "std": list(preprocessing.std), "interpolation": preprocessing.interpolation}
-        _write_sidecar(sidecar, {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "preprocess": described})
+        _export(
+            _projected(features, model.head, "project_images"), example, folder / f"{key}.onnx", "pixels", {0: "batch"}
+        )
+        described = {
+            "size": preprocessing.size,
+            "mean": list(preprocessing.mean),
+            "std": list(preprocessing.std),
+            "interpolation": preprocessing.interpolation,
+        }
+        _write_sidecar(
+            sidecar, {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "preprocess": described}
+        )
     except Exception:  # an optimisation only
         return None
     return sidecar
@@ -330,7 +375,9 @@ class QueryTextEncoder(_ExportedEncoder):
         if described["type"] == "clip-bpe":
             from xmodal.indexer.models.clip_tokenizer import ClipBpeTokenizer
 
-            self._tokenize: Callable[[list[str]], np.ndarray] = ClipBpeTokenizer(file, described["context_length"], described["clean"])
+            self._tokenize: Callable[[list[str]], np.ndarray] = ClipBpeTokenizer(
+                file, described["context_length"], described["clean"]
+            )
         else:
             from tokenizers import Tokenizer
 

@@ -3,7 +3,7 @@
 The learned fusion reads the offline towers' 1,664 features of each candidate (pooled CNN features in
 [0, ~6] and a unit ConSE vector of values near ±0.1): one scale per row would flatten the ConSE part,
 so each block of 32 gets its own (the Q8_0 layout of llama.cpp). 1,776 bytes instead of float16's
-3,328; the fusion's linear projection of the decoded features keeps a cosine of 0.99998 to the exact
+3,328; the fusion's linear projection of the decoded features keeps a cosine of 0.99999 to the exact
 one (benchmarks/RESULTS.md). Blobs written before (plain float16, 2 bytes a value) still decode.
 
 Layout: b"Q8_0" | uint32 value count n | float16 scale per block | int8 codes (blocks padded to 32).
@@ -31,12 +31,12 @@ def encode_features(features: np.ndarray) -> bytes:
     x = np.asarray(features, dtype=np.float32).ravel()
     n = len(x)
     blocks = -(-n // BLOCK)
-    padded = np.zeros(blocks * BLOCK, dtype=np.float32)
-    padded[:n] = x
-    padded = padded.reshape(blocks, BLOCK)
-    scale = (np.abs(padded).max(axis=1) / 127.0).astype("<f2")
+    flat = np.zeros(blocks * BLOCK, dtype=np.float32)
+    flat[:n] = x
+    rows = flat.reshape(blocks, BLOCK)
+    scale = (np.abs(rows).max(axis=1) / 127.0).astype("<f2")
     safe = np.where(scale > 0, scale.astype(np.float32), 1.0)  # an all-zero block stays zero
-    codes = np.clip(np.rint(padded / safe[:, None]), -127, 127).astype(np.int8)
+    codes = np.clip(np.rint(rows / safe[:, None]), -127, 127).astype(np.int8)
     return MAGIC + np.uint32(n).astype("<u4").tobytes() + scale.tobytes() + codes.tobytes()
 
 

@@ -99,7 +99,7 @@ def features_from_parts(
     photos = photos.astype(np.float64)
     query = query.astype(np.float64)
     cosine = photos @ query if cosine is None else cosine.astype(np.float64)
-    near = model.train_captions @ query
+    near = np.einsum("ij,j->i", model.train_captions, query)  # single-threaded: see search.rerank.pipeline
     top = np.argpartition(-near, min(TWO_HOP_CAPTIONS, len(near)) - 1)[:TWO_HOP_CAPTIONS]
     weights = np.exp(TWO_HOP_TEMPERATURE * (near[top] - near[top].max()))
     weights /= weights.sum()

@@ -48,7 +48,8 @@ from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
     FusionModel,
-    fusion_features,
+    features_from_parts,
+    photo_parts,
     standardise,
 )
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
@@ -174,11 +175,12 @@ def fold_candidates(
     feats = np.zeros((len(ev_caps), TOP, len(FEATURES)))
     labels = np.full(len(ev_caps), -1)
     scores = queries @ photos.T
+    parts = photo_parts(model, tower)  # query-independent: once per photo, as at search time
     for q in range(len(ev_caps)):
         top = np.argsort(-scores[q], kind="stable")[:TOP]
         hit = np.flatnonzero(top == own[q])
         labels[q] = hit[0] if len(hit) else -1
-        feats[q] = fusion_features(model, queries[q], photos[top], tower[top], hub[top])
+        feats[q] = features_from_parts(model, queries[q], photos[top], parts[top], hub[top])
     times["features"] = time.time() - t0
     return Fold(feats, labels), times
 
@@ -222,6 +224,7 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", help="a fusion file whose weights are also scored on the folds")
     ap.add_argument("--no-ablation", action="store_true", help="skip the per-feature ablation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -288,6 +291,14 @@ def main() -> None:
             _, base_j, fused_j = leave_one_fold_out(folds, [c for c in every if c != j])
             print(f"  -{name:13s} {fused_j - base_j:+.2f}  (all: {fused - base:+.2f})")
 
+    if args.compare:  # e.g. the weights shipped for an earlier head, on these same folds
+        old = FusionModel.load(Path(args.compare)).weights
+        pooled = np.concatenate([correct(fold.features, fold.labels, old) for fold in folds])
+        print(
+            f"weights of {args.compare} on these folds: pooled R@1 {base:.2f} -> {100 * pooled.mean():.2f} "
+            f"({100 * pooled.mean() - base:+.2f})",
+            flush=True,
+        )
     weights = fit_fusion_weights([fold.features for fold in folds], [fold.labels for fold in folds])
     print("weights (all folds): " + "  ".join(f"{n} {w:+.3f}" for n, w in zip(FEATURES, weights)), flush=True)
 

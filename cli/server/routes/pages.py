@@ -48,7 +48,10 @@ class StaticFiles:
         digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
         # The login page is shown before any token is known, so it carries its style inline; the
         # policy admits that one style by its hash and nothing else.
-        self.login_csp = f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        self.login_csp = (
+            f"default-src 'none'; style-src 'sha256-{digest}'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
 
     def text(self, name: str) -> str:
         return self.files[name].decode("utf-8")
@@ -78,7 +81,9 @@ def _figure(hit: HitOut) -> str:
         picture = (
             f'<img src="{html.escape(hit.thumbnail or "")}" alt="{html.escape(hit.name, quote=True)}" loading="lazy">'
         )
-        return f'<a class="hit" href="{html.escape(hit.url or "")}" data-id="{hit.id}" title="{title}">{picture}<span class="caption">{html.escape(label)}</span></a>'
+        caption = f'<span class="caption">{html.escape(label)}</span>'
+        link = html.escape(hit.url or "")
+        return f'<a class="hit" href="{link}" data-id="{hit.id}" title="{title}">{picture}{caption}</a>'
     return f'<div class="hit text" data-id="{hit.id}" title="{title}"><p>{html.escape(label)}</p></div>'
 
 

@@ -28,6 +28,7 @@ def main() -> None:
     slug = "_".join(args.message.lower().split())[:40]
     config.set_main_option("file_template", f"{number}_{slug}")
     created = command.revision(config, message=args.message, rev_id=number)
+    assert created is not None and not isinstance(created, list)  # one revision, no branches
     print(f"wrote {Path(created.path)}; set HEAD = {number!r} in {Path(__file__).with_name('__init__.py')}")
 
 

@@ -79,9 +79,9 @@ def upgrade() -> None:
         for column in columns:  # an index from before a nullable column was added
             if column.name not in have and column.nullable:
                 op.add_column(name, column)
-    for name, table, columns, unique in _INDEXES:
+    for name, table, indexed, unique in _INDEXES:
         if table not in present:
-            op.create_index(name, table, columns, unique=unique)
+            op.create_index(name, table, indexed, unique=unique)
 
 
 def downgrade() -> None:
