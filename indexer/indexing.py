@@ -204,7 +204,12 @@ class Indexer:
         # A root that is not there (an unmounted drive, a typo) removes nothing: only roots that
         # exist can say which of their files are gone.
         present_roots = [str(r) for r in roots if os.path.lexists(r)]
-        existing = {row.path: row for row in store.metadata.image_rows_under(present_roots)} if present_roots else {}
+        # Files named one by one are looked up by path: a folder clause per file costs a SQL
+        # expression per file (0.3 s for 256 photos), for nothing a file can hold.
+        folders = [r for r in present_roots if os.path.isdir(r)]
+        files = [r for r in present_roots if not os.path.isdir(r)]
+        existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
+        existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
         seen_paths = {str(f.path) for f in found}
         if listing is not None:  # listed files outside the roots are compared too (never removed)
             existing.update((row.path, row) for row in store.metadata.image_rows_under([]) if row.path in seen_paths)

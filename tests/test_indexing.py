@@ -45,6 +45,16 @@ def test_unchanged_files_are_not_decoded_again(tmp_path: Path, photo_dir: Path) 
     assert (summary.new, summary.updated, summary.unchanged, summary.embedded) == (0, 0, 4, 0)
 
 
+def test_files_named_one_by_one_are_compared_by_path(tmp_path: Path, photo_dir: Path) -> None:
+    files = [photo_dir / "red.jpg", photo_dir / "sub" / "green.png"]
+    assert _index(tmp_path / "idx", *files).new == 2
+    again = _index(tmp_path / "idx", *files, photo_dir / "yellow.bmp")
+    assert (again.new, again.unchanged, again.removed) == (1, 2, 0)
+    (photo_dir / "red.jpg").unlink()  # a named file that is gone is not a root: nothing is removed
+    assert _index(tmp_path / "idx", photo_dir / "sub" / "green.png").unchanged == 1
+    assert set(_rows(tmp_path / "idx")) == {"red.jpg", "green.png", "yellow.bmp"}
+
+
 def test_edited_file_is_reembedded_in_place(tmp_path: Path, photo_dir: Path) -> None:
     _index(tmp_path / "idx", photo_dir)
     before = _rows(tmp_path / "idx")["red.jpg"]

@@ -307,6 +307,16 @@ class MetadataStore:
         return int(value) if value else 0
 
     # --- images -----------------------------------------------------------------------------
+    def image_rows_at(self, paths: Sequence[str]) -> list[ImageRow]:
+        """Rows of exactly these paths (files named on the command line), vectors left out."""
+        rows: list[ImageRow] = []
+        with self.session() as s:
+            for start in range(0, len(paths), 500):  # bound the bind parameters per statement
+                chunk = list(paths[start : start + 500])
+                stmt = select(ImageRow).options(defer(ImageRow.vector, raiseload=True))
+                rows.extend(s.scalars(stmt.where(ImageRow.path.in_(chunk))))
+        return rows
+
     def image_rows_under(self, prefixes: Sequence[str], with_vectors: bool = False) -> list[ImageRow]:
         """Rows whose path lies under any of the prefixes (files or folders); all rows when empty.
 
