@@ -17,25 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-IndexOpt = Annotated[
-    Path | None,
-    typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-]
-DbUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db-url",
-        help="SQLAlchemy URL of the index database, e.g. postgresql+psycopg://user:pw@host/db (default: "
-        "$XMODAL_DB_URL, else the one the index was made with, else SQLite in the index folder).",
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model", help="Model spec: xmodal-lite (offline default), NAME:PRETRAINED, NAME:/path/weights, SPEC+HEAD.pt"
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+from xmodal.cli.options import DbUrlOpt, IndexOpt, JsonOpt, ModelOpt  # noqa: E402 - after the app, like the commands
 
 
 def _fail(message: str, code: int) -> None:

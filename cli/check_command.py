@@ -10,10 +10,11 @@ Exit status: 0 when the index is consistent (after --repair: when everything was
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from xmodal.cli.options import DbUrlOpt, IndexOpt
 
 __all__ = ["check"]
 
@@ -30,14 +31,8 @@ _SHOWN = 10  # items listed per category in the human output
 
 
 def check(
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
     repair: Annotated[
         bool,
         typer.Option(

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from xmodal.cli.options import DbUrlOpt, IndexOpt
+
 __all__ = ["export_command"]
 
 
@@ -23,14 +25,8 @@ def export_command(
     dtype: Annotated[
         str, typer.Option("--dtype", help="float32 (exact) or float16 (half the size, as clip-retrieval writes).")
     ] = "float32",
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a line.")] = False,
 ) -> None:
     """Export the index's vectors and metadata (clip-retrieval layout: .npy shards + parquet metadata)."""

@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from xmodal.cli.options import DbUrlOpt, IndexOpt
+
 __all__ = ["import_command"]
 
 
@@ -28,14 +30,8 @@ def import_command(
             help="The model that made the vectors (default: the one in DIR/xmodal.json, as `xmodal export` writes it).",
         ),
     ] = None,
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
     image_root: Annotated[
         Path | None,
         typer.Option(

@@ -6,23 +6,14 @@ printed there. The `mcp` package comes with `pip install 'xmodal[mcp]'`.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
+from xmodal.cli.options import DbUrlOpt, IndexOpt
 
 __all__ = ["mcp"]
 
 
 def mcp(
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
 ) -> None:
     """Serve the index as MCP tools over stdio: search, similar, item, index_info."""
     from xmodal.indexer.errors import InvalidInputError

@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from xmodal.cli.options import DbUrlOpt, IndexOpt
+
 __all__ = ["serve", "TOKEN_ENV_VAR"]
 
 TOKEN_ENV_VAR = "XMODAL_TOKEN"
@@ -58,14 +60,8 @@ def _graceful_server_class() -> type:
 
 
 def serve(
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; anything but loopback needs a token.")
     ] = "127.0.0.1",

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from xmodal.cli.options import DbUrlOpt, IndexOpt
+
 if TYPE_CHECKING:
     from xmodal.indexer.decode_pool import StartMethod
     from xmodal.indexer.indexing import Indexer
@@ -95,18 +97,12 @@ def watch(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Folders to watch (default: the folders the index already covers).")
     ] = None,
-    index_dir: Annotated[
-        Path | None,
-        typer.Option("--index", help="Index folder (default: $XMODAL_INDEX, else the per-user data folder)."),
-    ] = None,
+    index_dir: IndexOpt = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="Model spec for a new index (default: the index's, else xmodal-lite)."),
     ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL for the metadata (default: SQLite in the index folder)."),
-    ] = None,
+    db_url: DbUrlOpt = None,
     debounce: Annotated[
         float, typer.Option("--debounce", min=0.0, help="Seconds of quiet before a batch of changes is indexed.")
     ] = 1.0,
