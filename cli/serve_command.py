@@ -32,7 +32,9 @@ def _fail(message: str, code: int) -> None:
 def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a taken port is one clear line (and --port 0 works)."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off only on sockets whose proto says TCP, and with
+    # Nagle on, a response's body waits ~40 ms for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))

@@ -142,10 +142,10 @@ class Indexer:
     def _load(self, store: IndexStore) -> EmbeddingModel:
         """The model, loaded on first need: a run with nothing new to embed never loads it."""
         if self.model is None:
-            from xmodal.indexer.models.embedding import load_model
+            from xmodal.indexer.models.deferred import load_for_indexing
 
             clock = time.perf_counter()
-            self._model = load_model(self._model if isinstance(self._model, str) else store.model_spec)
+            self._model = load_for_indexing(self._model if isinstance(self._model, str) else store.model_spec)
             self._load_seconds = time.perf_counter() - clock  # the run's summary shows it as timings["load"]
         return self._model  # type: ignore[return-value]
 

@@ -40,7 +40,7 @@ def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str
     """One `xmodal index` run with the fake encoder. kill_in_save=N: SIGKILL itself inside the
     N-th FAISS save, after the new index file is in place but before its generation stamp."""
     import xmodal.indexer.indexing as indexing
-    import xmodal.indexer.store.vector_index as vector_index
+    import xmodal.indexer.store.saved_index as saved_index
     from xmodal.indexer import Indexer
     from tests.fakes import fake_model
 
@@ -54,7 +54,7 @@ def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str
 
     model.embed_pixels = slow_embed  # type: ignore[method-assign]
     if kill_in_save:
-        real_write = vector_index._atomic_write_chunks
+        real_write = saved_index._atomic_write_chunks
         saves = [0]
 
         def dying_write(path, chunks):  # noqa: ANN001, ANN202
@@ -66,7 +66,7 @@ def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str
                     os.kill(os.getpid(), signal.SIGKILL)
             return real_write(path, chunks)
 
-        vector_index._atomic_write_chunks = dying_write
+        saved_index._atomic_write_chunks = dying_write
     Indexer(index_dir, model=model, db_url=db_url, batch_size=3, workers=2).add_paths([photos])
 
 

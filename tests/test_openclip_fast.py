@@ -131,6 +131,39 @@ def test_index_vectors_from_onnxruntime_equal_torchs(clip_spec: str, indexed: tu
     assert np.allclose(stored, want, atol=1e-4)
 
 
+def _vectors_by_path(index: Path) -> dict[str, np.ndarray]:
+    from sqlalchemy import select
+
+    from xmodal.indexer.store.index_store import IndexStore
+    from xmodal.indexer.store.schema import ImageRow
+
+    store = IndexStore.open(index)
+    try:
+        with store.metadata.session() as s:
+            return {p: np.frombuffer(v, "<f4") for p, v in s.execute(select(ImageRow.path, ImageRow.vector))}
+    finally:
+        store.close()
+
+
+def test_a_later_run_embeds_through_the_export_without_loading_the_torch_model(
+    clip_spec: str, indexed: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a ViT's weights costs seconds; with the image path exported, a run needs none of it."""
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.models.deferred import DeferredTowers
+    index, photos, cache, _ = indexed
+    monkeypatch.setenv("XMODAL_CACHE", str(cache))
+    indexer = Indexer(tmp_path / "again", model=clip_spec)
+    assert indexer.add_paths([photos]).new == 4
+    assert indexer.model is not None and isinstance(indexer.model.towers, DeferredTowers)
+    assert not indexer.model.towers.is_loaded
+    want, got = _vectors_by_path(index), _vectors_by_path(tmp_path / "again")
+    assert sorted(got) == sorted(want)
+    assert all(np.allclose(got[p], want[p], atol=1e-5) for p in want)
+    texts = indexer.model.embed_texts(["a red circle"])  # anything beyond photos loads the model
+    assert indexer.model.towers.is_loaded and texts.shape == (1, indexer.model.dim)
+
+
 def test_cold_search_runs_without_torch(indexed: tuple) -> None:
     """A fresh process searches an OpenCLIP index with the exports alone: torch is never imported."""
     index, photos, cache, _ = indexed

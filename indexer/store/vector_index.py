@@ -20,11 +20,7 @@ callable (ids -> vectors, e.g. read from SQL).
 from __future__ import annotations
 
 import copy as _copy
-import json
 import math
-import os
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +28,7 @@ import faiss
 import numpy as np
 
 from xmodal.indexer.store import plan as _plan
+from xmodal.indexer.store import saved_index
 from xmodal.indexer.store.full_vectors import FullVectors
 from xmodal.indexer.store.plan import (
     EXACT_FILTER_MAX,
@@ -359,76 +356,22 @@ class VectorIndex:
             return parts + "; the full float32 vectors are memory-mapped from disk and NOT counted"
         return parts + "; plus the full float32 vectors held in RAM for re-scoring"
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (indexer.store.saved_index)
 
     def save(self, path: Path, generation: int, origin: str | None = None) -> None:
         """Write the index and the generation it reflects; a crash leaves the old or the new file.
 
         origin names the database the generation counts in (a cache of another database is
-        never taken for current).
-
-        Approximate plans also write the full vectors (``<path>.<token>.f32``, float32 rows in id
-        order) and their ids (``<path>.<token>.ids``) beside the index; the stamp names the token,
-        so the files of one save are only ever read together.
+        never taken for current). Approximate plans also write their full vectors beside it.
         """
-        path = Path(path)
-        index_bytes = faiss.serialize_index(self._index)
-        stamp = {
-            "generation": generation,
-            "count": len(self),
-            "plan": self.plan.to_json(),
-            "index_bytes": int(index_bytes.nbytes),
-        }
-        if origin:
-            stamp["origin"] = origin
-        old_tokens: list[Path] = []
-        if self.plan.approximate:
-            store = self._approx
-            file = store.file
-            reuse = (
-                not store.dirty
-                and file is not None
-                and file.exists()
-                and file.parent == path.parent
-                and file.name.startswith(path.name + ".")
-            )
-            if reuse and file is not None:
-                token = file.name[len(path.name) + 1 : -len(".f32")]
-            else:
-                token = uuid.uuid4().hex[:12]
-                ids_all = np.concatenate([ids for ids, _ in store.live()]) if len(store) else np.zeros(0, np.int64)
-                _atomic_write_chunks(_side(path, token, ".f32"), (v.tobytes() for _, v in store.live()))
-                _atomic_write(_side(path, token, ".ids"), ids_all.astype("<i8").tobytes())
-            stamp["token"] = token
-            old_tokens = [
-                p for p in path.parent.glob(path.name + ".*.f32") if p.name != _side(path, token, ".f32").name
-            ]
-        _atomic_write(path, index_bytes.tobytes())
-        _atomic_write(path.with_suffix(path.suffix + ".json"), json.dumps(stamp).encode())
-        if self.plan.approximate and not reuse:
-            f32 = _side(path, token, ".f32")
-            # lean: from now on the full vectors live in the mapped file only
-            if (self.lean or self.plan.lean) and len(ids_all):
-                mapped = np.memmap(f32, dtype=np.float32, mode="r", shape=(len(ids_all), self.dim))
-                self._store = FullVectors(self.dim, mapped, ids_all)
-            self._approx.file, self._approx.dirty = f32, False  # unchanged: the next save reuses the file
-        for old in old_tokens:  # files of earlier saves (a process that mapped them keeps its mapping)
-            # .ivfdata: on-disk inverted lists (bounded_build)
-            for f in (old, old.with_suffix(".ids"), old.with_suffix(".ivfdata")):
-                try:
-                    f.unlink()
-                except OSError:
-                    pass
+        mapped = saved_index.write(Path(path), self._index, self.plan, self._store, generation, origin, self.lean)
+        if mapped is not None:  # lean: from now on the full vectors live in the mapped file only
+            self._store = mapped
 
     @staticmethod
     def read_stamp(path: Path) -> dict | None:
         """The saved index's stamp (generation, origin, count, plan), or None when unreadable."""
-        path = Path(path)
-        try:
-            stamp = json.loads(path.with_suffix(path.suffix + ".json").read_text())
-        except (OSError, ValueError):
-            return None
-        return stamp if isinstance(stamp, dict) else None
+        return saved_index.read_stamp(Path(path))
 
     @classmethod
     def load(cls, path: Path, dim: int, **options) -> tuple[VectorIndex, int] | None:
@@ -437,69 +380,17 @@ class VectorIndex:
         options go to the constructor (use_gpu, lean, auto_optimize, vector_source). The full
         vectors of an approximate index are memory-mapped in lean mode, read into RAM otherwise.
         """
-        path = Path(path)
-        try:
-            stamp = json.loads(path.with_suffix(path.suffix + ".json").read_text())
-            raw = np.fromfile(path, dtype=np.uint8)
-            if "index_bytes" in stamp and raw.nbytes != stamp["index_bytes"]:
-                return None
-            index = faiss.deserialize_index(raw)
-            plan = IndexPlan.from_json(stamp["plan"]) if "plan" in stamp else IndexPlan("flat")
-            store = None
-            if plan.approximate:
-                f32 = _side(path, stamp["token"], ".f32")
-                ids = np.fromfile(_side(path, stamp["token"], ".ids"), dtype="<i8").astype(np.int64)
-                if f32.stat().st_size != len(ids) * dim * 4:
-                    return None
-                lean = options.get("lean", False) or plan.lean
-                if len(ids) == 0:
-                    base = np.zeros((0, dim), dtype=np.float32)
-                elif lean:
-                    base = np.memmap(f32, dtype=np.float32, mode="r", shape=(len(ids), dim))
-                else:
-                    base = np.fromfile(f32, dtype=np.float32).reshape(len(ids), dim)
-                store = FullVectors(dim, base, ids)
-                store.dirty = False
-                store.file = f32
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError):
+        saved = saved_index.read(Path(path), dim, lean=bool(options.get("lean", False)))
+        if saved is None:
             return None
-        if index.d != dim or index.ntotal != stamp.get("count") or (store is not None and len(store) != index.ntotal):
-            return None
-        if plan.approximate:
-            obj = cls(dim, index, plan=plan, **options)
-            obj._store = store
-            obj._trained_n = int(index.ntotal)
-        else:
-            obj = cls(dim, index, plan=plan, **options)
-        return obj, int(stamp["generation"])
+        obj = cls(dim, saved.index, plan=saved.plan, **options)
+        if saved.plan.approximate:
+            obj._store = saved.full
+            obj._trained_n = int(saved.index.ntotal)
+        return obj, saved.generation
 
 
 def _ivf_bytes(index: faiss.Index) -> int:
     """RAM held by an IVF index: list codes + ids, coarse centroids, codebooks (from the serialized
     form, which is a byte-for-byte image of those arrays)."""
     return int(faiss.serialize_index(index).nbytes)
-
-
-def _side(path: Path, token: str, suffix: str) -> Path:
-    return path.with_name(f"{path.name}.{token}{suffix}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    _atomic_write_chunks(path, [data])
-
-
-def _atomic_write_chunks(path: Path, chunks) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for data in chunks:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
