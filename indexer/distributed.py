@@ -151,13 +151,14 @@ class _Embedder:
 
         torch.set_num_threads(max(1, threads))
         if isinstance(model, str):
-            from xmodal.indexer.models.embedding import load_model
-            from xmodal.indexer.preparation import use_exported_image_path
+            from xmodal.indexer.models.deferred import load_for_indexing
+            from xmodal.indexer.preparation import with_exported_image_path
 
             # on a GPU, load_model runs the model in fp16 (features come back as fp32); on a CPU the
-            # image path runs in onnxruntime where the local pipeline would run it so
-            model = load_model(model, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-            use_exported_image_path(model)
+            # image path runs in onnxruntime, as in the local pipeline (without loading the
+            # PyTorch model when this machine's cache has the export)
+            model = load_for_indexing(model, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+            model = with_exported_image_path(model)
         self.model = model
         self.split = split_transform(model.image_transform)
 

@@ -299,12 +299,13 @@ class Indexer:
 
     def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
         from xmodal.indexer.models.preprocess import split_transform
+        from xmodal.indexer.preparation import with_exported_image_path
 
         target = model.preprocessing.size if model.preprocessing is not None else _decode_size(model.image_transform)
         split = split_transform(model.image_transform)
-        from xmodal.indexer.preparation import use_exported_image_path
-
-        use_exported_image_path(model, self._report_stage)
+        model = with_exported_image_path(model, self._report_stage)
+        if self._ship_spec:  # loaded here, not the caller's: later runs of this Indexer reuse the export
+            self._model = model
         total = len(work)
         done = 0
         timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}

@@ -25,7 +25,7 @@ from xmodal.indexer.models.query_encoders import (
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel
 
-__all__ = ["StageProgress", "prepare_for_search", "use_exported_image_path", "BANK_STAGE"]
+__all__ = ["StageProgress", "prepare_for_search", "with_exported_image_path", "BANK_STAGE"]
 
 StageProgress = Callable[[str, int, int], None]
 BANK_STAGE = "embedding the query bank"
@@ -59,14 +59,13 @@ def prepare_for_search(model: EmbeddingModel, on_progress: StageProgress | None 
     text_bank(str(model.spec), embed_with_progress, model.dim)
 
 
-def use_exported_image_path(model: EmbeddingModel, on_progress: StageProgress | None = None) -> bool:
-    """On the CPU, embed photos with the exported image path in onnxruntime (exported first when
-    missing): for a ViT it runs about 1.7x faster than PyTorch on the same cores. Models whose index
-    keeps tower features (the offline default) have their own onnxruntime backbone and are left alone."""
-    if model.uses_exported_image_path:
-        return True
-    if model.device != "cpu" or model.keeps_tower_features or os.environ.get("XMODAL_NO_ONNX") == "1":
-        return False
+def with_exported_image_path(model: EmbeddingModel, on_progress: StageProgress | None = None) -> EmbeddingModel:
+    """The model as an indexing run on the CPU uses it: embedding photos with its image path
+    exported to onnxruntime (exported first when missing), the same vectors (and tower features,
+    where the index keeps them) without PyTorch's per-call overhead; later runs then need not load
+    the PyTorch model at all (indexer.models.deferred). Else the model itself."""
+    if model.uses_exported_image_path or model.device != "cpu" or os.environ.get("XMODAL_NO_ONNX") == "1":
+        return model
     report = on_progress or _quiet
     stage = "exporting the image encoder"
     fresh = not sidecar_path(str(model.spec), "image").is_file()
@@ -76,11 +75,8 @@ def use_exported_image_path(model: EmbeddingModel, on_progress: StageProgress | 
     if fresh:
         report(stage, 1, 1)
     if sidecar is None:
-        return False
-    # All cores: for these models the network costs several times the decoding of a photo, and
-    # the decode workers run at a lower priority.
-    encoder = exported_image_encoder(str(model.spec))
-    if encoder is None:
-        return False
-    model.use_exported_image_path(encoder.embed_pixels)
-    return True
+        return model
+    encoder = exported_image_encoder(model.spec)
+    if encoder is None or (model.keeps_tower_features and not encoder.gives_tower_features):
+        return model
+    return model.with_exported_image_path(encoder.embed_pixels_for_index)

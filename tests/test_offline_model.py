@@ -154,6 +154,45 @@ def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeyp
         assert light._model is None  # neither query loaded torch's model
 
 
+def test_a_later_run_embeds_through_the_export_without_loading_the_towers(model, tmp_path, monkeypatch) -> None:
+    """Importing timm, open_clip and transformers and building the towers costs seconds per run;
+    with the image path exported (vectors and tower features), a run needs none of it."""
+    from sqlalchemy import select
+
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.models.deferred import DeferredTowers
+    from xmodal.indexer.store.index_store import IndexStore
+    from xmodal.indexer.store.schema import ImageRow, blob_to_features, blob_to_vector
+
+    def rows(index):  # noqa: ANN001, ANN202
+        store = IndexStore.open(index)
+        try:
+            with store.metadata.session() as s:
+                found = s.execute(select(ImageRow.path, ImageRow.vector, ImageRow.features))
+                return {p: (blob_to_vector(v), blob_to_features(f).astype(np.float32)) for p, v, f in found}
+        finally:
+            store.close()
+
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, colour, shape in (("red", (200, 0, 0), "circle"), ("blue", (0, 0, 200), "square"), ("grey", (90, 90, 90), "circle")):
+        _drawing(colour, shape).save(photos / f"{name}.png")
+    Indexer(tmp_path / "first").add_paths([photos])  # exports the image path
+    later = Indexer(tmp_path / "later")
+    assert later.add_paths([photos]).new == 3
+    assert later.model is not None and isinstance(later.model.towers, DeferredTowers)
+    assert not later.model.towers.is_loaded
+    assert not model.uses_exported_image_path  # the shared model is left as it is
+    monkeypatch.setenv("XMODAL_NO_ONNX", "1")  # the reference: the PyTorch towers alone
+    Indexer(tmp_path / "torch").add_paths([photos])
+    got, want = rows(tmp_path / "later"), rows(tmp_path / "torch")
+    assert sorted(got) == sorted(want)
+    for path, (vector, features) in want.items():
+        assert np.allclose(got[path][0], vector, atol=1e-5)
+        assert np.allclose(got[path][1], features, atol=0.05 * float(np.abs(features).max()))  # int8 blocks
+
+
 def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
     from xmodal.indexer import Indexer
 

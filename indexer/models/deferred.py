@@ -1,8 +1,9 @@
-"""An OpenCLIP model for indexing photos when its image path is already exported.
+"""A model for indexing photos when its image path is already exported.
 
-Loading a ViT's PyTorch weights takes seconds, often more than embedding the new photos of a run.
-Once the image path has been exported to onnxruntime (the first run does it), photos need nothing
-else; the PyTorch model is loaded only if something more is asked of it (texts, a new export).
+Loading a model takes seconds (a ViT's weights; the offline default's imports of timm, open_clip
+and transformers), often more than embedding the new photos of a run. Once the image path has been
+exported to onnxruntime (the first run does it), photos need nothing else; the PyTorch model is
+loaded only if something more is asked of it (texts, a new export).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_model, resolve_device
+from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, load_model, resolve_device
+from xmodal.indexer.models.onnx_backbone import default_threads
 from xmodal.indexer.models.preprocess import Preprocessing
 from xmodal.indexer.models.query_encoders import QueryImageEncoder
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
@@ -27,12 +29,16 @@ __all__ = ["DeferredTowers", "load_for_indexing"]
 class DeferredTowers:
     """Towers whose PyTorch model is loaded on first use; what indexing needs is known without it."""
 
-    def __init__(self, spec: ModelSpec, preprocessing: Preprocessing, dim: int) -> None:
+    def __init__(self, spec: ModelSpec, preprocessing: Preprocessing, image_dim: int) -> None:
         self._spec = spec
         self.preprocessing = preprocessing
-        self.image_dim = self.text_dim = dim
+        self.image_dim = image_dim
         self._towers: Towers | None = None
         self._lock = threading.Lock()
+
+    @property
+    def text_dim(self) -> int:
+        return self.loaded().text_dim
 
     @property
     def is_loaded(self) -> bool:
@@ -61,25 +67,30 @@ class DeferredTowers:
         return getattr(self.loaded(), name)
 
 
-def exported_image_encoder(spec: str) -> QueryImageEncoder | None:
-    """The model's exported image path for indexing on this machine's CPU (all its cores), if made."""
+def exported_image_encoder(spec: ModelSpec) -> QueryImageEncoder | None:
+    """The model's exported image path for indexing on this machine's CPU, if made."""
     if os.environ.get("XMODAL_NO_ONNX") == "1":
         return None
-    return QueryImageEncoder.for_index(spec, threads=os.cpu_count() or 1, device="cpu")
+    # A ViT costs several times the decoding of a photo: all cores. The offline default's network
+    # is cheap next to decoding, which needs the other cores (see onnx_backbone.default_threads).
+    threads = default_threads() if spec.capabilities.tower_features else (os.cpu_count() or 1)
+    return QueryImageEncoder.for_index(str(spec), threads=threads, device="cpu")
 
 
 def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> EmbeddingModel:
-    """The model as an indexing run needs it: an OpenCLIP model without a head of ours, on the CPU,
-    with its image path exported, embeds photos through onnxruntime without loading PyTorch weights;
-    anything else is `load_model`'s."""
+    """The model as an indexing run needs it. On the CPU, once its image path is exported (with the
+    tower features where the index keeps them), photos go through onnxruntime and only the small
+    projection head is loaded; anything else is `load_model`'s."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
-    if resolve_device(device) != "cpu" or parsed.capabilities.towers == "offline" or parsed.head is not None:
+    if resolve_device(device) != "cpu":
         return load_model(parsed, device)
-    encoder = exported_image_encoder(str(parsed))
-    if encoder is None:
+    encoder = exported_image_encoder(parsed)
+    if encoder is None or (parsed.capabilities.tower_features and not encoder.gives_tower_features):
         return load_model(parsed, device)
     size = encoder.preprocessing.size
-    dim = int(encoder.embed_pixels(np.zeros((1, 3, size, size), np.float32)).shape[1])
-    model = EmbeddingModel(parsed, DeferredTowers(parsed, encoder.preprocessing, dim), None, "cpu")
-    model.use_exported_image_path(encoder.embed_pixels)
-    return model
+    probe = encoder.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
+    image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
+    head_file = parsed.head_file
+    head = load_head(head_file, "cpu") if head_file is not None else None
+    model = EmbeddingModel(parsed, DeferredTowers(parsed, encoder.preprocessing, image_dim), head, "cpu")
+    return model.with_exported_image_path(encoder.embed_pixels_for_index)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import threading
@@ -25,7 +26,7 @@ from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 if TYPE_CHECKING:
     from xmodal.indexer.models.head import ProjectionHead
 
-__all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_model", "resolve_device"]
+__all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_head", "load_model", "resolve_device"]
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -33,8 +34,10 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 class Towers(Protocol):
     """The frozen part of a model: raw features that a projection head maps into the shared space."""
 
-    image_dim: int
-    text_dim: int
+    @property
+    def image_dim(self) -> int: ...
+    @property
+    def text_dim(self) -> int: ...
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
@@ -71,12 +74,16 @@ class EmbeddingModel:
         # What the model expects of an image, as data (input size for decode workers, mean/std).
         self.preprocessing: Preprocessing | None = getattr(towers, "preprocessing", None)
         self.dim = int(head.embed_dim) if head is not None else int(towers.image_dim)
-        self._exported_image_path: Callable[[np.ndarray], np.ndarray] | None = None
+        self._exported_image_path: Callable[[np.ndarray], IndexedPixels] | None = None
 
-    def use_exported_image_path(self, embed: Callable[[np.ndarray], np.ndarray] | None) -> None:
-        """Let `embed_pixels` run this instead of the torch towers: the same image path exported
-        to onnxruntime (indexer.preparation decides when; None goes back to torch)."""
-        self._exported_image_path = embed
+    def with_exported_image_path(self, embed: Callable[[np.ndarray], IndexedPixels] | None) -> EmbeddingModel:
+        """A copy whose `embed_pixels(_for_index)` run `embed` instead of the torch towers: the same
+        image path exported to onnxruntime (indexer.preparation decides when; None: the towers). It
+        must give the tower features when the index keeps them. This model is left as it is:
+        load_model shares one per process."""
+        clone = copy.copy(self)
+        clone._exported_image_path = embed
+        return clone
 
     @property
     def uses_exported_image_path(self) -> bool:
@@ -103,7 +110,7 @@ class EmbeddingModel:
     def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embed a batch of already transformed images."""
         if self._exported_image_path is not None:
-            return self._exported_image_path(pixels.numpy())
+            return self._exported_image_path(pixels.numpy()).vectors
         feats = self.towers.image_features(pixels.to(self.device))
         out = self.head.project_images(feats) if self.head is not None else feats
         return _normalised(out)
@@ -117,6 +124,8 @@ class EmbeddingModel:
     def embed_pixels_for_index(self, pixels: torch.Tensor) -> IndexedPixels:
         """Vectors plus, when the second stage reads them, the tower features (n, image_dim) as
         float16; one forward pass."""
+        if self._exported_image_path is not None:
+            return self._exported_image_path(pixels.numpy())
         if not self.keeps_tower_features:
             return IndexedPixels(self.embed_pixels(pixels), None)
         assert self.head is not None
@@ -169,7 +178,7 @@ class OpenClipTowers:
         return self.model.encode_text(self._tokenizer(texts).to(device), normalize=True).float()
 
 
-def _load_head(path: Path, device: str) -> ProjectionHead:
+def load_head(path: Path, device: str) -> ProjectionHead:
     from xmodal.indexer.models.head import ProjectionHead
 
     if not path.is_file():
@@ -193,7 +202,7 @@ def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
         raise ModelLoadError(f"the offline default model could not be built: {e}") from e
     head_file = spec.head_file
     assert head_file is not None  # the offline default ships its head
-    head = _load_head(head_file, device)
+    head = load_head(head_file, device)
     return EmbeddingModel(spec, towers, head, device)
 
 
@@ -281,7 +290,7 @@ def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
             f"could not load model '{spec}': {reason}. Alternatives: the offline default 'xmodal-lite', "
             f"or a local checkpoint as '{spec.name}:/path/to/weights.pt'"
         ) from e
-    head = _load_head(spec.head, device) if spec.head else None
+    head = load_head(spec.head, device) if spec.head else None
     return EmbeddingModel(spec, OpenClipTowers(model, preprocess, tokenizer), head, device)
 
 

@@ -28,7 +28,7 @@ from xmodal.indexer.cache import cache_dir
 if TYPE_CHECKING:
     import torch
 
-    from xmodal.indexer.models.embedding import EmbeddingModel
+    from xmodal.indexer.models.embedding import EmbeddingModel, IndexedPixels
 
 __all__ = [
     "QueryTextEncoder",
@@ -46,7 +46,7 @@ Kind = Literal["text", "image"]
 # (stage, done, total): one-time preparations report through this, the CLI draws it.
 StageProgress = Callable[[str, int, int], None]
 # Bump when an exported graph, its sidecar or its preprocessing changes meaning.
-_FORMAT = "query-v2"
+_FORMAT = "query-v3"
 # Graphs above this size keep their weights in a side file that onnxruntime memory-maps: a 250 MB
 # text tower then opens in a third of the time, which is most of a cold search.
 _EXTERNAL_DATA_BYTES = 32 * 1024 * 1024
@@ -86,7 +86,12 @@ def _exportable() -> Iterator[None]:
 
 
 def _export(
-    module: torch.nn.Module, example: torch.Tensor, target: Path, input_name: str, dynamic: dict[int, str]
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    target: Path,
+    input_name: str,
+    dynamic: dict[int, str],
+    outputs: tuple[str, ...] = ("vectors",),
 ) -> None:
     """Export to `target` (plus `target.data` for large graphs) through temporary names."""
     import torch
@@ -100,8 +105,8 @@ def _export(
                 (example,),
                 str(tmp),
                 input_names=[input_name],
-                output_names=["vectors"],
-                dynamic_axes={input_name: dynamic, "vectors": {0: "batch"}},
+                output_names=list(outputs),
+                dynamic_axes={input_name: dynamic, **{name: {0: "batch"} for name in outputs}},
                 dynamo=False,
                 opset_version=17,
             )
@@ -212,8 +217,9 @@ def _image_graph(model: EmbeddingModel) -> Any:
     return None
 
 
-def _projected(features: Any, head: Any, project: str) -> Any:
-    """features, then the projection head (if any), then L2 normalisation: the model's full path."""
+def _projected(features: Any, head: Any, project: str, with_features: bool = False) -> Any:
+    """features, then the projection head (if any), then L2 normalisation: the model's full path.
+    with_features: the features are a second output (what an index that keeps them stores)."""
     import torch
 
     head = copy.deepcopy(head).float().cpu().requires_grad_(False) if head is not None else None
@@ -224,10 +230,11 @@ def _projected(features: Any, head: Any, project: str) -> Any:
             self.features = features
             self.head = head
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.features(x)
-            out = getattr(self.head, project)(out) if self.head is not None else out
-            return torch.nn.functional.normalize(out.float(), dim=-1)
+        def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+            feats = self.features(x)
+            out = getattr(self.head, project)(feats) if self.head is not None else feats
+            vectors = torch.nn.functional.normalize(out.float(), dim=-1)
+            return (vectors, feats) if with_features else vectors
 
     return Projected().eval()
 
@@ -277,18 +284,19 @@ def export_image_encoder(model: EmbeddingModel) -> Path | None:
             return None
         folder, key = sidecar.parent, sidecar.stem
         example = torch.zeros(2, 3, preprocessing.size, preprocessing.size)
-        _export(
-            _projected(features, model.head, "project_images"), example, folder / f"{key}.onnx", "pixels", {0: "batch"}
-        )
+        # An index that keeps tower features gets them from the same graph, so that indexing runs
+        # through the export too (indexer.models.deferred) and queries simply ignore them.
+        outputs = ("vectors", "features") if model.keeps_tower_features else ("vectors",)
+        graph = _projected(features, model.head, "project_images", with_features=len(outputs) == 2)
+        _export(graph, example, folder / f"{key}.onnx", "pixels", {0: "batch"}, outputs)
         described = {
             "size": preprocessing.size,
             "mean": list(preprocessing.mean),
             "std": list(preprocessing.std),
             "interpolation": preprocessing.interpolation,
         }
-        _write_sidecar(
-            sidecar, {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "preprocess": described}
-        )
+        description = {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "outputs": outputs}
+        _write_sidecar(sidecar, {**description, "preprocess": described})
     except Exception:  # an optimisation only
         return None
     return sidecar
@@ -409,3 +417,17 @@ class QueryImageEncoder(_ExportedEncoder):
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Already preprocessed (n, 3, H, W) float32 pixels, as the indexing run has them."""
         return self._run(np.ascontiguousarray(pixels, dtype=np.float32))
+
+    @property
+    def gives_tower_features(self) -> bool:
+        return "features" in self.description.get("outputs", ())
+
+    def embed_pixels_for_index(self, pixels: np.ndarray) -> IndexedPixels:
+        """Vectors and, when the export has them, the tower features (float16) an index keeps."""
+        from xmodal.indexer.models.embedding import IndexedPixels
+
+        array = np.ascontiguousarray(pixels, dtype=np.float32)
+        if not self.gives_tower_features:
+            return IndexedPixels(self._run(array), None)
+        vectors, features = self._session.run(None, {self._input: array})[:2]
+        return IndexedPixels(vectors.astype(np.float32, copy=False), features.astype(np.float16))
