@@ -211,16 +211,25 @@ class SearchEngine:
         return self.search_vectors(self.embed_texts(cleaned), k, target, query_kind="text", **options)  # type: ignore[arg-type]
 
     def similar(
-        self, item_id: int, k: int = 10, kind: Kind = "image", target: Kind | None = None, **options: object
+        self,
+        item_id: int,
+        k: int = 10,
+        kind: Kind = "image",
+        target: Kind | None = None,
+        min_score: MinScore = None,
+        **options: object,
     ) -> list[Hit]:
-        """Items most like a stored item ("more like this"); never the item itself."""
+        """Items most like a stored item ("more like this"); never the item itself. `min_score` as
+        for `search`."""
         vectors = self.vectors([item_id], kind)
         if len(vectors) == 0:
             raise InvalidQueryError(f"no {kind} with id {item_id} in the index")
         target = target or kind
         scores, ids = self.search_vectors(vectors, k + 1, target, query_kind=kind, **options)  # type: ignore[arg-type]
         keep = [(s, i) for s, i in zip(scores[0], ids[0]) if not (target == kind and i == item_id)][:k]
-        return self._hits(target, np.array([s for s, _ in keep]), np.array([i for _, i in keep], dtype=np.int64))
+        kept_scores = np.array([s for s, _ in keep], dtype=np.float32)
+        cut = _score_cutoff(kept_scores, min_score)
+        return self._hits(target, kept_scores[:cut], np.array([i for _, i in keep][:cut], dtype=np.int64))
 
     def vectors(self, ids: Sequence[int], kind: Kind = "image") -> np.ndarray:
         """Stored full-precision vectors, in the order of ids (missing ids are left out)."""

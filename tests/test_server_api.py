@@ -128,6 +128,14 @@ def test_search_by_item_id_and_more_like_this(client: TestClient, library: Libra
     assert both["hits"]
     assert client.get("/api/items/999999/similar").status_code == 404
     assert client.get("/api/search", params={"like": 999999}).status_code == 404
+    scores = [h["score"] for h in similar["hits"]]
+    middle = len(scores) // 2
+    floor = (scores[middle - 1] + scores[middle]) / 2
+    above = client.get(f"/api/items/{red}/similar", params={"limit": 10, "min_score": floor}).json()["hits"]
+    assert [h["score"] for h in above] == scores[:middle]
+    auto = client.get(f"/api/items/{red}/similar", params={"limit": 10, "min_score": "auto"})
+    assert auto.status_code == 200 and 0 < len(auto.json()["hits"]) <= len(scores)
+    assert [h["id"] for h in auto.json()["hits"]] == [h["id"] for h in similar["hits"]][: len(auto.json()["hits"])]
 
 
 def test_batch_and_embeddings(client: TestClient) -> None:

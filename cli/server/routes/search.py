@@ -35,14 +35,15 @@ def _item_vector(engine: SearchEngine, item_id: int) -> np.ndarray:
 
 def _similar(engine: SearchEngine, item_id: int, options: SearchOptions) -> list[Hit]:
     _item_vector(engine, item_id)  # 404 before searching
-    if options.min_score == "auto":
-        raise HTTPException(422, "min_score=auto applies to queries; give a number for 'more like this'")
-    hits = engine.similar(
-        item_id, k=options.depth, kind="image", target=options.target, filters=options.filters, rerank=options.rerank
+    return engine.similar(
+        item_id,
+        k=options.depth,
+        kind="image",
+        target=options.target,
+        min_score=options.min_score,
+        filters=options.filters,
+        rerank=options.rerank,
     )
-    if options.min_score is not None:
-        hits = [h for h in hits if h.score >= float(options.min_score)]
-    return hits
 
 
 def run_search(
