@@ -282,9 +282,14 @@ class Indexer:
                 )
             store.metadata.delete_ids(ImageRow, [row.id for row in removed], s)
             # Failures under these roots are re-decided by this run (a listing may come without roots:
-            # an empty or_() would match every failure).
-            if roots:
-                s.execute(delete(FailureRow).where(under_clause(FailureRow.path, [str(r) for r in roots])))
+            # an empty or_() would match every failure). Files named one by one go by path, as in the
+            # comparison: a folder clause per file is a SQL expression per file to compile.
+            named = [str(r) for r in roots if os.path.lexists(r) and not os.path.isdir(r)]
+            others = [str(r) for r in roots if not (os.path.lexists(r) and not os.path.isdir(r))]
+            if others:
+                s.execute(delete(FailureRow).where(under_clause(FailureRow.path, others)))
+            for start in range(0, len(named), 500):  # bound the bind parameters per statement
+                s.execute(delete(FailureRow).where(FailureRow.path.in_(named[start : start + 500])))
             for item in skipped:
                 s.merge(FailureRow(path=str(item.path), reason=item.reason, failed_at=now))
             store.metadata.bump_generation(s, "image")

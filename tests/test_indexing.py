@@ -55,6 +55,28 @@ def test_files_named_one_by_one_are_compared_by_path(tmp_path: Path, photo_dir: 
     assert set(_rows(tmp_path / "idx")) == {"red.jpg", "green.png", "yellow.bmp"}
 
 
+def test_failures_of_files_named_one_by_one_are_re_decided_by_path(tmp_path: Path, photo_dir: Path) -> None:
+    from sqlalchemy import select
+
+    from xmodal.indexer.store.schema import FailureRow
+
+    def failures() -> set[str]:
+        store = IndexStore.open(tmp_path / "idx")
+        try:
+            with store.metadata.session() as s:
+                return {Path(p).name for p in s.scalars(select(FailureRow.path))}
+        finally:
+            store.close()
+
+    broken, other = photo_dir / "broken.jpg", photo_dir / "sub" / "other.jpg"
+    broken.write_bytes(b"not a photo")
+    other.write_bytes(b"not a photo either")
+    assert _index(tmp_path / "idx", broken, other).failed == 2
+    make_image(broken, COLOURS["blue"])  # mended
+    assert _index(tmp_path / "idx", broken).new == 1
+    assert failures() == {"other.jpg"}  # only the file named this time was re-decided
+
+
 def test_edited_file_is_reembedded_in_place(tmp_path: Path, photo_dir: Path) -> None:
     _index(tmp_path / "idx", photo_dir)
     before = _rows(tmp_path / "idx")["red.jpg"]

@@ -20,7 +20,7 @@ from PIL import Image
 from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, load_model, resolve_device
 from xmodal.indexer.models.onnx_backbone import default_threads
 from xmodal.indexer.models.preprocess import Preprocessing
-from xmodal.indexer.models.query_encoders import QueryImageEncoder
+from xmodal.indexer.models.query_encoders import QueryImageEncoder, sidecar_path
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
 __all__ = ["DeferredTowers", "load_for_indexing"]
@@ -67,14 +67,27 @@ class DeferredTowers:
         return getattr(self.loaded(), name)
 
 
+_ENCODERS: dict[tuple[str, int], QueryImageEncoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
 def exported_image_encoder(spec: ModelSpec) -> QueryImageEncoder | None:
-    """The model's exported image path for indexing on this machine's CPU, if made."""
+    """The model's exported image path for indexing on this machine's CPU, if made. One session per
+    export and process (read-only and thread-safe, like load_model's models): a watcher's runs and
+    the runs of one Indexer share it warm."""
     if os.environ.get("XMODAL_NO_ONNX") == "1":
         return None
     # A ViT costs several times the decoding of a photo: all cores. The offline default's network
     # is cheap next to decoding, which needs the other cores (see onnx_backbone.default_threads).
     threads = default_threads() if spec.capabilities.tower_features else (os.cpu_count() or 1)
-    return QueryImageEncoder.for_index(str(spec), threads=threads, device="cpu")
+    key = (str(sidecar_path(str(spec), "image")), threads)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:
+            encoder = QueryImageEncoder.for_index(str(spec), threads=threads, device="cpu")
+            if encoder is None:
+                return None
+            _ENCODERS[key] = encoder
+        return _ENCODERS[key]
 
 
 def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> EmbeddingModel:
