@@ -45,12 +45,12 @@ class SearchEngine:
         self._model = model
         self._lock = threading.RLock()
         self._light_encoders: dict[str, object] = {}  # exported query encoders; False when there is none
-        self.store = store  # also builds the second stage (see the setter)
         # FAISS and the second stage's NumPy work run one search at a time: their thread pools
         # (OpenMP, BLAS) already use every core, and FAISS sets its OpenMP thread count for the
         # process; concurrent callers would only make those pools compete. Query embedding (onnxruntime,
-        # per-session threads without spin-waiting), filters and the hits' rows stay concurrent.
+        # per-session threads without spin-waiting), filters, SQL reads and the hits' rows stay concurrent.
         self._compute_lock = threading.Lock()
+        self.store = store  # also builds the second stage (see the setter)
 
     @property
     def store(self) -> IndexStore:
@@ -61,7 +61,7 @@ class SearchEngine:
         """Swap the index (a server follows another process's writes this way); the second stage
         follows, and what it keeps is keyed by generation, so nothing stale survives."""
         self._store = store
-        self.second_stage = SecondStage(store, QueryBanks(store, self.embed_texts))
+        self.second_stage = SecondStage(store, QueryBanks(store, self.embed_texts), compute=self._compute_lock)
 
     @property
     def uses_exported_encoders(self) -> bool:
@@ -265,9 +265,8 @@ class SearchEngine:
         depth = max(k, options.candidates) if options else k
         with self._compute_lock:
             scores, ids = index.search(queries, depth, allowed)
-        if options is not None:
-            with self._compute_lock:
-                scores, ids = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank)
+        if options is not None:  # takes the compute lock for its NumPy work, not for its SQL reads
+            scores, ids = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank)
         return _pad(scores[:, :k], ids[:, :k], k)
 
     def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:

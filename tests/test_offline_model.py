@@ -225,7 +225,7 @@ def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp
     def fused_ids(weights: dict[str, float], hubness: bool) -> list[int]:
         fusion = replace(shipped, weights=np.array([weights.get(f, 0.0) for f in FEATURES]))
         with SearchEngine.open(index, model=model) as engine:
-            engine.second_stage = SecondStage(engine.store, engine.second_stage.banks, fusion=lambda: fusion)
+            engine.second_stage = SecondStage(engine.store, engine.second_stage.banks, fusion=lambda: fusion, compute=engine._compute_lock)
             hits = engine.search(query, k=24, rerank=RerankOptions(hubness=hubness))
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)  # still monotone for --min-score

@@ -13,7 +13,8 @@ a stage needs them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,9 +63,9 @@ class _PerItem:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: object = None
-        self._values: dict[int, np.ndarray] = {}
+        self._values: dict[int, np.ndarray | None] = {}  # None: the item has no value (e.g. no features)
 
-    def lookup(self, key: object, ids: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    def lookup(self, key: object, ids: np.ndarray) -> tuple[dict[int, np.ndarray | None], np.ndarray]:
         """(known values, positions in ids of the unknown ones)."""
         with self._lock:
             if key != self._key:
@@ -73,23 +74,27 @@ class _PerItem:
         missing = np.array([p for p, i in enumerate(ids) if int(i) not in known], dtype=np.int64)
         return known, missing
 
-    def remember(self, key: object, ids: np.ndarray, values: np.ndarray) -> None:
+    def remember(self, key: object, ids: np.ndarray, values: Sequence[np.ndarray | None] | np.ndarray) -> None:
         with self._lock:
             if key == self._key:
                 self._values.update(zip((int(i) for i in ids), values))
 
 
 class SecondStage:
-    """Re-scores candidates of one index. Collaborators come in: the store (SQL), the query banks and
-    a loader of the fusion model (called once, on first need). Safe to share between threads."""
+    """Re-scores candidates of one index. Collaborators come in: the store (SQL), the query banks, a
+    loader of the fusion model (called once, on first need) and the lock under which the NumPy work
+    runs (the engine's, shared with FAISS: their thread pools use every core). Safe to share between
+    threads."""
 
     def __init__(
         self,
         store: IndexStore,
         banks: QueryBanks,
         fusion: Callable[[], FusionModel | None] | None = None,
+        compute: AbstractContextManager[object] | None = None,
     ) -> None:
         self._store = store
+        self._compute = compute if compute is not None else nullcontext()
         self._banks = banks
         self._fusion_loader = fusion if fusion is not None else (lambda: load_fusion(store.model_spec))
         self._fusion: FusionModel | None = None
@@ -143,25 +148,40 @@ class SecondStage:
             held = self._banks.bank_and_key(target, meta)
             bank, bank_key = held if held is not None else (None, None)
         ids = candidates.ids
-        stored: dict[int, np.ndarray] = {}
+        stored: dict[int, np.ndarray] | None = None  # None: no stage needs the vectors
         if needs_vectors:
             unique = np.unique(ids[ids >= 0])
-            if len(unique):
-                stored = dict(zip(*self._store.metadata.vectors(_TABLES[target], unique.tolist())))
+            stored = dict(zip(*self._store.metadata.vectors(_TABLES[target], unique.tolist()))) if len(unique) else {}
+        # SQL above, outside the compute lock: other searches' NumPy and FAISS work meanwhile.
+        with self._compute:
+            return self._rank(candidates, target, options, fusion, bank, bank_key, stored, generations)
+
+    def _rank(
+        self,
+        candidates: Candidates,
+        target: Kind,
+        options: RerankOptions,
+        fusion: FusionModel | None,
+        bank: np.ndarray | None,
+        bank_key: object,
+        stored: dict[int, np.ndarray] | None,
+        generations: dict[str, str],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = candidates.ids
         # Per-item values hold while the bank and the target's rows are the ones they came from.
         hub_key = (bank_key, generations.get(target)) if bank_key is not None else None
         out_scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         out_ids = np.full(ids.shape, -1, dtype=np.int64)
         for row, query in enumerate(candidates.queries):
             keep = ids[row] >= 0
-            if needs_vectors:  # a row deleted by a concurrent writer after the first stage drops out
+            if stored is not None:  # a row deleted by a concurrent writer after the first stage drops out
                 keep &= np.fromiter((int(i) in stored for i in ids[row]), dtype=bool, count=ids.shape[1])
             cand = ids[row][keep]
             if len(cand) == 0:
                 continue
             cosines = candidates.scores[row][keep].astype(np.float64)
             new = cosines
-            vecs = np.stack([stored[int(i)] for i in cand]) if needs_vectors else None
+            vecs = np.stack([stored[int(i)] for i in cand]) if stored is not None else None
             if bank is not None and vecs is not None:
                 new = self._normalised(query, cand, cosines, vecs, bank, target, hub_key)
             order = np.argsort(-new, kind="stable")
@@ -228,12 +248,17 @@ class SecondStage:
         if len(missing):
             wanted = cand[top][missing]
             features = self._store.metadata.tower_features(wanted.tolist())
-            if len(features) < len(wanted):
+            absent = np.array([int(i) for i in wanted if int(i) not in features], dtype=np.int64)
+            if len(absent):  # remembered, so that later queries do not ask SQL again
+                self._photo_parts.remember(generation, absent, [None] * len(absent))
                 return order
             fresh = photo_parts(fusion, np.stack([features[int(i)] for i in wanted]))
             self._photo_parts.remember(generation, wanted, fresh)
             known.update(zip((int(i) for i in wanted), fresh))
-        parts = np.stack([known[int(i)] for i in cand[top]])
+        values = [known[int(i)] for i in cand[top]]
+        if any(value is None for value in values):
+            return order
+        parts = np.stack([value for value in values if value is not None])
         raw = features_from_parts(fusion, query, vecs[top], parts, hub[top], cosine=cosines[top])
         fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
         return np.concatenate([fused, order[~np.isin(order, top)]])
