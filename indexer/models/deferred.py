@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, load_model, resolve_device
+from xmodal.indexer.models import embedding
+from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, resolve_device
 from xmodal.indexer.models.onnx_backbone import default_threads
 from xmodal.indexer.models.preprocess import Preprocessing
 from xmodal.indexer.models.query_encoders import QueryImageEncoder, sidecar_path
@@ -47,7 +48,7 @@ class DeferredTowers:
     def loaded(self) -> Towers:
         with self._lock:
             if self._towers is None:
-                self._towers = load_model(self._spec, "cpu").towers
+                self._towers = embedding.load_model(self._spec, "cpu").towers
             return self._towers
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
@@ -96,10 +97,10 @@ def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> 
     projection head is loaded; anything else is `load_model`'s."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     if resolve_device(device) != "cpu":
-        return load_model(parsed, device)
+        return embedding.load_model(parsed, device)
     encoder = exported_image_encoder(parsed)
     if encoder is None or (parsed.capabilities.tower_features and not encoder.gives_tower_features):
-        return load_model(parsed, device)
+        return embedding.load_model(parsed, device)
     size = encoder.preprocessing.size
     probe = encoder.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
     image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
