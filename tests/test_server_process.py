@@ -221,6 +221,9 @@ def test_xmodal_watch_command(indexed: tuple[Path, Path, dict[str, str]]) -> Non
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # Ctrl-C as at a terminal: a suite started in the background (`cmd &`) has SIGINT ignored,
+        # and children inherit that, so the SIGINT below would never arrive.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None and process.stderr is not None
