@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +43,15 @@ __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
+
+
+def _split_roots(roots: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """(files named one by one, the other roots: folders and roots that are not there). Named files
+    go to SQL by path: a folder clause per file is a SQL expression per file to compile (0.3 s for
+    256 photos), for nothing a file can hold."""
+    files = [str(r) for r in roots if os.path.lexists(r) and not os.path.isdir(r)]
+    named = set(files)
+    return files, [str(r) for r in roots if str(r) not in named]
 
 
 @dataclass
@@ -201,13 +210,10 @@ class Indexer:
         summary.timings["scan"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
+        files, others = _split_roots(roots)
         # A root that is not there (an unmounted drive, a typo) removes nothing: only roots that
         # exist can say which of their files are gone.
-        present_roots = [str(r) for r in roots if os.path.lexists(r)]
-        # Files named one by one are looked up by path: a folder clause per file costs a SQL
-        # expression per file (0.3 s for 256 photos), for nothing a file can hold.
-        folders = [r for r in present_roots if os.path.isdir(r)]
-        files = [r for r in present_roots if not os.path.isdir(r)]
+        folders = [r for r in others if os.path.lexists(r)]
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
         seen_paths = {str(f.path) for f in found}
@@ -254,7 +260,7 @@ class Indexer:
         summary.timings["compare"] = time.perf_counter() - clock
 
         vectors = store.vectors("image")
-        self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, roots, summary)
+        self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
         vectors.remove(np.array([row.id for row in missing.values()], dtype=np.int64))
         self._last_save = time.perf_counter()
         if work and self.ray is not None:
@@ -271,9 +277,10 @@ class Indexer:
         moves: list[tuple[ImageRow, FoundFile]],
         removed: list[ImageRow],
         skipped: list[SkippedFile],
-        roots: list[Path],
+        roots: tuple[list[str], list[str]],
         summary: IndexSummary,
     ) -> None:
+        """roots: (files named one by one, the other roots), as _split_roots gives them."""
         now = utcnow()
         with store.metadata.session() as s, s.begin():
             for row, f in moves:
@@ -282,10 +289,8 @@ class Indexer:
                 )
             store.metadata.delete_ids(ImageRow, [row.id for row in removed], s)
             # Failures under these roots are re-decided by this run (a listing may come without roots:
-            # an empty or_() would match every failure). Files named one by one go by path, as in the
-            # comparison: a folder clause per file is a SQL expression per file to compile.
-            named = [str(r) for r in roots if os.path.lexists(r) and not os.path.isdir(r)]
-            others = [str(r) for r in roots if not (os.path.lexists(r) and not os.path.isdir(r))]
+            # an empty or_() would match every failure).
+            named, others = roots
             if others:
                 s.execute(delete(FailureRow).where(under_clause(FailureRow.path, others)))
             for start in range(0, len(named), 500):  # bound the bind parameters per statement
