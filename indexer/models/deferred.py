@@ -24,7 +24,7 @@ from xmodal.indexer.models.preprocess import Preprocessing
 from xmodal.indexer.models.query_encoders import QueryImageEncoder, sidecar_path
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
-__all__ = ["DeferredTowers", "load_for_indexing"]
+__all__ = ["DeferredTowers", "exported_image_encoder", "load_for_indexing"]
 
 
 class DeferredTowers:
