@@ -7,10 +7,12 @@ asks for providers without paying for torch.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["Device", "resolve_device", "choose_providers", "onnx_providers", "PROVIDER_PREFERENCE"]
+__all__ = ["Device", "resolve_device", "choose_providers", "default_threads", "onnx_providers", "PROVIDER_PREFERENCE"]
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -30,6 +32,8 @@ def resolve_device(device: Device | str = "auto") -> str:
     """ "auto" -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu"."""
     if device != "auto":
         return device
+    if _surely_no_gpu():
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():
@@ -38,6 +42,16 @@ def resolve_device(device: Device | str = "auto") -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+# Device nodes that a GPU torch could use leaves on Linux: NVIDIA's, AMD's (ROCm), WSL's.
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def _surely_no_gpu() -> bool:
+    """Linux without any GPU device node: "auto" is the CPU, known without importing torch (over a
+    second, most of an indexing run whose image path is exported). Elsewhere torch decides."""
+    return sys.platform.startswith("linux") and not any(os.path.exists(node) for node in _GPU_NODES)
 
 
 def choose_providers(available: Sequence[str], device: str = "auto") -> list[str]:
@@ -61,3 +75,11 @@ def onnx_providers(device: str = "auto") -> list[str]:
     import onnxruntime
 
     return choose_providers(onnxruntime.get_available_providers(), device)
+
+
+def default_threads() -> int:
+    """Threads for the offline default's backbone while indexing: a third of the cores.
+    Draft-decoding a photo costs about twice the model's CPU, so the decode workers need the other
+    two thirds. On 2 cores that is one thread, which spends 9 ms of CPU per photo; two threads
+    spend 13 ms for 1.2x the speed (measured here)."""
+    return max(1, (os.cpu_count() or 1) // 3)

@@ -1,7 +1,8 @@
 """The indexing run's decode stage: worker processes that hash, decode and preprocess photos.
 
-The workers stop at the model's per-image preprocessing (uint8 pixels for the torchvision
-models, see models.preprocess.split_transform), so a batch crosses the process boundary small.
+The workers stop at the model's per-image preprocessing (uint8 pixels, see models.preprocess:
+split_numpy for an exported image path, split_transform for the torchvision models), so a batch
+crosses the process boundary small.
 fork on Linux keeps today's throughput (workers share the loaded modules and start at once);
 spawn, the default on macOS and Windows and forced in tests on Linux, pickles the transform and
 lets each worker import what it needs once, when the pool starts.
@@ -95,12 +96,11 @@ _WORKER_TARGET = 224
 def _init_worker(transform: Callable, target: int) -> None:
     global _WORKER_TRANSFORM, _WORKER_TARGET
     _WORKER_TRANSFORM, _WORKER_TARGET = transform, target
-    try:  # one intra-op thread: torch ops on one small image cost more in thread sync than work
-        import torch
-
+    # One intra-op thread: torch ops on one small image cost more in thread sync than work. Only
+    # where the transform brought torch in: a Pillow and NumPy transform must not pay its import.
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
     # Decoding yields to the model: a preempted OpenMP thread stalls the whole forward pass
     # (measured: +4% images/s on 2 cores). Windows has no nice(); its workers keep normal priority.
     if multiprocessing.current_process().name != "MainProcess" and hasattr(os, "nice"):

@@ -145,38 +145,41 @@ class _Embedder:
     """One model per actor, loaded once; embeds the decoded rows of each batch it is handed."""
 
     def __init__(self, model: EmbeddingModel | str, use_gpu: bool, threads: int) -> None:
-        import torch
+        from xmodal.indexer.accelerators import Device, resolve_device
 
-        from xmodal.indexer.models.preprocess import split_transform
-
-        torch.set_num_threads(max(1, threads))
         if isinstance(model, str):
             from xmodal.indexer.models.deferred import load_for_indexing
             from xmodal.indexer.preparation import with_exported_image_path
 
             # on a GPU, load_model runs the model in fp16 (features come back as fp32); on a CPU the
             # image path runs in onnxruntime, as in the local pipeline (without loading the
-            # PyTorch model when this machine's cache has the export)
-            model = load_for_indexing(model, device="cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-            model = with_exported_image_path(model)
+            # PyTorch model, or importing torch, when this machine's cache has the export)
+            device: Device = "cuda" if use_gpu and resolve_device("auto") == "cuda" else "cpu"
+            model = with_exported_image_path(load_for_indexing(model, device=device))
+        if not model.uses_exported_image_path:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
         self.model = model
-        self.split = split_transform(model.image_transform)
+        self.split = model.pixel_split()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        import torch
-
         good = [j for j, error in enumerate(batch["error"]) if not error]
         out: dict[str, Any] = {k: batch[k] for k in ("i", "error", "width", "height", "taken_at", "content_hash")}
         vectors = [b""] * len(batch["i"])
         extras: dict[str, list[bytes]] = {}
         if good:
-            items = [
+            items: list[Any] = [
                 np.frombuffer(batch["pixels"][j], dtype=str(batch["dtype"][j])).reshape(
                     tuple(int(x) for x in str(batch["shape"][j]).split(","))
                 )
                 for j in good
             ]
-            pixels = self.split.per_batch(items if self.split.splits else [torch.from_numpy(a.copy()) for a in items])
+            if not self.split.splits:  # finished tensors, as the decode tasks made them
+                import torch
+
+                items = [torch.from_numpy(a.copy()) for a in items]
+            pixels = self.split.per_batch(items)
             embedded = self.model.embed_pixels_for_index(pixels)
             for position, j in enumerate(good):
                 vectors[j] = np.ascontiguousarray(embedded.vectors[position], dtype="<f4").tobytes()
@@ -231,13 +234,12 @@ def embed_on_ray(
     """
     from xmodal.indexer.decode_pool import _decode_size
     from xmodal.indexer.models.embedding import IndexedPixels
-    from xmodal.indexer.models.preprocess import split_transform
     from xmodal.indexer.progress import Progress
 
-    transform = model.image_transform
     preprocessing = getattr(model, "preprocessing", None)
-    target = preprocessing.size if preprocessing is not None else _decode_size(transform)
-    per_image = split_transform(transform).per_image
+    target = preprocessing.size if preprocessing is not None else _decode_size(model.image_transform)
+    # uint8 pixels either way, which an actor's own split (torch on a GPU) takes as well
+    per_image = model.pixel_split().per_image
     total, done = len(work), 0
     timings = {"cluster": 0.0, "write": 0.0}
     if indexer.on_progress:

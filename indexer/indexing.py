@@ -308,12 +308,11 @@ class Indexer:
                 summary.skipped[item.unread] = summary.skipped.get(item.unread, 0) + 1
 
     def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
-        from xmodal.indexer.models.preprocess import split_transform
         from xmodal.indexer.preparation import with_exported_image_path
 
-        target = model.preprocessing.size if model.preprocessing is not None else _decode_size(model.image_transform)
-        split = split_transform(model.image_transform)
         model = with_exported_image_path(model, self._report_stage)
+        target = model.preprocessing.size if model.preprocessing is not None else _decode_size(model.image_transform)
+        split = model.pixel_split()
         if self._ship_spec:  # loaded here, not the caller's: later runs of this Indexer reuse the export
             self._model = model
         total = len(work)

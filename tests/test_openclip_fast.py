@@ -170,3 +170,21 @@ def test_cold_search_runs_without_torch(indexed: tuple) -> None:
     assert result.returncode == 0, result.stderr
     count, path, torch_loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert count == 3 and path.endswith("p1.png") and torch_loaded is False
+
+
+def test_a_later_run_from_a_fresh_process_never_imports_torch(clip_spec: str, indexed: tuple, tmp_path: Path) -> None:
+    """With the image path exported, an indexing run is onnxruntime, Pillow and NumPy: importing
+    torch and torchvision would cost more than embedding a few new photos."""
+    index, photos, cache, _ = indexed
+    script = (
+        "import sys, json\n"
+        "from xmodal.indexer import Indexer\n"
+        f"summary = Indexer({str(tmp_path / 'fresh')!r}, model={clip_spec!r}).add_paths([{str(photos)!r}])\n"
+        "print(json.dumps([summary.new, 'torch' in sys.modules, 'torchvision' in sys.modules]))\n"
+    )
+    env = {**os.environ, "XMODAL_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [4, False, False]
+    want, got = _vectors_by_path(index), _vectors_by_path(tmp_path / "fresh")
+    assert sorted(got) == sorted(want) and all(np.allclose(got[p], want[p], atol=1e-5) for p in want)

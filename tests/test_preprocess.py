@@ -61,3 +61,34 @@ def test_capabilities_not_model_names() -> None:
     assert parse_model_spec("xmodal-lite").head_file is not None and parse_model_spec("xmodal-lite").head_file.is_file()
     clip = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")
     assert clip.capabilities == capabilities("ViT-B-32") and clip.capabilities.prior_dim == 0 and clip.head_file is None
+
+
+def test_numpy_split_gives_the_torch_split_batch_without_torch() -> None:
+    """An indexing run whose image path is exported preprocesses with Pillow and NumPy alone: the
+    same uint8 pixels per image and the same batch as the torchvision split."""
+    from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, Preprocessing
+
+    for preprocessing in (OFFLINE_PREPROCESSING, Preprocessing(64, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4), "bilinear", "squash")):
+        numpy_split, torch_split = preprocessing.split_numpy(), split_transform(preprocessing.transform())
+        items = [numpy_split.per_image(im) for im in _photos()]
+        assert all(np.array_equal(a, b) for a, b in zip(items, [torch_split.per_image(im) for im in _photos()]))
+        batch = numpy_split.per_batch(items)
+        assert isinstance(batch, np.ndarray) and batch.dtype == np.float32 and batch.flags.c_contiguous
+        np.testing.assert_allclose(batch, torch_split.per_batch(items).numpy(), atol=1e-6)
+
+
+def test_open_clip_resize_modes() -> None:
+    """SigLIP-style "squash" is described (and matches open_clip's own transform); "longest" pads,
+    which is not, so such a model keeps its own transform (no Preprocessing, no export)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from xmodal.indexer.models.preprocess import Preprocessing
+
+    cfg = {"size": 48, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.4), "interpolation": "bicubic", "resize_mode": "squash"}
+    squash = Preprocessing.from_open_clip(cfg)
+    assert squash is not None and squash.resize_mode == "squash"
+    theirs = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    for im in _photos():
+        np.testing.assert_allclose(squash.pixels(im), theirs(im).numpy(), atol=1e-5)
+    assert Preprocessing.from_open_clip({**cfg, "resize_mode": "longest"}) is None
+    assert Preprocessing.from_open_clip({"size": 224}) == Preprocessing.from_open_clip({"size": 224, "resize_mode": "shortest"})

