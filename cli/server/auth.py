@@ -42,8 +42,9 @@ class Auth:
         return bool(cookie) and hmac.compare_digest(cookie.encode("utf-8", "surrogateescape"), self._session.encode())
 
 
-def require_auth(request: Request) -> None:
-    """Dependency of every protected router: 401 with a hint when the token is wrong or missing."""
+async def require_auth(request: Request) -> None:
+    """Dependency of every protected router: 401 with a hint when the token is wrong or missing.
+    `async` (it never blocks): FastAPI runs it on the event loop, not through a worker thread."""
     auth: Auth = request.app.state.xmodal.auth
     if not auth.allows(request):
         raise HTTPException(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, ParamSpec, TypeVar
 
 from fastapi import HTTPException, Query
 
@@ -17,12 +19,23 @@ from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.stages import RerankOptions
 
-__all__ = ["MAX_LIMIT", "MAX_TEXT", "SearchOptions", "search_options", "clean_text", "text_terms", "encode_cursor"]
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_TEXT",
+    "SearchOptions",
+    "search_options",
+    "search_options_dependency",
+    "clean_text",
+    "text_terms",
+    "encode_cursor",
+]
 
 MAX_LIMIT = 500  # hits in one page
 MAX_TEXT = 4096  # characters in one query text (the text towers read a few hundred tokens anyway)
 MAX_DEPTH = 5000  # offset + limit: a deeper page is refused
 _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def clean_text(value: str, field: str) -> str:
@@ -144,3 +157,20 @@ def search_options(
         RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse) if rerank else False
     )
     return SearchOptions(limit=limit, offset=offset, target=target, filters=filters, rerank=options, min_score=cutoff)
+
+
+def _on_event_loop(parse: Callable[_P, _T]) -> Callable[_P, Awaitable[_T]]:
+    """`parse` as an `async` dependency with the same parameters (so the same query parameters,
+    validation and OpenAPI description). FastAPI runs a plain `def` dependency in a worker thread,
+    and the hop there and back costs more than the parse itself; an `async` one runs on the event
+    loop. Only for quick functions that never block."""
+
+    @functools.wraps(parse)
+    async def dependency(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return parse(*args, **kwargs)
+
+    return dependency
+
+
+# What the routes depend on; search_options itself stays a plain function (the page calls it).
+search_options_dependency = _on_event_loop(search_options)

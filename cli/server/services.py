@@ -57,5 +57,6 @@ class Services:
         return self._roots[1]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """`async` (it never blocks): FastAPI runs it on the event loop, not through a worker thread."""
     return request.app.state.xmodal

@@ -19,7 +19,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from xmodal.cli.server.models import ItemOut, SearchResponse
-from xmodal.cli.server.params import SearchOptions, search_options
+from xmodal.cli.server.params import SearchOptions, search_options_dependency
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out
 from xmodal.cli.server.services import Services, get_services
@@ -117,7 +117,7 @@ def item(
 
 @router.get("/{item_id}/similar", response_model=SearchResponse, summary="More like this: never the item itself")
 def similar(
-    services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options)]
+    services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options_dependency)]
 ) -> SearchResponse:
     return run_search(services, options, None, item_id, None)
 

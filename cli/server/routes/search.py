@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from PIL import Image
 
 from xmodal.cli.server.models import BatchResult, BatchSearchRequest, BatchSearchResponse, SearchResponse
-from xmodal.cli.server.params import MAX_TEXT, SearchOptions, clean_text, search_options, text_terms
+from xmodal.cli.server.params import MAX_TEXT, SearchOptions, clean_text, search_options_dependency, text_terms
 from xmodal.cli.server.routes.shaping import page
 from xmodal.cli.server.services import Services, get_services
 from xmodal.cli.server.uploads import read_upload
@@ -22,7 +22,7 @@ __all__ = ["router", "run_search"]
 router = APIRouter(prefix="/api", tags=["search"])
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-OptionsDep = Annotated[SearchOptions, Depends(search_options)]
+OptionsDep = Annotated[SearchOptions, Depends(search_options_dependency)]
 ItemId = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Search by an indexed photo (its id).")]
 
 
