@@ -21,7 +21,7 @@ from sqlalchemy import select
 from xmodal.cli.server.models import ItemOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, search_options_dependency
 from xmodal.cli.server.routes.search import run_search
-from xmodal.cli.server.routes.shaping import hit_out
+from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
 from xmodal.indexer.errors import ImageReadError
 from xmodal.indexer.store.schema import ImageRow, TextRow
@@ -118,8 +118,8 @@ def item(
 @router.get("/{item_id}/similar", response_model=SearchResponse, summary="More like this: never the item itself")
 def similar(
     services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options_dependency)]
-) -> SearchResponse:
-    return run_search(services, options, None, item_id, None)
+) -> Response:
+    return json_response(run_search(services, options, None, item_id, None))
 
 
 @router.get(

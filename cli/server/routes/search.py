@@ -6,12 +6,12 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from PIL import Image
 
 from xmodal.cli.server.models import BatchResult, BatchSearchRequest, BatchSearchResponse, SearchResponse
 from xmodal.cli.server.params import MAX_TEXT, SearchOptions, clean_text, search_options_dependency, text_terms
-from xmodal.cli.server.routes.shaping import page
+from xmodal.cli.server.routes.shaping import json_response, page
 from xmodal.cli.server.services import Services, get_services
 from xmodal.cli.server.uploads import read_upload
 from xmodal.search.engine import SearchEngine
@@ -99,8 +99,8 @@ def search_get(
         ),
     ] = None,
     like: ItemId = None,
-) -> SearchResponse:
-    return run_search(services, options, q, like, None)
+) -> Response:
+    return json_response(run_search(services, options, q, like, None))
 
 
 @router.post(
@@ -114,9 +114,9 @@ def search_post(
     ] = None,
     q: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
     like: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None,
-) -> SearchResponse:
+) -> Response:
     picture = read_upload(image.file.read()) if image is not None else None
-    return run_search(services, options, q, like, picture)
+    return json_response(run_search(services, options, q, like, picture))
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Many text queries at once: ids and scores")

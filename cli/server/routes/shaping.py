@@ -1,15 +1,18 @@
-"""Engine results as API bodies: hits with their URLs, pages with their cursor."""
+"""Engine results as API bodies: hits with their URLs, pages with their cursor, and their JSON."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 
+from fastapi import Response
+from pydantic import BaseModel
+
 from xmodal.cli.server.models import HitOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, encode_cursor
 from xmodal.search.hits import Hit
 
-__all__ = ["hit_out", "page"]
+__all__ = ["hit_out", "page", "json_response"]
 
 
 def hit_out(hit: Hit) -> HitOut:
@@ -38,3 +41,10 @@ def page(hits: Sequence[Hit], options: SearchOptions, took_ms: float) -> SearchR
         target=options.target,
         took_ms=round(took_ms, 2),
     )
+
+
+def json_response(body: BaseModel) -> Response:
+    """`body` as JSON, the same bytes FastAPI sends for a route's response_model. A route that returns
+    its model instead has it validated again and serialised, and for a `def` route the validation
+    runs in a worker thread: a second hop per request, for a body built from validated models."""
+    return Response(body.model_dump_json(), media_type="application/json")
