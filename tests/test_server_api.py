@@ -17,6 +17,7 @@ from tests.conftest import make_image
 from tests.fakes import COLOURS, FAKE_DIM, fake_model
 from tests.serving import XSS_NAME, Library, build_library, make_app
 from xmodal.indexer.indexing import Indexer
+from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.text_indexing import TextIndexer
 
 BASE = "http://127.0.0.1"  # the loopback Host header the DNS-rebinding guard admits
@@ -427,3 +428,17 @@ def test_photos_indexed_by_another_writer_appear_without_a_restart(tmp_path: Pat
         c.app.state.xmodal.live.refresh()
         assert "cyan.png" in _names(c.get("/api/search", params={"q": "x", "limit": 50}).json())
         assert c.app.state.xmodal.live.swaps == 1
+
+
+def test_an_index_empty_at_start_answers_once_photos_are_indexed(tmp_path: Path) -> None:
+    photos, index = tmp_path / "photos", tmp_path / "index"
+    make_image(photos / "red.jpg", COLOURS["red"])
+    IndexStore.open(index, create=True).close()  # an index with nothing in it: no model recorded yet
+    with TestClient(make_app(Library(photos, index, tmp_path / "cache")), base_url=BASE) as c:
+        empty = c.get("/api/search", params={"q": "red"})
+        assert empty.status_code == 200 and empty.json()["hits"] == []
+        assert c.post("/api/search/batch", json={"queries": ["red"]}).json()["results"][0]["ids"] == []
+        Indexer(index, model=fake_model(), workers=1).add_paths([photos])
+        c.app.state.xmodal.live.refresh()
+        assert _names(c.get("/api/search", params={"q": "red"}).json()) == ["red.jpg"]
+        assert len(c.post("/api/search/batch", json={"queries": ["red"]}).json()["results"][0]["ids"]) == 1
