@@ -75,9 +75,12 @@ def build(index_dir: Path, db_url: str | None, budget: int) -> dict:
     return {"build_seconds": round(seconds, 2), "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "index": described.get("image")}
 
 
-def _rss_now() -> int:
+def _rss_now(field: str = "VmRSS") -> int:
+    """From /proc/self/status: VmRSS (all resident pages), RssAnon (the process's own memory) or
+    RssFile (pages of mapped files, e.g. the lean index's memory-mapped full vectors: the kernel
+    reclaims them at will)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 
@@ -116,7 +119,8 @@ def query(index_dir: Path, db_url: str | None, queries: int, dim: int) -> dict:
         store.close()
     ms = np.array(latencies) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "recall_at_10": round(recall, 4), "queries": queries, "query_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "recall_at_10": round(recall, 4), "queries": queries, "query_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "query_rss_anon_bytes": _rss_now("RssAnon"), "query_rss_file_bytes": _rss_now("RssFile")}
 
 
 def main() -> None:

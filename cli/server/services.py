@@ -15,7 +15,6 @@ from xmodal.cli.server.jobs import IndexJobs
 from xmodal.cli.server.live import LiveEngine
 from xmodal.cli.server.settings import ServerSettings
 from xmodal.cli.server.thumbnails import ThumbnailCache
-from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 from xmodal.indexer.watching import index_roots, minimal_folders
 from xmodal.search.engine import SearchEngine
@@ -32,7 +31,6 @@ class Services:
     jobs: IndexJobs | None = None
     _gate: threading.BoundedSemaphore = field(init=False)
     _roots: tuple[int, list[str]] | None = field(default=None, init=False)
-    _modelled: IndexStore | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._gate = threading.BoundedSemaphore(self.settings.search_threads)
@@ -47,16 +45,6 @@ class Services:
         engine = self.live.get()
         with self._gate:
             yield engine
-
-    def has_model(self, engine: SearchEngine) -> bool:
-        """Whether anything was indexed: an index records its model on first use and never drops it,
-        so a store once seen with one is not asked again (otherwise a SQL read on every search)."""
-        store = engine.store
-        if store is not self._modelled:
-            if not store.model_spec:
-                return False
-            self._modelled = store
-        return True
 
     def roots(self) -> list[str]:
         """Folders the index covers (plus --root folders): what may be re-indexed or watched."""

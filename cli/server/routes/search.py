@@ -58,7 +58,7 @@ def run_search(
         raise HTTPException(400, "give a query: q=TEXT, an uploaded picture (field 'image') or like=ID")
     terms = text_terms(text) if text is not None else None
     with services.searching() as engine:
-        if not services.has_model(engine):  # nothing indexed yet: an empty result, not an error
+        if not engine.store.model_spec:  # nothing indexed yet: an empty result, not an error
             return page([], options, (time.perf_counter() - started) * 1000)
         search = dict(
             k=options.depth,
@@ -132,7 +132,7 @@ def search_batch(services: ServicesDep, request: BatchSearchRequest) -> BatchSea
         if not text.strip():
             raise HTTPException(400, f"queries[{i}]: the query text is empty")
     with services.searching() as engine:
-        if not services.has_model(engine):
+        if not engine.store.model_spec:
             results = [BatchResult(query=t, ids=[], scores=[]) for t in request.queries]
         else:
             scores, ids = engine.search_texts(
