@@ -154,6 +154,14 @@ def test_a_later_run_embeds_through_the_export_without_loading_the_torch_model(
     assert indexer.model.towers.is_loaded and texts.shape == (1, indexer.model.dim)
 
 
+def _in_fresh_process(script: str, cache: Path) -> list:
+    """Run `script` in a new interpreter with this cache; what it printed last, as JSON."""
+    env = {**os.environ, "XMODAL_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_cold_search_runs_without_torch(indexed: tuple) -> None:
     """A fresh process searches an OpenCLIP index with the exports alone: torch is never imported."""
     index, photos, cache, _ = indexed
@@ -165,10 +173,7 @@ def test_cold_search_runs_without_torch(indexed: tuple) -> None:
         f"image = engine.search_image({str(photos / 'p1.png')!r}, k=1)\n"
         "print(json.dumps([len(text), image[0].path, 'torch' in sys.modules]))\n"
     )
-    env = {**os.environ, "XMODAL_CACHE": str(cache)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    count, path, torch_loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    count, path, torch_loaded = _in_fresh_process(script, cache)
     assert count == 3 and path.endswith("p1.png") and torch_loaded is False
 
 
@@ -182,9 +187,6 @@ def test_a_later_run_from_a_fresh_process_never_imports_torch(clip_spec: str, in
         f"summary = Indexer({str(tmp_path / 'fresh')!r}, model={clip_spec!r}).add_paths([{str(photos)!r}])\n"
         "print(json.dumps([summary.new, 'torch' in sys.modules, 'torchvision' in sys.modules]))\n"
     )
-    env = {**os.environ, "XMODAL_CACHE": str(cache)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [4, False, False]
+    assert _in_fresh_process(script, cache) == [4, False, False]
     want, got = _vectors_by_path(index), _vectors_by_path(tmp_path / "fresh")
     assert sorted(got) == sorted(want) and all(np.allclose(got[p], want[p], atol=1e-5) for p in want)
