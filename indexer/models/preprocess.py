@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
@@ -147,7 +147,7 @@ class NumpySplit:
     (n, 3, H, W) NumPy batch for an image path exported to onnxruntime. Picklable."""
 
     preprocessing: Preprocessing
-    splits: bool = True
+    splits: ClassVar[bool] = True  # per_image gives uint8 pixels, as a SplitTransform that splits
 
     def per_image(self, image: Image.Image) -> np.ndarray:
         return self.preprocessing.cropped(image)
