@@ -1,4 +1,4 @@
-"""Serving benchmark: `xmodal serve` under a bounded load of concurrent HTTP clients (async httpx).
+"""Serving benchmark: `xmodal serve` under a bounded load of concurrent HTTP clients.
 
     python3 benchmarks/bench_serve.py --items 100000 --requests 200 --clients 1,8,32 [--json out.json]
     python3 benchmarks/bench_serve.py --items 2000 --requests 10 --clients 1,8 --writer-photos 40   # a quick check
@@ -13,8 +13,10 @@ A thumbnail phase fetches the thumbnails of a page of 60 12-MP photos (4032x3024
 connections, first with an empty thumbnail cache (made on request), then warm.
 
 Each phase runs `--requests` text searches per client (GET /api/search?q=...&limit=20, the same 40
-queries in turn) with 1, 8 and 32 clients, each client one request at a time over a shared
-connection pool: requests/s, p50/p95/p99 latency, errors (non-200 answers and dropped connections).
+queries in turn) with 1, 8 and 32 clients, each client one request at a time over a
+keep-alive connection of its own: requests/s, p50/p95/p99 latency, errors (non-200 answers and
+dropped connections). The load generator is a lean h11 client on asyncio (its CPU per request is
+reported as client_cpu_ms): on a machine of few cores it runs beside the server and takes its CPU.
 The `writer` phase repeats the 32-client load while `xmodal index` (another process) embeds
 --writer-photos new real photos into the same index.
 
@@ -38,6 +40,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 
@@ -218,32 +221,77 @@ def start_server(index: Path, env: dict[str, str], extra: list[str]) -> tuple[su
     return process, f"http://127.0.0.1:{match.group(1)}"
 
 
-async def load(url: str, clients: int, requests: int) -> dict[str, float]:
-    """`clients` concurrent clients, each sending `requests` searches one after another."""
-    import httpx
+class _Connection:
+    """One keep-alive HTTP/1.1 connection driven by h11 (uvicorn's own protocol library): a load
+    generator that costs the shared CPU far less per request than a full client such as httpx, so
+    the figures measure the server rather than the client."""
 
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        import h11
+
+        self._h11 = h11
+        self._reader, self._writer, self._host = reader, writer, host
+        self._conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, url: str) -> _Connection:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        return cls(reader, writer, parts.netloc)
+
+    async def get(self, target: str) -> tuple[int, bytes]:
+        h11 = self._h11
+        if self._conn.our_state is h11.DONE:
+            self._conn.start_next_cycle()
+        request = h11.Request(method="GET", target=target, headers=[("Host", self._host)])
+        self._writer.write(self._conn.send(request) + self._conn.send(h11.EndOfMessage()))
+        status, body = 0, bytearray()
+        while True:
+            event = self._conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self._reader.read(65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                self._conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, bytes(body)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+async def load(url: str, clients: int, requests: int) -> dict[str, float]:
+    """`clients` concurrent clients, each on its own keep-alive connection, sending `requests`
+    searches one after another."""
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        await client.get("/api/search", params={"q": QUERIES[0], "limit": 20})  # warm the server
+    connections = [await _Connection.open(url) for _ in range(clients)]
+    await connections[0].get("/api/search?" + urlencode({"q": QUERIES[0], "limit": 20}))  # warm the server
 
-        async def one_client(number: int) -> None:
-            nonlocal errors
-            for i in range(requests):
-                query = QUERIES[(number * 7 + i) % len(QUERIES)]
-                started = time.perf_counter()
-                try:
-                    response = await client.get("/api/search", params={"q": query, "limit": 20})
-                    ok = response.status_code == 200 and len(response.json()["hits"]) > 0
-                except (httpx.HTTPError, ValueError):
-                    ok = False
-                latencies.append(time.perf_counter() - started)
-                errors += not ok
+    async def one_client(number: int) -> None:
+        nonlocal errors
+        for i in range(requests):
+            query = QUERIES[(number * 7 + i) % len(QUERIES)]
+            started = time.perf_counter()
+            try:
+                status, body = await connections[number].get("/api/search?" + urlencode({"q": query, "limit": 20}))
+                ok = status == 200 and len(json.loads(body)["hits"]) > 0
+            except (OSError, ValueError):
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
 
-        started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
         await asyncio.gather(*(one_client(n) for n in range(clients)))
-        wall = time.perf_counter() - started
+    finally:
+        for connection in connections:
+            connection.close()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     ms = np.array(latencies) * 1000
     return {
         "clients": clients,
@@ -253,6 +301,7 @@ async def load(url: str, clients: int, requests: int) -> dict[str, float]:
         "p95_ms": round(float(np.percentile(ms, 95)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "errors": errors,
+        "client_cpu_ms": round(cpu * 1000 / len(latencies), 2),
     }
 
 
@@ -374,11 +423,11 @@ def main() -> None:
     if at8:
         report["http8_vs_best_library"] = round(at8["requests_per_s"] / best, 3)
     print()
-    print("| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | client CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in phases:
         keys = ("phase", "clients", "requests", "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")
-        cells = [p.get(k, "") for k in (*keys, "server_cpu_ms")]
+        cells = [p.get(k, "") for k in (*keys, "server_cpu_ms", "client_cpu_ms")]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     print(
         f"\nthumbnail page ({thumbs['thumbnails']:.0f} 12-MP photos, 8 connections): "
