@@ -139,11 +139,19 @@ def test_search_by_item_id_and_more_like_this(client: TestClient, library: Libra
     assert [h["id"] for h in auto.json()["hits"]] == [h["id"] for h in similar["hits"]][: len(auto.json()["hits"])]
 
 
-def test_batch_and_embeddings(client: TestClient) -> None:
+def test_batch_and_embeddings(client: TestClient, library: Library) -> None:
     body = client.post("/api/search/batch", json={"queries": ["red", "blue"], "limit": 2}).json()
     assert [len(r["ids"]) for r in body["results"]] == [2, 2]
     single = client.get("/api/search", params={"q": "blue", "limit": 2}).json()
     assert body["results"][1]["ids"] == [h["id"] for h in single["hits"]]
+    # the same filters as a single search, for every query of the batch
+    filters = {"ext": ["png"], "under": str(library.photos / "sub"), "min_size": "100x70"}
+    batch = client.post("/api/search/batch", json={"queries": ["red", "blue"], "limit": 50, **filters}).json()
+    for result, q in zip(batch["results"], ["red", "blue"]):
+        one = client.get("/api/search", params={"q": q, "limit": 50, **filters}).json()
+        assert result["ids"] == [h["id"] for h in one["hits"]] and _names(one) == ["blue.png"]
+    bad_date = client.post("/api/search/batch", json={"queries": ["red"], "after": "not a date"})
+    assert bad_date.status_code == 400 and "date" in bad_date.json()["detail"]
     vectors = client.post("/api/embed/texts", json={"texts": ["red", "a dog"]}).json()
     assert vectors["dim"] == FAKE_DIM and len(vectors["vectors"]) == 2
     assert abs(sum(x * x for x in vectors["vectors"][0]) - 1.0) < 1e-4

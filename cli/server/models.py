@@ -76,6 +76,12 @@ class BatchSearchRequest(BaseModel):
     limit: int = Field(10, ge=1, le=500)
     target: Kind = "image"
     rerank: bool = True
+    # the same filters as GET /api/search, applied to every query of the batch
+    under: str | None = Field(None, max_length=4096, description="Only items whose path is under this folder.")
+    after: str | None = Field(None, max_length=64, description="Only photos taken after this date.")
+    before: str | None = Field(None, max_length=64, description="Only photos taken before this date.")
+    ext: list[str] | None = Field(None, max_length=16, description="Only these extensions.")
+    min_size: str | None = Field(None, max_length=32, description="Only photos at least WIDTHxHEIGHT.")
 
 
 class BatchResult(BaseModel):

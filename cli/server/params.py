@@ -23,6 +23,7 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_TEXT",
     "SearchOptions",
+    "search_filter",
     "search_options",
     "search_options_dependency",
     "clean_text",
@@ -101,6 +102,24 @@ class SearchOptions:
 Text = Annotated[str | None, Query(max_length=MAX_TEXT)]
 
 
+def search_filter(
+    under: str | None, after: str | None, before: str | None, ext: list[str] | None, min_size: str | None
+) -> SearchFilter:
+    """The CLI's filters from their text forms (a bad date or size raises InvalidQueryError: 400)."""
+    for name, value in (("under", under), ("after", after), ("before", before), ("min_size", min_size)):
+        if value is not None:
+            clean_text(value, name)
+    width, height = parse_min_size(min_size) if min_size else (0, 0)
+    return SearchFilter(
+        under=Path(under) if under else None,
+        after=parse_date(after) if after else None,
+        before=parse_date(before) if before else None,
+        extensions=tuple(clean_text(e, "ext").strip() for e in (ext or ()) if e.strip()),
+        min_width=width,
+        min_height=height,
+    )
+
+
 def search_options(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Hits per page.")] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_DEPTH, description="Hits to skip (or use cursor).")] = 0,
@@ -129,9 +148,7 @@ def search_options(
         offset = _decode_cursor(cursor)
     if offset + limit > MAX_DEPTH:
         raise HTTPException(422, f"offset + limit must be at most {MAX_DEPTH} (got {offset + limit})")
-    for name, value in (("under", under), ("after", after), ("before", before), ("min_size", min_size)):
-        if value is not None:
-            clean_text(value, name)
+    filters = search_filter(under, after, before, ext, min_size)
     cutoff: float | Literal["auto"] | None = None
     if min_score is not None and min_score.strip():
         if min_score.strip() == "auto":
@@ -143,16 +160,6 @@ def search_options(
                 raise HTTPException(422, f"min_score must be a number or 'auto', not {min_score!r}") from None
             if cutoff != cutoff or abs(cutoff) == float("inf"):
                 raise HTTPException(422, "min_score must be a finite number")
-    width, height = parse_min_size(min_size) if min_size else (0, 0)
-    extensions = tuple(clean_text(e, "ext").strip() for e in (ext or ()) if e.strip())
-    filters = SearchFilter(
-        under=Path(under) if under else None,
-        after=parse_date(after) if after else None,
-        before=parse_date(before) if before else None,
-        extensions=extensions,
-        min_width=width,
-        min_height=height,
-    )
     options: RerankOptions | bool = (
         RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse) if rerank else False
     )

@@ -10,7 +10,14 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Respon
 from PIL import Image
 
 from xmodal.cli.server.models import BatchResult, BatchSearchRequest, BatchSearchResponse, SearchResponse
-from xmodal.cli.server.params import MAX_TEXT, SearchOptions, clean_text, search_options_dependency, text_terms
+from xmodal.cli.server.params import (
+    MAX_TEXT,
+    SearchOptions,
+    clean_text,
+    search_filter,
+    search_options_dependency,
+    text_terms,
+)
 from xmodal.cli.server.routes.shaping import json_response, page
 from xmodal.cli.server.services import Services, get_services
 from xmodal.cli.server.uploads import read_upload
@@ -131,12 +138,13 @@ def search_batch(services: ServicesDep, request: BatchSearchRequest) -> BatchSea
         clean_text(text, f"queries[{i}]")
         if not text.strip():
             raise HTTPException(400, f"queries[{i}]: the query text is empty")
+    filters = search_filter(request.under, request.after, request.before, request.ext, request.min_size)
     with services.searching() as engine:
         if not engine.store.model_spec:
             results = [BatchResult(query=t, ids=[], scores=[]) for t in request.queries]
         else:
             scores, ids = engine.search_texts(
-                request.queries, k=request.limit, target=request.target, rerank=request.rerank
+                request.queries, k=request.limit, target=request.target, filters=filters, rerank=request.rerank
             )
             results = [
                 BatchResult(
