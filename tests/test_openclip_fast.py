@@ -105,6 +105,43 @@ def test_exported_encoders_equal_the_torch_model(clip_spec: str, indexed: tuple,
     assert np.allclose(image.embed_images(images), want, atol=1e-5)
 
 
+def test_the_image_export_runs_each_attention_as_one_fused_operator(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    from xmodal.indexer.models.query_encoders import sidecar_path
+
+    _, _, cache, _ = indexed
+    monkeypatch.setenv("XMODAL_CACHE", str(cache))
+    sidecar = sidecar_path(clip_spec, "image")
+    graph = onnx.load(str(sidecar.parent / json.loads(sidecar.read_text())["onnx"]), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    import open_clip
+
+    layers = open_clip.get_model_config(ARCH)["vision_cfg"]["layers"]
+    assert ops.count("Attention") == layers and "Softmax" not in ops  # vectors equal torch's: the test above
+
+
+def test_fused_attention_leaves_masked_and_cross_attention_to_pytorch() -> None:
+    import torch
+
+    from xmodal.indexer.models.fused_attention import fuse_self_attention
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, batch_first=True).eval()  # its fast path reads self_attn
+    plain = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    holder = torch.nn.ModuleDict({"plain": plain, "layer": layer, "sequence_first": torch.nn.MultiheadAttention(32, 4)})
+    x, other = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    mask = torch.triu(torch.full((5, 5), float("-inf")), 1)
+    with torch.no_grad():
+        want = [plain(x, x, x, need_weights=False)[0], plain(x, other, other, need_weights=False)[0],
+                plain(x, x, x, need_weights=False, attn_mask=mask)[0]]
+        assert fuse_self_attention(holder) == 1  # not the sequence-first one, nor PyTorch's own layer's
+        got = [holder["plain"](x, x, x, need_weights=False)[0], holder["plain"](x, other, other, need_weights=False)[0],
+               holder["plain"](x, x, x, need_weights=False, attn_mask=mask)[0]]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_index_vectors_from_onnxruntime_equal_torchs(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     from xmodal.indexer import load_model
     from xmodal.search import SearchEngine

@@ -46,7 +46,7 @@ Kind = Literal["text", "image"]
 # (stage, done, total): one-time preparations report through this, the CLI draws it.
 StageProgress = Callable[[str, int, int], None]
 # Bump when an exported graph, its sidecar or its preprocessing changes meaning.
-_FORMAT = "query-v3"
+_FORMAT = "query-v4"
 # Graphs above this size keep their weights in a side file that onnxruntime memory-maps: a 250 MB
 # text tower then opens in a third of the time, which is most of a cold search.
 _EXTERNAL_DATA_BYTES = 32 * 1024 * 1024
@@ -109,6 +109,7 @@ def _export(
                 dynamic_axes={input_name: dynamic, **{name: {0: "batch"} for name in outputs}},
                 dynamo=False,
                 opset_version=17,
+                custom_opsets={"com.microsoft": 1},  # onnxruntime's fused operators (fused_attention)
             )
         if tmp.stat().st_size > _EXTERNAL_DATA_BYTES:
             import onnx
@@ -212,7 +213,10 @@ def _image_graph(model: EmbeddingModel) -> Any:
         towers._onnx_trunk = False  # export the PyTorch graph itself
         return _call(towers, "image_features")
     if isinstance(model.towers, OpenClipTowers):
+        from xmodal.indexer.models.fused_attention import fuse_self_attention
+
         clip = copy.deepcopy(model.towers.model).float().cpu().to(memory_format=torch.contiguous_format)
+        fuse_self_attention(clip.visual)  # the image tower runs at indexing speed: one kernel per attention
         return _call(clip, "encode_image", kwargs={"normalize": True})
     return None
 
