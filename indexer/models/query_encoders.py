@@ -45,8 +45,10 @@ __all__ = [
 Kind = Literal["text", "image"]
 # (stage, done, total): one-time preparations report through this, the CLI draws it.
 StageProgress = Callable[[str, int, int], None]
-# Bump when an exported graph, its sidecar or its preprocessing changes meaning.
-_FORMAT = "query-v4"
+# Bump when an exported graph, its sidecar or its preprocessing changes meaning (not for a faster
+# graph of the same meaning: a bump sends every existing index back to the torch path until its
+# next indexing run re-exports).
+_FORMAT = "query-v3"
 # Graphs above this size keep their weights in a side file that onnxruntime memory-maps: a 250 MB
 # text tower then opens in a third of the time, which is most of a cold search.
 _EXTERNAL_DATA_BYTES = 32 * 1024 * 1024
