@@ -91,6 +91,7 @@ def _decode_size(transform: Callable) -> int:
 # Set once per worker process by _init_worker: the model's preprocessing and decode size.
 _WORKER_TRANSFORM: Callable | None = None
 _WORKER_TARGET = 224
+_WORKER_NICED = False  # this worker process has lowered its priority
 
 
 def _init_worker(transform: Callable, target: int) -> None:
@@ -103,8 +104,11 @@ def _init_worker(transform: Callable, target: int) -> None:
         torch.set_num_threads(1)
     # Decoding yields to the model: a preempted OpenMP thread stalls the whole forward pass
     # (measured: +4% images/s on 2 cores). Windows has no nice(); its workers keep normal priority.
-    if multiprocessing.current_process().name != "MainProcess" and hasattr(os, "nice"):
+    # Once per process: a Ray worker comes here again for every task (nice() adds up).
+    global _WORKER_NICED
+    if not _WORKER_NICED and multiprocessing.current_process().name != "MainProcess" and hasattr(os, "nice"):
         os.nice(10)
+        _WORKER_NICED = True
 
 
 StartMethod = Literal["fork", "spawn", "forkserver"]

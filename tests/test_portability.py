@@ -4,6 +4,7 @@ the choice of device and onnxruntime execution providers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -41,6 +42,26 @@ def test_spawned_decode_workers_give_what_forked_ones_give(tmp_path: Path) -> No
     forked = _decoded(photos, "fork")
     assert len(spawned) == len(photos) and all(a.shape == (224, 224, 3) and a.dtype == np.uint8 for a in spawned)
     assert all(np.array_equal(a, b) for a, b in zip(spawned, forked))
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no nice() on this platform")
+def test_a_worker_lowers_its_priority_once_however_many_tasks_it_runs() -> None:
+    """A Ray decode worker calls _init_worker for every task: its nice value must stay at +10."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        before, after = pool.apply(_nice_after_inits, (5,))
+    assert after - before == min(10, 19 - before)
+
+
+def _nice_after_inits(times: int) -> tuple[int, int]:
+    from xmodal.indexer import decode_pool
+
+    before = os.nice(0)
+    for _ in range(times):
+        decode_pool._init_worker(lambda image: image, 224)
+    return before, os.nice(0)
 
 
 def test_an_index_run_with_spawned_workers_equals_a_forked_one(tmp_path: Path, photo_dir: Path) -> None:
