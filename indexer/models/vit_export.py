@@ -92,7 +92,7 @@ class _ClassTokenBlock(torch.nn.Module):
 
     def __init__(self, block: torch.nn.Module) -> None:
         super().__init__()
-        self.block = block
+        self.block: Any = block  # open_clip's block: ln_1, attn, ls_1, ln_2, mlp, ls_2
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         block = self.block
