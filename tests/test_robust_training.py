@@ -87,6 +87,29 @@ def test_prior_mix_is_saved_with_the_head(tmp_path: Path) -> None:
     assert torch.allclose(loaded.project_images(feats[:4]), head.project_images(feats[:4]), atol=2e-3)  # fp16 weights
 
 
+def test_an_ensemble_averages_its_members_unit_outputs_then_mixes_the_prior(tmp_path: Path) -> None:
+    feats, texts, owners = _synthetic(40)
+    config = HeadConfig(embed_dim=16, prior_dim=16, image_hidden=32, epochs=2, prior_mix=0.2)
+    single = dataclasses.replace(config, members=1)
+    members = [train_head(feats, texts, owners, single, seed=5 + i) for i in range(3)]
+    ensemble = train_head(feats, texts, owners, dataclasses.replace(config, members=3), seed=5)
+    assert ensemble.config.members == 3
+    x = feats[:6]
+    with torch.no_grad():
+        mean = torch.stack([F.normalize(m._image_raw(x), dim=-1) for m in members]).mean(0)
+        prior = F.normalize(x[:, -16:], dim=-1)
+        expected = F.normalize(0.8 * F.normalize(mean, dim=-1) + 0.2 * prior, dim=-1)
+        assert torch.allclose(ensemble.project_images(x), expected, atol=1e-6)
+        assert not torch.allclose(ensemble.project_images(x), members[0].project_images(x), atol=1e-3)
+        assert torch.equal(ensemble.project_texts(texts[:3]), members[0].project_texts(texts[:3]))
+    ensemble.save(str(tmp_path / "e.pt"))
+    loaded = ProjectionHead.load(str(tmp_path / "e.pt"))
+    assert loaded.config.members == 3
+    assert torch.allclose(loaded.project_images(x), ensemble.project_images(x), atol=2e-3)  # fp16 weights
+    # a single head saves exactly what it saved before ensembles existed
+    assert not any(k.startswith("more_") for k in members[0].state_dict())
+
+
 def test_choose_prior_mix_prefers_the_prior_within_tolerance_and_keeps_the_floor() -> None:
     assert choose_prior_mix({0.0: 50.0, 0.3: 49.5, 0.5: 49.2, 0.8: 40.0}, floor=0.3, tolerance=1.0) == 0.5
     assert choose_prior_mix({0.0: 80.0, 0.3: 60.0, 0.4: 58.0}, floor=0.3, tolerance=1.0) == 0.3  # never below the floor

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,6 +56,9 @@ class HeadConfig:
     # photos forgets what the zero-shot prior knows about other photos; mixing the prior back in
     # keeps it (chosen on concept-held-out folds: benchmarks/shift_protocol.py). 0 = the head alone.
     prior_mix: float = 0.0
+    # An ensemble: this many image MLPs, trained alike from seeds seed, seed + 1, ...; the image
+    # vector averages their unit outputs before the prior is mixed in. The text path is shared.
+    members: int = 1
 
 
 class ProjectionHead(nn.Module):
@@ -75,6 +78,8 @@ class ProjectionHead(nn.Module):
             raise ValueError("prior_dim must be 0 or embed_dim")
         if not 0.0 <= cfg.prior_mix <= 1.0:
             raise ValueError(f"prior_mix must lie in [0, 1], not {cfg.prior_mix}")
+        if cfg.members < 1 or (cfg.members > 1 and cfg.text_hidden > 0):
+            raise ValueError("members must be at least 1, and an ensemble has the identity text path (text_hidden 0)")
         self.config = cfg
         self.image_dim = image_dim
         self.text_dim = text_dim
@@ -83,14 +88,12 @@ class ProjectionHead(nn.Module):
         # Standardisation statistics of the pooled features, set from training data.
         self.register_buffer("feat_mean", torch.zeros(base_dim))
         self.register_buffer("feat_std", torch.ones(base_dim))
-        self.image_mlp = nn.Sequential(
-            nn.Dropout(cfg.image_dropout),
-            nn.Linear(base_dim, cfg.image_hidden),
-            nn.GELU(),
-            nn.Dropout(cfg.image_dropout),
-            nn.Linear(cfg.image_hidden, cfg.embed_dim),
-        )
+        self.image_mlp = _image_mlp(base_dim, cfg)
         self.prior_weight = nn.Parameter(torch.tensor(float(cfg.prior_weight)))
+        # An ensemble's other members; a single head has neither (its saved state is as before).
+        self.more_mlps = nn.ModuleList(_image_mlp(base_dim, cfg) for _ in range(cfg.members - 1))
+        more = torch.full((cfg.members - 1,), float(cfg.prior_weight)) if cfg.members > 1 else None
+        self.more_prior_weights = nn.Parameter(more) if more is not None else None
         if cfg.text_hidden > 0:
             last = nn.Linear(cfg.text_hidden, text_dim)
             # Zero-init: training starts from the untouched MiniLM space.
@@ -104,17 +107,26 @@ class ProjectionHead(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
 
     def _image_raw(self, feats: torch.Tensor) -> torch.Tensor:
+        """The first member's output before normalisation (what training fits)."""
+        return self._image_raws(feats)[0]
+
+    def _image_raws(self, feats: torch.Tensor) -> list[torch.Tensor]:
         p = self.config.prior_dim
         base = feats[..., : feats.shape[-1] - p] if p else feats
-        x = self.image_mlp((base - self.feat_mean) / self.feat_std)
-        if p:
-            x = x + self.prior_weight * F.normalize(feats[..., -p:], dim=-1)
-        return x
+        standard = (base - self.feat_mean) / self.feat_std
+        prior = F.normalize(feats[..., -p:], dim=-1) if p else None
+        mlps = [self.image_mlp, *self.more_mlps]
+        weights = [self.prior_weight, *(self.more_prior_weights if self.more_prior_weights is not None else [])]
+        return [mlp(standard) + w * prior if prior is not None else mlp(standard) for mlp, w in zip(mlps, weights)]
 
     def project_images(self, feats: torch.Tensor) -> torch.Tensor:
         """(n, image_dim) -> (n, embed_dim) L2-normalised.  (n, views, image_dim) is averaged over views."""
         feats = feats.float()
-        x = F.normalize(self._image_raw(feats), dim=-1)
+        raws = self._image_raws(feats)
+        if len(raws) == 1:
+            x = F.normalize(raws[0], dim=-1)
+        else:
+            x = F.normalize(torch.stack([F.normalize(r, dim=-1) for r in raws]).mean(0), dim=-1)
         mix, p = self.config.prior_mix, self.config.prior_dim
         if mix and p:
             x = F.normalize((1.0 - mix) * x + mix * F.normalize(feats[..., -p:], dim=-1), dim=-1)
@@ -136,6 +148,23 @@ class ProjectionHead(nn.Module):
         twin = copy.copy(self)
         twin.config = dataclasses.replace(self.config, prior_mix=float(prior_mix))
         return twin
+
+    @classmethod
+    def ensemble(cls, heads: Sequence[ProjectionHead]) -> ProjectionHead:
+        """One head whose members are these single heads' image MLPs (trained alike on the same
+        features, so they share the standardisation and the identity text path)."""
+        first = heads[0]
+        config = dataclasses.replace(first.config, members=len(heads))
+        joined = cls(first.image_dim, first.text_dim, config)
+        state = {k: v for k, v in first.state_dict().items()}
+        for i, head in enumerate(heads[1:]):
+            if head.config.members != 1 or not torch.equal(head.feat_mean, first.feat_mean):
+                raise ValueError("an ensemble joins single heads trained on the same features")
+            state.update({f"more_mlps.{i}.{k}": v for k, v in head.image_mlp.state_dict().items()})
+        if len(heads) > 1:
+            state["more_prior_weights"] = torch.stack([h.prior_weight.detach() for h in heads[1:]])
+        joined.load_state_dict(state)
+        return joined.eval()
 
     def save(self, path: str) -> None:
         """One small file: plain-typed config + fp16 state dict (loadable with weights_only=True)."""
@@ -159,6 +188,16 @@ class ProjectionHead(nn.Module):
         head = cls(blob["image_dim"], blob["text_dim"], cfg)
         head.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
         return head.eval()
+
+
+def _image_mlp(base_dim: int, cfg: HeadConfig) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Dropout(cfg.image_dropout),
+        nn.Linear(base_dim, cfg.image_hidden),
+        nn.GELU(),
+        nn.Dropout(cfg.image_dropout),
+        nn.Linear(cfg.image_hidden, cfg.embed_dim),
+    )
 
 
 def _clip_loss(img: torch.Tensor, txt: torch.Tensor, cap_owner: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -186,8 +225,14 @@ def train_head(
         one random view per image is drawn each step (augmentation).
     text_feats: (N_cap, Dt) MiniLM embeddings; caption_image: (N_cap,) index of each caption's image.
     Deterministic for a given seed (CPU, deterministic algorithms, seeded generator).
+    An ensemble (config.members > 1) is its members trained from seeds seed, seed + 1, ... and joined.
     """
     cfg = config or HeadConfig()
+    if cfg.members > 1:
+        single = dataclasses.replace(cfg, members=1)
+        return ProjectionHead.ensemble(
+            [train_head(image_feats, text_feats, caption_image, single, seed + i, on_epoch) for i in range(cfg.members)]
+        )
     torch.manual_seed(seed)
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)

@@ -4,10 +4,11 @@
 
 The head is exactly what `xmodal train --held-out 0` makes from the 800 train photos and their
 4,000 captions (one function, search.training.head.train_projection_head, so the shipped head and a
-user's head are built alike): the validated HeadConfig on the offline towers' ConSE prior, with the
-prior mixed back in at robust.MIN_PRIOR_MIX (WiSE-FT in output space), the mix chosen on
-concept-held-out folds of the train split (benchmarks/shift_protocol.py), not on a random
-held-out part. The test split is not read unless --report-test is given.
+user's head are built alike): the validated HeadConfig on the offline towers' ConSE prior, an
+ensemble of ENSEMBLE_MEMBERS image MLPs (seeds seed, seed + 1, ...), with the prior mixed back in at
+robust.MIN_PRIOR_MIX (WiSE-FT in output space), the mix chosen on concept-held-out folds of the
+train split (benchmarks/shift_protocol.py), not on a random held-out part. The test split is not
+read unless --report-test is given.
 Deterministic for a given --seed and --threads.
 """
 
