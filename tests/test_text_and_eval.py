@@ -99,16 +99,17 @@ def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pyte
 
     from xmodal.indexer.models.embedding import EmbeddingModel
     from xmodal.indexer.models.head import ProjectionHead
-    from xmodal.search.training.head import train_projection_head
+    from xmodal.search.training.head import ENSEMBLE_MEMBERS, train_projection_head
 
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     photos = _captioned_photos(tmp_path)
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"image": n, "captions": c}) for n, c in photos))
     pairs = read_pairs(tmp_path / "pairs.jsonl")
-    losses: list[float] = []
-    first = train_projection_head(fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append(loss))
+    losses: list[tuple[int, float]] = []
+    first = train_projection_head(fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append((e, loss)))
     second = train_projection_head(fake_model(), pairs, tmp_path / "b.pt", epochs=3, seed=7)
-    assert len(losses) == 3 and all(np.isfinite(losses))
+    # the saved head is an ensemble whose members count epochs on
+    assert [e for e, _ in losses] == list(range(3 * ENSEMBLE_MEMBERS)) and all(np.isfinite([x for _, x in losses]))
     a, b = ProjectionHead.load(str(first.path)), ProjectionHead.load(str(second.path))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert list((tmp_path / "cache" / "features").glob("*.pt"))  # tower features were cached

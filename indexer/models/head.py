@@ -230,9 +230,11 @@ def train_head(
     cfg = config or HeadConfig()
     if cfg.members > 1:
         single = dataclasses.replace(cfg, members=1)
-        return ProjectionHead.ensemble(
-            [train_head(image_feats, text_feats, caption_image, single, seed + i, on_epoch) for i in range(cfg.members)]
-        )
+        heads = []
+        for i in range(cfg.members):  # on_epoch counts on through the members: epoch i * epochs + e
+            report = (lambda e, loss, i=i: on_epoch(i * cfg.epochs + e, loss)) if on_epoch is not None else None
+            heads.append(train_head(image_feats, text_feats, caption_image, single, seed + i, report))
+        return ProjectionHead.ensemble(heads)
     torch.manual_seed(seed)
     prev_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
