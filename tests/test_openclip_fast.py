@@ -144,6 +144,20 @@ def test_fused_attention_leaves_masked_and_cross_attention_to_pytorch() -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_an_export_without_fused_operators_names_no_extra_domain(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The exporter warns on stderr (from C++, past Python's warnings) about a custom domain the
+    graph does not use: `xmodal index` of the offline default printed it twice."""
+    import onnx
+    import torch
+
+    from xmodal.indexer.models.query_encoders import _export
+
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 4)).eval()
+    _export(plain, torch.zeros(2, 8), tmp_path / "plain.onnx", "x", {0: "batch"})
+    assert "opset domain" not in capfd.readouterr().err
+    assert all(o.domain in ("", "ai.onnx") for o in onnx.load(str(tmp_path / "plain.onnx")).opset_import)
+
+
 def test_index_vectors_from_onnxruntime_equal_torchs(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     from xmodal.indexer import load_model
     from xmodal.search import SearchEngine

@@ -98,6 +98,8 @@ def _export(
     """Export to `target` (plus `target.data` for large graphs) through temporary names."""
     import torch
 
+    from xmodal.indexer.models.vit_export import uses_onnxruntime_operators
+
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.onnx")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def _export(
                 dynamic_axes={input_name: dynamic, **{name: {0: "batch"} for name in outputs}},
                 dynamo=False,
                 opset_version=17,
-                custom_opsets={"com.microsoft": 1},  # onnxruntime's fused operators (fused_attention)
+                custom_opsets={"com.microsoft": 1} if uses_onnxruntime_operators(module) else None,
             )
         if tmp.stat().st_size > _EXTERNAL_DATA_BYTES:
             import onnx

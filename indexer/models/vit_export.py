@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["prepare_for_export", "fuse_self_attention", "class_token_only_last_block"]
+__all__ = ["prepare_for_export", "fuse_self_attention", "class_token_only_last_block", "uses_onnxruntime_operators"]
 
 
 class _Attention(torch.autograd.Function):
@@ -134,3 +134,9 @@ def prepare_for_export(visual: torch.nn.Module) -> None:
     """Both rewrites, in place, on a copy of an image tower about to be exported."""
     class_token_only_last_block(visual)
     fuse_self_attention(visual)
+
+
+def uses_onnxruntime_operators(module: torch.nn.Module) -> bool:
+    """Whether an export of `module` holds onnxruntime's own operators (the exporter must be told
+    their domain, and warns on stderr when told of a domain the graph does not use)."""
+    return any(isinstance(m, _FusedSelfAttention) for m in module.modules())
