@@ -110,6 +110,24 @@ def test_an_ensemble_averages_its_members_unit_outputs_then_mixes_the_prior(tmp_
     assert not any(k.startswith("more_") for k in members[0].state_dict())
 
 
+def test_a_head_saved_by_earlier_versions_still_loads(tmp_path: Path) -> None:
+    """Heads users trained before int8 storage: torch.save of an fp16 state dict (format /1)."""
+    feats, texts, owners = _synthetic(30)
+    head = train_head(feats, texts, owners, HeadConfig(embed_dim=16, prior_dim=16, image_hidden=32, epochs=1), seed=2)
+    old = {
+        "format": "xmodal.projection_head/1",
+        "image_dim": head.image_dim,
+        "text_dim": head.text_dim,
+        "config": dataclasses.asdict(head.config),
+        "state_dict": {k: v.half() for k, v in head.state_dict().items()},
+    }
+    torch.save(old, tmp_path / "old.pt")
+    head.save(str(tmp_path / "new.pt"))
+    for name in ("old.pt", "new.pt"):
+        loaded = ProjectionHead.load(str(tmp_path / name))
+        assert torch.allclose(loaded.project_images(feats[:4]), head.project_images(feats[:4]), atol=2e-3)
+
+
 def test_choose_prior_mix_prefers_the_prior_within_tolerance_and_keeps_the_floor() -> None:
     assert choose_prior_mix({0.0: 50.0, 0.3: 49.5, 0.5: 49.2, 0.8: 40.0}, floor=0.3, tolerance=1.0) == 0.5
     assert choose_prior_mix({0.0: 80.0, 0.3: 60.0, 0.4: 58.0}, floor=0.3, tolerance=1.0) == 0.3  # never below the floor
