@@ -173,7 +173,7 @@ def train_heads(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             head.save(str(path))
-            head = ProjectionHead.load(str(path))  # same fp16 weights whether cached or not
+            head = ProjectionHead.load(str(path))  # the same stored (int8) weights whether cached or not
         heads.append(head)
     return heads
 

@@ -81,7 +81,7 @@ def main() -> None:
         f"{report.captions} captions, prior mix {report.choice.prior_mix}; {time.time() - t_start:.0f}s"
     )
     if args.report_test:
-        head = ProjectionHead.load(str(report.path))  # exactly what is shipped (fp16 weights)
+        head = ProjectionHead.load(str(report.path))  # exactly what is shipped (int8 weight matrices)
         images, texts, owners = pair_features(model, flickr_pairs(args.data, "test"))
         with torch.no_grad():
             r = retrieval_recall(head.project_images(images), head.project_texts(texts), owners)
