@@ -95,7 +95,7 @@ _WORKER_NICED = False  # this worker process has lowered its priority
 
 
 def _init_worker(transform: Callable, target: int) -> None:
-    global _WORKER_TRANSFORM, _WORKER_TARGET
+    global _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_NICED
     _WORKER_TRANSFORM, _WORKER_TARGET = transform, target
     # One intra-op thread: torch ops on one small image cost more in thread sync than work. Only
     # where the transform brought torch in: a Pillow and NumPy transform must not pay its import.
@@ -105,7 +105,6 @@ def _init_worker(transform: Callable, target: int) -> None:
     # Decoding yields to the model: a preempted OpenMP thread stalls the whole forward pass
     # (measured: +4% images/s on 2 cores). Windows has no nice(); its workers keep normal priority.
     # Once per process: a Ray worker comes here again for every task (nice() adds up).
-    global _WORKER_NICED
     if not _WORKER_NICED and multiprocessing.current_process().name != "MainProcess" and hasattr(os, "nice"):
         os.nice(10)
         _WORKER_NICED = True
