@@ -10,6 +10,11 @@ loaded once before either run; the Ray figure includes its actors' model load, a
 and is also given for the embedding stream alone), their ratio (goal: Ray keeps >= 80% of the
 single-process throughput here, where it has nothing to gain), and checks both runs stored the
 same rows with vectors within 1e-5.
+
+It also measures Ray's own floor, with no xmodal code: `import ray`, `ray.init`, a one-block Ray Data
+pipeline of the same shape (a task map, then a one-actor pool) and `ray.shutdown`. A cold run pays
+at least that floor plus the photos at the streaming rate, so `cold_ratio_bound` = local seconds /
+(floor + photos / streaming rate) is the best cold ratio this machine allows.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +45,37 @@ def _vectors(index_dir: Path) -> dict[str, np.ndarray]:
             return {r.path: blob_to_vector(r.vector).copy() for r in s.query(ImageRow)}
     finally:
         store.close()
+
+
+# Run in a fresh interpreter, so that `import ray` is counted as a user's process pays it.
+_FLOOR = """
+import json, time
+started = time.perf_counter()
+import ray, ray.data
+imported = time.perf_counter()
+ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+initialised = time.perf_counter()
+class Identity:
+    def __call__(self, batch):
+        return batch
+ray.data.DataContext.get_current().enable_progress_bars = False
+ds = ray.data.from_items([{"i": k} for k in range(16)]).map_batches(lambda b: b, batch_size=16, num_cpus=1)
+ds = ds.map_batches(Identity, batch_size=16, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+rows = sum(len(b["i"]) for b in ds.iter_batches(batch_size=None))
+streamed = time.perf_counter()
+ray.shutdown()
+done = time.perf_counter()
+print(json.dumps({"import": imported - started, "init": initialised - imported,
+                  "one_block_pipeline": streamed - initialised, "shutdown": done - streamed, "total": done - started}))
+"""
+
+
+def ray_floor(cpus: int) -> dict[str, float]:
+    """Seconds of Ray's own start, one-block pipeline and stop, in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FLOOR.replace("CPUS", str(int(cpus)))], capture_output=True, text=True, check=True
+    )
+    return {k: round(v, 2) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 def main() -> None:
@@ -85,11 +123,14 @@ def main() -> None:
         finally:
             ray.shutdown()
 
+        floor = ray_floor(args.cpus)
+
         a, b = _vectors(work / "local"), _vectors(work / "ray")
         same_rows = set(a) == set(b)
         max_diff = max((float(np.abs(a[p] - b[p]).max()) for p in a if p in b), default=0.0)
         first = on_ray.timings.get("first_batch", 0.0)
         stream_s = on_ray.timings.get("cluster", 0.0) + on_ray.timings.get("write", 0.0) - first
+        stream_ips = (on_ray.embedded - args.batch_size) / stream_s if on_ray.embedded > args.batch_size and stream_s > 0 else None
         result = {
             "photos": count,
             "cpus": args.cpus,
@@ -101,9 +142,12 @@ def main() -> None:
             "ray_over_local": round((on_ray.embedded / ray_s) / (local.embedded / local_s), 3),
             "ray_first_batch_s": round(first, 2),
             # after the first batch: the steady rate of a long run (None when one batch was all)
-            "ray_stream_images_per_s": round((on_ray.embedded - args.batch_size) / stream_s, 2) if on_ray.embedded > args.batch_size and stream_s > 0 else None,
+            "ray_stream_images_per_s": round(stream_ips, 2) if stream_ips else None,
             "ray_warm_images_per_s": round(warm.embedded / warm_s, 2),
             "ray_warm_over_local": round((warm.embedded / warm_s) / (local.embedded / local_s), 3),
+            "ray_floor_s": floor,
+            # the best cold ratio possible here: Ray's floor plus every photo at the streaming rate
+            "cold_ratio_bound": round(local_s / (floor["total"] + on_ray.embedded / stream_ips), 3) if stream_ips else None,
             "ray_timings": on_ray.as_dict()["timings"],
             "local_timings": local.as_dict()["timings"],
             "same_rows": same_rows,
