@@ -24,7 +24,9 @@ DbUrlOpt = Annotated[
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", help="Model spec: xmodal-lite (offline default), NAME:PRETRAINED, NAME:/path/weights, SPEC+HEAD.pt"
+        "--model",
+        help="Model spec: xmodal-lite (offline default), xmodal-lite-duo (two image networks), "
+        "NAME:PRETRAINED, NAME:/path/weights, SPEC+HEAD.pt",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -132,8 +132,22 @@ def test_fusion_model_round_trips_through_its_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.caption_photo, model.caption_photo)
     np.testing.assert_allclose(loaded.train_photos, model.train_photos, atol=1e-3)  # stored as float16
     tower = np.random.default_rng(1).normal(size=(4, 400))
-    np.testing.assert_allclose(loaded.linear.project(tower), model.linear.project(tower), atol=2e-3)  # weight stored as float16
+    np.testing.assert_allclose(loaded.linear.project(tower), model.linear.project(tower), atol=2e-3)  # weight stored as int8
     np.testing.assert_array_equal(loaded.linear.mean, model.linear.mean)
+
+
+def test_a_fusion_file_written_before_int8_weights_still_loads(tmp_path: Path) -> None:
+    model = fusion_model(np.random.default_rng(0))
+    path = tmp_path / "fusion.npz"
+    model.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if not k.startswith("linear_weight_")}
+    arrays["linear_weight"] = model.linear.weight.astype(np.float16)  # the earlier layout
+    np.savez_compressed(tmp_path / "old.npz", **arrays)
+    tower = np.random.default_rng(1).normal(size=(4, 400))
+    old, new = FusionModel.load(tmp_path / "old.npz"), FusionModel.load(path)
+    np.testing.assert_allclose(old.linear.project(tower), model.linear.project(tower), atol=1e-3)
+    assert (old.linear.project(tower) * new.linear.project(tower)).sum(1).min() > 0.999
 
 
 def test_fusion_model_refuses_a_file_made_for_other_features(tmp_path: Path) -> None:

@@ -58,9 +58,9 @@ def test_capabilities_not_model_names() -> None:
 
     lite = parse_model_spec("xmodal-lite").capabilities
     assert (lite.prior_dim, lite.tower_features, lite.fusion_file, lite.towers) == (384, True, "offline_fusion.npz", "offline")
-    assert parse_model_spec("xmodal-lite").head_file is not None and parse_model_spec("xmodal-lite").head_file.is_file()
+    assert [f.is_file() for f in parse_model_spec("xmodal-lite").head_files] == [True]
     clip = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")
-    assert clip.capabilities == capabilities("ViT-B-32") and clip.capabilities.prior_dim == 0 and clip.head_file is None
+    assert clip.capabilities == capabilities("ViT-B-32") and clip.capabilities.prior_dim == 0 and clip.head_files == ()
 
 
 def test_numpy_split_gives_the_torch_split_batch_without_torch() -> None:

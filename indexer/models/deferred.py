@@ -78,8 +78,8 @@ class DeferredTowers:
 class DeferredHead:
     """The projection head, read on first use; its output size is known from the export."""
 
-    def __init__(self, path: Path, embed_dim: int) -> None:
-        self._path = path
+    def __init__(self, paths: tuple[Path, ...], embed_dim: int) -> None:
+        self._paths = paths
         self.embed_dim = embed_dim
         self._head: ProjectionHead | None = None
         self._lock = threading.Lock()
@@ -87,7 +87,7 @@ class DeferredHead:
     def loaded(self) -> ProjectionHead:
         with self._lock:
             if self._head is None:
-                self._head = load_head(self._path, "cpu")
+                self._head = load_head(self._paths, "cpu")
             return self._head
 
     def __getattr__(self, name: str) -> Any:
@@ -132,8 +132,8 @@ def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> 
     size = encoder.preprocessing.size
     probe = encoder.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
     image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
-    head_file = parsed.head_file
-    head = DeferredHead(head_file, probe.vectors.shape[1]) if head_file is not None else None
+    head_files = parsed.head_files
+    head = DeferredHead(head_files, probe.vectors.shape[1]) if head_files else None
     towers = DeferredTowers(parsed, encoder.preprocessing, image_dim)
     # The deferred head stands in for a ProjectionHead: whatever it is asked beyond its size loads it.
     model = EmbeddingModel(parsed, towers, cast("ProjectionHead | None", head), "cpu")

@@ -215,31 +215,39 @@ class OpenClipTowers:
         return self.model.encode_text(self._tokenizer(texts).to(device), normalize=True).float()
 
 
-def load_head(path: Path, device: str) -> ProjectionHead:
+def load_head(paths: Path | Sequence[Path], device: str) -> ProjectionHead:
+    """A head file, or one file per image backbone joined across them (ProjectionHead.across_towers)."""
     from xmodal.indexer.models.head import ProjectionHead
 
-    if not path.is_file():
-        raise ModelLoadError(f"projection head '{path}' not found (train one with `xmodal train`)")
+    files = [paths] if isinstance(paths, Path) else list(paths)
+    heads = []
+    for path in files:
+        if not path.is_file():
+            raise ModelLoadError(f"projection head '{path}' not found (train one with `xmodal train`)")
+        try:
+            heads.append(ProjectionHead.load(str(path)))
+        except Exception as e:
+            raise ModelLoadError(f"projection head '{path}' could not be read: {e}") from e
     try:
-        return ProjectionHead.load(str(path)).to(device).eval()
-    except Exception as e:
-        raise ModelLoadError(f"projection head '{path}' could not be read: {e}") from e
+        head = heads[0] if len(heads) == 1 else ProjectionHead.across_towers(heads)
+    except ValueError as e:
+        raise ModelLoadError(f"projection heads {', '.join(map(str, files))} do not join: {e}") from e
+    return head.to(device).eval()
 
 
 def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
     from xmodal.indexer.models.offline_towers import build_offline_towers
 
     try:
-        towers = build_offline_towers().to(device).eval()
+        towers = build_offline_towers(spec.capabilities.backbones).to(device).eval()
         if device == "cuda":  # half precision on the GPU, as open_clip models (fp32 features out)
             towers.half()
     except ModelLoadError:
         raise
     except Exception as e:
         raise ModelLoadError(f"the offline default model could not be built: {e}") from e
-    head_file = spec.head_file
-    assert head_file is not None  # the offline default ships its head
-    head = load_head(head_file, device)
+    assert spec.head_files  # the offline models ship their heads
+    head = load_head(spec.head_files, device)
     return EmbeddingModel(spec, towers, head, device)
 
 

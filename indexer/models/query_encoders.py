@@ -213,8 +213,7 @@ def _image_graph(model: EmbeddingModel) -> Any:
 
     if isinstance(model.towers, OfflineTowers):
         towers = copy.deepcopy(model.towers).float().cpu()
-        towers.visual.trunk.to(memory_format=torch.contiguous_format)  # the exporter mishandles channels-last
-        towers._onnx_trunk = False  # export the PyTorch graph itself
+        towers.torch_only()  # export the PyTorch graphs themselves
         return _call(towers, "image_features")
     if isinstance(model.towers, OpenClipTowers):
         from xmodal.indexer.models.vit_export import prepare_for_export

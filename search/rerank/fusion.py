@@ -122,6 +122,7 @@ class FusionModel:
         return standardise(features) @ self.weights
 
     def save(self, path: Path) -> None:
+        row_scale = np.maximum(np.abs(self.linear.weight).max(axis=1), 1e-12) / 127.0
         np.savez_compressed(
             path,
             features=np.array(FEATURES),
@@ -131,7 +132,10 @@ class FusionModel:
             train_photos=self.train_photos.astype(np.float16),
             linear_mean=self.linear.mean,
             linear_scale=self.linear.scale,
-            linear_weight=self.linear.weight.astype(np.float16),
+            # int8 with a scale per output row: a two-backbone model's projection (384 x 3,328)
+            # keeps its file under 5 MB so
+            linear_weight_int8=np.rint(self.linear.weight / row_scale[:, None]).astype(np.int8),
+            linear_weight_scale=row_scale.astype(np.float32),
             linear_bias=self.linear.bias,
         )
 
@@ -140,10 +144,16 @@ class FusionModel:
         with np.load(path, allow_pickle=False) as f:
             if tuple(str(n) for n in f["features"]) != FEATURES:
                 raise ValueError(f"fusion model '{path}' was made for other features")
+            if "linear_weight_int8" in f.files:
+                weight = (
+                    f["linear_weight_int8"].astype(np.float64) * f["linear_weight_scale"].astype(np.float64)[:, None]
+                )
+            else:  # written before: float16
+                weight = f["linear_weight"].astype(np.float64)
             linear = LinearProjection(
                 f["linear_mean"].astype(np.float64),
                 f["linear_scale"].astype(np.float64),
-                f["linear_weight"].astype(np.float64),
+                weight,
                 f["linear_bias"].astype(np.float64),
             )
             return cls(

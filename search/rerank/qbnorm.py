@@ -79,9 +79,9 @@ def _cache_file(spec: str, captions: list[str]) -> Path:
     from xmodal.indexer.models.spec import parse_model_spec
 
     key = hashlib.sha256(spec.encode())
-    head = parse_model_spec(spec).head_file
-    if head is not None and head.is_file():
-        key.update(head.read_bytes())
+    for head in parse_model_spec(spec).head_files:
+        if head.is_file():
+            key.update(head.read_bytes())
     key.update("\n".join(captions).encode())
     return cache_dir() / "querybanks" / f"{key.hexdigest()[:24]}.npy"
 

@@ -18,7 +18,7 @@ from xmodal.indexer.cache import cache_dir as xmodal_cache
 from xmodal.indexer.errors import ImageReadError, InvalidInputError
 from xmodal.indexer.images import decode_image
 from xmodal.indexer.models.embedding import EmbeddingModel
-from xmodal.indexer.models.head import HeadConfig, train_head
+from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.pairs import CaptionedImage
 from xmodal.search.training.robust import HELD_OUT_FRACTION, MixChoice, choose_on_held_out
 
@@ -49,6 +49,7 @@ class TrainReport:
     photos: int
     captions: int
     choice: MixChoice
+    head: ProjectionHead  # as trained (the file holds its int8 weight matrices)
 
 
 def features_cache_file(
@@ -119,8 +120,12 @@ def head_config(model: EmbeddingModel, epochs: int | None = None) -> HeadConfig:
 
     The prior's width comes from the model's capabilities (the towers object carries no such fact),
     so the offline default's head always builds on its ConSE prior."""
+    capabilities = model.spec.capabilities
     config = HeadConfig(
-        embed_dim=model.towers.text_dim, prior_dim=model.spec.capabilities.prior_dim, members=ENSEMBLE_MEMBERS
+        embed_dim=model.towers.text_dim,
+        prior_dim=capabilities.prior_dim,
+        members=ENSEMBLE_MEMBERS,
+        towers=len(capabilities.backbones) if capabilities.towers == "offline" else 1,
     )
     if epochs is not None:
         config.epochs = epochs
@@ -155,4 +160,4 @@ def train_projection_head(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head.save(str(out))
-    return TrainReport(path=out, photos=len(image_feats), captions=len(text_feats), choice=choice)
+    return TrainReport(path=out, photos=len(image_feats), captions=len(text_feats), choice=choice, head=head)

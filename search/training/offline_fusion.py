@@ -1,6 +1,8 @@
 """Train the shipped fusion reranker (data/offline_fusion.npz) on the flickr8k-1k TRAIN split.
 
     python -m xmodal.search.training.offline_fusion --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
+    python -m xmodal.search.training.offline_fusion --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
+        --out data/offline_duo_fusion.npz
 
 Only the 800 train photos and their 4,000 captions are read (the test split is not touched).
   1. Tower features (centre view + 4 augmentation views) and caption features, cached on disk.
@@ -41,9 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xmodal.indexer.models.embedding import load_head
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import OfflineTowers, build_offline_towers
 from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
+from xmodal.indexer.models.spec import parse_model_spec
 from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
@@ -113,10 +117,13 @@ def compute_features(
     return {"image": torch.cat(chunks), "text": text}
 
 
-def cache_file(data: str) -> Path:
+def cache_file(data: str, backbones: tuple[str, ...] = ("lite0",)) -> Path:
     from xmodal.indexer.cache import cache_dir as xmodal_cache
 
-    key = hashlib.sha256(f"{CACHE_VERSION}|{os.path.abspath(data)}".encode()).hexdigest()[:24]
+    text = f"{CACHE_VERSION}|{os.path.abspath(data)}"
+    if backbones != ("lite0",):  # the default's key stays as it was: its cached features remain valid
+        text += "|" + ",".join(backbones)
+    key = hashlib.sha256(text.encode()).hexdigest()[:24]
     return xmodal_cache() / "features" / f"fusion-{key}.pt"
 
 
@@ -219,9 +226,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/datasets/flickr8k-1k")
     ap.add_argument("--out", default="data/offline_fusion.npz")
-    ap.add_argument(
-        "--head", default="data/offline_head.pt", help="the shipped projection head (its space is the index's)"
-    )
+    ap.add_argument("--model", default="xmodal-lite", help="an offline model: xmodal-lite or xmodal-lite-duo")
+    ap.add_argument("--head", help="the projection head whose space the index has (default: the one the model ships)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", help="a fusion file whose weights are also scored on the folds")
@@ -241,24 +247,26 @@ def main() -> None:
     print(f"{len(train_names)} train photos, {len(captions)} captions", flush=True)
 
     t0 = time.time()
-    towers: OfflineTowers | None = None
+    spec = parse_model_spec(args.model)
+    backbones = spec.capabilities.backbones
+    heads = [Path(args.head)] if args.head else list(spec.head_files)
+    feature_file = cache_file(args.data, backbones)
 
     def compute() -> dict[str, torch.Tensor]:
-        nonlocal towers
-        towers = towers or build_offline_towers()
-        return compute_features(towers, args.data, train_names, captions)
+        return compute_features(build_offline_towers(backbones), args.data, train_names, captions)
 
-    feats = cached(cache_file(args.data), compute)
+    feats = cached(feature_file, compute)
     image, text = feats["image"].float(), feats["text"].float()  # (800, views, 1664), (4000, 384)
     if image.shape[:2] != (len(train_names), len(VIEWS)) or len(text) != len(captions):
-        raise SystemExit(f"stale feature cache {cache_file(args.data)}: delete it")
+        raise SystemExit(f"stale feature cache {feature_file}: delete it")
     print(
-        f"features {tuple(image.shape)} + {tuple(text.shape)} in {time.time() - t0:.1f}s ({cache_file(args.data)})",
+        f"features {tuple(image.shape)} + {tuple(text.shape)} in {time.time() - t0:.1f}s ({feature_file})",
         flush=True,
     )
 
     perm = np.random.default_rng(args.seed).permutation(len(train_names))
-    config = ProjectionHead.load(args.head).config  # fold heads are built as the shipped head was
+    shipped = load_head(heads, "cpu")
+    config = shipped.config  # fold heads are built as the shipped head was
     folds: list[Fold] = []
     for f in range(FOLDS):
         t0 = time.time()
@@ -304,8 +312,7 @@ def main() -> None:
 
     t0 = time.time()
     centre = image[:, 0]
-    head = ProjectionHead.load(args.head)
-    train_photos, train_captions = project(head, centre, text)
+    train_photos, train_captions = project(shipped, centre, text)
     linear = train_linear_projection(image, train_captions, owner, seed=args.seed)
     model = FusionModel(weights, train_captions, owner, train_photos, linear)
     out = Path(args.out)
@@ -316,7 +323,7 @@ def main() -> None:
         raise SystemExit(f"{out} does not load back as written")
     print(
         f"final: linear projection on {len(train_names)} photos, "
-        f"{len(captions)} captions in {args.head}'s space; {time.time() - t0:.1f}s"
+        f"{len(captions)} captions in the space of {', '.join(map(str, heads))}; {time.time() - t0:.1f}s"
     )
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"total {time.time() - t_start:.1f}s")

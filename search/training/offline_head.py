@@ -1,6 +1,12 @@
 """Train the shipped offline projection head (xmodal/data/offline_head.pt) on the flickr8k-1k TRAIN split.
 
     python -m xmodal.search.training.offline_head --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
+    python -m xmodal.search.training.offline_head --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
+        --out data
+
+With several image backbones (xmodal-lite-duo) --out is a folder: the head is saved there as one file
+per backbone, under the names the model ships (Lite0's part is the default's own file: the same
+features and seeds give the same members).
 
 The head is exactly what `xmodal train --held-out 0` makes from the 800 train photos and their
 4,000 captions (one function, search.training.head.train_projection_head, so the shipped head and a
@@ -49,14 +55,16 @@ def flickr_pairs(data: Path, split: str) -> list[CaptionedImage]:
 
 
 def main() -> None:
-    from xmodal.indexer.models.embedding import load_model
-    from xmodal.indexer.models.head import ProjectionHead
+    from xmodal.indexer.models.embedding import EmbeddingModel, load_head
+    from xmodal.indexer.models.offline_towers import build_offline_towers
+    from xmodal.indexer.models.spec import parse_model_spec
     from xmodal.search.training.head import pair_features, train_projection_head
     from xmodal.search.training.robust import retrieval_recall
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/datasets/flickr8k-1k"))
     ap.add_argument("--out", type=Path, default=Path("data/offline_head.pt"))
+    ap.add_argument("--model", default="xmodal-lite", help="an offline model: xmodal-lite or xmodal-lite-duo")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -66,12 +74,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.time()
 
-    model = load_model()  # the offline default; only its frozen towers are used
+    spec = parse_model_spec(args.model)
+    if spec.capabilities.towers != "offline":
+        raise SystemExit(f"{args.model} is not an offline model")
+    # only the frozen towers are used (the heads this makes need not exist yet)
+    model = EmbeddingModel(spec, build_offline_towers(spec.capabilities.backbones), None)
+    parts = model.spec.capabilities.shipped_head
+    out = args.out / "head.pt" if len(parts) > 1 else args.out
     train = flickr_pairs(args.data, "train")
     report = train_projection_head(
         model,
         train,
-        args.out,
+        out,
         seed=args.seed,
         held_out=0.0,
         on_epoch=lambda e, loss: print(f"epoch {e + 1:3d} loss {loss:.4f}", flush=True),
@@ -80,8 +94,13 @@ def main() -> None:
         f"saved {report.path} ({report.path.stat().st_size / 1e6:.2f} MB): {report.photos} photos, "
         f"{report.captions} captions, prior mix {report.choice.prior_mix}; {time.time() - t_start:.0f}s"
     )
+    if len(parts) > 1:  # one file per backbone, as the model ships them
+        for name, part in zip(parts, report.head.tower_heads()):
+            part.save(str(args.out / name))
+            print(f"saved {args.out / name} ({(args.out / name).stat().st_size / 1e6:.2f} MB)")
+        out.unlink()
     if args.report_test:
-        head = ProjectionHead.load(str(report.path))  # exactly what is shipped (int8 weight matrices)
+        head = load_head([args.out / name for name in parts] if len(parts) > 1 else out, "cpu")  # as shipped (int8)
         images, texts, owners = pair_features(model, flickr_pairs(args.data, "test"))
         with torch.no_grad():
             r = retrieval_recall(head.project_images(images), head.project_texts(texts), owners)
