@@ -47,7 +47,14 @@ import torch.nn.functional as F
 from xmodal.indexer.cache import cache_dir
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import build_offline_towers
-from xmodal.search.rerank.fusion import FEATURES, TOP, FusionModel, features_from_parts, photo_parts
+from xmodal.search.rerank.fusion import (
+    FEATURES,
+    TOP,
+    FusionModel,
+    LinearProjection,
+    features_from_parts,
+    photo_parts,
+)
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
 from xmodal.search.training.fusion import fit_fusion_weights, train_linear_projection
 from xmodal.search.training.head import cached
@@ -350,7 +357,7 @@ def main() -> None:
         p = {int(x): j for j, x in enumerate(fold.train)}
         tr_owner = np.array([p[int(owner[k])] for k in caps])
         heads: dict[str, list[ProjectionHead]] = {}  # per base config, one head per seed
-        linears: dict[int, object] = {}  # per feature width: the text side is MiniLM's for every method
+        linears: dict[int, LinearProjection] = {}  # per feature width: the text side is MiniLM's for every method
         for m in methods:
             key, build = make_method(m)
             base, k = key.rsplit("-x", 1) if key != "none" else ("none", "0")
@@ -376,7 +383,7 @@ def main() -> None:
                         emb.texts(text[caps]),
                         tr_owner,
                         emb.images(base_views[fold.train, 0]),
-                        linears[width],  # type: ignore[arg-type]
+                        linears[width],
                     )
                 bank_all = emb.texts(text[caps])
                 bank = bank_all[

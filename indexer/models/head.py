@@ -181,13 +181,11 @@ class ProjectionHead(nn.Module):
         first = heads[0]
         config = dataclasses.replace(first.config, members=len(heads))
         joined = cls(first.image_dim, first.text_dim, config)
-        state = {k: v for k, v in first.state_dict().items()}
-        for i, head in enumerate(heads[1:]):
+        for head in heads[1:]:
             if head.config.members != 1 or not torch.equal(head.feat_mean, first.feat_mean):
                 raise ValueError("an ensemble joins single heads trained on the same features")
-            state.update({f"more_mlps.{i}.{k}": v for k, v in head.image_mlp.state_dict().items()})
-        if len(heads) > 1:
-            state["more_prior_weights"] = torch.stack([h.prior_weight.detach() for h in heads[1:]])
+        state = {k: v for k, v in first.state_dict().items()}
+        state.update(_members_state([h.image_mlp for h in heads], torch.cat([_prior_weights(h) for h in heads])))
         joined.load_state_dict(state)
         return joined.eval()
 
@@ -206,25 +204,13 @@ class ProjectionHead(nn.Module):
                 raise ValueError("heads across towers read blocks of one size, with the identity text path")
         config = dataclasses.replace(first.config, towers=len(heads))
         joined = cls(first.image_dim * len(heads), first.text_dim, config)
-        mlps = [m for head in heads for m in (head.image_mlp, *head.more_mlps)]
-        weights = [
-            w.detach().reshape(-1)
-            for head in heads
-            for w in (head.prior_weight, head.more_prior_weights)
-            if w is not None
-        ]
         state = {
             "feat_mean": torch.cat([h.feat_mean for h in heads]),
             "feat_std": torch.cat([h.feat_std for h in heads]),
             "logit_scale": first.logit_scale.detach(),
         }
-        flat = torch.cat(weights)
-        state["prior_weight"], rest = flat[0], flat[1:]
-        if len(rest):
-            state["more_prior_weights"] = rest
-        state.update({f"image_mlp.{k}": v for k, v in mlps[0].state_dict().items()})
-        for i, mlp in enumerate(mlps[1:]):
-            state.update({f"more_mlps.{i}.{k}": v for k, v in mlp.state_dict().items()})
+        mlps = [m for head in heads for m in (head.image_mlp, *head.more_mlps)]
+        state.update(_members_state(mlps, torch.cat([_prior_weights(h) for h in heads])))
         joined.load_state_dict(state)
         return joined.eval()
 
@@ -234,25 +220,17 @@ class ProjectionHead(nn.Module):
         one = dataclasses.replace(cfg, towers=1)
         base_dim = self.block_dim - cfg.prior_dim
         mlps = [self.image_mlp, *self.more_mlps]
-        weights = torch.cat(
-            [self.prior_weight.detach().reshape(1)]
-            + ([self.more_prior_weights.detach()] if self.more_prior_weights is not None else [])
-        )
+        weights = _prior_weights(self)
         heads = []
         for t in range(cfg.towers):
             head = type(self)(self.block_dim, self.text_dim, one)
             state = {
                 "feat_mean": self.feat_mean[t * base_dim : (t + 1) * base_dim],
                 "feat_std": self.feat_std[t * base_dim : (t + 1) * base_dim],
-                "prior_weight": weights[t * members],
                 "logit_scale": self.logit_scale.detach(),
             }
-            if members > 1:
-                state["more_prior_weights"] = weights[t * members + 1 : (t + 1) * members]
-            own = mlps[t * members : (t + 1) * members]
-            state.update({f"image_mlp.{k}": v for k, v in own[0].state_dict().items()})
-            for i, mlp in enumerate(own[1:]):
-                state.update({f"more_mlps.{i}.{k}": v for k, v in mlp.state_dict().items()})
+            mine = slice(t * members, (t + 1) * members)
+            state.update(_members_state(mlps[mine], weights[mine]))
             head.load_state_dict(state)
             heads.append(head.eval())
         return heads
@@ -309,6 +287,23 @@ def _dequantised(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             state[name] = torch.from_numpy(array.astype(np.float32) * arrays[f"{name}|scale"][:, None])
         elif not part:
             state[name] = torch.from_numpy(array.astype(np.float32))
+    return state
+
+
+def _prior_weights(head: ProjectionHead) -> torch.Tensor:
+    """Every member's prior weight, in member order, as one vector."""
+    more = head.more_prior_weights
+    return torch.cat([head.prior_weight.detach().reshape(1)] + ([more.detach()] if more is not None else []))
+
+
+def _members_state(mlps: Sequence[nn.Module], prior_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state-dict entries of these image MLPs and their prior weights, as members 0, 1, ..."""
+    state = {f"image_mlp.{k}": v for k, v in mlps[0].state_dict().items()}
+    state["prior_weight"] = prior_weights[0]
+    for i, mlp in enumerate(mlps[1:]):
+        state.update({f"more_mlps.{i}.{k}": v for k, v in mlp.state_dict().items()})
+    if len(mlps) > 1:
+        state["more_prior_weights"] = prior_weights[1:]
     return state
 
 
