@@ -195,7 +195,7 @@ def train_heads(
     heads = []
     for s in range(int(k)):
         digest = hashlib.sha256(f"{base}|{cfg}|{seed + s}|{len(feats)}".encode())
-        digest.update(feats[:, ..., :8].numpy().tobytes())
+        digest.update(feats.numpy().tobytes())  # all of it: a new prior changes only the last columns
         path = HEAD_CACHE / f"head-{digest.hexdigest()[:24]}.pt" if HEAD_CACHE else None
         if path is not None and path.is_file():
             heads.append(ProjectionHead.load(str(path)))

@@ -36,6 +36,41 @@ def test_weights_come_from_the_packages(model) -> None:
     assert str(model.spec) == "xmodal-lite" and model.dim > 0
 
 
+def test_the_shipped_prior_is_minilm_on_the_curated_class_names(model) -> None:
+    """data/conse_class_embeddings.pt is what the towers would build: MiniLM embeddings of open_clip's
+    curated ImageNet class names averaged over the prompts (checked on a sample of classes)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    from xmodal.data import data_path
+    from xmodal.indexer.models.offline_towers import CONSE_PROMPTS
+
+    shipped = torch.load(data_path("conse_class_embeddings.pt"), weights_only=True)
+    sample = [0, 2, 207, 407, 530, 817, 954, 999]  # tench, great white shark, golden retriever, ambulance, ...
+    names = [IMAGENET_CLASSNAMES[i] for i in sample]
+    built = torch.stack([model.towers.text_features([p.format(n) for n in names]) for p in CONSE_PROMPTS]).mean(0)
+    assert torch.allclose(torch.nn.functional.normalize(built, dim=-1), shipped[sample], atol=1e-5)
+    assert torch.equal(model.towers.class_text_emb, shipped)
+
+
+def test_fingerprints_follow_the_prior_file(tmp_path, monkeypatch) -> None:
+    """An index and the tower-feature caches notice a new prior: both fingerprints hash its content."""
+    import shutil
+
+    import xmodal.data
+    from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec, towers_fingerprint
+
+    spec = parse_model_spec("xmodal-lite")
+    before = model_fingerprint(spec), towers_fingerprint(spec)
+    folder = tmp_path / "data"
+    shutil.copytree(xmodal.data.DATA_DIR, folder)
+    monkeypatch.setattr(xmodal.data, "data_path", lambda name: folder / name)
+    assert (model_fingerprint(spec), towers_fingerprint(spec)) == before  # same bytes, same fingerprints
+    prior = torch.load(folder / "conse_class_embeddings.pt", weights_only=True)
+    torch.save(prior.flip(0), folder / "conse_class_embeddings.pt")
+    after = model_fingerprint(spec), towers_fingerprint(spec)
+    assert after[0] != before[0] and after[1] != before[1]
+
+
 def test_embedding_contract(model) -> None:
     texts = model.embed_texts(["a dog", "a red car parked on the street", "a dog"])
     images = model.embed_images([_drawing((200, 0, 0), "circle"), _drawing((0, 0, 200), "square")])

@@ -30,6 +30,7 @@ __all__ = [
     "capabilities",
     "parse_model_spec",
     "model_fingerprint",
+    "towers_fingerprint",
 ]
 
 OFFLINE_DEFAULT = "xmodal-lite"
@@ -49,6 +50,7 @@ class Capabilities:
     shipped_head: tuple[str, ...] = ()
     backbones: tuple[str, ...] = ("lite0",)  # the offline towers' image networks (indexer.models.offline_towers)
     fusion_file: str | None = None  # xmodal.data file of the learned fusion (fitted on the shipped head's space)
+    prior_file: str | None = None  # xmodal.data file the towers' prior is built from (ConSE class embeddings)
     query_exports: bool = False  # text and image paths exportable to ONNX for torch-free queries
     preprocessing: Preprocessing | None = None  # known before loading; else read from the loaded model
 
@@ -60,6 +62,7 @@ _BUILT_IN: dict[str, Capabilities] = {
         tower_features=True,
         shipped_head=("offline_head.pt",),
         fusion_file="offline_fusion.npz",
+        prior_file="conse_class_embeddings.pt",
         query_exports=True,
         preprocessing=OFFLINE_PREPROCESSING,
     ),
@@ -70,6 +73,7 @@ _BUILT_IN: dict[str, Capabilities] = {
         tower_features=True,
         shipped_head=("offline_head.pt", "offline_duo_lite2_head.pt"),
         fusion_file="offline_duo_fusion.npz",
+        prior_file="conse_class_embeddings.pt",
         query_exports=True,
         preprocessing=OFFLINE_PREPROCESSING,
         backbones=("lite0", "lite2"),
@@ -144,13 +148,34 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
 
 
 def model_fingerprint(spec: ModelSpec) -> str:
-    """Identifies the weights behind a spec, so that an index notices a retrained head under the
-    same name. Heads are hashed by content; large checkpoints by path, size and mtime."""
+    """Identifies the weights behind a spec, so that an index notices a retrained head or prior
+    under the same name. Heads and priors are hashed by content; large checkpoints by path, size
+    and mtime."""
     digest = hashlib.sha256(str(spec).encode())
     for head in spec.head_files:
         if head.is_file():
             digest.update(head.read_bytes())
+    digest.update(_weights_identity(spec))
+    return digest.hexdigest()[:16]
+
+
+def towers_fingerprint(spec: ModelSpec) -> str:
+    """Identifies the frozen towers (the spec without its head), so that cached tower features
+    notice new weights or a new prior."""
+    base = ModelSpec(spec.name, spec.pretrained, spec.checkpoint)
+    return hashlib.sha256(str(base).encode() + _weights_identity(spec)).hexdigest()[:16]
+
+
+def _weights_identity(spec: ModelSpec) -> bytes:
+    """The prior file's content and a checkpoint's size and mtime (empty for a pretrained tag)."""
+    parts = b""
+    prior = spec.capabilities.prior_file
+    if prior is not None:
+        from xmodal.data import data_path
+
+        if data_path(prior).is_file():
+            parts += data_path(prior).read_bytes()
     if spec.checkpoint is not None and spec.checkpoint.is_file():
         st = spec.checkpoint.stat()
-        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+        parts += f"{st.st_size}:{st.st_mtime_ns}".encode()
+    return parts

@@ -19,6 +19,7 @@ from xmodal.indexer.errors import ImageReadError, InvalidInputError
 from xmodal.indexer.images import decode_image
 from xmodal.indexer.models.embedding import EmbeddingModel
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
+from xmodal.indexer.models.spec import towers_fingerprint
 from xmodal.indexer.pairs import CaptionedImage
 from xmodal.search.training.robust import HELD_OUT_FRACTION, MixChoice, choose_on_held_out
 
@@ -55,9 +56,9 @@ class TrainReport:
 def features_cache_file(
     model: EmbeddingModel, pairs: Sequence[CaptionedImage], kind: str, cache_dir: Path | None = None
 ) -> Path:
-    """Where tower features of these pairs are cached: keyed by the towers (the spec without its
-    head), each photo's path, size and mtime, and the captions."""
-    digest = hashlib.sha256(f"{kind}|{str(model.spec).split('+')[0]}".encode())
+    """Where tower features of these pairs are cached: keyed by the towers (`towers_fingerprint`),
+    each photo's path, size and mtime, and the captions."""
+    digest = hashlib.sha256(f"{kind}|{towers_fingerprint(model.spec)}".encode())
     for pair in pairs:
         st = pair.image.stat()
         digest.update(f"{pair.image.absolute()}|{st.st_size}|{st.st_mtime_ns}|".encode())

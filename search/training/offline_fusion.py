@@ -64,7 +64,7 @@ from xmodal.search.training.fusion import (
 from xmodal.search.training.head import cached
 from xmodal.search.training.offline_head import read_dataset
 
-CACHE_VERSION = "fusion-features/1"  # bump when the views, towers or caption set change
+CACHE_VERSION = "fusion-features/2"  # bump when the views, towers (2: the prior's class names) or caption set change
 VIEWS = ("centre", "squash", "first", "last", "flip")  # view 0 is what the index stores
 FOLDS = 5
 BANK = 2000  # caption bank of the hub feature (as QB-Norm's query bank)
