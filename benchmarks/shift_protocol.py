@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from xmodal.indexer.cache import cache_dir
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import build_offline_towers
+from xmodal.indexer.models.spec import OFFLINE_DUO, capabilities
 from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
@@ -163,7 +164,7 @@ BASES: dict[str, dict] = {
     "lite2": {},  # today's config on EfficientNet-Lite2's block of the duo's features
     "duo": {"towers": 2},  # xmodal-lite-duo's head: members on each network's block
 }
-DUO = ("lite0", "lite2")  # xmodal-lite-duo's image networks
+DUO = capabilities(OFFLINE_DUO).backbones  # xmodal-lite-duo's image networks
 LITE0_WIDTH = 1280 + PRIOR  # the duo's features: Lite0's block, then Lite2's
 
 
@@ -344,7 +345,7 @@ def main() -> None:
     shipped_for: dict[str, FusionModel | None] = {}
     if second:
         duo = cached(
-            cache_file(args.data, DUO),
+            cache_file(args.data, OFFLINE_DUO),
             lambda: compute_features(build_offline_towers(DUO), args.data, train_names, captions),
         )["image"].float()
         inputs = {"duo": duo, "lite2": duo[..., LITE0_WIDTH:]}

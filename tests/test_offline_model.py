@@ -133,11 +133,11 @@ def test_without_onnx_the_model_runs_in_torch(model, monkeypatch) -> None:
 
     pixels = torch.stack([model.image_transform(_drawing((0, 150, 0), "circle"))])
     fast = model.embed_pixels(pixels)
-    monkeypatch.setattr(model.towers, "_onnx_trunk", None)
+    monkeypatch.setattr(model.towers, "_onnx", [None])
     monkeypatch.setattr(onnx_trunk, "_export", lambda *a: (_ for _ in ()).throw(RuntimeError("exporter bug")))
     monkeypatch.setenv("XMODAL_CACHE", "/nonexistent-cache")
     slow = model.embed_pixels(pixels)
-    assert model.towers._onnx_trunk is False  # fell back, and remembers it
+    assert model.towers._onnx == [False]  # fell back, and remembers it
     assert float(fast[0] @ slow[0]) > 0.9999
     monkeypatch.setenv("XMODAL_NO_ONNX", "1")
     assert onnx_trunk.onnx_trunk_for(model.towers.visual.trunk, 224) is None
@@ -160,7 +160,7 @@ def test_half_precision_towers_give_the_same_vectors(model) -> None:
 
     half = _load_offline(model.spec, "cpu")
     half.towers.half()
-    half.towers._onnx_trunk = False  # the PyTorch path, as on a GPU
+    half.towers._onnx = [False]  # the PyTorch path, as on a GPU
     image = [_drawing((200, 0, 0), "circle")]
     got, want = half.embed_images(image), model.embed_images(image)
     assert got.dtype == np.float32 and float(got[0] @ want[0]) > 0.999

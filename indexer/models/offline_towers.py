@@ -129,8 +129,8 @@ class OfflineTowers(nn.Module):
 
         trunks = [v.trunk for v in (self.visual, *self.more_visuals)]
         self.image_dim: int = sum(t.num_features + 384 for t in trunks)
-        self._onnx_trunk: Any = None  # OnnxTrunk once exported, False when unavailable
-        self._onnx_more: list[Any] = [None] * len(self.more_visuals)  # the same, for the other backbones
+        # per backbone: its OnnxTrunk once exported, False when unavailable
+        self._onnx: list[Any] = [None] * len(self.backbones)
         self.text_dim: int = 384
 
     def _class_text_embeddings(self) -> torch.Tensor:
@@ -184,24 +184,19 @@ class OfflineTowers(nn.Module):
         exporter mishandles channels-last)."""
         for k in range(len(self.backbones)):
             self._trunk(k).to(memory_format=torch.contiguous_format)
-        self._onnx_trunk, self._onnx_more = False, [False] * len(self._onnx_more)
+        self._onnx = [False] * len(self.backbones)
 
     def _feature_map(self, k: int, pixels: torch.Tensor) -> torch.Tensor:
         """Backbone k's final feature map; on CPU through onnxruntime (indexer.onnx_trunk)."""
         trunk = self._trunk(k)
         weights = trunk.conv_stem.weight
         if pixels.device.type == "cpu" and weights.device.type == "cpu":
-            onnx = self._onnx_trunk if k == 0 else self._onnx_more[k - 1]
-            if onnx is None:
+            if self._onnx[k] is None:
                 from xmodal.indexer.models.onnx_backbone import onnx_trunk_for
 
-                onnx = onnx_trunk_for(trunk, IMAGE_SIZE) or False
-                if k == 0:
-                    self._onnx_trunk = onnx
-                else:
-                    self._onnx_more[k - 1] = onnx
-            if onnx is not False:
-                return onnx(pixels)
+                self._onnx[k] = onnx_trunk_for(trunk, IMAGE_SIZE) or False
+            if self._onnx[k] is not False:
+                return self._onnx[k](pixels)
         # On a GPU the towers may be half precision (see indexer.models): match the input to them.
         pixels = pixels.to(device=weights.device, dtype=weights.dtype).contiguous(memory_format=torch.channels_last)
         return trunk.forward_features(pixels)  # channels-last weights (EmbeddingModel) want NHWC input

@@ -76,12 +76,9 @@ def _caption_bank() -> list[str]:
 
 
 def _cache_file(spec: str, captions: list[str]) -> Path:
-    from xmodal.indexer.models.spec import parse_model_spec
+    from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
 
-    key = hashlib.sha256(spec.encode())
-    for head in parse_model_spec(spec).head_files:
-        if head.is_file():
-            key.update(head.read_bytes())
+    key = hashlib.sha256(model_fingerprint(parse_model_spec(spec)).encode())
     key.update("\n".join(captions).encode())
     return cache_dir() / "querybanks" / f"{key.hexdigest()[:24]}.npy"
 

@@ -47,7 +47,7 @@ from xmodal.indexer.models.embedding import load_head
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import OfflineTowers, build_offline_towers
 from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
-from xmodal.indexer.models.spec import parse_model_spec
+from xmodal.indexer.models.spec import OFFLINE_DEFAULT, parse_model_spec, towers_fingerprint
 from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
@@ -64,7 +64,7 @@ from xmodal.search.training.fusion import (
 from xmodal.search.training.head import cached
 from xmodal.search.training.offline_head import read_dataset
 
-CACHE_VERSION = "fusion-features/2"  # bump when the views, towers (2: the prior's class names) or caption set change
+CACHE_VERSION = "fusion-features/3"  # bump when the views or the caption set change (the towers are in the key)
 VIEWS = ("centre", "squash", "first", "last", "flip")  # view 0 is what the index stores
 FOLDS = 5
 BANK = 2000  # caption bank of the hub feature (as QB-Norm's query bank)
@@ -117,12 +117,12 @@ def compute_features(
     return {"image": torch.cat(chunks), "text": text}
 
 
-def cache_file(data: str, backbones: tuple[str, ...] = ("lite0",)) -> Path:
+def cache_file(data: str, model: str = OFFLINE_DEFAULT) -> Path:
+    """Where an offline model's features of the data set are cached: keyed by its towers (weights
+    and prior, `towers_fingerprint`), the views and the data set's folder."""
     from xmodal.indexer.cache import cache_dir as xmodal_cache
 
-    text = f"{CACHE_VERSION}|{os.path.abspath(data)}"
-    if backbones != ("lite0",):  # the default's key stays as it was: its cached features remain valid
-        text += "|" + ",".join(backbones)
+    text = f"{CACHE_VERSION}|{towers_fingerprint(parse_model_spec(model))}|{os.path.abspath(data)}"
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
     return xmodal_cache() / "features" / f"fusion-{key}.pt"
 
@@ -250,7 +250,7 @@ def main() -> None:
     spec = parse_model_spec(args.model)
     backbones = spec.capabilities.backbones
     heads = [Path(args.head)] if args.head else list(spec.head_files)
-    feature_file = cache_file(args.data, backbones)
+    feature_file = cache_file(args.data, args.model)
 
     def compute() -> dict[str, torch.Tensor]:
         return compute_features(build_offline_towers(backbones), args.data, train_names, captions)
