@@ -1,0 +1,41 @@
+"""Every bound xmodal puts on work done for one file, one query or one request, in one place.
+
+The library takes a `Limits` (default: `DEFAULT_LIMITS`); the CLI, the server and the MCP tool build
+theirs from the same dataclass, so a limit means the same thing wherever a query or a file comes in.
+Nothing here changes process-wide state (Pillow's own pixel limit is left alone: decoders check
+`max_pixels` from the header themselves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits", "DEFAULT_LIMITS"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on decoding, queries and requests. Sizes in bytes, times in seconds."""
+
+    # Decoding a file (indexing, thumbnails, uploads). 120 MP admits every real camera photo.
+    max_pixels: int = 120_000_000
+    decode_seconds: float = 60.0  # per file: a decoder that stalls longer fails that file only
+    # Queries.
+    max_query_chars: int = 4096  # characters in one query text
+    max_query_tokens: int = 256  # tokens the text towers read of one text (the rest is cut)
+    max_k: int = 500  # hits in one page (CLI -n, HTTP limit, MCP k)
+    max_depth: int = 5000  # offset + limit: deeper pages are refused
+    # Requests (HTTP and MCP).
+    max_upload_bytes: int = 25 * 1024 * 1024  # one request body with pictures
+    max_json_bytes: int = 2 * 1024 * 1024  # one JSON request body
+    max_images_per_request: int = 32
+    max_texts_per_request: int = 256  # texts or queries in one batch request
+    max_chars_per_request: int = 256 * 1024  # characters of all texts in one batch request together
+    max_pixels_per_request: int = 200_000_000  # decoded pixels of all pictures in one request together
+    concurrent_decodes: int = 2  # pictures decoded at once by one server (uploads and thumbnails)
+    max_error_items: int = 20  # validation errors listed in one error body
+    # The server's thumbnail cache on disk, least recently used dropped first.
+    thumbnail_cache_bytes: int = 512 * 1024 * 1024
+
+
+DEFAULT_LIMITS = Limits()
