@@ -1,6 +1,6 @@
 """Zero-shot recall of the offline towers' ConSE prior, by the class names it is built from.
 
-    python benchmarks/prior_zero_shot.py --data ../shared/datasets/flickr8k-1k
+    python -m benchmarks.prior_zero_shot --data ../shared/datasets/flickr8k-1k
 
 The prior is an image vector in MiniLM's text space with no training at all: the classifier's top
 classes times MiniLM embeddings of the class names (indexer.models.offline_towers). The names
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from xmodal.indexer.models.offline_towers import CONSE_PROMPTS, build_offline_towers
-from xmodal.search.training.offline_head import flickr_pairs
+from training.offline_head import flickr_pairs
 from xmodal.search.training.robust import retrieval_recall
 
 KS = (1, 5, 10)

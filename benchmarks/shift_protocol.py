@@ -1,6 +1,6 @@
 """Shift-aware validation of the offline head: hold out whole concepts of the flickr8k-1k TRAIN split.
 
-    python benchmarks/shift_protocol.py --data ../shared/datasets/flickr8k-1k \
+    python -m benchmarks.shift_protocol --data ../shared/datasets/flickr8k-1k \
         --methods zero-shot,today,today-out-0.2,today-out-0.3,today-out-0.4 [--second-stage]
 
 Only the 800 train photos are read (the test split is never touched). For each concept (a group of
@@ -57,10 +57,10 @@ from xmodal.search.rerank.fusion import (
     photo_parts,
 )
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
-from xmodal.search.training.fusion import fit_fusion_weights, train_linear_projection
+from training.fusion import fit_fusion_weights, train_linear_projection
 from xmodal.search.training.head import cached
-from xmodal.search.training.offline_fusion import cache_file, compute_features
-from xmodal.search.training.offline_head import read_dataset
+from training.offline_fusion import cache_file, compute_features
+from training.offline_head import read_dataset
 
 CONCEPTS = {
     "water": r"\b(water|beach|ocean|lake|river|pool|swim\w*|surf\w*|waves?|sea|splash\w*|boats?|wet)\b",

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from training.fusion import (
+    fit_fusion_weights,
+    train_linear_projection,
+)
 from xmodal.search.rerank.fusion import (
     FEATURES,
     TOP,
@@ -17,10 +21,6 @@ from xmodal.search.rerank.fusion import (
     standardise,
 )
 from xmodal.search.rerank.qbnorm import querybank_correction
-from xmodal.search.training.fusion import (
-    fit_fusion_weights,
-    train_linear_projection,
-)
 
 
 def synthetic_lists(rng: np.random.Generator, queries: int) -> tuple[np.ndarray, np.ndarray]:

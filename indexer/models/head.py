@@ -3,7 +3,7 @@
 The frozen towers (``indexer.offline_towers``) give image features and MiniLM sentence
 embeddings; this head maps both into one shared, L2-normalised space.  Design choices
 (validated on a held-out part of the flickr8k-1k train split, see
-``python -m xmodal.search.training.offline_head``):
+``python -m training.offline_head``):
 
 * The shared space IS the MiniLM sentence space (``embed_dim == text_dim``).  The text
   side is the identity by default (optionally plus a zero-initialised residual MLP,

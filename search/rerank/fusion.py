@@ -14,7 +14,7 @@ query's text is not needed):
             features), P fitted by InfoNCE to the (fixed) text vectors of the training captions; a
             second opinion on the image side with another inductive bias than the head's MLP
 Everything shipped (weights, linear projection, training captions and photos in the shared space) comes
-from the flickr8k-1k *train* split; xmodal.search.training.offline_fusion makes it. Pure numpy: a search
+from the flickr8k-1k *train* split; training.offline_fusion makes it. Pure numpy: a search
 does not import torch.
 """
 

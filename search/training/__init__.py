@@ -1,1 +1,1 @@
-"""Training projection heads and the fusion; the scripts that make the shipped files in data/."""
+"""What `xmodal train` runs: the projection head on frozen towers and the choice of its prior mix."""

@@ -1,7 +1,7 @@
 """Train the shipped fusion reranker (data/offline_fusion.npz) on the flickr8k-1k TRAIN split.
 
-    python -m xmodal.search.training.offline_fusion --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
-    python -m xmodal.search.training.offline_fusion --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
+    python -m training.offline_fusion --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
+    python -m training.offline_fusion --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
         --out data/offline_duo_fusion.npz
 
 Only the 800 train photos and their 4,000 captions are read (the test split is not touched).
@@ -43,6 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.fusion import (
+    fit_fusion_weights,
+    train_linear_projection,
+)
+from training.offline_head import read_dataset
 from xmodal.indexer.models.embedding import load_head
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import OfflineTowers, build_offline_towers
@@ -57,12 +62,7 @@ from xmodal.search.rerank.fusion import (
     standardise,
 )
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
-from xmodal.search.training.fusion import (
-    fit_fusion_weights,
-    train_linear_projection,
-)
 from xmodal.search.training.head import cached
-from xmodal.search.training.offline_head import read_dataset
 
 CACHE_VERSION = "fusion-features/3"  # bump when the views or the caption set change (the towers are in the key)
 VIEWS = ("centre", "squash", "first", "last", "flip")  # view 0 is what the index stores

@@ -1,6 +1,6 @@
 """Training side of the learned fusion reranker (search.fusion): the linear_cosine projection and the fusion weights.
 
-xmodal.search.training.offline_fusion wires these to the flickr8k-1k train split and writes
+training.offline_fusion wires these to the flickr8k-1k train split and writes
 data/offline_fusion.npz; search.fusion (pure numpy) applies the result at query time.
 """
 

@@ -1,7 +1,7 @@
 """Train the shipped offline projection head (xmodal/data/offline_head.pt) on the flickr8k-1k TRAIN split.
 
-    python -m xmodal.search.training.offline_head --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
-    python -m xmodal.search.training.offline_head --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
+    python -m training.offline_head --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
+    python -m training.offline_head --data ../shared/datasets/flickr8k-1k --model xmodal-lite-duo \
         --out data
 
 With several image backbones (xmodal-lite-duo) --out is a folder: the head is saved there as one file

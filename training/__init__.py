@@ -1,0 +1,7 @@
+"""Maintainer scripts that make the shipped files in data/ (not installed; run from a clone's root).
+
+    python -m training.offline_head --data ../shared/datasets/flickr8k-1k --out data/offline_head.pt
+    python -m training.offline_fusion --data ../shared/datasets/flickr8k-1k --out data/offline_fusion.npz
+
+`xmodal train` builds a user's head with the same function as offline_head (xmodal.search.training.head).
+"""
