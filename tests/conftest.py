@@ -12,6 +12,8 @@ from tests.fakes import COLOURS, fake_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+pytest_plugins = ["tests.ci_rules", "pytester"]  # ci_rules: under CI=true only absent hardware may skip
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN202
@@ -30,7 +32,13 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-def make_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str | None = None, **save_kwargs: object) -> Path:
+def make_image(
+    path: Path,
+    colour: tuple[int, int, int],
+    size: tuple[int, int] = (64, 48),
+    fmt: str | None = None,
+    **save_kwargs: object,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path, format=fmt, **save_kwargs)
     return path
