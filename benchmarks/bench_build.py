@@ -34,7 +34,13 @@ def synthetic(start: int, count: int, dim: int, seed: int = 0) -> np.ndarray:
     centres = np.random.default_rng(seed + 1).normal(size=(_CLUSTERS, _SUBSPACE)).astype(np.float32)
     rng = np.random.default_rng(seed + 2 + start)
     low = centres[rng.integers(0, _CLUSTERS, count)] + 0.6 * rng.normal(size=(count, _SUBSPACE)).astype(np.float32)
-    x = low @ basis + 0.25 * np.sqrt(_SUBSPACE / dim) * rng.normal(size=(count, dim)).astype(np.float32) * np.linalg.norm(basis, axis=0).mean()
+    x = (
+        low @ basis
+        + 0.25
+        * np.sqrt(_SUBSPACE / dim)
+        * rng.normal(size=(count, dim)).astype(np.float32)
+        * np.linalg.norm(basis, axis=0).mean()
+    )
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -49,8 +55,20 @@ def fill(index_dir: Path, db_url: str | None, n: int, dim: int) -> None:
         now, step = utcnow(), 20_000
         for start in range(have, n, step):
             vecs = synthetic(start, min(step, n - start), dim)
-            rows = [dict(path=f"/synthetic/{start + i:09d}.jpg", size=1, mtime_ns=1, content_hash="", width=1, height=1,
-                         model="synthetic:bench", indexed_at=now, vector=v.astype("<f4").tobytes()) for i, v in enumerate(vecs)]
+            rows = [
+                dict(
+                    path=f"/synthetic/{start + i:09d}.jpg",
+                    size=1,
+                    mtime_ns=1,
+                    content_hash="",
+                    width=1,
+                    height=1,
+                    model="synthetic:bench",
+                    indexed_at=now,
+                    vector=v.astype("<f4").tobytes(),
+                )
+                for i, v in enumerate(vecs)
+            ]
             with store.metadata.engine.begin() as connection:
                 connection.execute(ImageRow.__table__.insert(), rows)
             print(f"filled {start + len(rows):,} / {n:,}", file=sys.stderr, end="\r")
@@ -72,7 +90,12 @@ def build(index_dir: Path, db_url: str | None, budget: int) -> dict:
     finally:
         store.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"build_seconds": round(seconds, 2), "peak_rss_bytes": peak, "baseline_rss_bytes": baseline, "index": described.get("image")}
+    return {
+        "build_seconds": round(seconds, 2),
+        "peak_rss_bytes": peak,
+        "baseline_rss_bytes": baseline,
+        "index": described.get("image"),
+    }
 
 
 def _rss_now(field: str = "VmRSS") -> int:
@@ -118,9 +141,15 @@ def query(index_dir: Path, db_url: str | None, queries: int, dim: int) -> dict:
     finally:
         store.close()
     ms = np.array(latencies) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "recall_at_10": round(recall, 4), "queries": queries, "query_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "query_rss_anon_bytes": _rss_now("RssAnon"), "query_rss_file_bytes": _rss_now("RssFile")}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "recall_at_10": round(recall, 4),
+        "queries": queries,
+        "query_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "query_rss_anon_bytes": _rss_now("RssAnon"),
+        "query_rss_file_bytes": _rss_now("RssFile"),
+    }
 
 
 def main() -> None:
@@ -150,8 +179,22 @@ def main() -> None:
     fill_s = time.perf_counter() - started
     result: dict = {"vectors": args.vectors, "dim": args.dim, "budget_bytes": budget, "fill_seconds": round(fill_s, 1)}
     for phase in ("build", "query"):
-        cmd = [sys.executable, __file__, "--phase", phase, "--vectors", str(args.vectors), "--dim", str(args.dim),
-               "--budget", args.budget, "--workdir", str(workdir), "--queries", str(args.queries)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--vectors",
+            str(args.vectors),
+            "--dim",
+            str(args.dim),
+            "--budget",
+            args.budget,
+            "--workdir",
+            str(workdir),
+            "--queries",
+            str(args.queries),
+        ]
         if args.db_url:
             cmd += ["--db-url", args.db_url]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)

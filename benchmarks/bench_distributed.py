@@ -103,8 +103,9 @@ def main() -> None:
 
         # cold: the run starts its own local cluster, as `xmodal index --ray` does
         started = time.perf_counter()
-        on_ray = Indexer(work / "ray", model=args.model, batch_size=args.batch_size,
-                         ray=RayOptions(num_cpus=args.cpus)).add_paths([photos])
+        on_ray = Indexer(
+            work / "ray", model=args.model, batch_size=args.batch_size, ray=RayOptions(num_cpus=args.cpus)
+        ).add_paths([photos])
         ray_s = time.perf_counter() - started
 
         # warm: a cluster that is already up and has run once (a long-lived cluster's case)
@@ -116,9 +117,13 @@ def main() -> None:
             warmup.mkdir()
             for source in sorted(photos.iterdir())[:8]:
                 (warmup / source.name).symlink_to(source.resolve())
-            Indexer(work / "warm-idx", model=args.model, batch_size=args.batch_size, ray=RayOptions()).add_paths([warmup])
+            Indexer(work / "warm-idx", model=args.model, batch_size=args.batch_size, ray=RayOptions()).add_paths(
+                [warmup]
+            )
             started = time.perf_counter()
-            warm = Indexer(work / "ray-warm", model=args.model, batch_size=args.batch_size, ray=RayOptions()).add_paths([photos])
+            warm = Indexer(work / "ray-warm", model=args.model, batch_size=args.batch_size, ray=RayOptions()).add_paths(
+                [photos]
+            )
             warm_s = time.perf_counter() - started
         finally:
             ray.shutdown()
@@ -130,7 +135,11 @@ def main() -> None:
         max_diff = max((float(np.abs(a[p] - b[p]).max()) for p in a if p in b), default=0.0)
         first = on_ray.timings.get("first_batch", 0.0)
         stream_s = on_ray.timings.get("cluster", 0.0) + on_ray.timings.get("write", 0.0) - first
-        stream_ips = (on_ray.embedded - args.batch_size) / stream_s if on_ray.embedded > args.batch_size and stream_s > 0 else None
+        stream_ips = (
+            (on_ray.embedded - args.batch_size) / stream_s
+            if on_ray.embedded > args.batch_size and stream_s > 0
+            else None
+        )
         result = {
             "photos": count,
             "cpus": args.cpus,
@@ -147,7 +156,9 @@ def main() -> None:
             "ray_warm_over_local": round((warm.embedded / warm_s) / (local.embedded / local_s), 3),
             "ray_floor_s": floor,
             # the best cold ratio possible here: Ray's floor plus every photo at the streaming rate
-            "cold_ratio_bound": round(local_s / (floor["total"] + on_ray.embedded / stream_ips), 3) if stream_ips else None,
+            "cold_ratio_bound": round(local_s / (floor["total"] + on_ray.embedded / stream_ips), 3)
+            if stream_ips
+            else None,
             "ray_timings": on_ray.as_dict()["timings"],
             "local_timings": local.as_dict()["timings"],
             "same_rows": same_rows,

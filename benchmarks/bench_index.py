@@ -38,8 +38,16 @@ def make_photos(folder: Path, count: int, size: tuple[int, int] = (4000, 3000), 
         paths.append(path)
         if path.exists():
             continue
-        coarse = np.asarray(Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
-        texture = np.asarray(Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        coarse = np.asarray(
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).resize(size, Image.Resampling.BICUBIC),
+            dtype=np.float32,
+        )
+        texture = np.asarray(
+            Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).resize(
+                size, Image.Resampling.BILINEAR
+            ),
+            dtype=np.float32,
+        )
         noise = rng.integers(-3, 4, (size[1], size[0], 1)).astype(np.float32)
         Image.fromarray(np.clip(0.7 * coarse + 0.3 * texture + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
     return paths

@@ -77,13 +77,17 @@ with torch.inference_mode():
         clip.encode_image(pixels[i:i + {batch}], normalize=True)
     print(json.dumps(len(pixels) / (time.perf_counter() - start)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy()
+    )
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def xmodal(*args: str | Path) -> tuple[float, str]:
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "xmodal.cli.app", *map(str, args)], capture_output=True, text=True, env=os.environ.copy())
+    out = subprocess.run(
+        [sys.executable, "-m", "xmodal.cli.app", *map(str, args)], capture_output=True, text=True, env=os.environ.copy()
+    )
     if out.returncode != 0:
         raise SystemExit(f"xmodal {' '.join(map(str, args))} failed: {out.stderr.strip()[-2000:]}")
     return time.perf_counter() - started, out.stdout
@@ -113,7 +117,10 @@ def main() -> int:
         summary = json.loads(out)
         embedded = summary["new"] + summary["updated"]
         run = summary["seconds"] - summary["timings"].get("load", 0.0)  # the run without the model's load
-        searches = [xmodal("search", "a dog running on the grass", "--index", work / "idx2", "--json")[0] for _ in range(args.searches)]
+        searches = [
+            xmodal("search", "a dog running on the grass", "--index", work / "idx2", "--json")[0]
+            for _ in range(args.searches)
+        ]
         result = {
             "model": spec,
             "photos": len(photos),

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-
 import faiss  # noqa: E402
+import numpy as np
 
 from xmodal.indexer.store.vector_index import VectorIndex, choose_plan  # noqa: E402
 
@@ -98,7 +95,7 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, block: int = 200_0
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     for start in range(0, len(base), block):
         flat = faiss.IndexFlatIP(base.shape[1])
-        flat.add(np.ascontiguousarray(base[start:start + block]))
+        flat.add(np.ascontiguousarray(base[start : start + block]))
         s, i = flat.search(queries, k)
         s_all = np.concatenate([best_s, s], axis=1)
         i_all = np.concatenate([best_i, i + start], axis=1)
@@ -133,13 +130,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--lean", action="store_true", help="memory-lean mode: IVF-PQ codes in RAM, full vectors memory-mapped")
+    ap.add_argument(
+        "--lean", action="store_true", help="memory-lean mode: IVF-PQ codes in RAM, full vectors memory-mapped"
+    )
     ap.add_argument("--flat", action="store_true", help="force the exact flat index (baseline)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/xmodal_bench"))
     ap.add_argument("--nprobe", type=int, default=None, help="override the plan's nprobe")
-    ap.add_argument("--oversample", type=int, default=None, help="override the plan's re-scoring factor R (k*R candidates)")
+    ap.add_argument(
+        "--oversample", type=int, default=None, help="override the plan's re-scoring factor R (k*R candidates)"
+    )
     ap.add_argument("--nlist", type=int, default=None, help="override the plan's nlist")
     ap.add_argument("--kind", default=None, help="override the plan's kind (flat, ivf_sq8, ivf_flat, ivf_pq)")
     ap.add_argument("--pq-m", type=int, default=None)
@@ -157,8 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     plan = choose_plan(args.n, args.dim, lean=args.lean)
     overrides = {
-        "kind": "flat" if args.flat else args.kind, "nprobe": args.nprobe, "oversample": args.oversample,
-        "nlist": args.nlist, "pq_m": args.pq_m, "query_threads": args.threads,
+        "kind": "flat" if args.flat else args.kind,
+        "nprobe": args.nprobe,
+        "oversample": args.oversample,
+        "nlist": args.nlist,
+        "pq_m": args.pq_m,
+        "query_threads": args.threads,
     }
     plan = plan.replace(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -169,8 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = VectorIndex.load(args.keep, args.dim, lean=args.lean, use_gpu=False)
     if loaded is not None:
         index = loaded[0]
-        index.plan = index.plan.replace(nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads,
-                                        lean=args.lean)
+        index.plan = index.plan.replace(
+            nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads, lean=args.lean
+        )
     else:
         index = VectorIndex(args.dim, plan=plan, use_gpu=False)
         index.rebuild(base, ids, plan)
@@ -180,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             index.save(path, generation=0)
             index = VectorIndex.load(path, args.dim, lean=args.lean, use_gpu=False)[0]
-            index.plan = index.plan.replace(nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads)
+            index.plan = index.plan.replace(
+                nprobe=plan.nprobe, oversample=plan.oversample, query_threads=plan.query_threads
+            )
     build_s = time.perf_counter() - t0
 
     def run(**plan_kw) -> dict:
@@ -194,7 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     result = {
-        "n": args.n, "dim": args.dim, "lean": args.lean, "plan": index.plan.describe(),
+        "n": args.n,
+        "dim": args.dim,
+        "lean": args.lean,
+        "plan": index.plan.describe(),
         **run(),
         "bytes_per_vector": round(index.resident_bytes() / max(1, len(index)), 1),
         "bytes_per_vector_note": index.resident_note(),

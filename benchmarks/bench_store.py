@@ -42,10 +42,22 @@ def _bulk_rows_per_s(url: str, rows: int, dim: int, features: int, batch: int = 
     now = utcnow()
     started = time.perf_counter()
     for start in range(0, rows, batch):
-        values = [dict(path=f"/bench/{i:07d}.jpg", size=1000 + i, mtime_ns=i, content_hash=f"{i:040x}", width=500, height=375,
-                       taken_at=None, model="bench", indexed_at=now, vector=vector_to_blob(vecs[i]),
-                       features=features_to_blob(feats[i]) if feats is not None else None)
-                  for i in range(start, min(rows, start + batch))]
+        values = [
+            dict(
+                path=f"/bench/{i:07d}.jpg",
+                size=1000 + i,
+                mtime_ns=i,
+                content_hash=f"{i:040x}",
+                width=500,
+                height=375,
+                taken_at=None,
+                model="bench",
+                indexed_at=now,
+                vector=vector_to_blob(vecs[i]),
+                features=features_to_blob(feats[i]) if feats is not None else None,
+            )
+            for i in range(start, min(rows, start + batch))
+        ]
         with store.session() as s, s.begin():
             store.insert_rows(s, ImageRow, values)
     seconds = time.perf_counter() - started
@@ -98,26 +110,31 @@ def main() -> None:
             again = Indexer(index_dir, model=model, db_url=urls[0]).add_paths([images])
             reindex = time.perf_counter() - started
             sql = summary.timings.get("sql", 0.0)
-            results.append({
-                "backend": backend,
-                "photos": summary.embedded,
-                "images_per_s": round(summary.images_per_second, 2),
-                "sql_s": round(sql, 3),
-                "sql_rows_per_s": round(summary.embedded / sql, 1) if sql else None,
-                "reindex_s": round(reindex, 3),
-                "reindex_unchanged": again.unchanged,
-                "bulk_rows_per_s": round(_bulk_rows_per_s(urls[1], args.bulk_rows, model.dim, features), 1),
-                "timings": {k: round(v, 3) for k, v in summary.timings.items()},
-            })
+            results.append(
+                {
+                    "backend": backend,
+                    "photos": summary.embedded,
+                    "images_per_s": round(summary.images_per_second, 2),
+                    "sql_s": round(sql, 3),
+                    "sql_rows_per_s": round(summary.embedded / sql, 1) if sql else None,
+                    "reindex_s": round(reindex, 3),
+                    "reindex_unchanged": again.unchanged,
+                    "bulk_rows_per_s": round(_bulk_rows_per_s(urls[1], args.bulk_rows, model.dim, features), 1),
+                    "timings": {k: round(v, 3) for k, v in summary.timings.items()},
+                }
+            )
     finally:
         if server is not None:
             server.stop()
     if args.json:
         print(json.dumps(results))
         return
-    print(f"{'backend':<11}{'photos':>7}{'images/s':>10}{'SQL s':>8}{'SQL rows/s':>12}{'re-index s':>12}{'bulk rows/s':>13}")
+    header = f"{'backend':<11}{'photos':>7}{'images/s':>10}{'SQL s':>8}{'SQL rows/s':>12}"
+    print(header + f"{'re-index s':>12}{'bulk rows/s':>13}")
     for r in results:
-        print(f"{r['backend']:<11}{r['photos']:>7}{r['images_per_s']:>10}{r['sql_s']:>8}{str(r['sql_rows_per_s']):>12}{r['reindex_s']:>12}{r['bulk_rows_per_s']:>13}")
+        print(
+            f"{r['backend']:<11}{r['photos']:>7}{r['images_per_s']:>10}{r['sql_s']:>8}{str(r['sql_rows_per_s']):>12}{r['reindex_s']:>12}{r['bulk_rows_per_s']:>13}"
+        )
 
 
 if __name__ == "__main__":

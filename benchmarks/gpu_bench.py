@@ -46,7 +46,10 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     paths = []
     for i in range(count):
         noise = rng.normal(0, 25, (1200, 1600, 3)).astype(np.float32)
-        base = np.stack([ramp[None, :].repeat(1200, 0), ramp[::-1][None, :].repeat(1200, 0), np.full((1200, 1600), 40.0 * (i % 6))], -1)
+        base = np.stack(
+            [ramp[None, :].repeat(1200, 0), ramp[::-1][None, :].repeat(1200, 0), np.full((1200, 1600), 40.0 * (i % 6))],
+            -1,
+        )
         path = folder / f"photo{i:04d}.jpg"
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
         paths.append(path)
@@ -99,7 +102,11 @@ def indexing(spec: str, device: str, photos: list[Path], work: Path) -> None:
     _put(f"decode workers alone ({os.cpu_count()} processes), photos/s", f"{decode:.1f}", column)
     _put(f"model alone ({model.device}, batch 32), photos/s", f"{network:.1f}", column)
     _put("index run end to end, photos/s", f"{summary.embedded / summary.seconds:.1f}", column)
-    _put("index run without the model's load, photos/s", f"{summary.embedded / max(summary.seconds - load, 1e-9):.1f}", column)
+    _put(
+        "index run without the model's load, photos/s",
+        f"{summary.embedded / max(summary.seconds - load, 1e-9):.1f}",
+        column,
+    )
     _put("bottleneck (the slower of decode and model)", bottleneck, column)
 
 
@@ -144,7 +151,8 @@ def main() -> int:
     facts = hardware()
     print(f"torch {facts['torch']}; onnxruntime providers {', '.join(facts['onnxruntime'])}")  # type: ignore[arg-type]
     if facts["cuda"]:
-        print(f"GPU: {facts['gpu']}; FAISS GPU: {'yes' if facts['faiss_gpu'] else 'NO (faiss-cpu installed: see README, GPUs)'}")
+        faiss_gpu = "yes" if facts["faiss_gpu"] else "NO (faiss-cpu installed: see README, GPUs)"
+        print(f"GPU: {facts['gpu']}; FAISS GPU: {faiss_gpu}")
     else:
         print("NO GPU: torch sees no CUDA device on this machine. Measuring the CPU half only.")
     photos_count = args.photos or (512 if facts["cuda"] else 64)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from xmodal.indexer.models.offline_towers import CONSE_PROMPTS, build_offline_towers
 from training.offline_head import flickr_pairs
+from xmodal.indexer.models.offline_towers import CONSE_PROMPTS, build_offline_towers
 from xmodal.search.training.robust import retrieval_recall
 
 KS = (1, 5, 10)

@@ -44,6 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.fusion import fit_fusion_weights, train_linear_projection
+from training.offline_fusion import cache_file, compute_features
+from training.offline_head import read_dataset
 from xmodal.indexer.cache import cache_dir
 from xmodal.indexer.models.head import HeadConfig, ProjectionHead, train_head
 from xmodal.indexer.models.offline_towers import build_offline_towers
@@ -57,10 +60,7 @@ from xmodal.search.rerank.fusion import (
     photo_parts,
 )
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
-from training.fusion import fit_fusion_weights, train_linear_projection
 from xmodal.search.training.head import cached
-from training.offline_fusion import cache_file, compute_features
-from training.offline_head import read_dataset
 
 CONCEPTS = {
     "water": r"\b(water|beach|ocean|lake|river|pool|swim\w*|surf\w*|waves?|sea|splash\w*|boats?|wet)\b",

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xmodal.indexer.models.spec import ModelSpec
 from xmodal.indexer.models.embedding import EmbeddingModel
+from xmodal.indexer.models.spec import ModelSpec
 
 FAKE_DIM = 32
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}

@@ -28,7 +28,10 @@ PASSWORD = "pw-Secr3t-9f2"  # distinctive, so a leak is easy to find in output
 
 def find_pg_bin() -> Path | None:
     """The newest PostgreSQL `bin` folder with initdb and pg_ctl, or None."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+    )
     for folder in reversed(candidates):
         if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
             return Path(folder)
@@ -70,7 +73,9 @@ class PostgresServer:
         import psycopg
 
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=USER, password=PASSWORD, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -99,14 +104,37 @@ def start_server(durable: bool = False) -> PostgresServer:
             shutil.chown(pwfile, user=as_user)
         os.chmod(root, 0o700)
         server._run(
-            "initdb", "-D", str(server.data_dir), "-U", USER, f"--pwfile={pwfile}",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            "initdb",
+            "-D",
+            str(server.data_dir),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
         )
         # a test server: durability off (the suite kills clients, never the server), small footprint
         options = f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB"
-        result = server._run("pg_ctl", "start", "-D", str(server.data_dir), "-w", "-t", "60", "-l", str(root / "server.log"), "-o", options, check=False)
+        result = server._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(server.data_dir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(root / "server.log"),
+            "-o",
+            options,
+            check=False,
+        )
         if result.returncode != 0:
             log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {result.stderr.strip()} {log[-2000:]}")
