@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+pytestmark = pytest.mark.slow
+
 FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flickr8k-1k"
 
 

@@ -179,6 +179,7 @@ def test_index_exit_codes(runner: CliRunner, tmp_path: Path, fake_loader: None) 
     _one_error_line(result, 4, "is a file")
 
 
+@pytest.mark.slow
 def test_model_that_cannot_load(runner: CliRunner, fake_index: Path) -> None:
     """The index names a model this machine cannot load (the fake one, unpatched): exit 3."""
     result = runner.invoke(app, ["search", "red", "--index", str(fake_index)])

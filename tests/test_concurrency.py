@@ -64,6 +64,7 @@ def _row_ids(store: IndexStore) -> set[int]:
         return set(s.scalars(select(ImageRow.id)))
 
 
+@pytest.mark.slow
 def test_searches_during_an_index_run_see_a_consistent_index(tmp_path: Path, db_backend) -> None:  # noqa: ANN001
     photos = _photos(tmp_path / "photos")
     index_dir = tmp_path / "idx"

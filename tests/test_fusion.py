@@ -33,6 +33,7 @@ def synthetic_lists(rng: np.random.Generator, queries: int) -> tuple[np.ndarray,
     return x, labels
 
 
+@pytest.mark.slow
 def test_fit_fusion_weights_trusts_the_informative_feature_and_ignores_noise() -> None:
     rng = np.random.default_rng(0)
     folds = [synthetic_lists(rng, 200) for _ in range(3)]
@@ -68,6 +69,7 @@ def linear_data(rng: np.random.Generator, photos: int = 40, dim: int = 24, embed
     return torch.from_numpy(features.astype(np.float32)), texts, owner
 
 
+@pytest.mark.slow
 def test_linear_projection_maps_photos_next_to_their_captions() -> None:
     rng = np.random.default_rng(0)
     features, texts, owner = linear_data(rng)

@@ -144,6 +144,7 @@ class _FifoGuard:
         self._timer.cancel()
 
 
+@pytest.mark.slow
 def test_hostile_folder_run_goes_on(tmp_path: Path, hostile_dir: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with _FifoGuard(hostile_dir / "pipe.jpg") as guard:

@@ -13,6 +13,8 @@ from PIL import Image, ImageDraw
 
 mcp = pytest.importorskip("mcp", reason="the MCP server needs the 'mcp' extra")
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:

@@ -93,6 +93,7 @@ def test_exported_query_encoder_matches_the_model(model, tmp_path, monkeypatch) 
     assert np.allclose(encoder.embed_texts(texts), model.embed_texts(texts), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_exported_image_query_encoder_matches_the_model(model, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path))
     assert QueryImageEncoder.for_index("xmodal-lite") is None  # nothing exported yet
@@ -154,6 +155,7 @@ def test_offline_model_in_half_precision_on_gpu_matches_cpu(model) -> None:
     assert float(gpu.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.99
 
 
+@pytest.mark.slow
 def test_half_precision_towers_give_the_same_vectors(model) -> None:
     """The GPU path's dtype handling (half towers, fp32 features out), checked on the CPU."""
     from xmodal.indexer.models.embedding import _load_offline
@@ -167,6 +169,7 @@ def test_half_precision_towers_give_the_same_vectors(model) -> None:
     assert float(half.embed_texts(["a dog"])[0] @ model.embed_texts(["a dog"])[0]) > 0.999
 
 
+@pytest.mark.slow
 def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeypatch) -> None:
     from xmodal.indexer import Indexer
     from xmodal.search import SearchEngine
@@ -189,6 +192,7 @@ def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeyp
         assert light._model is None  # neither query loaded torch's model
 
 
+@pytest.mark.slow
 def test_a_later_run_embeds_through_the_export_without_loading_the_towers(model, tmp_path, monkeypatch) -> None:
     """Importing timm, open_clip and transformers and building the towers costs seconds per run;
     with the image path exported (vectors and tower features), a run needs none of it."""
@@ -241,6 +245,7 @@ def _drawn_index(model, tmp_path, count: int = 24):  # noqa: ANN001, ANN202
     return tmp_path / "idx"
 
 
+@pytest.mark.slow
 def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp_path) -> None:
     """Fusion models whose weights make the order known in advance: all on the cosine (the first
     stage's order), against it (that order reversed), all on QB-Norm's hub term (the order of
@@ -281,6 +286,7 @@ def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp
     assert sorted(shipped_order) == sorted(first_stage)
 
 
+@pytest.mark.slow
 def test_an_index_made_before_tower_features_opens_searches_and_catches_up(model, tmp_path, monkeypatch) -> None:
     """Photos indexed before tower features were stored (an older index's rows: the migration adds
     the column, empty; tests/test_migrations.py upgrades such a database) are searched without the

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+pytestmark = pytest.mark.slow
+
 ARCH = "ViT-S-32-alt"  # 43 M parameters: the smallest open_clip config with a CLIP tokenizer
 
 

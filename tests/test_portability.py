@@ -35,6 +35,7 @@ def _decoded(photos: list[Path], start_method: str) -> list[np.ndarray]:
     return [np.asarray(p.pixels) for p in prepared]
 
 
+@pytest.mark.slow
 def test_spawned_decode_workers_give_what_forked_ones_give(tmp_path: Path) -> None:
     photos = [make_image(tmp_path / f"{name}.jpg", rgb, size=(320 + 16 * i, 240)) for i, (name, rgb) in enumerate(COLOURS.items())]
     photos.append(make_image(tmp_path / "wide.png", (10, 20, 30), size=(900, 200)))
@@ -64,6 +65,7 @@ def _nice_after_inits(times: int) -> tuple[int, int]:
     return before, os.nice(0)
 
 
+@pytest.mark.slow
 def test_an_index_run_with_spawned_workers_equals_a_forked_one(tmp_path: Path, photo_dir: Path) -> None:
     from xmodal.indexer import Indexer
     from xmodal.search import SearchEngine

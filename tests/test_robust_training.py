@@ -191,6 +191,7 @@ def offline():  # noqa: ANN201
     return load_model()
 
 
+@pytest.mark.slow
 def test_xmodal_train_builds_the_shipped_heads_head_on_the_offline_default(offline, tmp_path: Path) -> None:  # noqa: ANN001
     """Bug 1: training read getattr(towers, "prior_dim", 0) and dropped the ConSE prior the shipped head builds on."""
     from xmodal.data import data_path
@@ -211,6 +212,7 @@ def test_xmodal_train_builds_the_shipped_heads_head_on_the_offline_default(offli
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), expected.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_train_command_prints_both_held_out_figures_and_warns(offline, tmp_path: Path) -> None:  # noqa: ANN001
     from xmodal.cli.app import app
 

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
+pytestmark = pytest.mark.slow
+
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
     return {

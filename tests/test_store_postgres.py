@@ -73,6 +73,7 @@ def _reader(index_dir: str, url: str, queue, go) -> None:  # noqa: ANN001
     queue.put(sizes)
 
 
+@pytest.mark.slow
 def test_two_writers_one_database_and_a_reader_elsewhere(tmp_path: Path, pg_url: str) -> None:
     photos = _photos(tmp_path / "photos")
     Indexer(tmp_path / "a", model=fake_model(), db_url=pg_url).add_paths([photos / "g0"])  # the index exists

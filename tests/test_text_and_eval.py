@@ -94,6 +94,7 @@ def test_malformed_pairs_name_file_and_line(tmp_path: Path, name: str, content: 
         read_pairs(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
