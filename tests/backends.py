@@ -10,12 +10,12 @@ CLI) lives there; child processes get the URL explicitly (see `db_backend.url`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.ci_rules import in_ci
 from tests.postgres_server import PostgresServer, start_server
 
 __all__ = ["Backend", "pg_server", "db_backend", "pg_url"]
@@ -36,7 +36,7 @@ def pg_server() -> Iterator[PostgresServer]:
     try:
         server = start_server()
     except (RuntimeError, OSError, ImportError) as e:
-        if os.environ.get("CI", "").lower() == "true":
+        if in_ci():
             pytest.fail(f"PostgreSQL is required in CI: {e}", pytrace=False)
         pytest.skip(f"no PostgreSQL server: {e}")
     try:
