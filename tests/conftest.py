@@ -7,12 +7,13 @@ import pytest
 from PIL import Image
 
 from tests.backends import db_backend, pg_server, pg_url  # noqa: F401 - fixtures: SQLite / PostgreSQL
+from tests.ci_rules import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 - hooks: CI skips fail
 from tests.fakes import COLOURS, fake_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.ci_rules", "pytester"]  # ci_rules: under CI=true only absent hardware may skip
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session", autouse=True)
