@@ -86,6 +86,7 @@ def test_bounded_build_finds_what_exact_search_finds(tmp_path: Path, on_disk: bo
         assert list((tmp_path / "idx").glob("images.faiss.*.ivfdata"))
 
 
+@pytest.mark.slow
 def test_optimize_with_a_memory_budget_saves_a_cache_that_reopens(tmp_path: Path) -> None:
     """`xmodal optimize --memory-budget`: a budget too small for the codes puts the lists on disk;
     the saved cache is what the next process opens (no rebuild), with the same answers."""
