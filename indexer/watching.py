@@ -10,6 +10,8 @@ watcher loses at most the batch in flight and the next run picks the rest up.
 Why folders and not files: an index run removes the rows of files that are gone only below the
 roots it is given, and recognises a move only when the old and the new place are in the same run.
 Rescanning a folder costs one stat per file; unchanged files are skipped by size and mtime.
+A watcher deletes nothing itself: its runs are ordinary runs, so an emptied or unmounted root is
+offline (its rows kept) and a run missing more than `Limits.max_missing_share` removes nothing.
 
 Library only: no printing. Runs and errors are reported through callbacks.
 """
@@ -27,12 +29,13 @@ from typing import TYPE_CHECKING, Literal
 from xmodal.indexer.errors import IndexLockedError
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.indexing import Indexer, IndexSummary
+from xmodal.indexer.roots import folders_of, indexed_roots, minimal_folders
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers.api import BaseObserver
 
-__all__ = ["WatchRun", "FolderWatcher", "CatchUp", "index_roots", "minimal_folders"]
+__all__ = ["WatchRun", "FolderWatcher", "CatchUp", "index_roots", "indexed_roots", "minimal_folders"]
 
 CatchUp = Literal["now", "background", "skip"]
 
@@ -46,23 +49,13 @@ class WatchRun:
     started: float = field(default_factory=time.time)
 
 
-def minimal_folders(folders: Iterable[str]) -> list[str]:
-    """The folders that are not inside another one of the set (an index run is recursive)."""
-    kept: list[str] = []
-    for folder in sorted({os.path.normpath(f) for f in folders}):
-        if not any(folder == k or folder.startswith(k.rstrip(os.sep) + os.sep) for k in kept):
-            kept.append(folder)
-    return kept
-
-
 def index_roots(image_paths: Iterable[str]) -> list[str]:
-    """The folders an index already covers: the folders of its photos, reduced to the outermost.
+    """The folders holding these photos, reduced to the outermost (indexer.roots.folders_of).
 
-    An index does not record the paths its runs were given; the folders holding its photos are
-    what it demonstrably covers, so they are what a watcher watches and what an HTTP client may
-    ask to re-index (never a folder above them).
+    Prefer `indexer.roots.indexed_roots(metadata)`: the folders the user indexed, as recorded, so a
+    new subfolder of an indexed root is watched too; this is its fallback for older indexes.
     """
-    return minimal_folders(os.path.dirname(p) for p in image_paths)
+    return folders_of(image_paths)
 
 
 def _is_hidden(path: str, root: str) -> bool:

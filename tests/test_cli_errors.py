@@ -206,9 +206,9 @@ def test_check_command(runner: CliRunner, check_app: typer.Typer, fake_index: Pa
     (photo_dir / "red.jpg").unlink()
     result = runner.invoke(check_app, ["check", "--index", str(fake_index)])
     assert result.exit_code == 1 and "1 files that no longer exist" in result.output and "red.jpg" in result.output
-    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--keep-missing"])
-    assert result.exit_code == 1
-    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--json"])
+    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair"])
+    assert result.exit_code == 1  # rows of missing files are kept unless asked
+    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--prune-missing", "--json"])
     assert result.exit_code == 0, result.output
     import json
 
