@@ -16,17 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, select
 
-from xmodal.indexer.decode_pool import (  # the run's decode stage; distributed.py reuses these names
-    StartMethod,
-    _decode_pool,
-    _decode_size,
-    _init_worker,  # noqa: F401 - used by indexer.distributed as indexing._init_worker
-    _prefetch,
-    _prepare,
-    _Prepared,
-    _Work,
-    file_hash,
-)
+from xmodal.indexer.decode_pool import StartMethod, Prepared, Work, decode_pool, decode_size, file_hash, prefetch
 from xmodal.indexer.errors import ModelMismatchError
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
@@ -38,7 +28,7 @@ from xmodal.indexer.store.index_store import IndexStore
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     from xmodal.indexer.distributed import RayOptions
     from xmodal.indexer.models.embedding import EmbeddingModel, IndexedPixels
-from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths
+from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths, unread_extension
 from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, under_clause, utcnow, vector_to_blob
 
 __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
@@ -292,7 +282,7 @@ class Indexer:
             if spec and parse_model_spec(spec).capabilities.tower_features
             else set()
         )
-        work: list[_Work] = []
+        work: list[Work] = []
         moves: list[tuple[ImageRow, FoundFile]] = []
         for f in found:
             row = existing.get(str(f.path))
@@ -300,10 +290,10 @@ class Indexer:
                 summary.unchanged += 1
                 continue
             if row is not None:
-                work.append(_Work(f, row.id))
+                work.append(Work(f, row.id))
                 continue
             if not missing_by_hash:  # nothing can have moved here: the decode workers hash it
-                work.append(_Work(f, None))
+                work.append(Work(f, None))
                 continue
             try:
                 digest = file_hash(f.path)
@@ -316,7 +306,7 @@ class Indexer:
                 missing.pop(moved_row.path, None)
                 moves.append((moved_row, f))
             else:
-                work.append(_Work(f, None, digest))
+                work.append(Work(f, None, digest))
         summary.timings["compare"] = time.perf_counter() - clock
 
         total = store.metadata.count(ImageRow)
@@ -373,11 +363,11 @@ class Indexer:
             if item.unread is not None:
                 summary.skipped[item.unread] = summary.skipped.get(item.unread, 0) + 1
 
-    def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
+    def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[Work], summary: IndexSummary) -> None:
         from xmodal.indexer.preparation import with_exported_image_path
 
         model = with_exported_image_path(model, self._report_stage)
-        target = model.preprocessing.size if model.preprocessing is not None else _decode_size(model.image_transform)
+        target = model.preprocessing.size if model.preprocessing is not None else decode_size(model.image_transform)
         split = model.pixel_split()
         if self._ship_spec:  # loaded here, not the caller's: later runs of this Indexer reuse the export
             self._model = model
@@ -386,8 +376,8 @@ class Indexer:
         timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}
         if self.on_progress:
             self.on_progress(Progress(0, total))
-        with _decode_pool(self.workers, split.per_image, target, self.start_method) as pool:
-            for batch in _prefetch(pool, work, self.batch_size, _prepare):
+        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+            for batch in prefetch(pool, work, self.batch_size):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
@@ -395,24 +385,25 @@ class Indexer:
                 embedded = model.embed_pixels_for_index(split.per_batch(pixels)) if good else None
                 timings["embed"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                self._commit_batch(store, model, batch, good, embedded, summary)
+                self.commit_batch(store, model, batch, good, embedded, summary)
                 timings["write"] += time.perf_counter() - clock
                 done += len(batch)
                 if self.on_progress:
                     self.on_progress(Progress(done, total))
         summary.timings.update(timings)
 
-    def _commit_batch(
+    def commit_batch(
         self,
         store: IndexStore,
         model: EmbeddingModel,
-        batch: list[_Prepared],
-        good: list[_Prepared],
+        batch: list[Prepared],
+        good: list[Prepared],
         embedded: IndexedPixels | None,
         summary: IndexSummary,
     ) -> None:
-        """The one writer of both pipelines (local and Ray): the batch's SQL transaction, then the
-        FAISS cache, saved at most every _SAVE_INTERVAL_S (SQL holds every finished batch anyway)."""
+        """The one write loop's step, whatever decoded and embedded the batch (this process's decode
+        pool, Ray): the batch's SQL transaction, then the FAISS cache, saved at most every
+        _SAVE_INTERVAL_S (SQL holds every finished batch anyway). Called under the run's write lock."""
         vectors = store.vectors("image")
         ids = self._write_batch(store, model, batch, good, embedded, summary)
         if embedded is not None:
@@ -427,8 +418,8 @@ class Indexer:
         self,
         store: IndexStore,
         model: EmbeddingModel,
-        batch: list[_Prepared],
-        good: list[_Prepared],
+        batch: list[Prepared],
+        good: list[Prepared],
         embedded: IndexedPixels | None,
         summary: IndexSummary,
     ) -> list[int]:
@@ -478,6 +469,10 @@ class Indexer:
                 if prepared.error is not None:
                     path = str(prepared.work.found.path)
                     s.merge(FailureRow(path=path, reason=prepared.error, failed_at=now))
+                    unread = unread_extension(prepared.error, path)  # its content is RAW or video
+                    if unread is not None:
+                        summary.skipped[unread] = summary.skipped.get(unread, 0) + 1
+                        continue
                     summary.failed += 1
                     summary.failures.append((path, prepared.error))
         summary.timings["sql"] = summary.timings.get("sql", 0.0) + time.perf_counter() - clock

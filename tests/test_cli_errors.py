@@ -127,7 +127,7 @@ def test_unreadable_query_images(runner: CliRunner, fake_index: Path, tmp_path: 
     folder.mkdir()
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # must not block
-    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "vanished", empty: "empty", folder: "directory", fifo: "not a regular file"}
+    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "no such file", empty: "empty", folder: "directory", fifo: "not a regular file"}
     for path, reason in cases.items():
         result = runner.invoke(app, ["search", "--image", str(path), "--index", str(fake_index)])
         _one_error_line(result, 2, "query image", reason)
