@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from xmodal.indexer.errors import IndexLockedError
-from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.indexing import Indexer, IndexSummary
+from xmodal.indexer.kinds import NOT_MEDIA_EXTENSIONS
 from xmodal.indexer.roots import folders_of, indexed_roots, minimal_folders
 
 if TYPE_CHECKING:
@@ -180,8 +180,8 @@ class FolderWatcher:
             if path.startswith(root.rstrip(os.sep) + os.sep):
                 if _is_hidden(path, root):
                     return None  # hidden files and folders are never indexed
-                if not directory and os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
-                    return None  # another kind of file (a .txt, an editor's temp file): nothing to index
+                if not directory and os.path.splitext(path)[1].lower() in NOT_MEDIA_EXTENSIONS:
+                    return None  # plainly not media (a .txt, a sidecar): nothing to index; the rest by content
                 return os.path.dirname(path)
         return None
 
