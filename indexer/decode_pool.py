@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import multiprocessing
 import os
+import select
 import signal
 import stat
 import sys
@@ -148,10 +149,12 @@ _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_S = 1.0
 
 
-def _die_with_parent() -> None:
-    """A decode worker must not outlive its run: after `kill -9` of the parent it would wait on its
-    task queue forever (the queue's other end stays open in its sibling workers). Linux: the kernel
-    kills it (PR_SET_PDEATHSIG); everywhere: a thread that exits when the parent changes."""
+def _die_with_run(run_pid: int) -> None:
+    """A decode worker must not outlive its run: after `kill -9` of the run it would wait on its
+    task queue forever (the queue's other end stays open in its sibling workers). Under forkserver
+    its parent is the fork server, which in turn waits for its children to close their end of its
+    pipe, so the worker watches the run itself: a pidfd where there is one (Linux), else the
+    parent changing. Linux also has the kernel kill it with its parent (PR_SET_PDEATHSIG)."""
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -161,18 +164,39 @@ def _die_with_parent() -> None:
             pass  # the watch thread below still ends it
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    run_fd = None
+    if pidfd_open is not None:
+        try:
+            run_fd = pidfd_open(run_pid)
+        except OSError:  # the run is gone already (or pidfds are refused): exit, or watch the parent
+            if run_pid not in (parent, os.getpid()) and not _alive(run_pid):
+                os._exit(1)
 
     def watch() -> None:
+        if run_fd is not None:
+            select.select([run_fd], [], [])  # readable once the run has exited
+            os._exit(1)
         while os.getppid() == parent:
             time.sleep(_PARENT_POLL_S)
         os._exit(1)
 
-    threading.Thread(target=watch, name="xmodal-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="xmodal-run-watch", daemon=True).start()
 
 
-def _start_worker(transform: Callable, target: int, max_pixels: int) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks the process exists (Linux callers only)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _start_worker(transform: Callable, target: int, max_pixels: int, run_pid: int) -> None:
     """The pool's initializer in each worker process."""
-    _die_with_parent()
+    _die_with_run(run_pid)
     init_worker(transform, target, max_pixels)
 
 
@@ -196,7 +220,7 @@ def decode_pool(
             max_workers=workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_start_worker,
-            initargs=(transform, target, max_pixels),
+            initargs=(transform, target, max_pixels, os.getpid()),
         )
     init_worker(transform, target, max_pixels)
     return ThreadPoolExecutor(max_workers=workers)
