@@ -194,3 +194,25 @@ def test_prune_missing_needs_repair(tmp_path: Path, photo_dir: Path, flag: str) 
     _index(tmp_path / "idx", photo_dir)
     result = CliRunner().invoke(app, ["check", "--index", str(tmp_path / "idx"), flag])
     assert result.exit_code == 2 and "--repair" in result.output
+
+
+def test_post_api_index_over_an_emptied_folder_keeps_the_rows(tmp_path: Path) -> None:
+    """POST /api/index {"paths": []} re-indexes every root; the library keeps an emptied root's rows."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tests.serving import build_library, make_app
+
+    base = "http://127.0.0.1"  # the loopback Host header the DNS-rebinding guard admits
+
+    library = build_library(tmp_path)
+    before = _count(library.index)
+    for path in sorted(library.photos.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    with TestClient(make_app(library, allow_index=True), base_url=base) as c:
+        assert c.post("/api/index", json={"paths": []}).status_code == 202
+        c.app.state.xmodal.jobs.wait(60)
+        status = c.get("/api/index").json()
+    assert status["state"] == "done" and status["summary"]["removed"] == 0, status
+    assert status["summary"]["offline_roots"] == [str(library.photos)]
+    assert _count(library.index) == before
