@@ -51,9 +51,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Verify an index: every row has exactly one vector, no vector lacks a row, files exist, the model matches."""
-    from xmodal.indexer.store.checking import check_index
-
     from xmodal.indexer.errors import InvalidInputError
+    from xmodal.indexer.store.checking import check_index
 
     if prune_missing and (keep_missing or not repair):
         raise InvalidInputError("--prune-missing goes with --repair (and not with --keep-missing)")

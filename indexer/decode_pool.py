@@ -245,7 +245,9 @@ def prepare(work: Work) -> Prepared:
         reason = "file vanished after the scan (no such file)" if str(e) == NO_SUCH_FILE else str(e)
         return Prepared(work, error=reason, seconds=time.perf_counter() - started)
     except FileNotFoundError:  # hashing, before the decoder
-        return Prepared(work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started)
+        return Prepared(
+            work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started
+        )
     except OSError as e:
         return Prepared(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
     except Exception as e:  # a decoder bug on one hostile file must not stop the run

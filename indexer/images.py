@@ -112,7 +112,9 @@ def _open_picture(fp: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
         if kind == "heif":
             return _open_heif(fp, max_pixels)
         if kind in ("raw", "video"):
-            raise ImageReadError(unread_reason("camera RAW" if kind == "raw" else "video", path.suffix.lower())) from None
+            raise ImageReadError(
+                unread_reason("camera RAW" if kind == "raw" else "video", path.suffix.lower())
+            ) from None
         raise
 
 
@@ -129,7 +131,9 @@ def _open_heif(fp: BinaryIO, max_pixels: int) -> Image.Image:
     return heif.to_pillow()
 
 
-def decode_image(source: Path | str, target_size: int = 256, max_pixels: int = DEFAULT_LIMITS.max_pixels) -> DecodedImage:
+def decode_image(
+    source: Path | str, target_size: int = 256, max_pixels: int = DEFAULT_LIMITS.max_pixels
+) -> DecodedImage:
     """Open a photo, apply its EXIF orientation and reduce it so its short side is near target_size.
 
     JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale. A picture

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, select
 
-from xmodal.indexer.decode_pool import StartMethod, Prepared, Work, decode_pool, decode_size, file_hash, prefetch
+from xmodal.indexer.decode_pool import Prepared, StartMethod, Work, decode_pool, decode_size, file_hash, prefetch
 from xmodal.indexer.errors import ModelMismatchError
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec

@@ -113,7 +113,9 @@ def looks_offline(folder: str) -> bool:
 def rows_under(metadata: MetadataStore, folder: str) -> int:
     """Photos the index holds under the folder."""
     with metadata.session() as s:
-        return int(s.scalar(select(func.count()).select_from(ImageRow).where(under_clause(ImageRow.path, [folder]))) or 0)
+        return int(
+            s.scalar(select(func.count()).select_from(ImageRow).where(under_clause(ImageRow.path, [folder]))) or 0
+        )
 
 
 def offline_roots(metadata: MetadataStore, roots: Iterable[str] | None = None) -> list[str]:

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
-from xmodal.indexer.kinds import UNREAD_PREFIX  # re-exported: stats and older callers read it from here
-from xmodal.indexer.kinds import NOT_MEDIA_EXTENSIONS, is_raw_tiff, sniff, unread_reason
+from xmodal.indexer.kinds import (
+    NOT_MEDIA_EXTENSIONS,
+    UNREAD_PREFIX,  # re-exported: stats and older callers read it from here
+    is_raw_tiff,
+    sniff,
+    unread_reason,
+)
 
 __all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
 

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 from tests.fakes import fake_model
 from xmodal.indexer import Indexer
-Indexer(sys.argv[1], model=fake_model(), workers=2, batch_size=2, start_method=sys.argv[3]).add_paths([Path(sys.argv[2])])
+indexer = Indexer(sys.argv[1], model=fake_model(), workers=2, batch_size=2, start_method=sys.argv[3])
+indexer.add_paths([Path(sys.argv[2])])
 """
 
 

@@ -113,8 +113,9 @@ def check_index(
     """Verify the index at index_dir (default: the default index); mend it when repair is True.
 
     model: a spec to compare with the index's recorded one (a mismatch is a problem repair cannot
-    mend). prune_missing: with repair, delete the rows whose files are gone (never without it). Raises IndexNotFoundError when there is no index, IndexLockedError when repairing
-    while another run writes.
+    mend). prune_missing: with repair, delete the rows whose files are gone (never without it).
+    Raises IndexNotFoundError when there is no index, IndexLockedError when repairing while
+    another run writes.
     """
     store = IndexStore.open(index_dir, db_url)
     try:
@@ -174,7 +175,9 @@ def _inspect(store: IndexStore, wanted_model: str | None) -> CheckReport:
     if report.missing_files:
         from xmodal.indexer.roots import offline_roots
 
-        report.notes.extend(f"root {root} is offline (not there or empty): its rows are kept" for root in offline_roots(store.metadata))
+        report.notes.extend(
+            f"root {root} is offline (not there or empty): its rows are kept" for root in offline_roots(store.metadata)
+        )
 
     report.leftover_files = sorted(p.name for p in _leftovers(store.directory))
     return report
