@@ -216,3 +216,16 @@ def test_post_api_index_over_an_emptied_folder_keeps_the_rows(tmp_path: Path) ->
     assert status["state"] == "done" and status["summary"]["removed"] == 0, status
     assert status["summary"]["offline_roots"] == [str(library.photos)]
     assert _count(library.index) == before
+
+
+def test_the_index_command_keeps_an_offline_root_and_prunes_on_request(tmp_path: Path, photo_dir: Path) -> None:
+    runner = CliRunner()
+    index = tmp_path / "idx"
+    _index(index, photo_dir)
+    _empty(photo_dir)
+    result = runner.invoke(app, ["index", str(photo_dir), "--index", str(index), "--json"])
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert (summary["removed"], summary["offline_roots"]) == (0, [str(photo_dir)])
+    assert _count(index) == 4  # nothing to embed: the recorded model is never loaded
+    result = runner.invoke(app, ["index", str(photo_dir), "--index", str(index), "--prune-missing"])
+    assert "removed 4" in result.output and _count(index) == 0
