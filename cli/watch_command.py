@@ -129,11 +129,8 @@ def watch(
     missing = [r for r in roots if not os.path.isdir(r)]
     if missing and paths:
         raise InvalidQueryError(f"not a folder: {missing[0]}")
-    if missing:  # an offline root of the index (an unmounted drive): its rows are kept, the rest watched
-        typer.echo(f"xmodal: warning: not watching offline folder(s): {', '.join(missing)}", err=True)
-        roots = [r for r in roots if r not in missing]
-        if not roots:
-            raise InvalidQueryError("every folder of the index is offline; mount it or give folders to watch")
+    if missing:  # an offline root of the index (an unmounted drive): rows kept, watched once it is back
+        typer.echo(f"xmodal: warning: offline, watched once it is back: {', '.join(missing)}", err=True)
     # The model is loaded once, here, and every run after this reuses it.
     loaded = load_model(model or _recorded_model(index_dir, db_url))
     indexer = Indexer(index_dir, model=loaded, db_url=db_url, start_method=decode_start_method())

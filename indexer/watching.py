@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Literal
 from xmodal.indexer.errors import IndexLockedError
 from xmodal.indexer.indexing import Indexer, IndexSummary
 from xmodal.indexer.kinds import NOT_MEDIA_EXTENSIONS
-from xmodal.indexer.roots import folders_of, indexed_roots, minimal_folders
+from xmodal.indexer.roots import folders_of, indexed_roots, looks_offline, minimal_folders
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
-    from watchdog.observers.api import BaseObserver
+    from watchdog.observers.api import BaseObserver, ObservedWatch
 
 __all__ = ["WatchRun", "FolderWatcher", "CatchUp", "index_roots", "indexed_roots", "minimal_folders"]
 
@@ -68,7 +68,10 @@ class FolderWatcher:
 
     debounce: seconds without a new event before a run starts (a copy of 500 photos is one run);
     max_delay: a run starts at the latest this long after the first pending event, even while
-    events keep coming; retry: seconds to wait when another process holds the index's write lock.
+    events keep coming; retry: seconds to wait when another process holds the index's write lock;
+    offline_poll: seconds between looks at an offline root (not there or empty: an unmounted drive),
+    which is watched and caught up with once it is back (a watch on an empty mount point would not
+    see the drive mounted over it).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class FolderWatcher:
         retry: float = 5.0,
         on_run: Callable[[WatchRun], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        offline_poll: float = 5.0,
     ) -> None:
         if not roots:
             raise ValueError("a watcher needs at least one folder to watch")
@@ -91,7 +95,11 @@ class FolderWatcher:
         self.retry = retry
         self.on_run = on_run
         self.on_error = on_error
+        self.offline_poll = offline_poll
         self.runs = 0
+        self._watches: dict[str, ObservedWatch] = {}  # the roots listened to; the others are offline
+        self._handler: FileSystemEventHandler | None = None
+        self._next_poll = 0.0
         self._pending: set[str] = set()
         self._first_event = 0.0
         self._last_event = 0.0
@@ -109,13 +117,12 @@ class FolderWatcher:
         from watchdog.observers import Observer
 
         observer = Observer()
-        handler = _handler(self)
-        for root in self.roots:
-            if os.path.isdir(root):
-                observer.schedule(handler, root, recursive=True)
+        self._handler = _handler(self)
         observer.daemon = True
         observer.start()
         self._observer = observer
+        for root in self.roots:
+            self._listen(root)
         summary = None
         if catch_up == "now":
             try:
@@ -150,6 +157,41 @@ class FolderWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def offline(self) -> list[str]:
+        """The roots not listened to now: not there or empty; looked at every offline_poll seconds."""
+        return [r for r in self.roots if r not in self._watches]
+
+    def _listen(self, root: str) -> bool:
+        """Listen under root if it is online; True when it is listened to."""
+        if root in self._watches:
+            return True
+        if self._observer is None or looks_offline(root):
+            return False
+        try:
+            self._watches[root] = self._observer.schedule(self._handler, root, recursive=True)  # type: ignore[arg-type]
+        except OSError:  # gone again between the look and the watch
+            return False
+        return True
+
+    def _forget(self, root: str) -> None:
+        watch = self._watches.pop(root, None)
+        if watch is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(watch)
+            except Exception:  # noqa: BLE001 - a watch on an unmounted drive may be gone already
+                pass
+
+    def _look_at_offline_roots(self) -> None:
+        """Listen to offline roots that came back (a drive mounted again) and catch up with them."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.offline_poll
+        back = [root for root in self.offline if self._listen(root)]
+        if back:
+            self.notify(*back)
 
     @property
     def pending(self) -> list[str]:
@@ -195,7 +237,12 @@ class FolderWatcher:
         while True:
             with self._cond:
                 while not self._stopping and (not self._pending or self._due() > 0):
-                    self._cond.wait(timeout=self._due() if self._pending else None)
+                    timeout = self._due() if self._pending else None
+                    if self.offline:
+                        timeout = min(timeout if timeout is not None else self.offline_poll, self.offline_poll)
+                    self._cond.wait(timeout=timeout)
+                    if self.offline and not self._stopping:
+                        self._look_at_offline_roots()
                 if self._stopping:
                     return
                 folders = minimal_folders(self._pending)
@@ -221,6 +268,11 @@ class FolderWatcher:
         except Exception as e:  # noqa: BLE001 - one failed run must not end the watcher
             self._report_error(e)
             return None
+        for root in summary.offline_roots:  # unmounted while listened to: look for its return instead
+            if root in self._watches:
+                self._forget(root)
+                with self._cond:
+                    self._cond.notify_all()
         run = WatchRun(tuple(folders), summary)
         self.runs += 1
         if self.on_run is not None:

@@ -229,3 +229,25 @@ def test_the_index_command_keeps_an_offline_root_and_prunes_on_request(tmp_path:
     assert _count(index) == 4  # nothing to embed: the recorded model is never loaded
     result = runner.invoke(app, ["index", str(photo_dir), "--index", str(index), "--prune-missing"])
     assert "removed 4" in result.output and _count(index) == 0
+
+
+def test_the_watcher_catches_up_with_a_drive_mounted_again(tmp_path: Path, photo_dir: Path) -> None:
+    index = tmp_path / "idx"
+    _index(index, photo_dir)
+    photo_dir.rename(tmp_path / "unmounted")
+    runs: list[WatchRun] = []
+    watcher = FolderWatcher(
+        Indexer(index, model=fake_model(), workers=1), [photo_dir], debounce=0.2, offline_poll=0.3, on_run=runs.append
+    )
+    catch_up = watcher.start()
+    try:
+        assert catch_up is not None and catch_up.offline_roots == [str(photo_dir)] and catch_up.removed == 0
+        assert watcher.offline == [str(photo_dir)]
+        make_image(tmp_path / "unmounted" / "new" / "cyan.png", (30, 220, 220))
+        (tmp_path / "unmounted").rename(photo_dir)  # mounted again, with a photo added elsewhere
+        _eventually(lambda: _count(index) == 5)
+        assert watcher.offline == []
+        make_image(photo_dir / "later.png", (200, 30, 200))  # and listened to from now on
+        _eventually(lambda: _count(index) == 6)
+    finally:
+        watcher.stop()
