@@ -309,8 +309,11 @@ class Indexer:
                 work.append(Work(f, None, digest))
         summary.timings["compare"] = time.perf_counter() - clock
 
-        total = store.metadata.count(ImageRow)
-        if missing and not prune_missing and len(missing) > self.limits.max_missing_share * total:
+        if (
+            missing
+            and not prune_missing
+            and len(missing) > self.limits.max_missing_share * store.metadata.count(ImageRow)
+        ):
             summary.kept_missing += len(missing)  # a drive half gone, not a user's deletion: ask first
             missing = {}
         vectors = store.vectors("image")
