@@ -50,6 +50,13 @@ def start_watcher(
             typer.echo(json.dumps({"folders": list(run.folders), **run.summary.as_dict()}))
         elif run.summary.embedded or run.summary.moved or run.summary.removed or run.summary.failed:
             typer.echo(f"xmodal: indexed: {_describe(run)}", err=True)
+        if not as_json and (run.summary.offline_roots or run.summary.kept_missing):
+            offline = ", ".join(run.summary.offline_roots) or "none"
+            typer.echo(
+                f"xmodal: warning: kept {run.summary.kept_missing} row(s) of missing files (offline: {offline}); "
+                "`xmodal remove PATH` drops them if they are gone for good",
+                err=True,
+            )
         if on_change is not None and (run.summary.embedded or run.summary.moved or run.summary.removed):
             on_change()
 
