@@ -22,7 +22,15 @@ from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
 from xmodal.indexer.paths import absolute
 from xmodal.indexer.progress import Progress
-from xmodal.indexer.roots import forget_roots, is_inside, looks_offline, recorded_roots, remember_roots, rows_under
+from xmodal.indexer.roots import (
+    forget_roots,
+    is_inside,
+    looks_offline,
+    minimal_folders,
+    recorded_roots,
+    remember_roots,
+    rows_under,
+)
 from xmodal.indexer.store.index_store import IndexStore
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
@@ -37,13 +45,15 @@ __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 _SAVE_INTERVAL_S = 60.0
 
 
-def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> list[str]:
-    """The roots this run must not judge by their files: each recorded root that a run root lies
-    in or holds, and each run root no recorded root holds, that looks offline with photos under it."""
+def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> dict[str, int]:
+    """The roots this run must not judge by their files, with the photos the index holds under
+    each: every recorded root that a run root lies in or holds, and every run root no recorded root
+    holds, that looks offline with photos under it (outermost only: nested ones are inside)."""
     recorded = recorded_roots(store.metadata)
     judged = [r for r in recorded if any(is_inside(r, f) or is_inside(f, r) for f in folder_roots)]
     judged += [f for f in folder_roots if not any(is_inside(f, r) for r in recorded)]
-    return [r for r in dict.fromkeys(judged) if looks_offline(r) and rows_under(store.metadata, r) > 0]
+    offline = {r: rows_under(store.metadata, r) for r in dict.fromkeys(judged) if looks_offline(r)}
+    return {r: offline[r] for r in minimal_folders(r for r, n in offline.items() if n > 0)}
 
 
 def _split_roots(roots: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -256,8 +266,9 @@ class Indexer:
         files, others = _split_roots(roots)
         # A root that is not there or is empty (an unmounted drive, a typo) removes nothing unless
         # asked to: only roots that are online can say which of their files are gone.
-        offline = [] if prune_missing else _offline_roots(store, others)
-        summary.offline_roots = offline
+        offline = {} if prune_missing else _offline_roots(store, others)
+        summary.offline_roots = list(offline)
+        summary.kept_missing = sum(offline.values())  # every photo under them is kept, present or not
         folders = list(others) if prune_missing else [r for r in others if os.path.isdir(r) and r not in offline]
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
@@ -267,7 +278,6 @@ class Indexer:
         missing = {path: row for path, row in existing.items() if path not in seen_paths}
         if offline:  # a folder root inside the run's may be offline on its own (a drive mounted there)
             kept = [p for p in missing if any(is_inside(p, root) for root in offline)]
-            summary.kept_missing += len(kept)
             for path in kept:
                 del missing[path]
         missing_by_hash: dict[str, list[ImageRow]] = {}
