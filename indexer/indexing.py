@@ -269,6 +269,7 @@ class Indexer:
         offline = {} if prune_missing else _offline_roots(store, others)
         summary.offline_roots = list(offline)
         summary.kept_missing = sum(offline.values())  # every photo under them is kept, present or not
+        skipped = [item for item in skipped if str(item.path) not in offline]  # offline, not failed
         folders = list(others) if prune_missing else [r for r in others if os.path.isdir(r) and r not in offline]
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
