@@ -45,14 +45,15 @@ NOT_MEDIA_EXTENSIONS = frozenset(
 # ISO base media (`ftyp` box) brands: HEIF/AVIF stills and camera RAW; any other brand is a video.
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"mif2"}
 _RAW_BRANDS = {b"crx "}  # Canon CR3
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
 
 
 def kind_of_header(head: bytes) -> Kind | None:
     """The kind the first bytes of a file announce, None when they announce none we know."""
     if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n") or head[:6] in (b"GIF87a", b"GIF89a"):
         return "picture"
-    if head.startswith(b"BM") and len(head) >= 14:
-        return "picture"
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "picture"  # "BM" and a known DIB header size: not any text that starts with "BM"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "picture"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":

@@ -49,6 +49,9 @@ def test_kinds_by_their_first_bytes(tmp_path: Path) -> None:
     assert kind_of_header(b"\x00\x00\x00\x18ftypqt  ") == "video"
     assert kind_of_header(b"\x1a\x45\xdf\xa3\x01") == "video"  # Matroska / WebM
     assert kind_of_header(b"hello, world") is None
+    assert kind_of_header(b"BMW service notes, 2024") is None
+    bmp = make_image(tmp_path / "a.bmp", COLOURS["red"]).read_bytes()[:64]
+    assert kind_of_header(bmp) == "picture"
 
 
 def test_the_scan_decides_by_content_where_the_name_lies(tmp_path: Path) -> None:
