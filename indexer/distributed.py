@@ -33,7 +33,7 @@ from xmodal.indexer.errors import ClusterError, XmodalError
 
 if TYPE_CHECKING:
     from xmodal.indexer.decode_pool import Work
-    from xmodal.indexer.indexing import Indexer, IndexSummary
+    from xmodal.indexer.indexing import EmbeddedBatch, Indexer, IndexSummary
     from xmodal.indexer.models.embedding import EmbeddingModel
     from xmodal.indexer.store.index_store import IndexStore
 
@@ -233,16 +233,14 @@ def embed_on_ray(
     """
     from xmodal.indexer.decode_pool import decode_size
     from xmodal.indexer.models.embedding import IndexedPixels
-    from xmodal.indexer.progress import Progress
 
     preprocessing = getattr(model, "preprocessing", None)
     target = preprocessing.size if preprocessing is not None else decode_size(model.image_transform)
     # uint8 pixels either way, which an actor's own split (torch on a GPU) takes as well
     per_image = model.pixel_split().per_image
-    total, done = len(work), 0
-    timings = {"cluster": 0.0, "write": 0.0}
-    if indexer.on_progress:
-        indexer.on_progress(Progress(0, total))
+    total = len(work)
+    written = [0]  # files of the batches the write loop has committed (for the error message)
+    timings = {"cluster": 0.0}
     with _connected(options) as ray:
         cpus, gpus = cluster_resources(ray)
         actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
@@ -288,19 +286,20 @@ def embed_on_ray(
                 num_cpus=options.cpus_per_actor,
                 num_gpus=gpus_per_actor,
             )
-            clock = started = time.perf_counter()
-            for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                timings["cluster"] += time.perf_counter() - clock
-                # until the first batch: workers start, import torch, actors load the model
-                timings.setdefault("first_batch", time.perf_counter() - started)
-                clock = time.perf_counter()
-                batch, good, embedded = _to_prepared(block, work, IndexedPixels)
-                indexer.commit_batch(store, model, batch, good, embedded, summary)
-                timings["write"] += time.perf_counter() - clock
-                done += len(batch)
-                if indexer.on_progress:
-                    indexer.on_progress(Progress(done, total))
-                clock = time.perf_counter()
+
+            def embedded_batches() -> Iterator[EmbeddedBatch]:
+                """The cluster's source of embedded batches, in the order Ray returns them."""
+                clock = started = time.perf_counter()
+                for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    timings["cluster"] += time.perf_counter() - clock
+                    # until the first batch: workers start, import torch, actors load the model
+                    timings.setdefault("first_batch", time.perf_counter() - started)
+                    batch = _to_prepared(block, work, IndexedPixels)
+                    yield batch
+                    written[0] += len(batch[0])  # resumed: the write loop committed it
+                    clock = time.perf_counter()
+
+            indexer.write_loop(store, model, embedded_batches(), total, summary)
         except XmodalError:
             raise
         except Exception as e:
@@ -308,7 +307,7 @@ def embed_on_ray(
                 raise
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ClusterError(
-                f"the Ray run failed ({done} of {total} files written, run the same command to resume): {reason}"
+                f"the Ray run failed ({written[0]} of {total} files written, run the same command to resume): {reason}"
             ) from e
         finally:
             context.enable_progress_bars = saved

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,15 +32,19 @@ from xmodal.indexer.roots import (
     remember_roots,
     rows_under,
 )
+from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths, unread_extension
 from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, under_clause, utcnow, vector_to_blob
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     from xmodal.indexer.distributed import RayOptions
     from xmodal.indexer.models.embedding import EmbeddingModel, IndexedPixels
-from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths, unread_extension
-from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, under_clause, utcnow, vector_to_blob
 
-__all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
+__all__ = ["IndexSummary", "Progress", "Indexer", "EmbeddedBatch", "file_hash"]
+
+# One batch as a source of embeddings hands it to the write loop: every prepared file of the batch,
+# the ones that decoded, and their embeddings (None when none decoded).
+EmbeddedBatch = tuple[list[Prepared], list[Prepared], "IndexedPixels | None"]
 
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
@@ -385,12 +390,10 @@ class Indexer:
         split = model.pixel_split()
         if self._ship_spec:  # loaded here, not the caller's: later runs of this Indexer reuse the export
             self._model = model
-        total = len(work)
-        done = 0
-        timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}
-        if self.on_progress:
-            self.on_progress(Progress(0, total))
-        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+        timings = {"decode": 0.0, "embed": 0.0}
+
+        def embedded_batches(pool: Executor) -> Iterator[EmbeddedBatch]:
+            """This process's source of embedded batches: the decode pool, then the model."""
             for batch in prefetch(pool, work, self.batch_size):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
@@ -398,13 +401,34 @@ class Indexer:
                 pixels = [p.pixels for p in good if p.pixels is not None]
                 embedded = model.embed_pixels_for_index(split.per_batch(pixels)) if good else None
                 timings["embed"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                self.commit_batch(store, model, batch, good, embedded, summary)
-                timings["write"] += time.perf_counter() - clock
-                done += len(batch)
-                if self.on_progress:
-                    self.on_progress(Progress(done, total))
+                yield batch, good, embedded
+
+        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+            self.write_loop(store, model, embedded_batches(pool), len(work), summary)
         summary.timings.update(timings)
+
+    def write_loop(
+        self,
+        store: IndexStore,
+        model: EmbeddingModel,
+        batches: Iterable[EmbeddedBatch],
+        total: int,
+        summary: IndexSummary,
+    ) -> None:
+        """The one write loop of a run, whatever made the embedded batches (this process's decode
+        pool and model, a Ray cluster): each is committed in order (commit_batch) and reported
+        through on_progress. `timings["write"]` is the time spent here. Under the run's write lock."""
+        done = 0
+        summary.timings.setdefault("write", 0.0)
+        if self.on_progress:
+            self.on_progress(Progress(0, total))
+        for batch, good, embedded in batches:
+            clock = time.perf_counter()
+            self.commit_batch(store, model, batch, good, embedded, summary)
+            summary.timings["write"] += time.perf_counter() - clock
+            done += len(batch)
+            if self.on_progress:
+                self.on_progress(Progress(done, total))
 
     def commit_batch(
         self,
