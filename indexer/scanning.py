@@ -21,6 +21,7 @@ from xmodal.indexer.kinds import (
     sniff,
     unread_reason,
 )
+from xmodal.indexer.paths import OPEN_NONBLOCK
 
 __all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
 
@@ -90,8 +91,13 @@ def _tiff_is_raw(path: Path) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return is_raw_tiff(getattr(im, "tag_v2", None))
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block the scan
+        fd = os.open(path, os.O_RDONLY | OPEN_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fp:
+            if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
+                return False
+            with Image.open(fp) as im:
+                return is_raw_tiff(getattr(im, "tag_v2", None))
     except Exception:  # noqa: BLE001 - unreadable as TIFF: the decoder gives the reason
         return False
 
