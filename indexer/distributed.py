@@ -10,7 +10,7 @@ and the vectors stream back to the driver block by block (one block = one model 
 block goes through the local pipeline's writer: one SQL transaction per batch, so a killed driver
 loses at most the batches in flight and the same command resumes.
 
-Decoding reuses the local pipeline's `decode_pool._prepare` (draft-mode JPEG, EXIF orientation, the same
+Decoding reuses the local pipeline's `decode_pool.prepare` (draft-mode JPEG, EXIF orientation, the same
 hostile-file handling and failure reasons). Paths must be visible on every node (shared storage).
 Ray Data's defaults do the fault handling: a decode task whose worker died is retried, a model
 actor that died is restarted and its calls retried (both without limit); the run's result is the
@@ -32,8 +32,8 @@ import numpy as np
 from xmodal.indexer.errors import ClusterError, XmodalError
 
 if TYPE_CHECKING:
-    from xmodal.indexer.decode_pool import _Work
-    from xmodal.indexer.indexing import Indexer, IndexSummary
+    from xmodal.indexer.decode_pool import Work
+    from xmodal.indexer.indexing import EmbeddedBatch, Indexer, IndexSummary
     from xmodal.indexer.models.embedding import EmbeddingModel
     from xmodal.indexer.store.index_store import IndexStore
 
@@ -107,15 +107,14 @@ def cluster_resources(ray: Any) -> tuple[float, float]:
 
 
 # --- the decode tasks ---------------------------------------------------------------------------------
-def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int) -> dict[str, Any]:
+def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int, max_pixels: int) -> dict[str, Any]:
     """Decode, hash and preprocess each file of the batch with the local pipeline's own function."""
     from pathlib import Path
 
     from xmodal.indexer import decode_pool
     from xmodal.indexer.scanning import FoundFile
 
-    if decode_pool._WORKER_TRANSFORM is not transform:
-        decode_pool._init_worker(transform, target)
+    decode_pool.init_worker(transform, target, max_pixels)
     out: dict[str, list[Any]] = {
         k: [] for k in ("i", "error", "width", "height", "taken_at", "content_hash", "pixels", "shape", "dtype")
     }
@@ -123,7 +122,7 @@ def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int
         batch["i"], batch["path"], batch["size"], batch["mtime_ns"], batch["content_hash"]
     ):
         found = FoundFile(Path(os.fsdecode(bytes(path))), int(size), int(mtime_ns))
-        prepared = decode_pool._prepare(decode_pool._Work(found, None, str(digest) or None))
+        prepared = decode_pool.prepare(decode_pool.Work(found, None, str(digest) or None))
         pixels = prepared.pixels
         if pixels is not None and not isinstance(pixels, np.ndarray):
             pixels = pixels.numpy()  # a finished tensor (a model whose transform does not split)
@@ -221,7 +220,7 @@ def embed_on_ray(
     indexer: Indexer,
     store: IndexStore,
     model: EmbeddingModel,
-    work: list[_Work],
+    work: list[Work],
     summary: IndexSummary,
     options: RayOptions,
     ship_spec: bool = True,
@@ -232,18 +231,16 @@ def embed_on_ray(
     loads the model from its spec on its own device (fp16 on a GPU); otherwise the driver's model
     object itself is shipped (tests, custom models that have no spec to load from).
     """
-    from xmodal.indexer.decode_pool import _decode_size
+    from xmodal.indexer.decode_pool import decode_size
     from xmodal.indexer.models.embedding import IndexedPixels
-    from xmodal.indexer.progress import Progress
 
     preprocessing = getattr(model, "preprocessing", None)
-    target = preprocessing.size if preprocessing is not None else _decode_size(model.image_transform)
+    target = preprocessing.size if preprocessing is not None else decode_size(model.image_transform)
     # uint8 pixels either way, which an actor's own split (torch on a GPU) takes as well
     per_image = model.pixel_split().per_image
-    total, done = len(work), 0
-    timings = {"cluster": 0.0, "write": 0.0}
-    if indexer.on_progress:
-        indexer.on_progress(Progress(0, total))
+    total = len(work)
+    written = [0]  # files of the batches the write loop has committed (for the error message)
+    timings = {"cluster": 0.0}
     with _connected(options) as ray:
         cpus, gpus = cluster_resources(ray)
         actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
@@ -271,7 +268,7 @@ def embed_on_ray(
             ds = ds.map_batches(
                 _decode_batch,
                 batch_size=options.decode_batch,
-                fn_kwargs={"transform": per_image, "target": target},
+                fn_kwargs={"transform": per_image, "target": target, "max_pixels": indexer.limits.max_pixels},
                 num_cpus=1,
                 # a decoder holds one photo of up to MAX_PIXELS; the reservation also keeps Ray Data
                 # from fusing decoding into the model actors (equal resource requests would)
@@ -289,19 +286,20 @@ def embed_on_ray(
                 num_cpus=options.cpus_per_actor,
                 num_gpus=gpus_per_actor,
             )
-            clock = started = time.perf_counter()
-            for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                timings["cluster"] += time.perf_counter() - clock
-                # until the first batch: workers start, import torch, actors load the model
-                timings.setdefault("first_batch", time.perf_counter() - started)
-                clock = time.perf_counter()
-                batch, good, embedded = _to_prepared(block, work, IndexedPixels)
-                indexer._commit_batch(store, model, batch, good, embedded, summary)
-                timings["write"] += time.perf_counter() - clock
-                done += len(batch)
-                if indexer.on_progress:
-                    indexer.on_progress(Progress(done, total))
-                clock = time.perf_counter()
+
+            def embedded_batches() -> Iterator[EmbeddedBatch]:
+                """The cluster's source of embedded batches, in the order Ray returns them."""
+                clock = started = time.perf_counter()
+                for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    timings["cluster"] += time.perf_counter() - clock
+                    # until the first batch: workers start, import torch, actors load the model
+                    timings.setdefault("first_batch", time.perf_counter() - started)
+                    batch = _to_prepared(block, work, IndexedPixels)
+                    yield batch
+                    written[0] += len(batch[0])  # resumed: the write loop committed it
+                    clock = time.perf_counter()
+
+            indexer.write_loop(store, model, embedded_batches(), total, summary)
         except XmodalError:
             raise
         except Exception as e:
@@ -309,17 +307,17 @@ def embed_on_ray(
                 raise
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ClusterError(
-                f"the Ray run failed ({done} of {total} files written, run the same command to resume): {reason}"
+                f"the Ray run failed ({written[0]} of {total} files written, run the same command to resume): {reason}"
             ) from e
         finally:
             context.enable_progress_bars = saved
     summary.timings.update(timings)
 
 
-def _to_prepared(block: dict[str, np.ndarray], work: list[_Work], indexed: Any) -> tuple[list, list, Any]:
-    """The local pipeline's _Prepared rows and IndexedPixels (`indexed`, the NamedTuple class) for
+def _to_prepared(block: dict[str, np.ndarray], work: list[Work], indexed: Any) -> tuple[list, list, Any]:
+    """The local pipeline's Prepared rows and IndexedPixels (`indexed`, the NamedTuple class) for
     one returned block."""
-    from xmodal.indexer.decode_pool import _Prepared
+    from xmodal.indexer.decode_pool import Prepared
 
     batch, good, vectors = [], [], []
     extras: dict[str, list[np.ndarray]] = {name[2:]: [] for name in block if name.startswith("x_")}
@@ -328,7 +326,7 @@ def _to_prepared(block: dict[str, np.ndarray], work: list[_Work], indexed: Any) 
         if block["content_hash"][j]:
             item.content_hash = str(block["content_hash"][j])
         taken = str(block["taken_at"][j])
-        prepared = _Prepared(
+        prepared = Prepared(
             item,
             width=int(block["width"][j]),
             height=int(block["height"][j]),

@@ -173,8 +173,10 @@ def test_a_missing_root_removes_nothing(tmp_path: Path, photo_dir: Path) -> None
     _index(tmp_path / "idx", photo_dir)
     shutil.move(photo_dir, tmp_path / "unmounted")
     summary = _index(tmp_path / "idx", photo_dir)
-    assert summary.removed == 0 and summary.failed == 1
+    assert summary.removed == 0 and summary.offline_roots == [str(photo_dir)]
+    assert summary.failed == 0  # an offline root, reported as such; a root never indexed is a failure
     assert len(_rows(tmp_path / "idx")) == 4
+    assert _index(tmp_path / "idx", tmp_path / "typo").failed == 1
 
 
 def test_any_sqlalchemy_url_is_recorded_for_later_opens(tmp_path: Path, photo_dir: Path, db_backend) -> None:
