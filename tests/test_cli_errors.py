@@ -127,10 +127,27 @@ def test_unreadable_query_images(runner: CliRunner, fake_index: Path, tmp_path: 
     folder.mkdir()
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # must not block
-    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "vanished", empty: "empty", folder: "directory", fifo: "not a regular file"}
+    cases = {text: "not a recognised image", empty: "empty", folder: "directory", fifo: "not a regular file"}
     for path, reason in cases.items():
         result = runner.invoke(app, ["search", "--image", str(path), "--index", str(fake_index)])
         _one_error_line(result, 2, "query image", reason)
+    # issue 24: a file that never existed was reported as one that "vanished"
+    result = runner.invoke(app, ["search", "--image", "missing.jpg", "--index", str(fake_index)])
+    assert _one_error_line(result, 2).endswith("no such file: missing.jpg")
+    result = runner.invoke(app, ["search", "~nosuchuser/x.jpg", "--index", str(fake_index)])
+    assert _one_error_line(result, 2).endswith("no such file: ~nosuchuser/x.jpg")
+
+
+def test_unknown_users_and_huge_sizes_are_one_line(runner: CliRunner, fake_index: Path) -> None:
+    """Issue 24: `--under '~nosuchuser/x'` was a 51-line traceback, --min-size 99999999999999999999x1 an
+    SQLite overflow."""
+    result = runner.invoke(app, ["search", "red", "--under", "~nosuchuser/x", "--index", str(fake_index)])
+    _one_error_line(result, 2, "~nosuchuser/x")
+    result = runner.invoke(app, ["search", "red", "--min-size", "99999999999999999999x1", "--index", str(fake_index)])
+    _one_error_line(result, 2, "--min-size")
+    for date in ("June 5", "not a date"):
+        result = runner.invoke(app, ["search", "red", "--after", date, "--index", str(fake_index)])
+        _one_error_line(result, 2, date)
 
 
 def test_unknown_option_and_command(runner: CliRunner, fake_index: Path) -> None:
