@@ -320,7 +320,7 @@ class SearchEngine:
                 scores, ids = index.search(queries, depth, allowed)
             if floor is not None:
                 floors = [auto_score_floor(row[:fixed]) if floor == "auto" else float(floor) for row in scores]
-                below = scores < np.array(floors, dtype=np.float32)[:, None]
+                below = scores.astype(np.float64) < np.array(floors)[:, None]  # as handed out: float32
                 scores, ids = np.where(below, -np.inf, scores), np.where(below, -1, ids)
             scores, ids = _pad(scores[:, :k], ids[:, :k], k)
             return Ranked(scores, ids, np.zeros(ids.shape, dtype=np.int64))

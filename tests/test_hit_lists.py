@@ -19,7 +19,7 @@ from xmodal.indexer.errors import InvalidQueryError
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.search import SearchEngine
-from xmodal.search.rerank.stages import RerankOptions, auto_score_floor, fold_duplicates
+from xmodal.search.rerank.stages import RerankOptions
 
 FAKE_SPEC = "fake-colour:test"
 
@@ -75,6 +75,8 @@ def test_auto_is_a_floor_that_does_not_depend_on_k(engine: SearchEngine, options
 
 
 def test_auto_floor_of_a_score_distribution() -> None:
+    from xmodal.search.rerank.stages import auto_score_floor
+
     scores = np.concatenate([[0.9, 0.85, 0.8], np.linspace(0.3, 0.2, 97)])
     floor = auto_score_floor(scores)
     assert 0.3 < floor <= 0.8
@@ -149,6 +151,8 @@ def test_collapse_keeps_the_best_copy_and_counts_the_others(copies: Path) -> Non
 
 
 def test_fold_duplicates_prefers_by_key_and_keeps_the_group_place() -> None:
+    from xmodal.search.rerank.stages import fold_duplicates
+
     vecs = np.eye(4, dtype=np.float32)
     vecs[2] = vecs[0]  # 2 is a copy of 0
     place, chosen, folded = fold_duplicates(np.arange(4), vecs, 0.97, preference=[(5,), (0,), (1,), (0,)])

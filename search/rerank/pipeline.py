@@ -248,7 +248,8 @@ class SecondStage:
                 if floor == "auto" and start == 0:  # from the first block: the same for every depth asked
                     threshold = auto_score_floor(final)
                 order = np.argsort(-final, kind="stable")
-                order = order[final[order] >= threshold]
+                # compared as handed out (float32), so every hit's own score is at least the floor
+                order = order[final[order].astype(np.float32).astype(np.float64) >= threshold]
                 if len(order) == 0:
                     continue
                 earlier = np.stack(shown) if shown else None
