@@ -196,6 +196,24 @@ def test_index_exit_codes(runner: CliRunner, tmp_path: Path, fake_loader: None) 
     _one_error_line(result, 4, "is a file")
 
 
+def test_tag_fails_with_one_line_per_unreadable_file(runner: CliRunner, tmp_path: Path, fake_loader: None) -> None:
+    """Issue 24: `tag` on a video printed an error and exited 0."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    result = runner.invoke(app, ["tag", str(video), "--labels", "red,blue", "--model", FAKE_SPEC])
+    _one_error_line(result, 1, str(video))
+    red = make_image(tmp_path / "red.jpg", COLOURS["red"])
+    result = runner.invoke(app, ["tag", str(red), str(video), "--labels", "red,blue", "--model", FAKE_SPEC])
+    assert result.exit_code == 1 and result.output.splitlines()[0].startswith(f"{red}: red ")
+    assert result.output.splitlines()[1].startswith(f"xmodal: error: {video}: ")
+    result = runner.invoke(app, ["tag", str(red), str(video), "--labels", "red,blue", "--model", FAKE_SPEC, "--json"])
+    assert result.exit_code == 1 and "error" in result.output
+    result = runner.invoke(app, ["tag", str(tmp_path / "gone.jpg"), "--labels", "red,blue", "--model", FAKE_SPEC])
+    _one_error_line(result, 1, "gone.jpg: no such file")
+    result = runner.invoke(app, ["tag", str(red), "--labels", "red,blue", "--model", FAKE_SPEC])
+    assert result.exit_code == 0
+
+
 def test_model_that_cannot_load(runner: CliRunner, fake_index: Path) -> None:
     """The index names a model this machine cannot load (the fake one, unpatched): exit 3."""
     result = runner.invoke(app, ["search", "red", "--index", str(fake_index)])
