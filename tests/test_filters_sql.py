@@ -68,8 +68,10 @@ def test_filters_give_the_same_results_on_each_backend(tmp_path: Path, tree: Pat
         assert _paths(engine, SearchFilter(before=exact)) == set()
         assert _paths(engine, SearchFilter(after=exact, before=datetime(2020, 6, 1, 11, 59))) == set()
         # a year, a month, a day each mean the whole period (issue 24: today's month and day were filled in)
-        for after, before in (("2020", "2021"), ("2020-06", "2020-07"), ("June 2020", "July 2020"), ("2020-06-01", "2020-06-02")):
-            assert _paths(engine, SearchFilter(after=parse_date(after), before=parse_date(before))) == old, (after, before)
+        periods = [("2020", "2021"), ("2020-06", "2020-07"), ("June 2020", "July 2020"), ("2020-06-01", "2020-06-02")]
+        for after, before in periods:
+            period = SearchFilter(after=parse_date(after), before=parse_date(before))
+            assert _paths(engine, period) == old, (after, before)
         assert _paths(engine, SearchFilter(after=parse_date("2020-07"), before=parse_date("2024"))) == set()
         # bounds no file can have (year 1, year 9999) do not overflow the 64-bit mtime column
         everything = _paths(engine, SearchFilter(under=tree))

@@ -45,7 +45,11 @@ def _ids(hits) -> list[int]:  # noqa: ANN001
     return [h.id for h in hits]
 
 
-DIVERSE = [RerankOptions(hubness=False, diverse=0.7), RerankOptions(hubness=False, diverse=0.3), RerankOptions(diverse=0.5)]
+DIVERSE = [
+    RerankOptions(hubness=False, diverse=0.7),
+    RerankOptions(hubness=False, diverse=0.3),
+    RerankOptions(diverse=0.5),
+]
 
 
 @pytest.mark.parametrize("options", DIVERSE)
@@ -100,9 +104,8 @@ def test_pages_put_together_are_one_long_list(engine: SearchEngine, options: Rer
     big = _ids(engine.search("red", k=45, rerank=options, min_score=min_score))  # type: ignore[arg-type]
     pages: list[int] = []
     for offset in range(0, 45, size):
-        pages += _ids(engine.search("red", k=offset + size + 1, rerank=options, min_score=min_score))[  # type: ignore[arg-type]
-            offset : offset + size
-        ]
+        page = engine.search("red", k=offset + size + 1, rerank=options, min_score=min_score)  # type: ignore[arg-type]
+        pages += _ids(page)[offset : offset + size]
     assert pages == big and len(set(big)) == len(big)
 
 
