@@ -19,6 +19,7 @@ from xmodal.indexer.images import decode_image
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
 from xmodal.search.query import QueryTerm, parse_query
@@ -280,10 +281,8 @@ class SearchEngine:
     ) -> list[Hit]:
         """The hits of one query vector: every one at least `min_score`, `exclude` left out; more
         candidates are ranked while a floor, duplicates or `exclude` leave fewer than k."""
-        k = min(k, self.limits.max_depth)
-        wanted = k + (exclude is not None)
-        ranked = self._ranked(vector[None, :], wanted, target, filters, rerank, query_kind, None, min_score, fill=True)
-        keep = [p for p, i in enumerate(ranked.ids[0]) if i >= 0 and i != exclude][:k]
+        ranked = self._ranked(vector[None, :], k, target, filters, rerank, query_kind, None, min_score, True, exclude)
+        keep = ranked.ids[0] >= 0
         return self._hits(target, ranked.scores[0][keep], ranked.ids[0][keep], ranked.copies[0][keep])
 
     def _ranked(
@@ -297,12 +296,14 @@ class SearchEngine:
         bank: np.ndarray | None = None,
         floor: MinScore = None,
         fill: bool = False,
+        exclude: int | None = None,
     ) -> Ranked:
         """First stage then second stage, (n, k) hits in their final order.
 
         The second stage ranks blocks of `candidates` by first-stage rank (search.rerank.pipeline), so
         a deeper search only appends hits. With `fill`, further blocks are ranked until k hits passed
-        the floor and the duplicate collapse, or the index (or limits.max_depth) is exhausted."""
+        the floor and the duplicate collapse, or the index (or limits.max_depth) is exhausted. The
+        item `exclude` (the query's own, for "more like this") takes no part at all."""
         options = rerank if isinstance(rerank, RerankOptions) else (RerankOptions() if rerank else None)
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = min(k, self.limits.max_depth)
@@ -316,8 +317,7 @@ class SearchEngine:
         if options is None:  # first stage only: scores fall monotonically, so a floor keeps a prefix
             fixed = RerankOptions().candidates  # the depth "auto" reads, as with the second stage
             depth = min(max(k, fixed) if floor == "auto" else k, self.limits.max_depth)
-            with self._compute_lock:
-                scores, ids = index.search(queries, depth, allowed)
+            scores, ids = self._first_stage(index, queries, depth, allowed, exclude)
             if floor is not None:
                 floors = [auto_score_floor(row[:fixed]) if floor == "auto" else float(floor) for row in scores]
                 below = scores.astype(np.float64) < np.array(floors)[:, None]  # as handed out: float32
@@ -330,11 +330,10 @@ class SearchEngine:
         blocks = max(1, -(-k // block))
         while True:
             depth = min(blocks * block, self.limits.max_depth)
-            with self._compute_lock:
-                scores, ids = index.search(queries, depth, allowed)
+            scores, ids = self._first_stage(index, queries, depth, allowed, exclude)
             # the second stage takes the compute lock for its NumPy work, not for its SQL reads
             ranked = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank, floor)
-            exhausted = ids.shape[1] < depth or depth >= self.limits.max_depth
+            exhausted = ids.shape[1] < depth or bool((ids[:, -1] < 0).all()) or depth >= self.limits.max_depth
             if not fill or exhausted or int((ranked.ids >= 0).sum(axis=1).min()) >= k:
                 break
             blocks *= 2
@@ -342,6 +341,23 @@ class SearchEngine:
         copies = np.zeros(ids.shape, dtype=np.int64)
         copies[:, : min(k, ranked.copies.shape[1])] = ranked.copies[:, :k]
         return Ranked(scores, ids, copies)
+
+    def _first_stage(
+        self, index: VectorIndex, queries: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's top `depth` (scores, ids), without the item `exclude`."""
+        with self._compute_lock:
+            scores, ids = index.search(queries, depth + (exclude is not None), allowed)
+        if exclude is None:
+            return scores, ids
+        keep = ids != exclude
+        width = min(depth, int(keep.sum(axis=1).max(initial=0)))
+        out_scores = np.full((len(ids), width), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(ids), width), -1, dtype=np.int64)
+        for row in range(len(ids)):
+            kept_scores, kept_ids = scores[row][keep[row]][:width], ids[row][keep[row]][:width]
+            out_scores[row, : len(kept_ids)], out_ids[row, : len(kept_ids)] = kept_scores, kept_ids
+        return out_scores, out_ids
 
     def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:
         """Ids of the top k for each query, best first."""

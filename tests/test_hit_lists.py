@@ -191,3 +191,13 @@ def test_the_engine_keeps_to_its_limits(index: Path) -> None:
         assert np.allclose(engine.embed_text_query("red " + "green " * 50), engine.embed_text_query("red gree"))
         scores, ids = engine.search_texts(["red " + "blue " * 50], k=3)
         assert np.allclose(scores[0], engine.search_texts(["red blue"], k=3)[0][0])
+
+
+def test_more_like_this_leaves_its_item_out_of_every_stage(engine: SearchEngine) -> None:
+    """The item itself (score 1) must not set the `auto` floor, nor take a place in a block."""
+    item = engine.search("red", k=1)[0].id
+    auto = engine.similar(item, k=20, min_score="auto")
+    assert auto and item not in _ids(auto)
+    options = RerankOptions(candidates=8, diverse=0.5)
+    big = _ids(engine.similar(item, k=30, rerank=options))
+    assert item not in big and _ids(engine.similar(item, k=13, rerank=options)) == big[:13]
