@@ -323,7 +323,7 @@ class SearchEngine:
                 below = scores.astype(np.float64) < np.array(floors)[:, None]  # as handed out: float32
                 scores, ids = np.where(below, -np.inf, scores), np.where(below, -1, ids)
             scores, ids = _pad(scores[:, :k], ids[:, :k], k)
-            return Ranked(scores, ids, np.zeros(ids.shape, dtype=np.int64))
+            return Ranked(scores, ids, np.zeros(ids.shape, dtype=np.int64), np.zeros(len(ids), dtype=bool))
         block = max(1, min(options.candidates, self.limits.max_depth))
         if block != options.candidates:
             options = replace(options, candidates=block)
@@ -334,13 +334,14 @@ class SearchEngine:
             # the second stage takes the compute lock for its NumPy work, not for its SQL reads
             ranked = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank, floor)
             exhausted = ids.shape[1] < depth or bool((ids[:, -1] < 0).all()) or depth >= self.limits.max_depth
+            exhausted = exhausted or bool(ranked.ended.all())
             if not fill or exhausted or int((ranked.ids >= 0).sum(axis=1).min()) >= k:
                 break
             blocks *= 2
         scores, ids = _pad(ranked.scores[:, :k], ranked.ids[:, :k], k)
         copies = np.zeros(ids.shape, dtype=np.int64)
         copies[:, : min(k, ranked.copies.shape[1])] = ranked.copies[:, :k]
-        return Ranked(scores, ids, copies)
+        return Ranked(scores, ids, copies, ranked.ended)
 
     def _first_stage(
         self, index: VectorIndex, queries: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: int | None

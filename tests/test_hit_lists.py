@@ -201,3 +201,22 @@ def test_more_like_this_leaves_its_item_out_of_every_stage(engine: SearchEngine)
     options = RerankOptions(candidates=8, diverse=0.5)
     big = _ids(engine.similar(item, k=30, rerank=options))
     assert item not in big and _ids(engine.similar(item, k=13, rerank=options)) == big[:13]
+
+
+def test_a_block_below_the_floor_ends_the_list(engine: SearchEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A floor few candidates reach must not rank block after block down to limits.max_depth."""
+    from xmodal.search.rerank.pipeline import SecondStage
+
+    runs: list[int] = []
+    real = SecondStage.run
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        runs.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SecondStage, "run", counted)
+    options = RerankOptions(candidates=8)
+    best = engine.search("red", k=3, rerank=options)
+    assert _ids(engine.search("red", k=40, rerank=options, min_score=best[1].score)) == _ids(best[:2])
+    assert engine.search("red", k=40, rerank=options, min_score=1.5) == []
+    assert len(runs) == 3  # one block each: the first already ended the list

@@ -53,16 +53,22 @@ class Candidates:
 @dataclass(frozen=True)
 class Ranked:
     """The second stage's answer, per query row in the final order: ids (-1 past the last hit), each
-    hit's own final score (-inf past the last) and how many near-duplicate copies it stands for."""
+    hit's own final score (-inf past the last) and how many near-duplicate copies it stands for.
+    `ended`: the row's list is complete although candidates remained (a whole block fell below the
+    score floor, so deeper candidates are not ranked: searching deeper would add nothing)."""
 
     scores: np.ndarray  # (n, c) float32
     ids: np.ndarray  # (n, c) int64
     copies: np.ndarray  # (n, c) int64
+    ended: np.ndarray  # (n,) bool
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...]) -> Ranked:
+    def empty(cls, shape: tuple[int, int]) -> Ranked:
         return cls(
-            np.full(shape, -np.inf, dtype=np.float32), np.full(shape, -1, dtype=np.int64), np.zeros(shape, np.int64)
+            np.full(shape, -np.inf, dtype=np.float32),
+            np.full(shape, -1, dtype=np.int64),
+            np.zeros(shape, np.int64),
+            np.zeros(shape[0], dtype=bool),
         )
 
 
@@ -250,8 +256,9 @@ class SecondStage:
                 order = np.argsort(-final, kind="stable")
                 # compared as handed out (float32), so every hit's own score is at least the floor
                 order = order[final[order].astype(np.float32).astype(np.float64) >= threshold]
-                if len(order) == 0:
-                    continue
+                if len(order) == 0:  # a whole block below the floor: the list ends here, for any depth
+                    out.ended[row] = True
+                    break
                 earlier = np.stack(shown) if shown else None
                 copies = np.zeros(len(order), dtype=np.int64)
                 if options.diverse is not None and vecs is not None:
