@@ -87,6 +87,28 @@ def load_fusion(model_spec: str | None) -> FusionModel | None:
     return FusionModel.load(data_path(fusion_file))
 
 
+def _diversify_and_fold(
+    order: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    options: RerankOptions,
+    preference: Sequence[tuple[int, ...]] | None,
+    shown: Sequence[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One block's candidates (`order`, best first) after MMR and the near-duplicate fold: (order,
+    copies folded into each). `shown`: vectors of the hits earlier blocks placed."""
+    earlier = np.stack(list(shown)) if len(shown) else None
+    copies = np.zeros(len(order), dtype=np.int64)
+    if options.diverse is not None:
+        order = order[maximal_marginal_relevance(scores[order], vectors[order], len(order), options.diverse, earlier)]
+    if options.duplicate_threshold is not None:
+        _, order, copies = fold_duplicates(order, vectors, options.duplicate_threshold, preference, earlier)
+        if options.diverse is None:  # each group shows its chosen copy, with that copy's own score
+            resort = np.argsort(-scores[order], kind="stable")
+            order, copies = order[resort], copies[resort]
+    return order, copies
+
+
 class _PerItem:
     """Values of gallery items that do not depend on the query, dropped whenever `key` (what they
     depend on: the bank, the index generation) changes."""
@@ -259,18 +281,10 @@ class SecondStage:
                 if len(order) == 0:  # a whole block below the floor: the list ends here, for any depth
                     out.ended[row] = True
                     break
-                earlier = np.stack(shown) if shown else None
                 copies = np.zeros(len(order), dtype=np.int64)
-                if options.diverse is not None and vecs is not None:
-                    order = order[
-                        maximal_marginal_relevance(final[order], vecs[order], len(order), options.diverse, earlier)
-                    ]
-                if options.duplicate_threshold is not None and vecs is not None:
+                if vecs is not None:
                     prefer = [preference.get(int(i), (0,)) for i in cand] if preference is not None else None
-                    _, order, copies = fold_duplicates(order, vecs, options.duplicate_threshold, prefer, earlier)
-                    if options.diverse is None:  # each group shows its chosen copy's own score: re-sort
-                        resort = np.argsort(-final[order], kind="stable")
-                        order, copies = order[resort], copies[resort]
+                    order, copies = _diversify_and_fold(order, final, vecs, options, prefer, shown)
                 n = len(order)
                 out.scores[row, placed : placed + n] = final[order]
                 out.ids[row, placed : placed + n] = cand[order]
