@@ -16,7 +16,7 @@ from xmodal.search import SearchEngine
 from xmodal.search.export import hits_to_csv, link_hits, write_contact_sheet
 from xmodal.search.filters import SearchFilter, parse_date
 from xmodal.search.rerank.qbnorm import querybank_normalise
-from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance
+from xmodal.search.rerank.stages import RerankOptions, fold_duplicates, maximal_marginal_relevance
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
@@ -134,7 +134,7 @@ def test_exports(engine, tmp_path: Path) -> None:
 def test_rerank_building_blocks() -> None:
     vecs = np.eye(4, dtype=np.float32)
     vecs[1] = vecs[0]  # a duplicate
-    assert collapse_duplicates(np.arange(4), vecs, 0.97).tolist() == [0, 2, 3]
+    assert fold_duplicates(np.arange(4), vecs, 0.97)[1].tolist() == [0, 2, 3]
     order = maximal_marginal_relevance(np.array([1.0, 0.99, 0.5, 0.1]), vecs, 3, lam=0.5)
     assert order.tolist()[:2] == [0, 2]
     # a hub (candidate 0) close to every bank query loses its lead after QB-Norm

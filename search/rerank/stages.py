@@ -24,7 +24,6 @@ __all__ = [
     "AUTO_SPREAD",
     "RerankOptions",
     "auto_score_floor",
-    "collapse_duplicates",
     "fold_duplicates",
     "maximal_marginal_relevance",
 ]
@@ -119,8 +118,3 @@ def fold_duplicates(
         np.array(chosen, dtype=np.int64),
         np.array([len(group) - 1 for group in members], dtype=np.int64),
     )
-
-
-def collapse_duplicates(order: np.ndarray, vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Drop candidates whose cosine to a better-ranked kept candidate is at least threshold."""
-    return fold_duplicates(order, vectors, threshold)[1]
