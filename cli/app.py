@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 
 from xmodal.cli.options import DbUrlOpt, IndexOpt, JsonOpt, ModelOpt  # noqa: E402 - after the app, like the commands
+from xmodal.indexer.limits import DEFAULT_LIMITS  # noqa: E402 - a small dataclass module: --help stays instant
 
 
 def _fail(message: str, code: int) -> None:
@@ -134,12 +135,17 @@ def search(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Search by this picture.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Number of hits.")] = 10,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=DEFAULT_LIMITS.max_k, help="Number of hits.")] = 10,
     target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     index_dir: IndexOpt = None,
     model: ModelOpt = None,
     db_url: DbUrlOpt = None,
-    candidates: Annotated[int, typer.Option("--candidates", min=1, help="First-stage candidates to re-rank.")] = 100,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            "--candidates", min=1, max=DEFAULT_LIMITS.max_depth, help="First-stage candidates re-ranked together."
+        ),
+    ] = 100,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="First stage only.")] = False,
     diverse: Annotated[
         float | None,
@@ -147,14 +153,38 @@ def search(
     ] = None,
     collapse: Annotated[
         float | None,
-        typer.Option("--collapse", min=0.0, max=1.0, help="Drop near-duplicates above this cosine (e.g. 0.97)."),
+        typer.Option(
+            "--collapse",
+            min=0.0,
+            max=1.0,
+            help="Fold near-duplicates (cosine at least this, e.g. 0.97) into one hit: the best copy (most "
+            "pixels, then largest file, then oldest), with the number of copies folded.",
+        ),
     ] = None,
-    min_score: Annotated[str | None, typer.Option("--min-score", help="Relevance cutoff: a score, or 'auto'.")] = None,
+    min_score: Annotated[
+        str | None,
+        typer.Option(
+            "--min-score",
+            help="Every hit scores at least this (a filter on each hit's own score, also with --diverse); "
+            "'auto': a floor set from the scores of the top --candidates, not from -n.",
+        ),
+    ] = None,
     under: Annotated[Path | None, typer.Option("--under", help="Only files under this folder.")] = None,
     after: Annotated[
-        str | None, typer.Option("--after", help="Only photos taken (EXIF, else mtime) after this date.")
+        str | None,
+        typer.Option(
+            "--after",
+            help="Only photos taken (EXIF, else mtime) from the start of this date on: 2023 = from 1 Jan 2023, "
+            "2023-06 = from 1 June.",
+        ),
     ] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Only photos taken before this date.")] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            help="Only photos taken before the start of this date: --after 2023 --before 2024 = the photos of 2023.",
+        ),
+    ] = None,
     ext: Annotated[
         list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")
     ] = None,
@@ -253,12 +283,16 @@ def tag(
                 ensure_ascii=False,
             )
         )
+        if any(isinstance(result, str) for _, result in results):
+            raise typer.Exit(1)
         return
     for path, result in results:
         if isinstance(result, str):
-            typer.echo(f"{path}: error: {result}", err=True)
+            typer.echo(f"xmodal: error: {path}: {result}", err=True)
         else:
             typer.echo(f"{path}: " + ", ".join(f"{label} {prob:.2f}" for label, prob in result[:top]))
+    if any(isinstance(result, str) for _, result in results):
+        raise typer.Exit(1)  # some files could not be read: said on stderr above, one line each
 
 
 @app.command()

@@ -9,21 +9,30 @@ from rich.table import Table
 
 from xmodal.search.hits import Hit
 
+__all__ = ["print_hits"]
+
 
 def print_hits(hits: Sequence[Hit]) -> None:
+    """A table of hits; a `copies` column when near-duplicates were folded (--collapse)."""
     console = Console()
     if not hits:
         console.print("no hits")
         return
+    folded = any(hit.copies for hit in hits)
     if not console.is_terminal:  # piped: one hit per line, never folded
         for rank, hit in enumerate(hits, 1):
             label = hit.text if hit.kind == "text" and hit.text else hit.path
-            print(f"{rank:>4}  {hit.score:6.3f}  {label}")
+            copies = f"  +{hit.copies:<3}" if folded else ""
+            print(f"{rank:>4}  {hit.score:6.3f}{copies}  {label}")
         return
     table = Table(show_edge=False, box=None)
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
+    if folded:
+        table.add_column("copies", justify="right")
     table.add_column("text" if hits[0].kind == "text" else "path", overflow="fold")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.text if hit.kind == "text" and hit.text else hit.path)
+        label = hit.text if hit.kind == "text" and hit.text else hit.path
+        cells = [str(rank), f"{hit.score:.3f}", *([str(hit.copies)] if folded else []), label]
+        table.add_row(*cells)
     console.print(table)

@@ -18,24 +18,58 @@ from xmodal.indexer.store.schema import ImageRow, TextRow, under_clause
 __all__ = ["SearchFilter", "parse_date", "parse_min_size"]
 
 
+# Defaults for the parts a date leaves out: two different ones tell which parts were written.
+_PERIOD_START = datetime(2000, 1, 1)
+_OTHER_DEFAULT = datetime(2001, 2, 2, 1, 1, 1, 1)
+# Width and height columns are SQL INTEGERs (32 bits on every backend).
+_LARGEST_SIDE = 2**31 - 1
+# mtime_ns is a 64-bit SQL integer; a bound outside it is clamped (no file is that old or new).
+_NS_RANGE = (-(2**63) + 1000, 2**63 - 1000)
+
+
 def parse_date(text: str) -> datetime:
-    """Dates as people write them: 2023-06-01, 1 June 2023, 2023-06-01T14:00."""
+    """The first moment of the period a date names: "2023" is 2023-01-01 00:00, "2023-06" or
+    "June 2023" is 2023-06-01 00:00, "2023-06-01" that day's midnight, "2023-06-01T14:00" that minute.
+
+    With SearchFilter's half-open bounds, `after=parse_date("2023"), before=parse_date("2024")` is
+    the whole of 2023. The parts a date leaves out never come from today's date; a date without a
+    year is refused (which year it means would depend on the day it is run)."""
     try:
-        return date_parser.parse(text)
+        start = date_parser.parse(text, default=_PERIOD_START)
+        other = date_parser.parse(text, default=_OTHER_DEFAULT)
     except (ValueError, OverflowError) as e:
         raise InvalidQueryError(f"cannot read date '{text}': {e}") from None
+    if start.year != other.year:
+        raise InvalidQueryError(f"cannot read date '{text}': give a year, e.g. 2023 or 2023-06-01")
+    return start
 
 
 def parse_min_size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
         raise InvalidQueryError(f"--min-size must be WIDTHxHEIGHT, e.g. 1024x768, not '{text}'")
+    _check_side("--min-size", int(width))
+    _check_side("--min-size", int(height))
     return int(width), int(height)
+
+
+def _check_side(name: str, value: int) -> None:
+    if not 0 <= value <= _LARGEST_SIDE:
+        raise InvalidQueryError(f"{name}: a side must be between 0 and {_LARGEST_SIDE} pixels, not {value}")
+
+
+def _folder(path: Path) -> Path:
+    """`path` made absolute with `~` expanded; an unknown user in `~user` is a bad query, not a crash."""
+    try:
+        return absolute(path)
+    except (RuntimeError, KeyError) as e:  # pathlib: "Could not determine home directory"
+        raise InvalidQueryError(f"--under: cannot expand '{path}': no such user or home folder") from e
 
 
 @dataclass(frozen=True)
 class SearchFilter:
-    """Which items may be returned. Dates compare with EXIF capture time, else file mtime."""
+    """Which items may be returned. Dates compare with EXIF capture time, else file mtime, as a
+    half-open range: `after` included, `before` excluded (so consecutive periods never overlap)."""
 
     under: Path | None = None
     after: datetime | None = None
@@ -43,6 +77,12 @@ class SearchFilter:
     extensions: tuple[str, ...] = ()
     min_width: int = 0
     min_height: int = 0
+
+    def __post_init__(self) -> None:
+        _check_side("min_width", self.min_width)
+        _check_side("min_height", self.min_height)
+        if self.under is not None:  # checked here, so a bad folder fails before anything is searched
+            _folder(self.under)
 
     @property
     def active(self) -> bool:
@@ -84,12 +124,12 @@ class SearchFilter:
         if self.after:
             conditions.append(_taken(">=", self.after))
         if self.before:
-            conditions.append(_taken("<=", self.before))
+            conditions.append(_taken("<", self.before))
         return np.fromiter(session.scalars(select(ImageRow.id).where(and_(*conditions))), dtype=np.int64)
 
 
 def _under(column, folder: Path):  # noqa: ANN001, ANN202 - SQLAlchemy column expression
-    return under_clause(column, [str(absolute(folder))])
+    return under_clause(column, [str(_folder(folder))])
 
 
 def _escape_like(text: str) -> str:
@@ -102,9 +142,13 @@ def _taken(op: str, moment: datetime):  # noqa: ANN202 - SQLAlchemy expression
     A naive moment is local time, as the mtime is read; an aware one keeps its wall time (as
     before). mtime compares in nanoseconds, so no per-backend date arithmetic is needed."""
     wall = moment.replace(tzinfo=None)
-    ns = int(wall.replace(microsecond=0).timestamp()) * 1_000_000_000 + wall.microsecond * 1000
+    try:
+        ns = int(wall.replace(microsecond=0).timestamp()) * 1_000_000_000 + wall.microsecond * 1000
+    except (ValueError, OverflowError, OSError):  # year 1: before the epoch by more than the platform reads
+        ns = _NS_RANGE[0]
+    ns = min(max(ns, _NS_RANGE[0]), _NS_RANGE[1])  # mtime_ns is a 64-bit column: year 9999 would overflow
     if op == ">=":
         exif, mtime = ImageRow.taken_at >= wall, ImageRow.mtime_ns >= ns - 500  # mtime rounded to µs, as before
-    else:
-        exif, mtime = ImageRow.taken_at <= wall, ImageRow.mtime_ns < ns + 500
+    else:  # the complement of ">=": a photo is either after a moment or before it, never both
+        exif, mtime = ImageRow.taken_at < wall, ImageRow.mtime_ns < ns - 500
     return or_(and_(ImageRow.taken_at.is_not(None), exif), and_(ImageRow.taken_at.is_(None), mtime))

@@ -10,13 +10,17 @@ __all__ = ["Hit"]
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: an indexed image (path) or text (text, with the file it came from as path)."""
+    """One result: an indexed image (path) or text (text, with the file it came from as path).
+
+    `score` is the hit's own final score on the cosine scale (see search.rerank.pipeline); `copies`
+    is how many near-duplicates of it were folded into it (--collapse), 0 otherwise."""
 
     id: int
     kind: Literal["image", "text"]
     score: float
     path: str
     text: str | None = None
+    copies: int = 0
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)

@@ -31,7 +31,10 @@ def _term(token: str, sign: float) -> QueryTerm:
     token = token.strip()
     if not token:
         raise InvalidQueryError("a query term is empty")
-    path = Path(token).expanduser()
+    try:
+        path = Path(token).expanduser()
+    except RuntimeError:  # an unknown ~user: still a path by its form; reading it says "no such file"
+        path = Path(token)
     is_image = path.suffix.lower() in IMAGE_EXTENSIONS and (path.exists() or token.startswith(("./", "/", "~", "../")))
     return QueryTerm(sign * weight, "image" if is_image else "text", str(path) if is_image else token)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def tag_images(
     scale = model.logit_scale
     out: list[tuple[Path, list[tuple[str, float]] | str]] = []
     for path in images:
+        if not os.path.lexists(path):  # never there, rather than "vanished" while read
+            out.append((path, "no such file"))
+            continue
         try:
             vector = model.embed_images([decode_image(path).image])[0]
         except ImageReadError as e:

@@ -127,10 +127,27 @@ def test_unreadable_query_images(runner: CliRunner, fake_index: Path, tmp_path: 
     folder.mkdir()
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # must not block
-    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "no such file", empty: "empty", folder: "directory", fifo: "not a regular file"}
+    cases = {text: "not a recognised image", empty: "empty", folder: "directory", fifo: "not a regular file"}
     for path, reason in cases.items():
         result = runner.invoke(app, ["search", "--image", str(path), "--index", str(fake_index)])
         _one_error_line(result, 2, "query image", reason)
+    # issue 24: a file that never existed was reported as one that "vanished"
+    result = runner.invoke(app, ["search", "--image", "missing.jpg", "--index", str(fake_index)])
+    assert _one_error_line(result, 2).endswith("no such file: missing.jpg")
+    result = runner.invoke(app, ["search", "~nosuchuser/x.jpg", "--index", str(fake_index)])
+    assert _one_error_line(result, 2).endswith("no such file: ~nosuchuser/x.jpg")
+
+
+def test_unknown_users_and_huge_sizes_are_one_line(runner: CliRunner, fake_index: Path) -> None:
+    """Issue 24: `--under '~nosuchuser/x'` was a 51-line traceback, --min-size 99999999999999999999x1 an
+    SQLite overflow."""
+    result = runner.invoke(app, ["search", "red", "--under", "~nosuchuser/x", "--index", str(fake_index)])
+    _one_error_line(result, 2, "~nosuchuser/x")
+    result = runner.invoke(app, ["search", "red", "--min-size", "99999999999999999999x1", "--index", str(fake_index)])
+    _one_error_line(result, 2, "--min-size")
+    for date in ("June 5", "not a date"):
+        result = runner.invoke(app, ["search", "red", "--after", date, "--index", str(fake_index)])
+        _one_error_line(result, 2, date)
 
 
 def test_unknown_option_and_command(runner: CliRunner, fake_index: Path) -> None:
@@ -177,6 +194,24 @@ def test_index_exit_codes(runner: CliRunner, tmp_path: Path, fake_loader: None) 
     blocker.write_text("x")
     result = runner.invoke(app, ["index", str(good), "--index", str(blocker), "--model", FAKE_SPEC])
     _one_error_line(result, 4, "is a file")
+
+
+def test_tag_fails_with_one_line_per_unreadable_file(runner: CliRunner, tmp_path: Path, fake_loader: None) -> None:
+    """Issue 24: `tag` on a video printed an error and exited 0."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    result = runner.invoke(app, ["tag", str(video), "--labels", "red,blue", "--model", FAKE_SPEC])
+    _one_error_line(result, 1, str(video))
+    red = make_image(tmp_path / "red.jpg", COLOURS["red"])
+    result = runner.invoke(app, ["tag", str(red), str(video), "--labels", "red,blue", "--model", FAKE_SPEC])
+    assert result.exit_code == 1 and result.output.splitlines()[0].startswith(f"{red}: red ")
+    assert result.output.splitlines()[1].startswith(f"xmodal: error: {video}: ")
+    result = runner.invoke(app, ["tag", str(red), str(video), "--labels", "red,blue", "--model", FAKE_SPEC, "--json"])
+    assert result.exit_code == 1 and "error" in result.output
+    result = runner.invoke(app, ["tag", str(tmp_path / "gone.jpg"), "--labels", "red,blue", "--model", FAKE_SPEC])
+    _one_error_line(result, 1, "gone.jpg: no such file")
+    result = runner.invoke(app, ["tag", str(red), "--labels", "red,blue", "--model", FAKE_SPEC])
+    assert result.exit_code == 0
 
 
 @pytest.mark.slow

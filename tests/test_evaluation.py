@@ -67,10 +67,10 @@ def test_the_held_out_image_to_text_bank_never_holds_the_queries_it_normalises(
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     real_run = SecondStage.run
 
-    def spying_run(self, candidates, target, options, query_kind, bank=None):  # noqa: ANN001, ANN202
+    def spying_run(self, candidates, target, options, query_kind, bank=None, *more):  # noqa: ANN001, ANN002, ANN202
         if target == "text" and bank is not None:
             seen.append((candidates.queries, bank))
-        return real_run(self, candidates, target, options, query_kind, bank)
+        return real_run(self, candidates, target, options, query_kind, bank, *more)
 
     monkeypatch.setattr(SecondStage, "run", spying_run)
     result = evaluate_pairs(read_pairs(tmp_path / "pairs.jsonl"), fake_model())

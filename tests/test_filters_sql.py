@@ -15,7 +15,7 @@ from tests.conftest import make_image
 from tests.fakes import fake_model
 from xmodal.indexer import Indexer
 from xmodal.search import SearchEngine
-from xmodal.search.filters import SearchFilter
+from xmodal.search.filters import SearchFilter, parse_date
 
 FOLDERS = ["50%_off", "50XYoff", "a_b", "aXb", "it's \"quoted\"", "Case", "case", "back\\slash", "plain", "caf\udce9 (not UTF-8)"]
 
@@ -62,8 +62,20 @@ def test_filters_give_the_same_results_on_each_backend(tmp_path: Path, tree: Pat
         new = _paths(engine, SearchFilter(after=datetime(2021, 1, 1)))
         assert len(new) == 2 * (len(FOLDERS) - 3) + 1  # + the undated file of today
         exact = datetime(2020, 6, 1, 12)
-        assert _paths(engine, SearchFilter(after=exact, before=exact)) == old  # bounds included
+        # half-open: `after` included, `before` excluded, so a moment is on exactly one side
+        assert _paths(engine, SearchFilter(after=exact, before=datetime(2020, 6, 1, 12, 0, 1))) == old
+        assert _paths(engine, SearchFilter(after=exact, before=exact)) == set()
+        assert _paths(engine, SearchFilter(before=exact)) == set()
         assert _paths(engine, SearchFilter(after=exact, before=datetime(2020, 6, 1, 11, 59))) == set()
+        # a year, a month, a day each mean the whole period (issue 24: today's month and day were filled in)
+        periods = [("2020", "2021"), ("2020-06", "2020-07"), ("June 2020", "July 2020"), ("2020-06-01", "2020-06-02")]
+        for after, before in periods:
+            period = SearchFilter(after=parse_date(after), before=parse_date(before))
+            assert _paths(engine, period) == old, (after, before)
+        assert _paths(engine, SearchFilter(after=parse_date("2020-07"), before=parse_date("2024"))) == set()
+        # bounds no file can have (year 1, year 9999) do not overflow the 64-bit mtime column
+        everything = _paths(engine, SearchFilter(under=tree))
+        assert _paths(engine, SearchFilter(after=datetime(1, 1, 1), before=datetime(9999, 12, 31))) == everything
 
         wide = _paths(engine, SearchFilter(min_width=66))
         assert wide == {f"{f}/p{i}.jpg" for i, f in enumerate(FOLDERS) if 64 + i >= 66}

@@ -16,7 +16,7 @@ from xmodal.search import SearchEngine
 from xmodal.search.export import hits_to_csv, link_hits, write_contact_sheet
 from xmodal.search.filters import SearchFilter, parse_date
 from xmodal.search.rerank.qbnorm import querybank_normalise
-from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance
+from xmodal.search.rerank.stages import RerankOptions, fold_duplicates, maximal_marginal_relevance
 from tests.conftest import make_image
 from tests.fakes import fake_model
 
@@ -134,7 +134,7 @@ def test_exports(engine, tmp_path: Path) -> None:
 def test_rerank_building_blocks() -> None:
     vecs = np.eye(4, dtype=np.float32)
     vecs[1] = vecs[0]  # a duplicate
-    assert collapse_duplicates(np.arange(4), vecs, 0.97).tolist() == [0, 2, 3]
+    assert fold_duplicates(np.arange(4), vecs, 0.97)[1].tolist() == [0, 2, 3]
     order = maximal_marginal_relevance(np.array([1.0, 0.99, 0.5, 0.1]), vecs, 3, lam=0.5)
     assert order.tolist()[:2] == [0, 2]
     # a hub (candidate 0) close to every bank query loses its lead after QB-Norm
@@ -166,3 +166,16 @@ def test_photo_only_filters_are_refused_when_searching_texts(tmp_path: Path, pho
         result = CliRunner().invoke(app, ["search", "red", "--target", "text", "--index", str(index), *option])
         lines = [line for line in result.output.splitlines() if line]
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("xmodal: error:") and option[0] in lines[0], result.output
+
+
+def test_a_date_is_the_start_of_the_period_it_names_whatever_today_is() -> None:
+    """Issue 24: `--after 2023` was 2023-12-07 on 7 December (dateutil fills the parts left out from today)."""
+    assert parse_date("2023") == datetime(2023, 1, 1)
+    assert parse_date("2023-06") == parse_date("June 2023") == datetime(2023, 6, 1)
+    assert parse_date("2023-06-15") == parse_date("15 June 2023") == datetime(2023, 6, 15)
+    assert parse_date("2023-06-15T14:30") == datetime(2023, 6, 15, 14, 30)
+    for yearless in ("June 5", "15"):
+        with pytest.raises(InvalidQueryError, match="year"):
+            parse_date(yearless)
+    with pytest.raises(InvalidQueryError):
+        SearchFilter(min_width=2**40)

@@ -3,7 +3,12 @@
     candidates (FAISS: ids and their exact inner products)
       → QB-Norm against the direction's query bank (across modalities only)
       → the learned fusion of the top candidates (text→image, where the model ships one)
-      → maximal marginal relevance (--diverse) → near-duplicate collapse (--collapse)
+      → the score floor (--min-score: a filter on each hit's own score)
+      → maximal marginal relevance (--diverse) → near-duplicate collapse (--collapse: the best copy)
+
+A hit's score is its own final score: its cosine, less QB-Norm's hub correction (centred, so still on
+the cosine scale), and for the photos the fusion re-ranked, the fusion's score mapped onto the range
+of their scores. Without --diverse the scores fall monotonically within each block of candidates.
 
 The first stage's scores are the exact score (flat search, or IVF candidates re-scored with the full
 vectors): nothing is scored twice. Stored vectors are read from SQL, the source of truth, only when
@@ -16,16 +21,20 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from sqlalchemy import select
 
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.rerank.fusion import TOP, FusionModel, features_from_parts, photo_parts
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, QueryBanks, querybank_correction, querybank_normalise
-from xmodal.search.rerank.stages import RerankOptions, collapse_duplicates, maximal_marginal_relevance
+from xmodal.search.rerank.stages import RerankOptions, auto_score_floor, fold_duplicates, maximal_marginal_relevance
 
-__all__ = ["Candidates", "SecondStage", "load_fusion"]
+__all__ = ["Candidates", "Ranked", "ScoreFloor", "SecondStage", "load_fusion"]
+
+ScoreFloor = float | Literal["auto"] | None
 
 _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
 # A bank entry this close to the query is the query itself (image→text: an indexed photo as the query).
@@ -41,6 +50,28 @@ class Candidates:
     ids: np.ndarray  # (n, c)
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """The second stage's answer, per query row in the final order: ids (-1 past the last hit), each
+    hit's own final score (-inf past the last) and how many near-duplicate copies it stands for.
+    `ended`: the row's list is complete although candidates remained (a whole block fell below the
+    score floor, so deeper candidates are not ranked: searching deeper would add nothing)."""
+
+    scores: np.ndarray  # (n, c) float32
+    ids: np.ndarray  # (n, c) int64
+    copies: np.ndarray  # (n, c) int64
+    ended: np.ndarray  # (n,) bool
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> Ranked:
+        return cls(
+            np.full(shape, -np.inf, dtype=np.float32),
+            np.full(shape, -1, dtype=np.int64),
+            np.zeros(shape, np.int64),
+            np.zeros(shape[0], dtype=bool),
+        )
+
+
 def load_fusion(model_spec: str | None) -> FusionModel | None:
     """The learned fusion shipped for an index's model, or None (other models, or a user's own head)."""
     if not model_spec:
@@ -54,6 +85,28 @@ def load_fusion(model_spec: str | None) -> FusionModel | None:
     if fusion_file is None or spec.head is not None or not data_path(fusion_file).is_file():
         return None
     return FusionModel.load(data_path(fusion_file))
+
+
+def _diversify_and_fold(
+    order: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    options: RerankOptions,
+    preference: Sequence[tuple[int, ...]] | None,
+    shown: Sequence[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One block's candidates (`order`, best first) after MMR and the near-duplicate fold: (order,
+    copies folded into each). `shown`: vectors of the hits earlier blocks placed."""
+    earlier = np.stack(list(shown)) if len(shown) else None
+    copies = np.zeros(len(order), dtype=np.int64)
+    if options.diverse is not None:
+        order = order[maximal_marginal_relevance(scores[order], vectors[order], len(order), options.diverse, earlier)]
+    if options.duplicate_threshold is not None:
+        _, order, copies = fold_duplicates(order, vectors, options.duplicate_threshold, preference, earlier)
+        if options.diverse is None:  # each group shows its chosen copy, with that copy's own score
+            resort = np.argsort(-scores[order], kind="stable")
+            order, copies = order[resort], copies[resort]
+    return order, copies
 
 
 class _PerItem:
@@ -127,13 +180,19 @@ class SecondStage:
         options: RerankOptions,
         query_kind: Kind | None,
         bank: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) in the final order, same shapes as the candidates'.
+        floor: ScoreFloor = None,
+    ) -> Ranked:
+        """The hits in their final order, same shapes as the candidates' (padded with id -1).
 
         query_kind says what the query vectors embed: QB-Norm runs only across modalities (its banks
         are typical queries of the other kind) and when it is None; the learned fusion re-scores text
         queries for images (it was trained on captions). `bank` replaces the direction's own bank
-        (the evaluation uses one without the evaluated queries)."""
+        (the evaluation uses one without the evaluated queries). `floor` (a score, "auto" or None)
+        removes candidates whose own final score is below it, before diversity reorders them.
+
+        The candidates are ranked in blocks of `options.candidates` by first-stage rank: the first
+        block is re-scored and ordered on its own, each further block after it. Asking for more
+        hits only adds blocks, so a shorter list is always a prefix of a longer one (stable pages)."""
         hubness = options.hubness and query_kind != target
         fusion = self.fusion() if options.learned and target == "image" and query_kind == "text" else None
         needs_vectors = (
@@ -149,12 +208,33 @@ class SecondStage:
             bank, bank_key = held if held is not None else (None, None)
         ids = candidates.ids
         stored: dict[int, np.ndarray] | None = None  # None: no stage needs the vectors
+        preference: dict[int, tuple[int, ...]] | None = None
         if needs_vectors:
             unique = np.unique(ids[ids >= 0])
             stored = dict(zip(*self._store.metadata.vectors(_TABLES[target], unique.tolist()))) if len(unique) else {}
+            if options.duplicate_threshold is not None and target == "image" and len(unique):
+                preference = self._copy_preference(unique)
         # SQL above, outside the compute lock: other searches' NumPy and FAISS work meanwhile.
         with self._compute:
-            return self._rank(candidates, target, options, fusion, bank, bank_key, stored, generations)
+            return self._rank(
+                candidates, target, options, fusion, bank, bank_key, stored, generations, floor, preference
+            )
+
+    def _copy_preference(self, ids: np.ndarray) -> dict[int, tuple[int, ...]]:
+        """Sort keys of photos for choosing the copy a near-duplicate group shows: most pixels, then the
+        largest file, then the oldest (capture time, else mtime), then the first indexed."""
+        columns = (ImageRow.id, ImageRow.width, ImageRow.height, ImageRow.size, ImageRow.taken_at, ImageRow.mtime_ns)
+        with self._store.metadata.session() as s:
+            rows = s.execute(select(*columns).where(ImageRow.id.in_([int(i) for i in ids]))).all()
+        return {
+            int(r.id): (
+                -int(r.width or 0) * int(r.height or 0),
+                -int(r.size or 0),
+                int(r.taken_at.timestamp() * 1e9) if r.taken_at is not None else int(r.mtime_ns or 0),
+                int(r.id),
+            )
+            for r in rows
+        }
 
     def _rank(
         self,
@@ -166,40 +246,53 @@ class SecondStage:
         bank_key: object,
         stored: dict[int, np.ndarray] | None,
         generations: dict[str, str],
-    ) -> tuple[np.ndarray, np.ndarray]:
+        floor: ScoreFloor,
+        preference: dict[int, tuple[int, ...]] | None,
+    ) -> Ranked:
         ids = candidates.ids
         # Per-item values hold while the bank and the target's rows are the ones they came from.
         hub_key = (bank_key, generations.get(target)) if bank_key is not None else None
-        out_scores = np.full(ids.shape, -np.inf, dtype=np.float32)
-        out_ids = np.full(ids.shape, -1, dtype=np.int64)
+        out = Ranked.empty(ids.shape)
+        block = max(1, options.candidates)
         for row, query in enumerate(candidates.queries):
-            keep = ids[row] >= 0
-            if stored is not None:  # a row deleted by a concurrent writer after the first stage drops out
-                keep &= np.fromiter((int(i) in stored for i in ids[row]), dtype=bool, count=ids.shape[1])
-            cand = ids[row][keep]
-            if len(cand) == 0:
-                continue
-            cosines = candidates.scores[row][keep].astype(np.float64)
-            new = cosines
-            vecs = np.stack([stored[int(i)] for i in cand]) if stored is not None else None
-            if bank is not None and vecs is not None:
-                new = self._normalised(query, cand, cosines, vecs, bank, target, hub_key)
-            order = np.argsort(-new, kind="stable")
-            if fusion is not None and vecs is not None:
-                order = self._fused_order(
-                    fusion, query, cand, vecs, cosines, new - cosines, order, generations["image"]
-                )
-                # Scores stay the (hubness-corrected) cosines, handed out in the fused order, so they
-                # read as before and still fall monotonically (--min-score relies on that).
-                new = new.copy()
-                new[order] = np.sort(new)[::-1]
-            if options.diverse is not None and vecs is not None:
-                order = order[maximal_marginal_relevance(new[order], vecs[order], len(order), options.diverse)]
-            if options.duplicate_threshold is not None and vecs is not None:
-                order = collapse_duplicates(order, vecs, options.duplicate_threshold)
-            out_scores[row, : len(order)] = new[order]
-            out_ids[row, : len(order)] = cand[order]
-        return out_scores, out_ids
+            threshold = -np.inf if floor is None or floor == "auto" else float(floor)
+            placed = 0
+            shown: list[np.ndarray] = []  # vectors of the hits placed so far (diversity, duplicates)
+            for start in range(0, ids.shape[1], block):
+                block_ids = ids[row, start : start + block]
+                keep = block_ids >= 0
+                if stored is not None:  # a row deleted by a concurrent writer after the first stage drops out
+                    keep &= np.fromiter((int(i) in stored for i in block_ids), dtype=bool, count=len(block_ids))
+                cand = block_ids[keep]
+                if len(cand) == 0:
+                    continue
+                cosines = candidates.scores[row, start : start + block][keep].astype(np.float64)
+                vecs = np.stack([stored[int(i)] for i in cand]) if stored is not None else None
+                final = cosines
+                if bank is not None and vecs is not None:
+                    final = self._normalised(query, cand, cosines, vecs, bank, target, hub_key)
+                if fusion is not None and vecs is not None and start == 0:  # the fusion was fitted on the top
+                    final = self._fused(fusion, query, cand, vecs, cosines, final, generations["image"])
+                if floor == "auto" and start == 0:  # from the first block: the same for every depth asked
+                    threshold = auto_score_floor(final)
+                order = np.argsort(-final, kind="stable")
+                # compared as handed out (float32), so every hit's own score is at least the floor
+                order = order[final[order].astype(np.float32).astype(np.float64) >= threshold]
+                if len(order) == 0:  # a whole block below the floor: the list ends here, for any depth
+                    out.ended[row] = True
+                    break
+                copies = np.zeros(len(order), dtype=np.int64)
+                if vecs is not None:
+                    prefer = [preference.get(int(i), (0,)) for i in cand] if preference is not None else None
+                    order, copies = _diversify_and_fold(order, final, vecs, options, prefer, shown)
+                n = len(order)
+                out.scores[row, placed : placed + n] = final[order]
+                out.ids[row, placed : placed + n] = cand[order]
+                out.copies[row, placed : placed + n] = copies
+                placed += n
+                if vecs is not None:
+                    shown.extend(vecs[order])
+        return out
 
     def _normalised(
         self,
@@ -228,22 +321,24 @@ class SecondStage:
         correction = np.array([known[int(i)] for i in cand])
         return cosines - (correction - correction.mean())
 
-    def _fused_order(
+    def _fused(
         self,
         fusion: FusionModel,
         query: np.ndarray,
         cand: np.ndarray,
         vecs: np.ndarray,
         cosines: np.ndarray,
-        hub: np.ndarray,
-        order: np.ndarray,
+        scores: np.ndarray,
         generation: str,
     ) -> np.ndarray:
-        """The fusion's order of the top candidates by cosine (as it was trained), then the rest in
-        their present order; unchanged when a candidate was indexed without tower features."""
+        """Final scores after the learned fusion: the top candidates by cosine (as it was trained) get
+        the fusion's score mapped linearly onto the range of their own scores (the best fused hit has
+        the best of those scores, the worst the lowest, raised to the best score of the others if
+        that is higher); the rest keep theirs. Unchanged when a candidate was indexed without tower
+        features."""
         top = np.argsort(-cosines, kind="stable")[:TOP]
         if len(top) < 2:
-            return order
+            return scores
         known, missing = self._photo_parts.lookup(generation, cand[top])
         if len(missing):
             wanted = cand[top][missing]
@@ -251,14 +346,23 @@ class SecondStage:
             absent = np.array([int(i) for i in wanted if int(i) not in features], dtype=np.int64)
             if len(absent):  # remembered, so that later queries do not ask SQL again
                 self._photo_parts.remember(generation, absent, [None] * len(absent))
-                return order
+                return scores
             fresh = photo_parts(fusion, np.stack([features[int(i)] for i in wanted]))
             self._photo_parts.remember(generation, wanted, fresh)
             known.update(zip((int(i) for i in wanted), fresh))
         values = [known[int(i)] for i in cand[top]]
         if any(value is None for value in values):
-            return order
+            return scores
         parts = np.stack([value for value in values if value is not None])
+        hub = scores - cosines
         raw = features_from_parts(fusion, query, vecs[top], parts, hub[top], cosine=cosines[top])
-        fused = top[np.argsort(-fusion.scores(raw), kind="stable")]
-        return np.concatenate([fused, order[~np.isin(order, top)]])
+        fused = fusion.scores(raw)
+        # The range: the top's own scores, raised to stay above every other candidate's (the fusion
+        # decides the top's order, and the top stays ahead, as it was fitted).
+        rest = np.delete(scores, top)
+        low = max(float(scores[top].min()), float(rest.max()) if len(rest) else -np.inf)
+        high = max(float(scores[top].max()), low)
+        spread = float(fused.max() - fused.min())
+        out = scores.copy()
+        out[top] = low + (high - low) * (fused - fused.min()) / spread if spread > 0 else scores[top]
+        return out
