@@ -19,8 +19,10 @@ from starlette.middleware.cors import CORSMiddleware
 from xmodal.cli.server.auth import Auth, require_auth
 from xmodal.cli.server.errors import (
     BodyLimit,
+    FormTextCheck,
     LoopbackHostOnly,
     QueryStringCheck,
+    SameOriginWrites,
     SecurityHeaders,
     install_error_handlers,
 )
@@ -70,7 +72,9 @@ def create_app(
         live=live,
         settings=settings,
         auth=Auth(settings.token),
-        thumbnails=ThumbnailCache(settings.thumbnail_dir or default_thumbnail_dir(), settings.thumbnail_size),
+        thumbnails=ThumbnailCache(
+            settings.thumbnail_dir or default_thumbnail_dir(), settings.limits.thumbnail_cache_bytes, settings.thumbnail_size
+        ),
         jobs=jobs,
     )
 
@@ -93,7 +97,7 @@ def create_app(
     )
     app.state.xmodal = services
     app.state.static = pages.StaticFiles()
-    install_error_handlers(app)
+    install_error_handlers(app, settings.limits.max_error_items)
 
     protected = [Depends(require_auth)]
     app.include_router(index.health_router)
@@ -117,6 +121,10 @@ def create_app(
         # through DNS rebinding, and then its requests name a foreign Host: refused.
         app.add_middleware(LoopbackHostOnly)
     app.add_middleware(QueryStringCheck)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(FormTextCheck)
+    app.add_middleware(
+        BodyLimit, upload_limit=settings.limits.max_upload_bytes, json_limit=settings.limits.max_json_bytes
+    )
+    app.add_middleware(SameOriginWrites, allowed=tuple(settings.cors_origins))
     app.add_middleware(SecurityHeaders)
     return app

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xmodal.indexer.errors import (
@@ -30,6 +31,8 @@ from xmodal.indexer.errors import (
 __all__ = [
     "install_error_handlers",
     "BodyLimit",
+    "SameOriginWrites",
+    "FormTextCheck",
     "QueryStringCheck",
     "SecurityHeaders",
     "LoopbackHostOnly",
@@ -65,14 +68,19 @@ def _validation_message(error: dict) -> str:
     return f"{where}: {message}" if where else message
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_error_items: int) -> None:
     @app.exception_handler(XmodalError)
     async def _domain(request: Request, exc: XmodalError) -> JSONResponse:
         return _json(status_of(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        messages = [_validation_message(e) for e in exc.errors()]
+        # Never the inputs themselves (a 5 MB list would come back whole), and at most a few errors.
+        errors = exc.errors()
+        shown = max(1, max_error_items)
+        messages = [_validation_message(e) for e in errors[:shown]]
+        if len(errors) > shown:
+            messages.append(f"… and {len(errors) - shown} more errors")
         return _json(422, "; ".join(messages) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
@@ -90,45 +98,203 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413: by Content-Length before reading, and by
-    counting while reading (a chunked upload has no length)."""
+    """Refuses request bodies over their cap with 413: multipart bodies (pictures) over `upload_limit`,
+    any other body (JSON, forms) over `json_limit`. By Content-Length before reading, and by counting
+    while reading (a chunked body has no length): then whatever the route made of the cut body (a
+    parser's 400) is replaced by the 413."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, upload_limit: int, json_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = upload_limit
+        self.json_limit = json_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"the request body is larger than the cap of {self.limit // (1024 * 1024)} MB"
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.upload_limit if multipart else self.json_limit
+        kind = "with pictures" if multipart else "(JSON or form)"
+        message = f"the request body {kind} is larger than the cap of {_size(limit)}"
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await _json(413, message)(scope, receive, send)
             return
         received = 0
-        started = False
+        over = False
+        replaced = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, over
             event = await receive()
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
-                if received > self.limit:
+                if received > limit:
+                    over = True
                     raise BodyTooLarge
             return event
 
-        async def tracking_send(event: Message) -> None:
-            nonlocal started
-            if event["type"] == "http.response.start":
-                started = True
+        async def checked_send(event: Message) -> None:
+            nonlocal replaced
+            if over:  # the route saw a cut body: whatever it answers, the answer is 413
+                if event["type"] == "http.response.start" and not replaced:
+                    replaced = True
+                    await _json(413, message)(scope, receive, send)
+                return
             await send(event)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, checked_send)
         except BodyTooLarge:
-            if not started:
+            if not replaced:
                 await _json(413, message)(scope, receive, send)
+
+
+def _size(limit: int) -> str:
+    return f"{limit / (1024 * 1024):g} MB" if limit >= 1024 * 1024 else f"{limit / 1024:g} KB"
+
+
+class SameOriginWrites:
+    """Browsers send a cross-origin form or multipart POST without asking first (no CORS preflight),
+    so a page anywhere could make this server decode pictures or start runs. A request that changes
+    state or uploads (any method but GET, HEAD, OPTIONS) is refused (403) when its `Origin` is neither
+    this server's own nor one of `allowed` (--cors), or when `Sec-Fetch-Site` says `cross-site`.
+    Clients that are not browsers send neither header and are not affected."""
+
+    _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allowed = frozenset(o.rstrip("/").lower() for o in allowed)
+
+    def _foreign(self, scope: Scope) -> str | None:
+        headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+        own = f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1').lower()}"
+        if origin and origin != own and origin not in self.allowed:
+            return f"Origin {origin}"
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+        if site == "cross-site" and not (origin and origin in self.allowed):
+            return "a cross-site request"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method", "GET") not in self._SAFE:
+            foreign = self._foreign(scope)
+            if foreign is not None:
+                await _json(
+                    403,
+                    f"{foreign} may not send this request: only pages of this server (or --cors origins) may",
+                )(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _NotUtf8(Exception):
+    pass
+
+
+class _TextFields:
+    """Fed a multipart body as it streams, notes the text fields (not files) that are not UTF-8."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.bad: list[str] = []
+        self._header = b""
+        self._disposition = b""
+        self._data = bytearray()
+        self._parser = MultipartParser(
+            boundary,
+            {  # type: ignore[arg-type]
+                "on_part_begin": self._begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_part_data": self._part_data,
+                "on_part_end": self._end,
+            },
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except Exception:  # noqa: BLE001 - a malformed body: the route's own parser answers it
+            pass
+
+    def _fields(self) -> dict[bytes, bytes]:
+        return parse_options_header(self._disposition)[1]
+
+    def _begin(self) -> None:
+        self._header, self._disposition, self._data = b"", b"", bytearray()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._disposition += data[start:end]
+
+    def _header_end(self) -> None:
+        self._header = b""
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if b"filename" not in self._fields():
+            self._data += data[start:end]
+
+    def _end(self) -> None:
+        fields = self._fields()
+        if b"filename" not in fields:
+            try:
+                self._data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.bad.append(fields.get(b"name", b"?").decode("latin-1"))
+
+
+class FormTextCheck:
+    """Text fields of a multipart body (e.g. `q` next to an uploaded picture) must be UTF-8: the
+    form parser would otherwise read invalid bytes as Latin-1 and search for mojibake. The body is
+    parsed alongside as it streams to the route (files are skipped); a bad field ends the request
+    with 400 before the route runs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        content_type, options = parse_options_header(headers.get(b"content-type", b""))
+        boundary = options.get(b"boundary")
+        if scope["type"] != "http" or content_type != b"multipart/form-data" or not boundary:
+            await self.app(scope, receive, send)
+            return
+        fields = _TextFields(boundary)
+        replaced = False
+
+        async def checking_receive() -> Message:
+            event = await receive()
+            if event["type"] == "http.request" and not fields.bad:
+                fields.feed(event.get("body", b""))
+                if fields.bad:
+                    raise _NotUtf8
+            return event
+
+        async def checked_send(event: Message) -> None:
+            nonlocal replaced
+            if fields.bad:  # the route saw a cut body: whatever it answers, the answer is 400
+                if event["type"] == "http.response.start" and not replaced:
+                    replaced = True
+                    await _json(400, _not_utf8(fields.bad[0]))(scope, receive, send)
+                return
+            await send(event)
+
+        try:
+            await self.app(scope, checking_receive, checked_send)
+        except _NotUtf8:
+            if not replaced:
+                await _json(400, _not_utf8(fields.bad[0]))(scope, receive, send)
+
+
+def _not_utf8(field: str) -> str:
+    return f"{field}: the form field is not valid UTF-8 text"
 
 
 class QueryStringCheck:
