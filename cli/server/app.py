@@ -60,6 +60,7 @@ def create_app(
 
     reopen: opens the index again when another process has written it (default: the same folder);
     indexer: used for POST /api/index when settings.allow_index (default: one for the same folder);
+        not the watcher's (each reports its own progress), though it may share the watcher's model;
     close_engine: close the engine when the app shuts down (the CLI's case; tests keep theirs).
     """
     settings = settings or ServerSettings()
@@ -71,7 +72,7 @@ def create_app(
     services = Services(
         live=live,
         settings=settings,
-        auth=Auth(settings.token),
+        auth=Auth(settings.token, settings.limits),
         thumbnails=ThumbnailCache(
             settings.thumbnail_dir or default_thumbnail_dir(), settings.limits.thumbnail_cache_bytes, settings.thumbnail_size
         ),
@@ -82,7 +83,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if jobs is not None:
-            jobs.wait(60)
+            jobs.stop(60)
         if close_engine:
             live.close()
 

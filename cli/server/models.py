@@ -118,7 +118,10 @@ class InfoOut(BaseModel):
     index: str
     images: int
     texts: int
-    errors: int
+    errors: int = Field(description="Files that could not be read (as `xmodal info` counts them).")
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="Files of kinds not read (camera RAW, video), by extension."
+    )
     model: str | None
     dim: int | None
     size_bytes: int
