@@ -288,7 +288,7 @@ def batch(server: Server, args: argparse.Namespace) -> dict[str, object]:
     for route, key in (("/api/search/batch", "queries"), ("/api/embed/texts", "texts")):
         with server.measured() as figures:
             figures["answers"] = _statuses(  # type: ignore[assignment]
-                _parallel([lambda: httpx.post(f"{server.url}{route}", json={key: queries}, timeout=600)])
+                _parallel([lambda r=route, k=key: httpx.post(f"{server.url}{r}", json={k: queries}, timeout=600)])
             )
         out[route] = figures
     return out
@@ -297,7 +297,9 @@ def batch(server: Server, args: argparse.Namespace) -> dict[str, object]:
 # --- main ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", action="append", choices=sorted(CASES), help="a case to run (repeatable; default all)")
+    parser.add_argument(
+        "--case", action="append", choices=sorted(CASES), help="a case to run (repeatable; default all)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies pixels and the JSON size (0.05: quick)")
     parser.add_argument("--parallel", type=int, default=8, help="uploads at once in upload_png")
     parser.add_argument("--photos", type=int, default=40, help="photos of the sample in the index")

@@ -8,7 +8,6 @@ import asyncio
 import io
 import os
 import struct
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -231,7 +230,9 @@ def test_health_answers_while_every_worker_is_busy(library: Library) -> None:
             gate.__enter__()
         try:
             with ThreadPoolExecutor(48) as pool:
-                stuck = [pool.submit(httpx.get, f"{url}/api/search", params={"q": "red"}, timeout=60) for _ in range(48)]
+                stuck = [
+                    pool.submit(httpx.get, f"{url}/api/search", params={"q": "red"}, timeout=60) for _ in range(48)
+                ]
                 time.sleep(1.0)  # all 40 worker threads now wait for a search slot
                 health = httpx.get(f"{url}/api/health", timeout=5)
                 assert health.status_code == 200

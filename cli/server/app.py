@@ -74,7 +74,9 @@ def create_app(
         settings=settings,
         auth=Auth(settings.token, settings.limits),
         thumbnails=ThumbnailCache(
-            settings.thumbnail_dir or default_thumbnail_dir(), settings.limits.thumbnail_cache_bytes, settings.thumbnail_size
+            settings.thumbnail_dir or default_thumbnail_dir(),
+            settings.limits.thumbnail_cache_bytes,
+            settings.thumbnail_size,
         ),
         jobs=jobs,
     )

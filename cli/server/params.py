@@ -138,7 +138,9 @@ def check_within(options: SearchOptions, limits: Limits) -> None:
     if options.limit > limits.max_k:
         raise HTTPException(422, f"limit must be at most {limits.max_k} (got {options.limit})")
     if options.offset + options.limit > limits.max_depth:
-        raise HTTPException(422, f"offset + limit must be at most {limits.max_depth} (got {options.offset + options.limit})")
+        raise HTTPException(
+            422, f"offset + limit must be at most {limits.max_depth} (got {options.offset + options.limit})"
+        )
 
 
 def _under(under: str) -> Path:

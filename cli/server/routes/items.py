@@ -147,8 +147,10 @@ def _rendition(services: Services, row: ImageRow, request: Request, edge: int, t
                 picture = reduced_picture(handle, f"photo {row.id}", services.settings.limits, edge)
             if thumbnail:
                 picture.thumbnail((edge, edge))  # fits the box: receipts and panoramas stay whole
-            elif min(picture.size) > edge:
-                picture.thumbnail((edge * picture.width // min(picture.size), edge * picture.height // min(picture.size)))
+            elif min(picture.size) > edge:  # a display copy: its short side `edge`
+                scale = edge / min(picture.size)
+                size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+                picture = picture.resize(size, Image.Resampling.LANCZOS)
             path = cache.store(key, picture)
     return FileResponse(path, media_type="image/jpeg", headers=headers)
 

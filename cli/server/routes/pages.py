@@ -184,9 +184,9 @@ def login(request: Request, services: ServicesDep, token: Annotated[str, Form(ma
     address = request.client.host if request.client else ""
     wait = auth.login_blocked_for(address)
     if wait > 0:
-        response = _login_page(request, "Too many wrong tokens; wait a minute and try again.", status=429)
-        response.headers["Retry-After"] = str(int(wait) + 1)
-        return response
+        refused = _login_page(request, "Too many wrong tokens; wait a minute and try again.", status=429)
+        refused.headers["Retry-After"] = str(int(wait) + 1)
+        return refused
     if not auth.token_matches(token):
         auth.login_failed(address)
         return _login_page(request, "That token is not right.", status=401)
