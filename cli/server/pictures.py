@@ -117,10 +117,9 @@ def reduced_picture(source: IO[bytes], field: str, limits: Limits, size: int) ->
             if factor >= 2:
                 try:  # in the file's own mode, before conversion and rotation copy it
                     picture = im.reduce(factor)
-                except ValueError:  # a mode reduce() does not take (palette, 1-bit): converted whole
-                    picture = im
-            picture = ImageOps.exif_transpose(picture) or picture
-            picture = to_rgb(picture)
+                except ValueError:  # a mode reduce() does not take (palette, 1-bit, 16-bit): converted first
+                    picture = to_rgb(im).reduce(factor)
+            picture = to_rgb(ImageOps.exif_transpose(picture) or picture)
             return picture.copy() if picture is im else picture
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
             raise HTTPException(422, f"{field}: corrupt or truncated image: {e}") from None
