@@ -156,7 +156,11 @@ def serving(index: Path, photos: Path, cache: Path) -> Iterator[Server]:
         raise RuntimeError("xmodal serve did not start")
     threading.Thread(target=process.stderr.read, daemon=True).start()  # keep its pipe drained
     try:
-        httpx.get(f"{url}/api/search", params={"q": "warm up"}, timeout=300)  # model and caches loaded
+        # Both towers loaded (the picture tower loads on the first picture query) and the caches read,
+        # so what a case holds afterwards is the case's, not a model's.
+        httpx.get(f"{url}/api/search", params={"q": "warm up"}, timeout=300)
+        small = {"image": ("warm.png", _png(64, 64), "image/png")}
+        httpx.post(f"{url}/api/search", files=small, timeout=300)
         yield Server(process, url, photos)
     finally:
         process.terminate()

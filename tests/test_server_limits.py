@@ -8,6 +8,7 @@ import asyncio
 import io
 import os
 import struct
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +88,7 @@ def test_the_pixels_of_a_request_are_counted_before_any_decode(library: Library)
         assert c.post("/api/embed/images", files=three).status_code == 413
 
 
-def test_uploads_and_thumbnails_wait_for_a_decode_slot(library: Library) -> None:
+def test_uploads_and_thumbnails_wait_for_a_decoding_thread(library: Library) -> None:
     with TestClient(make_app(library, limits=Limits(concurrent_decodes=1)), base_url=BASE) as c:
         red = library.ids()["red.jpg"]
         calls = {
@@ -95,11 +96,14 @@ def test_uploads_and_thumbnails_wait_for_a_decode_slot(library: Library) -> None
             "thumbnail": lambda: c.get(f"/api/items/{red}/thumbnail"),
         }
         for name, call in calls.items():
-            with ThreadPoolExecutor(1) as pool:
-                with _services(c).decodes.slot():  # every slot taken: the request must wait
-                    pending = pool.submit(call)
-                    time.sleep(0.5)
-                    assert not pending.done(), f"{name} decoded without a slot"
+            busy = threading.Event()
+            with ThreadPoolExecutor(2) as pool:
+                blocker = pool.submit(_services(c).decoder.run, busy.wait)  # the one decoding thread is busy
+                pending = pool.submit(call)
+                time.sleep(0.5)
+                assert not pending.done(), f"{name} decoded outside the decoding threads"
+                busy.set()
+                assert blocker.result(timeout=30)
                 assert pending.result(timeout=30).status_code == 200, name
 
 

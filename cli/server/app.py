@@ -86,6 +86,7 @@ def create_app(
         yield
         if jobs is not None:
             jobs.stop(60)
+        services.decoder.close()
         if close_engine:
             live.close()
 

@@ -2,8 +2,10 @@
 while decoding, and refused from their header before a pixel is decoded when they are too large.
 
 A 372 KB PNG can hold 120 MP, which costs hundreds of MB decoded; a request may carry 32 of them. So:
-- every decode takes a slot of `Limits.concurrent_decodes` *before* it starts (a request waiting for
-  a slot holds only its compressed bytes);
+- every decode runs in one of `Limits.concurrent_decodes` threads kept for decoding (a request waiting
+  for one holds only its compressed bytes). Threads of their own, not a semaphore in the request
+  threads: the C allocator keeps what a thread freed for that thread's next use, so full-size
+  pictures decoded by 40 request threads in turn would leave 40 decodes' worth of memory held;
 - one picture over `Limits.max_pixels` is refused from its header (413, quoting our cap);
 - the pixels a request will decode, all its pictures together, are added up from the headers first
   and the request is refused (413) when they exceed `Limits.max_pixels_per_request`;
@@ -15,12 +17,12 @@ Pillow's own pixel limit (a process-wide setting) is neither set nor relied on.
 from __future__ import annotations
 
 import io
-import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TypeVar
 
 from fastapi import HTTPException
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,26 +30,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from xmodal.indexer.images import to_rgb
 from xmodal.indexer.limits import Limits
 
-__all__ = ["QUERY_SIZE", "DecodeSlots", "Upload", "read_uploads", "reduced_picture", "header_pixels"]
+__all__ = ["QUERY_SIZE", "Decoder", "Upload", "read_uploads", "reduced_picture", "header_pixels"]
 
 QUERY_SIZE = 448  # a query picture is decoded with its short side at least this (the towers read 224-448)
 _FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC, AVIF"
+T = TypeVar("T")
 
 
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:g} MP"
 
 
-class DecodeSlots:
-    """At most `limit` pictures decoded at once by this server: uploads and thumbnails alike."""
+class Decoder:
+    """The server's decoding threads: at most `limit` pictures decoded at once, uploads and
+    thumbnails alike; a caller waits for a free thread."""
 
     def __init__(self, limit: int) -> None:
-        self._slots = threading.BoundedSemaphore(max(1, limit))
+        self._pool = ThreadPoolExecutor(max(1, limit), thread_name_prefix="xmodal-decode")
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        with self._slots:
-            yield
+    def run(self, function: Callable[..., T], *args: object) -> T:
+        """function(*args) in a decoding thread, once one is free; its result or its exception."""
+        return self._pool.submit(function, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ def header_pixels(upload: Upload, limits: Limits, size: int) -> int:
 
 def reduced_picture(source: IO[bytes], field: str, limits: Limits, size: int) -> Image.Image:
     """An RGB picture, EXIF orientation applied, whose short side is near `size` (at least `size`
-    when the original is larger; never upscaled). The caller holds a decode slot."""
+    when the original is larger; never upscaled). Run it through the server's `Decoder`."""
     with _opened(source, field, limits) as im:
         try:
             _decoded_size(im, size)
@@ -125,7 +131,7 @@ def reduced_picture(source: IO[bytes], field: str, limits: Limits, size: int) ->
             raise HTTPException(422, f"{field}: corrupt or truncated image: {e}") from None
 
 
-def read_uploads(uploads: Sequence[Upload], limits: Limits, slots: DecodeSlots, size: int) -> list[Image.Image]:
+def read_uploads(uploads: Sequence[Upload], limits: Limits, decoder: Decoder, size: int) -> list[Image.Image]:
     """The uploaded pictures decoded for the model, or an HTTP error before any is decoded when one
     is not a picture or too large, or when together they would decode to more than the request's
     pixel budget."""
@@ -138,8 +144,4 @@ def read_uploads(uploads: Sequence[Upload], limits: Limits, slots: DecodeSlots, 
                 f"{upload.field}: the pictures of this request decode to more than "
                 f"{_megapixels(limits.max_pixels_per_request)} together; send fewer or smaller ones",
             )
-    pictures = []
-    for upload in uploads:
-        with slots.slot():
-            pictures.append(reduced_picture(io.BytesIO(upload.data), upload.field, limits, size))
-    return pictures
+    return [decoder.run(reduced_picture, io.BytesIO(u.data), u.field, limits, size) for u in uploads]

@@ -55,7 +55,7 @@ def embed_images(
     uploads = [Upload(f"images[{i}]", upload.file.read()) for i, upload in enumerate(images)]
     _require_model(services)
     vectors = []
-    for picture in read_uploads(uploads, limits, services.decodes, QUERY_SIZE):
+    for picture in read_uploads(uploads, limits, services.decoder, QUERY_SIZE):
         with services.searching() as engine:
             vectors.append(engine.embed_image_query(picture))
     return _response(services, np.stack(vectors))

@@ -24,6 +24,7 @@ from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.limits import Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.engine import SearchEngine
@@ -129,9 +130,20 @@ _BROWSER_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"
 _DISPLAY_SIZE = 2048  # the short side of a display rendition (a screen's worth)
 
 
+def _render(handle: IO[bytes], field: str, limits: Limits, edge: int, thumbnail: bool) -> Image.Image:
+    picture = reduced_picture(handle, field, limits, edge)
+    if thumbnail:
+        picture.thumbnail((edge, edge))  # fits the box: receipts and panoramas stay whole
+    elif min(picture.size) > edge:  # a display copy: its short side `edge`
+        scale = edge / min(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
+    return picture
+
+
 def _rendition(services: Services, row: ImageRow, request: Request, edge: int, thumbnail: bool) -> Response:
     """A cached JPEG of the photo: a thumbnail (longer side `edge`, aspect ratio kept) or a display
-    copy (short side at most `edge`). Decoded in a decode slot, like uploads."""
+    copy (short side at most `edge`). Decoded in the decoding threads, like uploads."""
     cache = services.thumbnails
     key = cache.key(row.path, row.size, row.mtime_ns, edge)
     etag = f'"{key}"'
@@ -143,15 +155,8 @@ def _rendition(services: Services, row: ImageRow, request: Request, edge: int, t
     with os.fdopen(fd, "rb") as handle:
         path = cache.lookup(key)
         if path is None:
-            with services.decodes.slot():
-                picture = reduced_picture(handle, f"photo {row.id}", services.settings.limits, edge)
-            if thumbnail:
-                picture.thumbnail((edge, edge))  # fits the box: receipts and panoramas stay whole
-            elif min(picture.size) > edge:  # a display copy: its short side `edge`
-                scale = edge / min(picture.size)
-                size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-                picture = picture.resize(size, Image.Resampling.LANCZOS)
-            path = cache.store(key, picture)
+            limits = services.settings.limits
+            path = cache.store(key, services.decoder.run(_render, handle, f"photo {row.id}", limits, edge, thumbnail))
     return FileResponse(path, media_type="image/jpeg", headers=headers)
 
 

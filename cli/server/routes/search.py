@@ -131,7 +131,7 @@ def search_post(
     picture = None
     if image is not None:
         upload = Upload("image", image.file.read())
-        picture = read_uploads([upload], services.settings.limits, services.decodes, QUERY_SIZE)[0]
+        picture = read_uploads([upload], services.settings.limits, services.decoder, QUERY_SIZE)[0]
     return json_response(run_search(services, options, q, like, picture))
 
 
