@@ -17,14 +17,14 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from xmodal.cli.server.auth import Auth, require_auth
-from xmodal.cli.server.errors import (
+from xmodal.cli.server.errors import install_error_handlers
+from xmodal.cli.server.guards import (
     BodyLimit,
     FormTextCheck,
     LoopbackHostOnly,
     QueryStringCheck,
     SameOriginWrites,
     SecurityHeaders,
-    install_error_handlers,
 )
 from xmodal.cli.server.jobs import IndexJobs
 from xmodal.cli.server.live import LiveEngine
