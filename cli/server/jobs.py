@@ -100,6 +100,8 @@ class IndexJobs:
         self.wait(timeout)
 
     def _progress(self, event: Progress) -> None:
+        if event.stage != "index":  # a one-time preparation after the run: not photos
+            return
         with self._lock:
             self.done, self.total = event.done, event.total
 
