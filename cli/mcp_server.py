@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 
 from xmodal.indexer.errors import XmodalError
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.engine import SearchEngine
 
@@ -69,8 +70,21 @@ def lookup(engine: SearchEngine, item_id: int, kind: Target) -> ItemOut | None:
         )
 
 
-def build_server(engine: SearchEngine, info: Callable[[], dict[str, object]]) -> MCPServer:
-    """An MCP server over one open engine; `info` returns the index facts (as `xmodal info --json`)."""
+def _check_k(k: int, limits: Limits) -> None:
+    if not 1 <= k <= limits.max_k:
+        raise ToolError(f"k must be between 1 and {limits.max_k} (got {k})")
+
+
+def _check_query(query: str, limits: Limits) -> None:
+    if len(query) > limits.max_query_chars:
+        raise ToolError(f"the query is longer than {limits.max_query_chars} characters ({len(query)}); shorten it")
+
+
+def build_server(
+    engine: SearchEngine, info: Callable[[], dict[str, object]], limits: Limits = DEFAULT_LIMITS
+) -> MCPServer:
+    """An MCP server over one open engine; `info` returns the index facts (as `xmodal info --json`);
+    `k` and query lengths are bounded by `limits` (an agent gets a clear error beyond them)."""
     server = MCPServer(
         "xmodal",
         instructions=(
@@ -83,11 +97,14 @@ def build_server(engine: SearchEngine, info: Callable[[], dict[str, object]]) ->
     @server.tool()
     def search(query: str, k: int = 10, target: Target = "image") -> list[HitOut]:
         """Find indexed photos (target "image") or texts (target "text") that match a description."""
+        _check_k(k, limits)
+        _check_query(query, limits)
         return _domain(lambda: _hits(engine.search(query, k=k, target=target)))
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:
         """Items most like the indexed item `item_id` ("more like this"), never the item itself."""
+        _check_k(k, limits)
         return _domain(lambda: _hits(engine.similar(item_id, k=k, kind=kind)))
 
     @server.tool()

@@ -137,19 +137,20 @@ def serve(
         loopback_only=is_loopback(host),
         search_threads=threads or max(1, os.cpu_count() or 1),
     )
-    # One Indexer for HTTP runs and the watcher: the model is loaded once and kept. With --watch it
-    # is loaded now, so the first photo that appears is indexed in a second, not after a model load.
-    indexer = None
+    # The watcher and HTTP runs each have an Indexer (each its own progress), sharing one model: with
+    # --watch it is loaded now, so the first photo that appears is indexed in a second, not after a
+    # model load. The two never write at once: the index's write lock queues an HTTP run meanwhile.
+    model = None
     if watch:
         from xmodal.indexer.models.embedding import load_model
 
         print("xmodal: loading the model for --watch …", file=sys.stderr, flush=True)
-        loaded = load_model(engine.store.model_spec)
-        indexer = Indexer(directory, model=loaded, db_url=db_url, start_method=decode_start_method())
-    elif allow_index:
-        indexer = Indexer(directory, db_url=db_url, start_method=decode_start_method())
+        model = load_model(engine.store.model_spec)
+    http_indexer = None
+    if allow_index:
+        http_indexer = Indexer(directory, model=model, db_url=db_url, start_method=decode_start_method())
     app = create_app(
-        engine, settings, reopen=lambda: IndexStore.open(directory, db_url), indexer=indexer, close_engine=True
+        engine, settings, reopen=lambda: IndexStore.open(directory, db_url), indexer=http_indexer, close_engine=True
     )
     watcher = None
     if watch:
@@ -159,7 +160,8 @@ def serve(
         if not roots:
             engine.close()
             _fail("nothing to watch: the index has no photos yet; give folders with --root", 2)
-        watcher = start_watcher(indexer, roots, on_change=app.state.xmodal.live.refresh)  # type: ignore[arg-type]
+        watch_indexer = Indexer(directory, model=model, db_url=db_url, start_method=decode_start_method())
+        watcher = start_watcher(watch_indexer, roots, on_change=app.state.xmodal.live.refresh)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -34,9 +34,14 @@ class Limits:
     max_images_per_request: int = 32
     max_texts_per_request: int = 256  # texts or queries in one batch request
     max_chars_per_request: int = 256 * 1024  # characters of all texts in one batch request together
+    texts_per_model_call: int = 32  # a batch request's texts go to the model this many at a time (memory)
     max_pixels_per_request: int = 200_000_000  # decoded pixels of all pictures in one request together
     concurrent_decodes: int = 2  # pictures decoded at once by one server (uploads and thumbnails)
     max_error_items: int = 20  # validation errors listed in one error body
+    # The server's login form (with --token): guesses per client address, and web sessions kept.
+    max_failed_logins: int = 5  # per client address within failed_login_window; then 429
+    failed_login_window: float = 60.0
+    max_sessions: int = 256  # signed-in browsers remembered; the oldest is signed out beyond it
     # The server's thumbnail cache on disk, least recently used dropped first.
     thumbnail_cache_bytes: int = 512 * 1024 * 1024
 

@@ -17,6 +17,7 @@ from tests.conftest import make_image
 from tests.fakes import COLOURS, FAKE_DIM, fake_model
 from tests.serving import XSS_NAME, Library, build_library, make_app
 from xmodal.indexer.indexing import Indexer
+from xmodal.indexer.limits import Limits
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.text_indexing import TextIndexer
 
@@ -289,7 +290,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_uploads_are_capped_and_sniffed(library: Library) -> None:
-    with TestClient(make_app(library, max_upload_bytes=100_000), base_url=BASE) as c:
+    with TestClient(make_app(library, limits=Limits(max_upload_bytes=100_000)), base_url=BASE) as c:
         big = c.post("/api/search", files={"image": ("big.png", os.urandom(150_000), "image/png")})
         assert big.status_code == 413 and "cap" in big.json()["detail"]
         bomb = c.post("/api/search", files={"image": ("bomb.png", _png_header_only(40_000, 40_000), "image/png")})

@@ -200,6 +200,49 @@ def test_serve_watch_finds_a_dropped_photo_within_seconds(indexed: tuple[Path, P
         process.wait(30)
 
 
+@pytest.mark.slow
+def test_serve_watch_and_http_runs_take_turns(indexed: tuple[Path, Path, dict[str, str]]) -> None:
+    """With --watch --allow-index, an HTTP run asked for while another writer holds the index waits
+    for it (it used to fail on the lock), and the watcher's runs never move the HTTP run's progress
+    (they used to share one Indexer and its progress callback)."""
+    from xmodal.indexer.store.index_store import IndexStore
+
+    photos, index, env = indexed
+    process, url = _start_server(["--index", str(index), "--port", "0", "--watch", "--allow-index"], env)
+    try:
+        time.sleep(1.0)  # the watcher's first pass over the folders
+        writer = IndexStore.open(index)
+        try:
+            with writer.write_lock():  # another writer (an `xmodal index`) is running
+                _drawing(photos / "turns" / "a.png", (200, 30, 200))
+                _drawing(photos / "turns" / "b.png", (30, 200, 200))
+                started = httpx.post(url + "/api/index", json={"paths": [str(photos / "turns")]}, timeout=60)
+                assert started.status_code == 202
+                time.sleep(2.0)
+                assert httpx.get(url + "/api/index", timeout=60).json()["state"] == "queued"
+        finally:
+            writer.close()
+        deadline = time.monotonic() + 120
+        while (status := httpx.get(url + "/api/index", timeout=60).json())["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status["state"] == "done", status
+        _drawing(photos / "later" / "c.png", (240, 200, 10))  # the watcher's own run
+        deadline = time.monotonic() + 60
+        while not any(
+            h["name"] == "c.png"
+            for h in httpx.get(url + "/api/search", params={"q": "a yellow circle", "limit": 50}, timeout=60).json()[
+                "hits"
+            ]
+        ):
+            assert time.monotonic() < deadline, "the watcher did not index c.png"
+            time.sleep(0.2)
+        assert httpx.get(url + "/api/index", timeout=60).json() == status
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_xmodal_watch_command(indexed: tuple[Path, Path, dict[str, str]]) -> None:
     """`xmodal watch` without the server: one JSON line per run, Ctrl-C ends it with status 0."""
     import json

@@ -17,12 +17,14 @@ from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from xmodal.cli.server.auth import Auth, require_auth
-from xmodal.cli.server.errors import (
+from xmodal.cli.server.errors import install_error_handlers
+from xmodal.cli.server.guards import (
     BodyLimit,
+    FormTextCheck,
     LoopbackHostOnly,
     QueryStringCheck,
+    SameOriginWrites,
     SecurityHeaders,
-    install_error_handlers,
 )
 from xmodal.cli.server.jobs import IndexJobs
 from xmodal.cli.server.live import LiveEngine
@@ -58,6 +60,7 @@ def create_app(
 
     reopen: opens the index again when another process has written it (default: the same folder);
     indexer: used for POST /api/index when settings.allow_index (default: one for the same folder);
+        not the watcher's (each reports its own progress), though it may share the watcher's model;
     close_engine: close the engine when the app shuts down (the CLI's case; tests keep theirs).
     """
     settings = settings or ServerSettings()
@@ -69,8 +72,12 @@ def create_app(
     services = Services(
         live=live,
         settings=settings,
-        auth=Auth(settings.token),
-        thumbnails=ThumbnailCache(settings.thumbnail_dir or default_thumbnail_dir(), settings.thumbnail_size),
+        auth=Auth(settings.token, settings.limits),
+        thumbnails=ThumbnailCache(
+            settings.thumbnail_dir or default_thumbnail_dir(),
+            settings.limits.thumbnail_cache_bytes,
+            settings.thumbnail_size,
+        ),
         jobs=jobs,
     )
 
@@ -78,7 +85,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if jobs is not None:
-            jobs.wait(60)
+            jobs.stop(60)
+        services.decoder.close()
         if close_engine:
             live.close()
 
@@ -93,7 +101,7 @@ def create_app(
     )
     app.state.xmodal = services
     app.state.static = pages.StaticFiles()
-    install_error_handlers(app)
+    install_error_handlers(app, settings.limits.max_error_items)
 
     protected = [Depends(require_auth)]
     app.include_router(index.health_router)
@@ -117,6 +125,10 @@ def create_app(
         # through DNS rebinding, and then its requests name a foreign Host: refused.
         app.add_middleware(LoopbackHostOnly)
     app.add_middleware(QueryStringCheck)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(FormTextCheck)
+    app.add_middleware(
+        BodyLimit, upload_limit=settings.limits.max_upload_bytes, json_limit=settings.limits.max_json_bytes
+    )
+    app.add_middleware(SameOriginWrites, allowed=tuple(settings.cors_origins))
     app.add_middleware(SecurityHeaders)
     return app

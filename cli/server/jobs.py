@@ -1,4 +1,11 @@
-"""Indexing runs started over HTTP (`--allow-index`): one at a time, in a background thread."""
+"""Indexing runs started over HTTP (`--allow-index`): one at a time, in a background thread.
+
+A run asked for while another writer holds the index (the `--watch` watcher, an `xmodal index` in
+another process) is queued, not failed: its state is "queued" until the lock is free, then
+"running". The run has an `Indexer` of its own (it may share the watcher's loaded model), so the
+watcher's runs never move this run's progress. The route only starts runs: whatever a run removes
+is the `Indexer`'s decision (which keeps the rows of a root that went missing).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from xmodal.indexer.indexing import Indexer, Progress
+from xmodal.indexer.errors import IndexLockedError
+from xmodal.indexer.indexing import Indexer, IndexSummary, Progress
 from xmodal.indexer.watching import minimal_folders
 
 __all__ = ["IndexJobs", "inside_roots"]
@@ -33,9 +41,16 @@ def inside_roots(path: str, roots: Sequence[str]) -> bool:
 class IndexJobs:
     """The state of the one indexing run the server may have going, shared by its requests."""
 
-    def __init__(self, indexer: Indexer, on_finished: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, indexer: Indexer, on_finished: Callable[[], None] | None = None, retry_seconds: float = 1.0
+    ) -> None:
+        """indexer: this server's own for HTTP runs (not the watcher's: each reports its own progress);
+        retry_seconds: how often a queued run tries the index's write lock again."""
         self.indexer = indexer
+        self.indexer.on_progress = self._progress
         self._on_finished = on_finished
+        self.retry_seconds = retry_seconds
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.state = "idle"
@@ -67,8 +82,8 @@ class IndexJobs:
                 raise HTTPException(422, f"{path!r} is not under the index's folders ({', '.join(roots)})")
         paths = minimal_folders(os.path.abspath(p) for p in requested) if requested else list(roots)
         with self._lock:
-            if self.state == "running":
-                raise HTTPException(409, "an indexing run is already going; poll GET /api/index for its progress")
+            if self.state in ("queued", "running"):
+                raise HTTPException(409, "an indexing run is already asked for; poll GET /api/index for its progress")
             self.state, self.paths, self.done, self.total, self.summary, self.error = "running", paths, 0, 0, None, None
             self._thread = threading.Thread(target=self._run, args=(paths,), name="xmodal-index-job", daemon=True)
             self._thread.start()
@@ -79,14 +94,32 @@ class IndexJobs:
         if thread is not None:
             thread.join(timeout)
 
+    def stop(self, timeout: float | None = None) -> None:
+        """A queued run is dropped; a running one finishes (it is never cut mid-transaction)."""
+        self._stopping.set()
+        self.wait(timeout)
+
     def _progress(self, event: Progress) -> None:
+        if event.stage != "index":  # a one-time preparation after the run: not photos
+            return
         with self._lock:
             self.done, self.total = event.done, event.total
 
+    def _add_when_free(self, paths: list[str]) -> IndexSummary:
+        while True:
+            with self._lock:
+                self.state = "running"  # an attempt takes the write lock at once, or fails at once
+            try:
+                return self.indexer.add_paths([Path(p) for p in paths])
+            except IndexLockedError:
+                with self._lock:
+                    self.state = "queued"
+                if self._stopping.wait(self.retry_seconds):
+                    raise
+
     def _run(self, paths: list[str]) -> None:
-        self.indexer.on_progress = self._progress
         try:
-            summary = self.indexer.add_paths([Path(p) for p in paths])
+            summary = self._add_when_free(paths)
         except Exception as e:  # noqa: BLE001 - reported through the status, never a crash
             with self._lock:
                 self.state, self.error = "failed", str(e) or type(e).__name__

@@ -7,6 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from xmodal.indexer.limits import DEFAULT_LIMITS
+
+# Lists are bounded in the schema, so pydantic refuses a list that is too long before it validates
+# its items (a 5 MB list of numbers is one error, not a million). A server with other limits checks
+# its own again in the route.
+_MAX_TEXTS = DEFAULT_LIMITS.max_texts_per_request
+
 __all__ = [
     "HitOut",
     "SearchResponse",
@@ -68,12 +75,13 @@ class ItemOut(BaseModel):
     text: str | None = None
     thumbnail: str | None = None
     url: str | None = None
+    view: str | None = Field(default=None, description="URL of the photo as browsers show it (a JPEG of a HEIC).")
     texts: list[HitOut] = Field(default_factory=list, description="Indexed texts that match this photo best.")
 
 
 class BatchSearchRequest(BaseModel):
-    queries: list[str] = Field(min_length=1, description="Query texts.")
-    limit: int = Field(10, ge=1, le=500)
+    queries: list[str] = Field(min_length=1, max_length=_MAX_TEXTS, description="Query texts.")
+    limit: int = Field(10, ge=1, le=DEFAULT_LIMITS.max_k)
     target: Kind = "image"
     rerank: bool = True
     # the same filters as GET /api/search, applied to every query of the batch
@@ -97,7 +105,7 @@ class BatchSearchResponse(BaseModel):
 
 
 class EmbedTextsRequest(BaseModel):
-    texts: list[str] = Field(min_length=1)
+    texts: list[str] = Field(min_length=1, max_length=_MAX_TEXTS)
 
 
 class EmbedResponse(BaseModel):
@@ -110,7 +118,10 @@ class InfoOut(BaseModel):
     index: str
     images: int
     texts: int
-    errors: int
+    errors: int = Field(description="Files that could not be read (as `xmodal info` counts them).")
+    skipped: dict[str, int] = Field(
+        default_factory=dict, description="Files of kinds not read (camera RAW, video), by extension."
+    )
     model: str | None
     dim: int | None
     size_bytes: int
@@ -127,12 +138,16 @@ class FailureOut(BaseModel):
 
 class IndexRequest(BaseModel):
     paths: list[str] = Field(
-        default_factory=list, description="Folders or files under the index's folders; none: all of them."
+        default_factory=list,
+        max_length=_MAX_TEXTS,
+        description="Folders or files under the index's folders; none: all of them.",
     )
 
 
 class IndexStatus(BaseModel):
-    state: Literal["idle", "running", "done", "failed"]
+    state: Literal["idle", "queued", "running", "done", "failed"] = Field(
+        description="queued: waiting for another indexing run (the watcher's, another process's) to end"
+    )
     paths: list[str] = Field(default_factory=list)
     done: int = 0
     total: int = 0

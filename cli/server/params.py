@@ -6,6 +6,7 @@ import base64
 import binascii
 import functools
 import os
+import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,14 +16,15 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 from fastapi import HTTPException, Query
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.stages import RerankOptions
 
 __all__ = [
-    "MAX_LIMIT",
-    "MAX_TEXT",
     "SearchOptions",
+    "check_within",
+    "clean_texts",
     "search_filter",
     "search_options",
     "search_options_dependency",
@@ -31,9 +33,14 @@ __all__ = [
     "encode_cursor",
 ]
 
-MAX_LIMIT = 500  # hits in one page
-MAX_TEXT = 4096  # characters in one query text (the text towers read a few hundred tokens anyway)
-MAX_DEPTH = 5000  # offset + limit: a deeper page is refused
+# The parameters' declared bounds (they are also the OpenAPI schema) are the default limits; a server
+# built with other limits checks them again at run time (check_within).
+_MAX_K = DEFAULT_LIMITS.max_k
+_MAX_TEXT = DEFAULT_LIMITS.max_query_chars
+_MAX_DEPTH = DEFAULT_LIMITS.max_depth
+# "~name" at the start of a term would be expanded to a user's home folder; whether that user exists
+# must not change the answer (a user-name oracle), so such a term is refused whoever it names.
+_HOME_TERM = re.compile(r"""(?:^|[\s"'+\-:])~[^\s/"'+\-]""")
 _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -47,11 +54,38 @@ def clean_text(value: str, field: str) -> str:
     return value
 
 
+def clean_texts(texts: list[str], field: str, limits: Limits) -> list[str]:
+    """Texts of a batch request, checked before any is embedded: at most `max_texts_per_request`
+    (422), each at most `max_query_chars` (422), no control characters or empty text (400), and
+    all together at most `max_chars_per_request` (413). Whitespace runs become one space."""
+    if len(texts) > limits.max_texts_per_request:
+        raise HTTPException(422, f"{field}: at most {limits.max_texts_per_request} in one request (got {len(texts)})")
+    total = 0
+    cleaned = []
+    for i, text in enumerate(texts):
+        if len(text) > limits.max_query_chars:
+            raise HTTPException(422, f"{field}[{i}]: longer than {limits.max_query_chars} characters")
+        total += len(text)
+        if total > limits.max_chars_per_request:
+            raise HTTPException(
+                413,
+                f"{field}: more than {limits.max_chars_per_request} characters in one request; send fewer or shorter",
+            )
+        clean_text(text, f"{field}[{i}]")
+        words = " ".join(text.split())
+        if not words:
+            raise HTTPException(400, f"{field}[{i}]: the text is empty")
+        cleaned.append(words)
+    return cleaned
+
+
 def text_terms(q: str) -> list[QueryTerm]:
     """The terms of a query text. Over HTTP every term is text: no endpoint reads a file named by a
     client, so a term that looks like a picture's file name is refused whether or not it exists
     (the answer must not tell which files exist on the server)."""
     clean_text(q, "q")
+    if _HOME_TERM.search(q):
+        raise HTTPException(422, "q: '~name' (a home folder) is not read over HTTP; leave out the '~'")
     terms = parse_query(q)
     for term in terms:
         value = term.value.strip()
@@ -99,19 +133,48 @@ class SearchOptions:
         return self.offset + self.limit + 1
 
 
-Text = Annotated[str | None, Query(max_length=MAX_TEXT)]
+def check_within(options: SearchOptions, limits: Limits) -> None:
+    """422 when a page goes beyond this server's limits (the declared bounds are the defaults)."""
+    if options.limit > limits.max_k:
+        raise HTTPException(422, f"limit must be at most {limits.max_k} (got {options.limit})")
+    if options.offset + options.limit > limits.max_depth:
+        raise HTTPException(
+            422, f"offset + limit must be at most {limits.max_depth} (got {options.offset + options.limit})"
+        )
+
+
+def _under(under: str) -> Path:
+    """An absolute folder, taken literally: over HTTP nothing is resolved against the server's
+    working folder, and no `~` is expanded (whether a user exists must not change the answer)."""
+    if not os.path.isabs(under):
+        raise HTTPException(400, f"under must be an absolute folder, e.g. /home/me/Pictures, not {under!r}")
+    return Path(under)
+
+
+def _min_size(text: str, limits: Limits) -> tuple[int, int]:
+    width, height = parse_min_size(text)
+    # No picture in the index is wider or taller than the pixel cap; beyond it the number means nothing
+    # (and would overflow the database's integers).
+    if width > limits.max_pixels or height > limits.max_pixels:
+        raise HTTPException(400, f"min_size: each side must be at most {limits.max_pixels} pixels, not {text!r}")
+    return width, height
 
 
 def search_filter(
-    under: str | None, after: str | None, before: str | None, ext: list[str] | None, min_size: str | None
+    under: str | None,
+    after: str | None,
+    before: str | None,
+    ext: list[str] | None,
+    min_size: str | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> SearchFilter:
     """The CLI's filters from their text forms (a bad date or size raises InvalidQueryError: 400)."""
     for name, value in (("under", under), ("after", after), ("before", before), ("min_size", min_size)):
         if value is not None:
             clean_text(value, name)
-    width, height = parse_min_size(min_size) if min_size else (0, 0)
+    width, height = _min_size(min_size, limits) if min_size else (0, 0)
     return SearchFilter(
-        under=Path(under) if under else None,
+        under=_under(under) if under else None,
         after=parse_date(after) if after else None,
         before=parse_date(before) if before else None,
         extensions=tuple(clean_text(e, "ext").strip() for e in (ext or ()) if e.strip()),
@@ -121,14 +184,14 @@ def search_filter(
 
 
 def search_options(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Hits per page.")] = 20,
-    offset: Annotated[int, Query(ge=0, le=MAX_DEPTH, description="Hits to skip (or use cursor).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=_MAX_K, description="Hits per page.")] = 20,
+    offset: Annotated[int, Query(ge=0, le=_MAX_DEPTH, description="Hits to skip (or use cursor).")] = 0,
     cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
     target: Annotated[
         Literal["image", "text"], Query(description="Find photos (image) or indexed texts (text).")
     ] = "image",
     under: Annotated[
-        str | None, Query(max_length=MAX_TEXT, description="Only items whose path is under this folder.")
+        str | None, Query(max_length=_MAX_TEXT, description="Only items whose path (absolute) is under this folder.")
     ] = None,
     after: Annotated[
         str | None, Query(max_length=64, description="Only photos taken after this date (EXIF, else mtime).")
@@ -146,8 +209,8 @@ def search_options(
 ) -> SearchOptions:
     if cursor is not None:
         offset = _decode_cursor(cursor)
-    if offset + limit > MAX_DEPTH:
-        raise HTTPException(422, f"offset + limit must be at most {MAX_DEPTH} (got {offset + limit})")
+    if offset + limit > _MAX_DEPTH:
+        raise HTTPException(422, f"offset + limit must be at most {_MAX_DEPTH} (got {offset + limit})")
     filters = search_filter(under, after, before, ext, min_size)
     cutoff: float | Literal["auto"] | None = None
     if min_score is not None and min_score.strip():

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from xmodal.cli.server.auth import Auth
 from xmodal.cli.server.jobs import IndexJobs
 from xmodal.cli.server.live import LiveEngine
+from xmodal.cli.server.pictures import Decoder
 from xmodal.cli.server.settings import ServerSettings
 from xmodal.cli.server.thumbnails import ThumbnailCache
 from xmodal.indexer.store.schema import ImageRow
@@ -29,11 +30,13 @@ class Services:
     auth: Auth
     thumbnails: ThumbnailCache
     jobs: IndexJobs | None = None
+    decoder: Decoder = field(init=False)
     _gate: threading.BoundedSemaphore = field(init=False)
     _roots: tuple[int, list[str]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._gate = threading.BoundedSemaphore(self.settings.search_threads)
+        self.decoder = Decoder(self.settings.limits.concurrent_decodes)
 
     @property
     def engine(self) -> SearchEngine:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
+
 __all__ = ["ServerSettings", "is_loopback"]
 
 
@@ -25,18 +27,15 @@ class ServerSettings:
     """token: required on every route but /api/health when set; cors_origins: browser origins
     allowed to call the API (none: no CORS headers at all); allow_index: POST /api/index may start
     indexing runs under the index's folders (and roots); loopback_only: the server listens on a
-    loopback address, so requests must name a loopback Host (a DNS-rebinding guard when no token)."""
+    loopback address, so requests must name a loopback Host (a DNS-rebinding guard when no token);
+    limits: every bound on a request (sizes, counts, pixels, decodes at once, the thumbnail cache)."""
 
     token: str | None = None
     allow_index: bool = False
     cors_origins: tuple[str, ...] = ()
     roots: tuple[Path, ...] = ()
     loopback_only: bool = True
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_limit: int = 500  # hits in one page
-    max_depth: int = 5000  # offset + limit: deeper pages are refused
-    max_batch: int = 256  # texts in one batch request
-    max_query_chars: int = 4096
+    limits: Limits = DEFAULT_LIMITS
     thumbnail_dir: Path | None = None  # default: <cache>/thumbnails
     thumbnail_size: int = 320
     # Engine calls at once: more than the cores only makes every call slower.

@@ -8,15 +8,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
 
 from xmodal.cli.server.models import EmbedResponse, EmbedTextsRequest
-from xmodal.cli.server.params import MAX_TEXT, clean_text
+from xmodal.cli.server.params import clean_texts
+from xmodal.cli.server.pictures import QUERY_SIZE, Upload, read_uploads
 from xmodal.cli.server.services import Services, get_services
-from xmodal.cli.server.uploads import read_upload
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/embed", tags=["embed"])
 ServicesDep = Annotated[Services, Depends(get_services)]
-MAX_IMAGES = 32
 
 
 def _response(services: Services, vectors: np.ndarray) -> EmbedResponse:
@@ -34,33 +33,29 @@ def _require_model(services: Services) -> None:
 
 
 @router.post("/texts", response_model=EmbedResponse, summary="Text vectors")
-def embed_texts(services: Annotated[Services, Depends(get_services)], request: EmbedTextsRequest) -> EmbedResponse:
-    limit = services.settings.max_batch
-    if len(request.texts) > limit:
-        raise HTTPException(422, f"texts: at most {limit} in one request (got {len(request.texts)})")
-    cleaned = []
-    for i, text in enumerate(request.texts):
-        if len(text) > MAX_TEXT:
-            raise HTTPException(422, f"texts[{i}]: longer than {MAX_TEXT} characters")
-        clean_text(text, f"texts[{i}]")
-        words = " ".join(text.split())
-        if not words:
-            raise HTTPException(400, f"texts[{i}]: the text is empty")
-        cleaned.append(words)
+def embed_texts(services: ServicesDep, request: EmbedTextsRequest) -> EmbedResponse:
+    limits = services.settings.limits
+    cleaned = clean_texts(request.texts, "texts", limits)
     _require_model(services)
-    with services.searching() as engine:
-        vectors = engine.embed_texts(cleaned)
-    return _response(services, np.asarray(vectors))
+    step = max(1, limits.texts_per_model_call)
+    parts = []
+    for start in range(0, len(cleaned), step):  # a few at a time: the model's memory grows with the batch
+        with services.searching() as engine:
+            parts.append(np.asarray(engine.embed_texts(cleaned[start : start + step])))
+    return _response(services, np.concatenate(parts))
 
 
 @router.post("/images", response_model=EmbedResponse, summary="Picture vectors (multipart field 'images', repeatable)")
 def embed_images(
     services: ServicesDep, images: Annotated[list[UploadFile], File(description="Pictures.")]
 ) -> EmbedResponse:
-    if len(images) > MAX_IMAGES:
-        raise HTTPException(422, f"images: at most {MAX_IMAGES} in one request (got {len(images)})")
-    pictures = [read_upload(upload.file.read(), f"images[{i}]") for i, upload in enumerate(images)]
+    limits = services.settings.limits
+    if len(images) > limits.max_images_per_request:
+        raise HTTPException(422, f"images: at most {limits.max_images_per_request} in one request (got {len(images)})")
+    uploads = [Upload(f"images[{i}]", upload.file.read()) for i, upload in enumerate(images)]
     _require_model(services)
-    with services.searching() as engine:
-        vectors = np.stack([engine.embed_image_query(p) for p in pictures])
-    return _response(services, vectors)
+    vectors = []
+    for picture in read_uploads(uploads, limits, services.decoder, QUERY_SIZE):
+        with services.searching() as engine:
+            vectors.append(engine.embed_image_query(picture))
+    return _response(services, np.stack(vectors))

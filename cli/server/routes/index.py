@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -11,6 +12,7 @@ from xmodal.cli.server.auth import require_auth
 from xmodal.cli.server.models import FailureOut, HealthOut, IndexRequest, IndexStatus, InfoOut
 from xmodal.cli.server.params import clean_text
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.scanning import unread_extension
 from xmodal.indexer.store.schema import FailureRow, ImageRow, TextRow
 
 __all__ = ["health_router", "router"]
@@ -21,18 +23,35 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 @health_router.get("/health", response_model=HealthOut, summary="Liveness; needs no token")
-def health() -> HealthOut:
+async def health() -> HealthOut:
+    """On the event loop, never in the worker threads: it answers while every worker is busy."""
     return HealthOut(status="ok")
+
+
+def failure_counts(failures: Iterable[FailureRow]) -> tuple[int, dict[str, int]]:
+    """(real errors, skips of kinds not read by extension), counted as `xmodal info` counts them: a
+    camera RAW or a video is a skip, not an error."""
+    errors = 0
+    skipped: dict[str, int] = {}
+    for failure in failures:
+        extension = unread_extension(failure.reason, failure.path)
+        if extension is None:
+            errors += 1
+        else:
+            skipped[extension] = skipped.get(extension, 0) + 1
+    return errors, dict(sorted(skipped.items()))
 
 
 @router.get("/info", response_model=InfoOut, summary="What the index holds")
 def info(services: ServicesDep) -> InfoOut:
     store = services.engine.store
+    errors, skipped = failure_counts(store.metadata.failures())
     return InfoOut(
         index=str(store.directory),
         images=store.metadata.count(ImageRow),
         texts=store.metadata.count(TextRow),
-        errors=store.metadata.count(FailureRow),
+        errors=errors,
+        skipped=skipped,
         model=store.model_spec,
         dim=store.dim,
         size_bytes=store.size_bytes(),

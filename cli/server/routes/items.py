@@ -11,7 +11,7 @@ import os
 import stat
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -20,10 +20,12 @@ from sqlalchemy import select
 
 from xmodal.cli.server.models import ItemOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, search_options_dependency
+from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
-from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.limits import Limits
+from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.engine import SearchEngine
 
@@ -61,7 +63,7 @@ def _open_indexed(row: ImageRow) -> int:
         404, f"the file of photo {row.id} changed or was removed since it was indexed; index its folder again"
     )
     try:
-        fd = os.open(row.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(row.path, os.O_RDONLY | OPEN_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         raise gone from None
     st = os.fstat(fd)
@@ -111,6 +113,7 @@ def item(
         indexed_at=row.indexed_at,
         thumbnail=f"/api/items/{row.id}/thumbnail",
         url=f"/api/items/{row.id}/file",
+        view=f"/api/items/{row.id}/view",
         texts=texts,
     )
 
@@ -122,42 +125,61 @@ def similar(
     return json_response(run_search(services, options, None, item_id, None))
 
 
-@router.get(
-    "/{item_id}/thumbnail",
-    response_class=FileResponse,
-    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such photo, or its file changed"}},
-    summary="A JPEG thumbnail (EXIF orientation applied, cached on disk)",
-)
-def thumbnail(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
-    row = _photo(services.engine, item_id)
-    os.close(_open_indexed(row))
-    etag = '"' + services.thumbnails.key(row.path, row.size, row.mtime_ns) + '"'
+# Formats every current browser shows; any other photo (HEIC, TIFF) is shown as a JPEG rendition.
+_BROWSER_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
+_DISPLAY_SIZE = 2048  # the short side of a display rendition (a screen's worth)
+
+
+def _render(handle: IO[bytes], field: str, limits: Limits, edge: int, thumbnail: bool) -> Image.Image:
+    picture = reduced_picture(handle, field, limits, edge)
+    if thumbnail:
+        picture.thumbnail((edge, edge))  # fits the box: receipts and panoramas stay whole
+    elif min(picture.size) > edge:  # a display copy: its short side `edge`
+        scale = edge / min(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
+    return picture
+
+
+def _rendition(services: Services, row: ImageRow, request: Request, edge: int, thumbnail: bool) -> Response:
+    """A cached JPEG of the photo: a thumbnail (longer side `edge`, aspect ratio kept) or a display
+    copy (short side at most `edge`). Decoded in the decoding threads, like uploads."""
+    cache = services.thumbnails
+    key = cache.key(row.path, row.size, row.mtime_ns, edge)
+    etag = f'"{key}"'
     headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
+    fd = _open_indexed(row)
     if request.headers.get("if-none-match") == etag:
+        os.close(fd)
         return Response(status_code=304, headers=headers)
-    try:
-        path = services.thumbnails.get(row.path, row.size, row.mtime_ns)
-    except ImageReadError as e:
-        raise HTTPException(404, f"photo {item_id} cannot be read any more: {e}") from None
+    with os.fdopen(fd, "rb") as handle:
+        path = cache.lookup(key)
+        if path is None:
+            limits = services.settings.limits
+            path = cache.store(key, services.decoder.run(_render, handle, f"photo {row.id}", limits, edge, thumbnail))
     return FileResponse(path, media_type="image/jpeg", headers=headers)
 
 
 @router.get(
-    "/{item_id}/file",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
-    summary="The photo itself",
+    "/{item_id}/thumbnail",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such photo, or its file changed"}},
+    summary="A JPEG thumbnail (whole picture, aspect ratio kept, EXIF orientation applied, cached on disk)",
 )
-def original(services: ServicesDep, item_id: ItemId) -> Response:
+def thumbnail(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     row = _photo(services.engine, item_id)
-    fd = _open_indexed(row)
-    handle = os.fdopen(fd, "rb")
+    return _rendition(services, row, request, services.thumbnails.size, thumbnail=True)
+
+
+def _media_type(handle: IO[bytes], item_id: int) -> str:
     try:
         with Image.open(handle) as im:  # the type comes from the content, never from the file name
-            media_type = Image.MIME.get(im.format or "", "application/octet-stream")
+            return Image.MIME.get(im.format or "", "application/octet-stream")
     except Exception:  # noqa: BLE001 - indexed once, unreadable now
-        handle.close()
         raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
+
+
+def _stream(handle: IO[bytes], row: ImageRow, media_type: str) -> Response:
     handle.seek(0)
 
     def chunks() -> Iterator[bytes]:
@@ -172,3 +194,40 @@ def original(services: ServicesDep, item_id: ItemId) -> Response:
         "Cache-Control": "private, max-age=3600",
     }
     return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+
+
+@router.get(
+    "/{item_id}/file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
+    summary="The photo itself",
+)
+def original(services: ServicesDep, item_id: ItemId) -> Response:
+    row = _photo(services.engine, item_id)
+    handle = os.fdopen(_open_indexed(row), "rb")
+    try:
+        media_type = _media_type(handle, item_id)
+    except BaseException:
+        handle.close()
+        raise
+    return _stream(handle, row, media_type)
+
+
+@router.get(
+    "/{item_id}/view",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
+    summary="The photo as a browser can show it: the file itself, or a JPEG of a HEIC or TIFF",
+)
+def view(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
+    row = _photo(services.engine, item_id)
+    handle = os.fdopen(_open_indexed(row), "rb")
+    try:
+        media_type = _media_type(handle, item_id)
+    except BaseException:
+        handle.close()
+        raise
+    if media_type in _BROWSER_TYPES:
+        return _stream(handle, row, media_type)
+    handle.close()
+    return _rendition(services, row, request, _DISPLAY_SIZE, thumbnail=False)

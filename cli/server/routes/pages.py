@@ -87,6 +87,19 @@ def _figure(hit: HitOut) -> str:
     return f'<div class="hit text" data-id="{hit.id}" title="{title}"><p>{html.escape(label)}</p></div>'
 
 
+def _fraction(value: str | None, name: str) -> float | None:
+    """A number in [0, 1] from the page's URL (the API's own parameters are checked by FastAPI)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise HTTPException(422, f"{name} must be a number between 0 and 1, not {value!r}") from None
+    if not 0.0 <= number <= 1.0:  # also refuses nan
+        raise HTTPException(422, f"{name} must be a number between 0 and 1, not {value!r}")
+    return number
+
+
 def _initial(request: Request, services: Services) -> tuple[dict[str, object], str]:
     """The search the URL asks for, as JSON data for the script and as markup."""
     params = request.query_params
@@ -103,6 +116,10 @@ def _initial(request: Request, services: Services) -> tuple[dict[str, object], s
             ext=params.getlist("ext") or None,
             min_size=params.get("min_size") or None,
             min_score=params.get("min_score") or None,
+            # the same as the script's searches: a bookmarked URL shows what it showed
+            diverse=_fraction(params.get("diverse"), "diverse"),
+            collapse=_fraction(params.get("collapse"), "collapse"),
+            rerank=params.get("rerank") != "false",
         )
         if options.target not in ("image", "text"):
             raise HTTPException(422, "target must be 'image' or 'text'")
@@ -161,17 +178,26 @@ def login_form(request: Request) -> HTMLResponse:
 
 @public_router.post("/login", response_class=HTMLResponse)
 def login(request: Request, services: ServicesDep, token: Annotated[str, Form(max_length=4096)] = "") -> Response:
-    if not services.auth.enabled:
+    auth = services.auth
+    if not auth.enabled:
         return RedirectResponse("/", status_code=303)
-    if not services.auth.token_matches(token):
+    address = request.client.host if request.client else ""
+    wait = auth.login_blocked_for(address)
+    if wait > 0:
+        refused = _login_page(request, "Too many wrong tokens; wait a minute and try again.", status=429)
+        refused.headers["Retry-After"] = str(int(wait) + 1)
+        return refused
+    if not auth.token_matches(token):
+        auth.login_failed(address)
         return _login_page(request, "That token is not right.", status=401)
     response = RedirectResponse("/", status_code=303)
-    response.set_cookie(COOKIE, services.auth.session_value, httponly=True, samesite="strict", path="/")
+    response.set_cookie(COOKIE, auth.open_session(), httponly=True, samesite="strict", path="/")
     return response
 
 
 @public_router.post("/logout")
-def logout() -> Response:
+def logout(request: Request, services: ServicesDep) -> Response:
+    services.auth.close_session(request.cookies.get(COOKIE, ""))  # the id stops working, copied or not
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -11,16 +11,17 @@ from PIL import Image
 
 from xmodal.cli.server.models import BatchResult, BatchSearchRequest, BatchSearchResponse, SearchResponse
 from xmodal.cli.server.params import (
-    MAX_TEXT,
     SearchOptions,
-    clean_text,
+    check_within,
+    clean_texts,
     search_filter,
     search_options_dependency,
     text_terms,
 )
+from xmodal.cli.server.pictures import QUERY_SIZE, Upload, read_uploads
 from xmodal.cli.server.routes.shaping import json_response, page
 from xmodal.cli.server.services import Services, get_services
-from xmodal.cli.server.uploads import read_upload
+from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.search.engine import SearchEngine
 from xmodal.search.hits import Hit
 
@@ -31,6 +32,7 @@ router = APIRouter(prefix="/api", tags=["search"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 OptionsDep = Annotated[SearchOptions, Depends(search_options_dependency)]
 ItemId = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Search by an indexed photo (its id).")]
+_MAX_TEXT = DEFAULT_LIMITS.max_query_chars  # the declared bound; the server's own limits are checked too
 
 
 def _item_vector(engine: SearchEngine, item_id: int) -> np.ndarray:
@@ -58,6 +60,10 @@ def run_search(
 ) -> SearchResponse:
     """One search from any mix of a text, a picture and an indexed photo (their vectors are added)."""
     started = time.perf_counter()
+    limits = services.settings.limits
+    check_within(options, limits)
+    if q is not None and len(q) > limits.max_query_chars:
+        raise HTTPException(422, f"q: longer than {limits.max_query_chars} characters")
     text = q if q is not None and q.strip() else None
     if q is not None and text is None:
         raise HTTPException(400, "q: the query text is empty")
@@ -102,7 +108,7 @@ def search_get(
     q: Annotated[
         str | None,
         Query(
-            max_length=MAX_TEXT, description='Text, or a combination: \'"dog" + "beach" - "snow"\', weights as 2:term.'
+            max_length=_MAX_TEXT, description='Text, or a combination: \'"dog" + "beach" - "snow"\', weights as 2:term.'
         ),
     ] = None,
     like: ItemId = None,
@@ -119,41 +125,43 @@ def search_post(
     image: Annotated[
         UploadFile | None, File(description="A picture; its content decides, not its name or type.")
     ] = None,
-    q: Annotated[str | None, Form(max_length=MAX_TEXT)] = None,
+    q: Annotated[str | None, Form(max_length=_MAX_TEXT)] = None,
     like: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None,
 ) -> Response:
-    picture = read_upload(image.file.read()) if image is not None else None
+    picture = None
+    if image is not None:
+        upload = Upload("image", image.file.read())
+        picture = read_uploads([upload], services.settings.limits, services.decoder, QUERY_SIZE)[0]
     return json_response(run_search(services, options, q, like, picture))
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Many text queries at once: ids and scores")
 def search_batch(services: ServicesDep, request: BatchSearchRequest) -> BatchSearchResponse:
     started = time.perf_counter()
-    limit = services.settings.max_batch
-    if len(request.queries) > limit:
-        raise HTTPException(422, f"queries: at most {limit} in one request (got {len(request.queries)})")
-    for i, text in enumerate(request.queries):
-        if len(text) > MAX_TEXT:
-            raise HTTPException(422, f"queries[{i}]: longer than {MAX_TEXT} characters")
-        clean_text(text, f"queries[{i}]")
-        if not text.strip():
-            raise HTTPException(400, f"queries[{i}]: the query text is empty")
-    filters = search_filter(request.under, request.after, request.before, request.ext, request.min_size)
-    with services.searching() as engine:
-        if not engine.store.model_spec:
-            results = [BatchResult(query=t, ids=[], scores=[]) for t in request.queries]
-        else:
+    limits = services.settings.limits
+    queries = clean_texts(request.queries, "queries", limits)
+    if request.limit > limits.max_k:
+        raise HTTPException(422, f"limit must be at most {limits.max_k} (got {request.limit})")
+    filters = search_filter(request.under, request.after, request.before, request.ext, request.min_size, limits)
+    results: list[BatchResult] = []
+    step = max(1, limits.texts_per_model_call)
+    for start in range(0, len(queries), step):  # a few at a time: memory grows with the queries searched at once
+        chunk = queries[start : start + step]
+        with services.searching() as engine:
+            if not engine.store.model_spec:
+                results += [BatchResult(query=t, ids=[], scores=[]) for t in request.queries[start : start + step]]
+                continue
             scores, ids = engine.search_texts(
-                request.queries, k=request.limit, target=request.target, filters=filters, rerank=request.rerank
+                chunk, k=request.limit, target=request.target, filters=filters, rerank=request.rerank
             )
-            results = [
-                BatchResult(
-                    query=t,
-                    ids=[int(i) for i in row_ids if i >= 0],
-                    scores=[round(float(s), 6) for s, i in zip(row_scores, row_ids) if i >= 0],
-                )
-                for t, row_scores, row_ids in zip(request.queries, scores, ids)
-            ]
+        results += [
+            BatchResult(
+                query=t,
+                ids=[int(i) for i in row_ids if i >= 0],
+                scores=[round(float(s), 6) for s, i in zip(row_scores, row_ids) if i >= 0],
+            )
+            for t, row_scores, row_ids in zip(request.queries[start : start + step], scores, ids)
+        ]
     return BatchSearchResponse(
         results=results, target=request.target, took_ms=round((time.perf_counter() - started) * 1000, 2)
     )

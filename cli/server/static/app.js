@@ -158,7 +158,7 @@
     if (!hit || hit.kind !== "image") return;
     state.current = index;
     const viewer = $("viewer");
-    $("big").src = hit.url;
+    $("big").src = "/api/items/" + encodeURIComponent(hit.id) + "/view"; // a JPEG for HEIC/TIFF, else the file
     $("big").alt = hit.name;
     $("v-name").textContent = hit.name;
     $("v-path").textContent = hit.path;
