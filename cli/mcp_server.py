@@ -31,6 +31,7 @@ class HitOut(BaseModel):
     score: float
     path: str
     text: str | None = None
+    copies: int = 0  # near-duplicates folded into this hit (collapse)
 
 
 class ItemOut(BaseModel):

@@ -46,6 +46,7 @@ class HitOut(BaseModel):
     path: str = Field(description="The photo's path, or for a text the file it came from.")
     name: str = Field(description="The file name (last part of the path).")
     text: str | None = None
+    copies: int = Field(default=0, description="Near-duplicates folded into this hit by collapse.")
     thumbnail: str | None = Field(default=None, description="URL of the thumbnail (images only).")
     url: str | None = Field(default=None, description="URL of the full photo (images only).")
 

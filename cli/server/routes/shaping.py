@@ -24,6 +24,7 @@ def hit_out(hit: Hit) -> HitOut:
         path=hit.path,
         name=os.path.basename(hit.path),
         text=hit.text,
+        copies=hit.copies,
         thumbnail=f"/api/items/{hit.id}/thumbnail" if image else None,
         url=f"/api/items/{hit.id}/file" if image else None,
     )
