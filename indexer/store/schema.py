@@ -4,10 +4,11 @@ SQL is the source of truth: each row keeps its full-precision vector, so the FAI
 derived cache that can always be rebuilt (crash safety, exact re-scoring). The schema is
 versioned by Alembic (indexer.store.migrations): opening a database brings it up to date.
 
-Change tracking, for the FAISS caches of other index folders (other machines) on one database:
-every write transaction moves its kind's generation on (`bump_generation`, once per
-transaction), every row it writes records that generation, every row it deletes leaves a
-tombstone in `deleted_rows`; `changes_since(kind, G)` is what a cache stamped G lacks.
+Change tracking, for the FAISS caches of every reader (other processes, other machines) on one
+database: a transaction that writes or deletes rows of a kind moves that kind's generation on,
+once; every row it writes records that generation, every row it deletes leaves a tombstone in
+`deleted_rows`; `changes_since(kind, G)` is what a cache stamped G lacks. A transaction that
+changes no row of a kind leaves its generation alone, so readers have nothing to catch up.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Session, defer, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    ORMExecuteState,
+    Session,
+    defer,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -250,6 +260,12 @@ def _engine(url: str | URL) -> Engine:
 
 def _forget_generations(session: Session, *args: object) -> None:
     session.info.pop("generations", None)
+    session.info.pop("changed", None)
+
+
+def _kind_of(entity: object) -> str | None:
+    table = getattr(getattr(entity, "class_", entity), "__tablename__", None)
+    return _KIND_OF.get(table) if isinstance(table, str) else None
 
 
 class MetadataStore:
@@ -262,6 +278,8 @@ class MetadataStore:
         event.listen(self._sessions, "after_commit", _forget_generations)
         event.listen(self._sessions, "after_rollback", _forget_generations)
         event.listen(self._sessions, "before_flush", self._track_orm_writes)
+        event.listen(self._sessions, "do_orm_execute", self._track_bulk_writes)
+        event.listen(self._sessions, "before_commit", self._record_generations)
 
     @classmethod
     def connect(cls, url: str | URL, create: bool = True) -> MetadataStore:
@@ -415,22 +433,38 @@ class MetadataStore:
         for row in [*session.new, *session.dirty]:
             if isinstance(row, (ImageRow, TextRow)) and (row in session.new or session.is_modified(row)):
                 row.generation = self.bump_generation(session, _KIND_OF[row.__tablename__])
+                self._changed(session, _KIND_OF[row.__tablename__])
         for row in list(session.deleted):
             if isinstance(row, (ImageRow, TextRow)) and row.id is not None:
                 kind = _KIND_OF[row.__tablename__]
                 session.add(DeletedRow(kind=kind, generation=self.bump_generation(session, kind), row_id=row.id))
+                self._changed(session, kind)
+
+    def _track_bulk_writes(self, state: ORMExecuteState) -> None:
+        """INSERT, UPDATE and DELETE statements on the rows (bulk writes, `query(...).update()`)
+        change their kind, whoever runs them."""
+        if state.is_insert or state.is_update or state.is_delete:
+            kind = _kind_of(state.bind_mapper)
+            if kind is not None:
+                self._changed(state.session, kind)
+
+    def _changed(self, session: Session, kind: str) -> None:
+        session.info.setdefault("changed", set()).add(kind)
+
+    def _record_generations(self, session: Session) -> None:
+        """At commit: the generation of each kind this transaction changed moves on (once)."""
+        for kind in sorted(session.info.get("changed", ())):
+            generation = self.bump_generation(session, kind)
+            session.merge(MetaRow(key=f"generation:{kind}", value=str(generation)))
+        session.info.pop("changed", None)
 
     def bump_generation(self, session: Session, kind: str) -> int:
-        """This transaction's generation of `kind`: moved on at its first call, the same after.
-
-        Each write transaction moves its kind's generation on, so a stale FAISS cache is detected
-        (and knows which rows it lacks)."""
+        """This transaction's generation of `kind` (the current one + 1, the same on every call),
+        for the rows it writes. It becomes the kind's generation when the transaction commits
+        having written or deleted a row of the kind; a transaction that changed none of them
+        leaves the generation as it was (readers then have nothing to catch up)."""
         generations = session.info.setdefault("generations", {})
-        if kind in generations:
-            return generations[kind]
-        key = f"generation:{kind}"
-        row = session.get(MetaRow, key)
-        generation = int(row.value) + 1 if row else 1
-        session.merge(MetaRow(key=key, value=str(generation)))
-        generations[kind] = generation
-        return generation
+        if kind not in generations:
+            row = session.get(MetaRow, f"generation:{kind}")
+            generations[kind] = int(row.value) + 1 if row else 1
+        return generations[kind]
