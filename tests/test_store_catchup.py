@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.backends import Backend
 from tests.conftest import make_image
@@ -62,8 +61,10 @@ def test_another_folder_catches_up_incrementally(tmp_path: Path, db_backend: Bac
 
         # plain ORM writes are tracked too: a row added, one changed, one deleted
         with reader.metadata.session() as s, s.begin():
-            s.add(ImageRow(path=str(make_image(tmp_path / "extra.png", (1, 2, 3))), size=1, mtime_ns=1, content_hash="x", width=1, height=1,
-                           model=str(fake_model().spec), indexed_at=utcnow(), vector=vector_to_blob(np.eye(32, dtype=np.float32)[5])))
+            extra = make_image(tmp_path / "extra.png", (1, 2, 3))
+            vector = vector_to_blob(np.eye(32, dtype=np.float32)[5])
+            s.add(ImageRow(path=str(extra), size=1, mtime_ns=1, content_hash="x", width=1, height=1,
+                           model=str(fake_model().spec), indexed_at=utcnow(), vector=vector))  # fmt: skip
             rows = s.query(ImageRow).order_by(ImageRow.id).all()
             rows[0].vector = vector_to_blob(np.eye(32, dtype=np.float32)[7])
             s.delete(rows[1])

@@ -282,8 +282,10 @@ class IndexStore:
         index = self._caught_up(kind, loaded[0], loaded[1], current) if loaded is not None else None
         behind = None if index is None else self._last_catch_up
         if index is None:
-            why = f"{path.name} is missing, unreadable or of another database" if loaded is None else (
-                f"{path.name} (generation {loaded[1]}) could not catch up to {current}"
+            why = (
+                f"{path.name} is missing, unreadable or of another database"
+                if loaded is None
+                else (f"{path.name} (generation {loaded[1]}) could not catch up to {current}")
             )
             index = self._from_sql(kind, why)
         if not self._writing and dim and len(index) and (behind is None or behind >= _READER_SAVE_MIN_CHANGES):

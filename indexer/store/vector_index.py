@@ -34,7 +34,6 @@ import numpy as np
 from xmodal.indexer.store import plan as _plan
 from xmodal.indexer.store import saved_index
 from xmodal.indexer.store.full_vectors import FullVectors
-from xmodal.indexer.store.read_write_lock import ReadWriteLock
 from xmodal.indexer.store.plan import (
     EXACT_FILTER_MAX,
     FLAT_MAX_ELEMENTS,
@@ -44,6 +43,7 @@ from xmodal.indexer.store.plan import (
     choose_plan,
     gpu_available,
 )
+from xmodal.indexer.store.read_write_lock import ReadWriteLock
 
 # The plan's names stay importable from here, where the index's users look for them.
 __all__ = ["IndexPlan", "VectorIndex", "choose_plan", "gpu_available", "FLAT_MAX_ELEMENTS"]
@@ -271,9 +271,7 @@ class VectorIndex:
         with self._guard.reading():
             return self._search(queries, k, allowed_ids)
 
-    def _search(
-        self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         nq = queries.shape[0]
         if len(self) == 0:
             return np.zeros((nq, 0), dtype=np.float32), np.zeros((nq, 0), dtype=np.int64)
