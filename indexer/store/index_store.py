@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -487,13 +488,21 @@ def _sqlite_url(directory: Path) -> str:
 
 
 def _write_settings(path: Path, data: dict) -> None:
-    """Atomically; readable by the owner only when the URL carries a password."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    """Atomically; readable by the owner only when the URL carries a password, from the moment
+    the file exists (mkstemp creates it 0600: no window where another user could read it)."""
     url = data.get("db_url")
     try:
-        if url and make_url(url).password:
-            os.chmod(tmp, 0o600)
+        secret = bool(url and make_url(url).password)
     except Exception:
-        pass
-    os.replace(tmp, path)
+        secret = True  # cannot tell: keep it private
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2))
+        if not secret:
+            os.chmod(tmp, 0o644)  # nothing private in it: other users' tools may read it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
