@@ -40,8 +40,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError, ModelMismatchError
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.migrations import SchemaTooNewError
-from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, safe_url, scrub
+from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, is_busy, safe_url, scrub
 from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["Kind", "INDEX_ENV_VAR", "DB_URL_ENV_VAR", "default_index_dir", "IndexStore"]
@@ -86,9 +87,18 @@ class IndexStore:
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path | str | None = None, db_url: str | None = None, create: bool = False) -> IndexStore:
+    def open(
+        cls,
+        directory: Path | str | None = None,
+        db_url: str | None = None,
+        create: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> IndexStore:
         """Open the index in `directory`; the database is `db_url`, else $XMODAL_DB_URL, else the
-        one recorded when the index was made (SQLite in the folder by default)."""
+        one recorded when the index was made (SQLite in the folder by default).
+
+        IndexLockedError when another process holds the database longer than
+        `limits.database_busy_seconds` (e.g. several opening an old index at once, one upgrading it)."""
         path = Path(directory).expanduser() if directory else default_index_dir()
         db_url = db_url or os.environ.get(DB_URL_ENV_VAR) or None
         settings_file = path / _SETTINGS
@@ -120,13 +130,18 @@ class IndexStore:
                 f"no xmodal index at '{path}'{hint}; create one with `xmodal index PATH --index {path}`"
             )
         try:
-            metadata = MetadataStore.connect(url, create=True)
+            metadata = MetadataStore.connect(url, create=True, busy_seconds=limits.database_busy_seconds)
         except SchemaTooNewError:
             raise
         except ModuleNotFoundError as e:
             hint = " (pip install 'xmodal[postgres]')" if "psycopg" in str(e) else ""
             raise IndexNotFoundError(f"cannot open the index database '{safe_url(url)}': {e}{hint}") from e
         except Exception as e:
+            if is_busy(e):  # there, but held by another process: not a missing index
+                raise IndexLockedError(
+                    f"the index database '{safe_url(url)}' is busy: another process held it for more than "
+                    f"{limits.database_busy_seconds:g} s (an upgrade or a long write); try again"
+                ) from e
             reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]  # one line
             raise IndexNotFoundError(
                 f"cannot open the index database '{safe_url(url)}': {scrub(reason, url)}"

@@ -13,6 +13,9 @@ changes no row of a kind leaves its generation alone, so readers have nothing to
 
 from __future__ import annotations
 
+import functools
+import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +54,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.indexer.paths import folder_prefixes
 from xmodal.indexer.store.feature_codec import decode_features, encode_features
 from xmodal.indexer.store.migrations import SchemaChange, upgrade_database
@@ -74,6 +78,7 @@ __all__ = [
     "under_clause",
     "safe_url",
     "scrub",
+    "is_busy",
 ]
 
 # Version of the index folder's layout (xmodal.json); the database's schema is Alembic's revision.
@@ -223,16 +228,37 @@ def scrub(message: str, url: str | URL | None) -> str:
     return message.replace(str(password), "***") if password else message
 
 
-def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
+def _sqlite_pragmas(busy_seconds: float, dbapi_connection: object, connection_record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    # WAL: readers never block on, nor see half of, a writer's transaction; a crash rolls back.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        # First the wait for a database another connection holds, so every statement below has it.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        # WAL: readers never block on, nor see half of, a writer's transaction; a crash rolls back.
+        # Turning an old (rollback-journal) database into WAL takes it whole: when several
+        # processes open it at once, SQLite may refuse one at once rather than make it wait
+        # (two connections each holding a read lock and wanting more): that one tries again.
+        deadline = time.monotonic() + busy_seconds
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if not is_busy(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
-def _engine(url: str | URL) -> Engine:
+def is_busy(error: BaseException) -> bool:
+    """Whether a database error means "held by another connection too long" (SQLite's
+    "database is locked"/"busy"), as opposed to a missing or broken database."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def _engine(url: str | URL, busy_seconds: float = DEFAULT_LIMITS.database_busy_seconds) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # no driver named: psycopg 3, the one the postgres extra installs
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -252,10 +278,11 @@ def _engine(url: str | URL) -> Engine:
                 if k not in parsed.query
             }
         return create_engine(parsed, pool_pre_ping=True, connect_args=args)
-    engine = create_engine(parsed)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": busy_seconds})
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_seconds))
+        return engine
+    return create_engine(parsed)
 
 
 def _forget_generations(session: Session, *args: object) -> None:
@@ -282,9 +309,12 @@ class MetadataStore:
         event.listen(self._sessions, "before_commit", self._record_generations)
 
     @classmethod
-    def connect(cls, url: str | URL, create: bool = True) -> MetadataStore:
-        """Open (and with create, make or upgrade) the database; SchemaTooNewError when it is newer."""
-        engine = _engine(url)
+    def connect(
+        cls, url: str | URL, create: bool = True, busy_seconds: float = DEFAULT_LIMITS.database_busy_seconds
+    ) -> MetadataStore:
+        """Open (and with create, make or upgrade) the database; SchemaTooNewError when it is newer.
+        busy_seconds: how long a statement waits for a database another process holds (SQLite)."""
+        engine = _engine(url, busy_seconds)
         try:
             change = upgrade_database(engine) if create else None
         except BaseException:
