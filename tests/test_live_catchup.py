@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.backends import Backend
 from tests.conftest import make_image
 from tests.fakes import fake_model
 from xmodal.cli.server.live import LiveEngine
@@ -52,7 +53,7 @@ def _live_indexes() -> int:
     return sum(type(o) is VectorIndex for o in gc.get_objects())
 
 
-def test_a_reader_catches_up_in_place_with_rows_added_and_deleted(tmp_path: Path) -> None:
+def test_a_reader_catches_up_in_place_with_rows_added_and_deleted(tmp_path: Path, db_backend: Backend) -> None:
     photos, index = _indexed(tmp_path, 12)
     engine = SearchEngine.open(index, model=fake_model())
     try:
