@@ -61,8 +61,9 @@ def _exact(base, ids) -> VectorIndex:
 
 def _approx(base, ids, kind="ivf_sq8", lean=False) -> VectorIndex:
     pq_m = {"ivf_pq": DIM // 4, "ivf_pqfs": DIM // 2}.get(kind, 0)
-    plan = IndexPlan(kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10,
-                     train_size=8_000, lean=lean)
+    plan = IndexPlan(
+        kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10, train_size=8_000, lean=lean
+    )
     index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
     index.rebuild(base, ids, plan)
     return index
