@@ -44,6 +44,9 @@ class Limits:
     max_sessions: int = 256  # signed-in browsers remembered; the oldest is signed out beyond it
     # The server's thumbnail cache on disk, least recently used dropped first.
     thumbnail_cache_bytes: int = 512 * 1024 * 1024
+    # The index database. Held by another process (an upgrade, a long write) longer than this,
+    # it is reported busy (IndexLockedError), never missing.
+    database_busy_seconds: float = 30.0
 
 
 DEFAULT_LIMITS = Limits()
