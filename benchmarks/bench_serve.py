@@ -456,7 +456,10 @@ def main() -> None:
     if at8:
         report["http8_vs_best_library"] = round(at8["requests_per_s"] / best, 3)
     print()
-    print("| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | client CPU ms/req |")
+    columns = (
+        "phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req | client CPU ms/req"
+    )
+    print(f"| {columns} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in phases:
         keys = ("phase", "clients", "requests", "requests_per_s", "p50_ms", "p95_ms", "p99_ms", "errors")

@@ -69,7 +69,9 @@ LEGACY_COLUMNS = {
 }
 
 
-def make_legacy_index(directory: Path, url: str | None, photos: dict[str, np.ndarray], model: str, dim: int, grid_values: int = 8) -> str:
+def make_legacy_index(
+    directory: Path, url: str | None, photos: dict[str, np.ndarray], model: str, dim: int, grid_values: int = 8
+) -> str:
     """An index folder as the previous release left it: xmodal.json (schema 1), the tables, one
     image row per photo (path -> unit vector, with a grid blob), a text row, a failure, and the
     meta facts. Returns the database URL."""
@@ -81,16 +83,41 @@ def make_legacy_index(directory: Path, url: str | None, photos: dict[str, np.nda
     with Session(engine) as s, s.begin():
         for i, (path, vector) in enumerate(sorted(photos.items())):
             st = Path(path).stat()
-            s.add(_Image(
-                path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash=f"{i:040x}", width=64, height=48,
-                taken_at=None, model=model, indexed_at=now, vector=np.asarray(vector, "<f4").tobytes(),
-                grid=np.int32(1).tobytes() + np.zeros(grid_values, "<f2").tobytes(), features=None,
-            ))
-        s.add(_Text(source="/captions.txt", text="a red square", content_hash="c" * 32, model=model, indexed_at=now,
-                    vector=np.asarray(next(iter(photos.values())), "<f4").tobytes()))
+            s.add(
+                _Image(
+                    path=path,
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    content_hash=f"{i:040x}",
+                    width=64,
+                    height=48,
+                    taken_at=None,
+                    model=model,
+                    indexed_at=now,
+                    vector=np.asarray(vector, "<f4").tobytes(),
+                    grid=np.int32(1).tobytes() + np.zeros(grid_values, "<f2").tobytes(),
+                    features=None,
+                )
+            )
+        s.add(
+            _Text(
+                source="/captions.txt",
+                text="a red square",
+                content_hash="c" * 32,
+                model=model,
+                indexed_at=now,
+                vector=np.asarray(next(iter(photos.values())), "<f4").tobytes(),
+            )
+        )
         s.add(_Failure(path="/photos/broken.jpg", reason="cannot identify image file", failed_at=now))
-        for key, value in {"model": model, "dim": str(dim), "normalized": "true", "schema": "1",
-                           "generation:image": "3", "generation:text": "1"}.items():
+        for key, value in {
+            "model": model,
+            "dim": str(dim),
+            "normalized": "true",
+            "schema": "1",
+            "generation:image": "3",
+            "generation:text": "1",
+        }.items():
             s.add(_Meta(key=key, value=value))
     engine.dispose()
     (directory / "xmodal.json").write_text(json.dumps({"schema": 1, "db_url": url}, indent=2))

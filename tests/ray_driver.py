@@ -32,7 +32,9 @@ def main() -> None:
 
     index_dir, photos, address = sys.argv[1:4]
     delay = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
-    indexer = Indexer(index_dir, model=slow_fake_model(delay), batch_size=4, ray=RayOptions(address=address, decode_batch=4))
+    indexer = Indexer(
+        index_dir, model=slow_fake_model(delay), batch_size=4, ray=RayOptions(address=address, decode_batch=4)
+    )
     summary = indexer.add_paths([photos])
     import ray
 

@@ -19,7 +19,11 @@ FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "f
 
 def xmodal(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "xmodal.cli.app", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+        [sys.executable, "-m", "xmodal.cli.app", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
     assert "Traceback" not in result.stderr, result.stderr
     if check:
@@ -85,7 +89,11 @@ def test_text_corpus_and_image_to_text(indexed: tuple[Path, Path], tmp_path: Pat
     corpus = tmp_path / "labels.txt"
     corpus.write_text("a red ball\na green leaf\na blue circle\n")
     xmodal("index-text", str(corpus), "--index", str(index))
-    hits = json.loads(xmodal("search", "--image", str(photos / "drawing0.png"), "--target", "text", "--index", str(index), "--json").stdout)
+    hits = json.loads(
+        xmodal(
+            "search", "--image", str(photos / "drawing0.png"), "--target", "text", "--index", str(index), "--json"
+        ).stdout
+    )
     assert len(hits) == 3 and all(h["kind"] == "text" and h["text"] for h in hits)
 
 

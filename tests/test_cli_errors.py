@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 import xmodal.indexer.indexing
 import xmodal.indexer.models.embedding
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
 from xmodal.cli.app import _run, app
 from xmodal.cli.check_command import check
 from xmodal.indexer import Indexer
-from tests.conftest import make_image
-from tests.fakes import COLOURS, fake_model
 
 FAKE_SPEC = "fake-colour:test"
 
@@ -103,7 +103,9 @@ def test_foreign_indexes(runner: CliRunner, tmp_path: Path) -> None:
     garbage_db.mkdir()
     (garbage_db / "xmodal.json").write_text('{"schema": 1, "db_url": null}')
     (garbage_db / "index.db").write_bytes(os.urandom(4096))
-    _one_error_line(runner.invoke(app, ["search", "red", "--index", str(garbage_db)]), 4, "cannot open the index database")
+    _one_error_line(
+        runner.invoke(app, ["search", "red", "--index", str(garbage_db)]), 4, "cannot open the index database"
+    )
 
 
 def test_model_mismatch_is_found_before_loading_a_model(runner: CliRunner, fake_index: Path, photo_dir: Path) -> None:
@@ -151,7 +153,12 @@ def test_unknown_users_and_huge_sizes_are_one_line(runner: CliRunner, fake_index
 
 
 def test_unknown_option_and_command(runner: CliRunner, fake_index: Path) -> None:
-    for args in (["search", "red", "--bogus"], ["frobnicate"], ["search", "red", "--limit", "zero"], ["search", "red", "--limit", "0"]):
+    for args in (
+        ["search", "red", "--bogus"],
+        ["frobnicate"],
+        ["search", "red", "--limit", "zero"],
+        ["search", "red", "--limit", "0"],
+    ):
         result = runner.invoke(app, [*args, "--index", str(fake_index)])
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output
@@ -235,7 +242,9 @@ def check_app() -> typer.Typer:
     return local
 
 
-def test_check_command(runner: CliRunner, check_app: typer.Typer, fake_index: Path, photo_dir: Path, tmp_path: Path) -> None:
+def test_check_command(
+    runner: CliRunner, check_app: typer.Typer, fake_index: Path, photo_dir: Path, tmp_path: Path
+) -> None:
     result = runner.invoke(check_app, ["check", "--index", str(fake_index)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "ok"

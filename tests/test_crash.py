@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_image
+from tests.fakes import fake_model
 from xmodal.indexer.store.checking import check_index
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import FailureRow, ImageRow
 from xmodal.search import SearchEngine
-from tests.conftest import make_image
-from tests.fakes import fake_model
 
 N_IMAGES = 60
 KILLS = 5  # kills that land inside a run
@@ -32,7 +32,9 @@ SEED = int(os.environ.get("XMODAL_CRASH_SEED", "20240611"))  # another seed: ano
 QUERIES = ["red", "green", "blue", "yellow", "red blue", "a dark photo"]
 
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "faiss", "sqlalchemy", "PIL.Image", "xmodal.indexer.indexing", "tests.fakes", "tests.test_crash"])
+_CTX.set_forkserver_preload(
+    ["torch", "faiss", "sqlalchemy", "PIL.Image", "xmodal.indexer.indexing", "tests.fakes", "tests.test_crash"]
+)
 
 
 # --- the child ------------------------------------------------------------------------------------
@@ -41,8 +43,8 @@ def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str
     N-th FAISS save, after the new index file is in place but before its generation stamp."""
     import xmodal.indexer.indexing as indexing
     import xmodal.indexer.store.saved_index as saved_index
-    from xmodal.indexer import Indexer
     from tests.fakes import fake_model
+    from xmodal.indexer import Indexer
 
     indexing._SAVE_INTERVAL_S = 0.0  # save the FAISS cache after every batch: crash windows in saves too
     model = fake_model()
@@ -88,7 +90,12 @@ def _make_photos(root: Path) -> Path:
         colours.add((rng.randrange(256), rng.randrange(256), rng.randrange(256)))
     for i, colour in enumerate(sorted(colours)):
         ext = ("jpg", "png", "webp", "bmp")[i % 4]
-        make_image(root / f"d{i % 5}" / f"img{i:03d}.{ext}", colour, size=(48 + i, 40), **({"lossless": True} if ext == "webp" else {}))
+        make_image(
+            root / f"d{i % 5}" / f"img{i:03d}.{ext}",
+            colour,
+            size=(48 + i, 40),
+            **({"lossless": True} if ext == "webp" else {}),
+        )
     (root / "d1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "d3" / "empty.png").write_bytes(b"")
     return root
@@ -98,7 +105,10 @@ def _snapshot(index_dir: Path) -> dict[str, object]:
     store = IndexStore.open(index_dir)
     try:
         with store.metadata.session() as s:
-            rows = {r.path: (r.id, r.vector, r.size, r.mtime_ns, r.content_hash, r.width, r.height) for r in s.query(ImageRow)}
+            rows = {
+                r.path: (r.id, r.vector, r.size, r.mtime_ns, r.content_hash, r.width, r.height)
+                for r in s.query(ImageRow)
+            }
             fails = {f.path: f.reason for f in s.query(FailureRow)}
     finally:
         store.close()
@@ -168,7 +178,9 @@ def clean(tmp_path_factory: pytest.TempPathFactory, photos: Path, backend) -> tu
 
 # --- the tests ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, clean: tuple[dict, float], backend) -> None:  # noqa: ANN001
+def test_killed_runs_resume_to_the_clean_result(
+    tmp_path: Path, photos: Path, clean: tuple[dict, float], backend
+) -> None:  # noqa: ANN001
     want, clean_seconds = clean
     rng = random.Random(SEED)
     index_dir = tmp_path / "idx"
@@ -189,12 +201,21 @@ def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, cl
         log.append((round(delay, 3), before, _row_count(index_dir), killed))
         report = check_index(index_dir) if (index_dir / "xmodal.json").exists() else None
         if report is not None:  # whatever the kill left, SQL and the cache that would be used agree
-            assert not (report.rows_without_vector or report.vectors_without_row or report.vector_mismatches or report.count_mismatches), report
+            assert not (
+                report.rows_without_vector
+                or report.vectors_without_row
+                or report.vector_mismatches
+                or report.count_mismatches
+            ), report
     # resume to the end
     proc = _start(index_dir, photos)
     proc.join(60)
     assert proc.exitcode == 0
-    print(f"\ncrash test ({backend and 'postgresql' or 'sqlite'}): clean run {clean_seconds:.2f} s; kills (delay s, rows before, rows after, landed): {log}")
+    name = backend and "postgresql" or "sqlite"
+    print(
+        f"\ncrash test ({name}): clean run {clean_seconds:.2f} s;",
+        f"kills (delay s, rows before, rows after, landed): {log}",
+    )
     assert sum(1 for *_, killed in log if killed) >= 3, log  # kills really interrupted runs
     assert any(0 < after < N_IMAGES for _, _, after, killed in log if killed), log  # some in the middle
 
@@ -206,7 +227,9 @@ def test_killed_runs_resume_to_the_clean_result(tmp_path: Path, photos: Path, cl
 
 
 @pytest.mark.slow
-def test_kill_inside_the_faiss_save_is_repaired(tmp_path: Path, photos: Path, clean: tuple[dict, float], backend) -> None:  # noqa: ANN001
+def test_kill_inside_the_faiss_save_is_repaired(
+    tmp_path: Path, photos: Path, clean: tuple[dict, float], backend
+) -> None:  # noqa: ANN001
     want, _ = clean
     index_dir = tmp_path / "idx"
     proc = _start(index_dir, photos, kill_in_save=4, db_url=_db(backend))  # new images.faiss written, its stamp not

@@ -57,7 +57,12 @@ def _make_photos(root: Path, n: int = N_IMAGES) -> Path:
     for i in range(n):
         ext = ("jpg", "png", "webp")[i % 3]
         colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-        make_image(root / f"d{i % 3}" / f"img{i:03d}.{ext}", colour, size=(40 + i, 32), **({"lossless": True} if ext == "webp" else {}))
+        make_image(
+            root / f"d{i % 3}" / f"img{i:03d}.{ext}",
+            colour,
+            size=(40 + i, 32),
+            **({"lossless": True} if ext == "webp" else {}),
+        )
     (root / "d1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "d2" / "empty.png").write_bytes(b"")
     return root
@@ -67,7 +72,13 @@ def _snapshot(index_dir: Path) -> dict:
     store = IndexStore.open(index_dir)
     try:
         with store.metadata.session() as s:
-            rows = {r.path: (blob_to_vector(r.vector).copy(), (r.size, r.mtime_ns, r.content_hash, r.width, r.height, r.taken_at)) for r in s.query(ImageRow)}
+            rows = {
+                r.path: (
+                    blob_to_vector(r.vector).copy(),
+                    (r.size, r.mtime_ns, r.content_hash, r.width, r.height, r.taken_at),
+                )
+                for r in s.query(ImageRow)
+            }
             failures = {f.path: f.reason for f in s.query(FailureRow)}
     finally:
         store.close()
@@ -126,7 +137,9 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
                 os.environ[key] = value
 
 
-def test_ray_run_matches_the_local_run_and_stays_incremental(tmp_path: Path, photos: Path, local_result: dict, ray_local) -> None:  # noqa: ANN001
+def test_ray_run_matches_the_local_run_and_stays_incremental(
+    tmp_path: Path, photos: Path, local_result: dict, ray_local
+) -> None:  # noqa: ANN001
     index_dir = tmp_path / "idx"
     summary = Indexer(index_dir, model=fake_model(), batch_size=4, ray=RayOptions(decode_batch=4)).add_paths([photos])
     assert (summary.new, summary.failed) == (N_IMAGES, 2)
@@ -140,7 +153,9 @@ def test_ray_run_matches_the_local_run_and_stays_incremental(tmp_path: Path, pho
     os.rename(moved_from, moved_to)
     try:
         sent: list[int] = []
-        again = Indexer(index_dir, model=fake_model(), batch_size=4, ray=RayOptions(), on_progress=lambda p: sent.append(p.total)).add_paths([photos])
+        again = Indexer(
+            index_dir, model=fake_model(), batch_size=4, ray=RayOptions(), on_progress=lambda p: sent.append(p.total)
+        ).add_paths([photos])
         assert (again.embedded, again.moved, again.unchanged) == (0, 1, N_IMAGES - 1)
         assert set(sent) == {2}  # only the two failed files are tried again, as in a local run
         assert np.array_equal(_snapshot(index_dir)["rows"][str(moved_to)][0], before)
@@ -148,10 +163,14 @@ def test_ray_run_matches_the_local_run_and_stays_incremental(tmp_path: Path, pho
         os.rename(moved_to, moved_from)
 
 
-def test_ray_run_into_postgresql_matches_the_local_run(tmp_path: Path, photos: Path, local_result: dict, ray_local, pg_url: str) -> None:  # noqa: ANN001
+def test_ray_run_into_postgresql_matches_the_local_run(
+    tmp_path: Path, photos: Path, local_result: dict, ray_local, pg_url: str
+) -> None:  # noqa: ANN001
     """The shared store of a cluster: the driver writes to PostgreSQL, with the same result."""
     index_dir = tmp_path / "idx"
-    summary = Indexer(index_dir, model=fake_model(), db_url=pg_url, batch_size=4, ray=RayOptions(decode_batch=4)).add_paths([photos])
+    summary = Indexer(
+        index_dir, model=fake_model(), db_url=pg_url, batch_size=4, ray=RayOptions(decode_batch=4)
+    ).add_paths([photos])
     assert (summary.new, summary.failed) == (N_IMAGES, 2)
     _assert_same(_snapshot(index_dir), local_result)  # the folder remembers its database URL
 
@@ -185,7 +204,9 @@ def _our_ray_worker(title: str) -> int | None:
     return None
 
 
-def test_a_killed_model_actor_is_restarted_and_the_result_is_the_same(tmp_path: Path, photos: Path, local_result: dict, ray_local) -> None:  # noqa: ANN001
+def test_a_killed_model_actor_is_restarted_and_the_result_is_the_same(
+    tmp_path: Path, photos: Path, local_result: dict, ray_local
+) -> None:  # noqa: ANN001
     killed: list[int] = []
 
     def kill_once(progress) -> None:  # noqa: ANN001
@@ -196,7 +217,9 @@ def test_a_killed_model_actor_is_restarted_and_the_result_is_the_same(tmp_path: 
             killed.append(pid)
 
     index_dir = tmp_path / "idx"
-    indexer = Indexer(index_dir, model=slow_fake_model(0.3), batch_size=4, on_progress=kill_once, ray=RayOptions(decode_batch=4))
+    indexer = Indexer(
+        index_dir, model=slow_fake_model(0.3), batch_size=4, on_progress=kill_once, ray=RayOptions(decode_batch=4)
+    )
     summary = indexer.add_paths([photos])
     assert killed
     assert (summary.new, summary.failed) == (N_IMAGES, 2)
@@ -228,8 +251,13 @@ def two_nodes(tmp_path: Path):  # noqa: ANN201
     crosses nodes. `--block` keeps each `ray start` in the foreground; SIGTERM to it stops what it
     started (never `ray stop`, which would stop every Ray on the machine).
     """
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # a test cluster has nothing to drain
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(REPO),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }  # a test cluster has nothing to drain
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     ports = [_free_port() for _ in range(4)]
     address = f"127.0.0.2:{ports[0]}"
@@ -238,17 +266,38 @@ def two_nodes(tmp_path: Path):  # noqa: ANN201
     logs.mkdir()
     temp = _short_temp_dir()
     head = subprocess.Popen(
-        [RAY_CLI, "start", "--head", f"--port={ports[0]}", "--node-ip-address=127.0.0.2", "--include-dashboard=false",
-         f"--temp-dir={temp}", *common],
-        env=env, cwd=REPO, stdout=open(logs / "head.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            RAY_CLI,
+            "start",
+            "--head",
+            f"--port={ports[0]}",
+            "--node-ip-address=127.0.0.2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            *common,
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=open(logs / "head.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     procs = [head]
     try:
         _wait_for_nodes(address, 1, env, procs)
         worker = subprocess.Popen(
-            [RAY_CLI, "start", f"--address={address}", "--node-ip-address=127.0.0.3", f"--node-manager-port={ports[2]}",
-             f"--object-manager-port={ports[3]}", *common],
-            env=env, cwd=REPO, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,
+            [
+                RAY_CLI,
+                "start",
+                f"--address={address}",
+                "--node-ip-address=127.0.0.3",
+                f"--node-manager-port={ports[2]}",
+                f"--object-manager-port={ports[3]}",
+                *common,
+            ],
+            env=env,
+            cwd=REPO,
+            stdout=open(logs / "worker.log", "wb"),
+            stderr=subprocess.STDOUT,
         )
         procs.append(worker)
         _wait_for_nodes(address, 2, env, procs)
@@ -270,7 +319,9 @@ def _wait_for_nodes(address: str, count: int, env: dict, procs: list[subprocess.
         dead = [p.args for p in procs if p.poll() is not None]
         assert not dead, f"`ray start` exited early: {dead}"
         try:
-            out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, timeout=30
+            )
         except subprocess.TimeoutExpired:
             continue
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
@@ -282,11 +333,18 @@ def _wait_for_nodes(address: str, count: int, env: dict, procs: list[subprocess.
 def _driver(index_dir: Path, photos: Path, address: str, env: dict, delay: float) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.ray_driver", str(index_dir), str(photos), address, str(delay)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
-def test_driver_killed_on_a_two_node_cluster_resumes_to_the_same_result(tmp_path: Path, photos: Path, local_result: dict, two_nodes) -> None:  # noqa: ANN001
+def test_driver_killed_on_a_two_node_cluster_resumes_to_the_same_result(
+    tmp_path: Path, photos: Path, local_result: dict, two_nodes
+) -> None:  # noqa: ANN001
     address, env = two_nodes
     index_dir = tmp_path / "idx"
     driver = _driver(index_dir, photos, address, env, delay=0.4)

@@ -112,7 +112,11 @@ def test_the_duo_model_reads_both_packages_and_embeds_like_the_default(duo) -> N
     lite = load_model("xmodal-lite", device="cpu")
     texts = ["a dog running on the beach", "two children"]
     assert np.allclose(duo.embed_texts(texts), lite.embed_texts(texts), atol=1e-6)  # the text side is shared
-    assert not np.allclose(duo.embed_images([_drawing((200, 0, 0), "circle")]), lite.embed_images([_drawing((200, 0, 0), "circle")]), atol=1e-3)
+    assert not np.allclose(
+        duo.embed_images([_drawing((200, 0, 0), "circle")]),
+        lite.embed_images([_drawing((200, 0, 0), "circle")]),
+        atol=1e-3,
+    )
 
 
 @pytest.mark.slow

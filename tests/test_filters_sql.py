@@ -17,7 +17,18 @@ from xmodal.indexer import Indexer
 from xmodal.search import SearchEngine
 from xmodal.search.filters import SearchFilter, parse_date
 
-FOLDERS = ["50%_off", "50XYoff", "a_b", "aXb", "it's \"quoted\"", "Case", "case", "back\\slash", "plain", "caf\udce9 (not UTF-8)"]
+FOLDERS = [
+    "50%_off",
+    "50XYoff",
+    "a_b",
+    "aXb",
+    'it\'s "quoted"',
+    "Case",
+    "case",
+    "back\\slash",
+    "plain",
+    "caf\udce9 (not UTF-8)",
+]
 
 
 @pytest.fixture
@@ -47,7 +58,10 @@ def test_filters_give_the_same_results_on_each_backend(tmp_path: Path, tree: Pat
     Indexer(tmp_path / "idx", model=fake_model()).add_paths([tree])
     with SearchEngine.open(tmp_path / "idx", model=fake_model()) as engine:
         for i, folder in enumerate(FOLDERS):
-            assert _paths(engine, SearchFilter(under=tree / folder)) == {f"{folder}/p{i}.jpg", f"{folder}/deeper/q{i}.PNG"}, folder
+            assert _paths(engine, SearchFilter(under=tree / folder)) == {
+                f"{folder}/p{i}.jpg",
+                f"{folder}/deeper/q{i}.PNG",
+            }, folder
         assert _paths(engine, SearchFilter(under=tree / "50%_off" / "deeper")) == {"50%_off/deeper/q0.PNG"}
         assert _paths(engine, SearchFilter(under=tree / "50%_offside.jpg")) == {"50%_offside.jpg"}  # a file
         assert _paths(engine, SearchFilter(under=tree / "5")) == set()  # not a prefix match

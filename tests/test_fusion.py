@@ -57,7 +57,9 @@ def test_fit_fusion_weights_drops_queries_without_their_photo() -> None:
         fit_fusion_weights([junk], [np.full(100, -1)])
 
 
-def linear_data(rng: np.random.Generator, photos: int = 40, dim: int = 24, embed: int = 8) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+def linear_data(
+    rng: np.random.Generator, photos: int = 40, dim: int = 24, embed: int = 8
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Photos whose features are a fixed linear image of their captions' mean text vector plus noise;
     3 captions a photo (noisy copies of the photo's text direction)."""
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
@@ -83,7 +85,9 @@ def test_linear_projection_maps_photos_next_to_their_captions() -> None:
 
 def test_linear_projection_is_deterministic_takes_views_and_leaves_the_global_rng_alone() -> None:
     features, texts, owner = linear_data(np.random.default_rng(1))
-    views = torch.stack([features, features + 0.1 * torch.randn(features.shape, generator=torch.Generator().manual_seed(3))], 1)
+    views = torch.stack(
+        [features, features + 0.1 * torch.randn(features.shape, generator=torch.Generator().manual_seed(3))], 1
+    )
     state = torch.random.get_rng_state()
     a = train_linear_projection(views, texts, owner, seed=1, epochs=5)
     b = train_linear_projection(views, texts, owner, seed=1, epochs=5)
@@ -99,11 +103,18 @@ def test_linear_projection_is_deterministic_takes_views_and_leaves_the_global_rn
 
 def fusion_model(rng: np.random.Generator, dim: int = 384, tower_dim: int = 400) -> FusionModel:
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-    linear = LinearProjection(mean=rng.normal(size=tower_dim), scale=rng.uniform(0.5, 2.0, tower_dim),
-                              weight=rng.normal(size=(dim, tower_dim)).astype(np.float32), bias=rng.normal(size=dim))
+    linear = LinearProjection(
+        mean=rng.normal(size=tower_dim),
+        scale=rng.uniform(0.5, 2.0, tower_dim),
+        weight=rng.normal(size=(dim, tower_dim)).astype(np.float32),
+        bias=rng.normal(size=dim),
+    )
     return FusionModel(
-        weights=np.linspace(1.0, 0.2, len(FEATURES)), train_captions=unit(rng.normal(size=(30, dim))),
-        caption_photo=rng.integers(0, 6, 30), train_photos=unit(rng.normal(size=(6, dim))), linear=linear,
+        weights=np.linspace(1.0, 0.2, len(FEATURES)),
+        train_captions=unit(rng.normal(size=(30, dim))),
+        caption_photo=rng.integers(0, 6, 30),
+        train_photos=unit(rng.normal(size=(6, dim))),
+        linear=linear,
     )
 
 
@@ -134,7 +145,9 @@ def test_fusion_model_round_trips_through_its_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.caption_photo, model.caption_photo)
     np.testing.assert_allclose(loaded.train_photos, model.train_photos, atol=1e-3)  # stored as float16
     tower = np.random.default_rng(1).normal(size=(4, 400))
-    np.testing.assert_allclose(loaded.linear.project(tower), model.linear.project(tower), atol=2e-3)  # weight stored as int8
+    np.testing.assert_allclose(
+        loaded.linear.project(tower), model.linear.project(tower), atol=2e-3
+    )  # weight stored as int8
     np.testing.assert_array_equal(loaded.linear.mean, model.linear.mean)
 
 

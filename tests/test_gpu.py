@@ -76,7 +76,9 @@ def _ort_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-@pytest.mark.skipif(not CUDA or not _ort_cuda(), reason="no CUDA GPU or onnxruntime without the CUDA provider (onnxruntime-gpu)")
+@pytest.mark.skipif(
+    not CUDA or not _ort_cuda(), reason="no CUDA GPU or onnxruntime without the CUDA provider (onnxruntime-gpu)"
+)
 def test_query_encoders_on_cudas_provider_equal_cpu(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from xmodal.indexer import load_model
     from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder, prepare_query_encoders

@@ -19,12 +19,12 @@ from PIL import Image
 
 import xmodal.indexer.decode_pool as decode_pool_mod
 import xmodal.indexer.indexing as indexing_mod
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
 from xmodal.indexer import Indexer
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 from xmodal.search.stats import failures
-from tests.conftest import make_image
-from tests.fakes import COLOURS, fake_model
 
 RED, GREEN, BLUE = COLOURS["red"], COLOURS["green"], COLOURS["blue"]
 
@@ -62,6 +62,7 @@ def _jpeg_bytes(colour=RED, size=(64, 48)) -> bytes:
 
 def _bomb_png(path: Path, side: int = 40_000) -> Path:
     """A real 1-bit 40000x40000 PNG: a few hundred KB on disk, 1.6 gigapixels decoded."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
@@ -103,7 +104,9 @@ def hostile_dir(tmp_path: Path) -> Path:
     Image.new("RGBA", (30, 30), (*BLUE, 255)).save(root / "rgba.png")
     frames = [Image.new("RGB", (24, 24), c) for c in (RED, BLUE, GREEN)]
     frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
-    frames[1].save(root / "anim.webp", save_all=True, append_images=[frames[0], frames[2]], duration=80, loop=0, lossless=True)
+    frames[1].save(
+        root / "anim.webp", save_all=True, append_images=[frames[0], frames[2]], duration=80, loop=0, lossless=True
+    )
     rotated = Image.new("RGB", (60, 20), GREEN)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -155,8 +158,16 @@ def test_hostile_folder_run_goes_on(tmp_path: Path, hostile_dir: Path) -> None:
 
     reasons = _failure_reasons(summary)
     assert set(reasons) == {
-        "truncated.jpg", "corrupt.jpg", "zero.jpg", "random.jpg", "text.png", "bomb.png",
-        "broken-link.jpg", "loop-a.jpg", "loop-b.jpg", "pipe.jpg",
+        "truncated.jpg",
+        "corrupt.jpg",
+        "zero.jpg",
+        "random.jpg",
+        "text.png",
+        "bomb.png",
+        "broken-link.jpg",
+        "loop-a.jpg",
+        "loop-b.jpg",
+        "pipe.jpg",
     }, reasons
     assert "truncated" in reasons["truncated.jpg"]
     assert "empty" in reasons["zero.jpg"]
@@ -170,13 +181,29 @@ def test_hostile_folder_run_goes_on(tmp_path: Path, hostile_dir: Path) -> None:
     rows = _rows(tmp_path / "idx")
     names = {Path(p).name for p in rows}
     assert names == {
-        "good.jpg", "inside.png", "cmyk.jpg", "grey16.png", "palette.png", "la.png", "rgba.png",
-        "anim.gif", "anim.webp", "rotated.jpg", "caf\udce9.png",
+        "good.jpg",
+        "inside.png",
+        "cmyk.jpg",
+        "grey16.png",
+        "palette.png",
+        "la.png",
+        "rgba.png",
+        "anim.gif",
+        "anim.webp",
+        "rotated.jpg",
+        "caf\udce9.png",
     }
     assert summary.new == len(rows) and summary.failed == len(reasons)
     by_name = {Path(p).name: r for p, r in rows.items()}
     # odd modes decode to their real colours; animations use their first frame
-    for name, colour in [("cmyk.jpg", BLUE), ("palette.png", GREEN), ("rgba.png", BLUE), ("anim.gif", RED), ("anim.webp", BLUE), ("good.jpg", RED)]:
+    for name, colour in [
+        ("cmyk.jpg", BLUE),
+        ("palette.png", GREEN),
+        ("rgba.png", BLUE),
+        ("anim.gif", RED),
+        ("anim.webp", BLUE),
+        ("good.jpg", RED),
+    ]:
         assert np.dot(_colour_of(by_name[name]), _expected_direction(colour)) > 0.97, name
     assert (by_name["rotated.jpg"].width, by_name["rotated.jpg"].height) == (20, 60)  # EXIF rotation applied
     # the non-UTF-8 name round-trips to the same bytes on disk
@@ -332,7 +359,9 @@ def test_hostile_root_arguments(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.jpg")
     os.symlink(tmp_path / "gone", tmp_path / "dangling.jpg")
     with _FifoGuard(tmp_path / "fifo.jpg") as guard:
-        summary = _index(tmp_path / "idx", tmp_path / "missing", tmp_path / "fifo.jpg", tmp_path / "dangling.jpg", tmp_path / "x.jpg")
+        summary = _index(
+            tmp_path / "idx", tmp_path / "missing", tmp_path / "fifo.jpg", tmp_path / "dangling.jpg", tmp_path / "x.jpg"
+        )
     assert not guard.fired
     assert summary.new == 1
     assert set(_failure_reasons(summary)) == {"missing", "fifo.jpg", "dangling.jpg"}

@@ -41,10 +41,23 @@ def test_no_exif_date_is_none(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("CMYK", "JPEG"), ("I;16", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("L", "TIFF"), ("RGB", "BMP"), ("RGB", "WEBP")],
+    [
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("L", "TIFF"),
+        ("RGB", "BMP"),
+        ("RGB", "WEBP"),
+    ],
 )
 def test_odd_modes_become_rgb(tmp_path: Path, mode: str, fmt: str) -> None:
-    im = Image.new("RGB", (30, 30), (10, 120, 200)).convert(mode) if mode != "I;16" else Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16))
+    im = (
+        Image.new("RGB", (30, 30), (10, 120, 200)).convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16))
+    )
     path = tmp_path / f"x.{fmt.lower()}"
     im.save(path, format=fmt)
     decoded = decode_image(path)
@@ -82,11 +95,14 @@ def test_large_photos_are_reduced_but_not_below_the_model_size(tmp_path: Path) -
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG that claims a huge size: the pixel cap must refuse it before decoding."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(

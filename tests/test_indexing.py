@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
 from xmodal.indexer import Indexer
 from xmodal.indexer.errors import ModelMismatchError
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 from xmodal.search import SearchEngine
-from tests.conftest import make_image
-from tests.fakes import COLOURS, fake_model
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # each test on SQLite and on PostgreSQL
 
@@ -136,9 +136,9 @@ def test_hidden_symlinks_fifos_and_bad_files(tmp_path: Path, photo_dir: Path) ->
 
 
 def test_model_mismatch_is_refused(tmp_path: Path, photo_dir: Path) -> None:
-    from xmodal.indexer.models.spec import ModelSpec
-    from xmodal.indexer.models.embedding import EmbeddingModel
     from tests.fakes import FakeTowers
+    from xmodal.indexer.models.embedding import EmbeddingModel
+    from xmodal.indexer.models.spec import ModelSpec
 
     _index(tmp_path / "idx", photo_dir)
     other = EmbeddingModel(ModelSpec("another", pretrained="x"), FakeTowers(), None)

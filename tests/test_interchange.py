@@ -27,7 +27,10 @@ def _results(index_dir: Path) -> dict[str, list[tuple[str, float]]]:
     engine = SearchEngine.open(index_dir, model=fake_model())
     try:
         images = {q: [(h.path, round(h.score, 5)) for h in engine.search_text(q, k=10, rerank=False)] for q in QUERIES}
-        texts = {q: [(h.path, round(h.score, 5)) for h in engine.search_text(q, k=10, target="text", rerank=False)] for q in QUERIES}
+        texts = {
+            q: [(h.path, round(h.score, 5)) for h in engine.search_text(q, k=10, target="text", rerank=False)]
+            for q in QUERIES
+        }
     finally:
         engine.close()
     return {"images": images, "texts": texts}  # type: ignore[dict-item]
@@ -37,7 +40,9 @@ def _rows(index_dir: Path) -> dict[str, tuple]:
     store = IndexStore.open(index_dir)
     try:
         with store.metadata.session() as s:
-            return {r.path: (r.vector, r.size, r.mtime_ns, r.width, r.height, r.content_hash) for r in s.query(ImageRow)}
+            return {
+                r.path: (r.vector, r.size, r.mtime_ns, r.width, r.height, r.content_hash) for r in s.query(ImageRow)
+            }
     finally:
         store.close()
 
@@ -58,7 +63,9 @@ def test_round_trip_gives_the_same_rows_and_results(tmp_path: Path, indexed: Pat
     assert (summary.images, summary.texts) == (4, 3)
     assert np.load(out / "img_emb" / "img_emb_0.npy").shape == (4, FAKE_DIM)
     assert "image_path" in pq.read_table(out / "metadata" / "metadata_0.parquet").column_names
-    assert pq.read_table(out / "texts" / "metadata" / "metadata_0.parquet").column("caption").to_pylist()[0] == "a red car"
+    assert (
+        pq.read_table(out / "texts" / "metadata" / "metadata_0.parquet").column("caption").to_pylist()[0] == "a red car"
+    )
 
     fresh = tmp_path / "fresh"
     imported = import_embeddings(out, SPEC, FAKE_DIM, fresh)
@@ -85,7 +92,10 @@ def test_float16_clip_retrieval_folder_imports(tmp_path: Path, photo_dir: Path) 
     (folder / "img_emb").mkdir(parents=True)
     (folder / "metadata").mkdir()
     np.save(folder / "img_emb" / "img_emb_0.npy", vectors.astype(np.float16))
-    pq.write_table(pa.table({"image_path": [str(p.relative_to(photo_dir)) for p in paths]}), folder / "metadata" / "metadata_0.parquet")
+    pq.write_table(
+        pa.table({"image_path": [str(p.relative_to(photo_dir)) for p in paths]}),
+        folder / "metadata" / "metadata_0.parquet",
+    )
     summary = import_embeddings(folder, SPEC, FAKE_DIM, tmp_path / "idx", image_root=photo_dir)
     assert (summary.images, summary.missing_files) == (len(paths), 0)
     engine = SearchEngine.open(tmp_path / "idx", model=fake_model())
@@ -119,7 +129,9 @@ def _unit(n: int, dim: int) -> np.ndarray:
         (np.full((3, FAKE_DIM), np.nan, np.float32), 3, "image_path", "NaN"),
     ],
 )
-def test_bad_folders_are_refused_before_writing(tmp_path: Path, vectors: np.ndarray, rows: int, column: str, message: str) -> None:
+def test_bad_folders_are_refused_before_writing(
+    tmp_path: Path, vectors: np.ndarray, rows: int, column: str, message: str
+) -> None:
     folder = _folder(tmp_path, vectors, rows, column)
     with pytest.raises(InvalidInputError, match=message):
         import_embeddings(folder, SPEC, FAKE_DIM, tmp_path / "idx")
@@ -138,10 +150,14 @@ def test_cli_export_and_its_errors(tmp_path: Path, indexed: Path) -> None:
     from xmodal.cli.app import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["export", "--format", "clip-retrieval", str(tmp_path / "out"), "--index", str(indexed)])
+    result = runner.invoke(
+        app, ["export", "--format", "clip-retrieval", str(tmp_path / "out"), "--index", str(indexed)]
+    )
     assert result.exit_code == 0, result.output
     assert "exported 4 image and 3 text vectors" in result.output
     result = runner.invoke(app, ["export", "--format", "hdf5", str(tmp_path / "out2"), "--index", str(indexed)])
     assert result.exit_code == 2 and "unknown --format 'hdf5'" in result.output
-    result = runner.invoke(app, ["import", str(tmp_path / "nowhere"), "--model", "xmodal-lite", "--index", str(tmp_path / "i2")])
+    result = runner.invoke(
+        app, ["import", str(tmp_path / "nowhere"), "--model", "xmodal-lite", "--index", str(tmp_path / "i2")]
+    )
     assert result.exit_code == 2

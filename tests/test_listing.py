@@ -37,19 +37,25 @@ def test_parquet_listing_with_facts_skips_the_stat(tmp_path: Path, photo_dir: Pa
     import pyarrow.parquet as pq
 
     files = sorted(p for p in photo_dir.rglob("*") if p.is_file())
-    table = pa.table({
-        "path": [str(p) for p in files],
-        "size": [p.stat().st_size for p in files],
-        "mtime_ns": [p.stat().st_mtime_ns for p in files],
-    })
+    table = pa.table(
+        {
+            "path": [str(p) for p in files],
+            "size": [p.stat().st_size for p in files],
+            "mtime_ns": [p.stat().st_mtime_ns for p in files],
+        }
+    )
     pq.write_table(table, tmp_path / "paths.parquet")
     items = list(read_listing(tmp_path / "paths.parquet"))
     assert all(isinstance(i, FoundFile) for i in items) and len(items) == len(files)
-    summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photo_dir], listing=read_listing(tmp_path / "paths.parquet"))
+    summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths(
+        [photo_dir], listing=read_listing(tmp_path / "paths.parquet")
+    )
     assert summary.new == len(files)
     # with the folder as the run's root, a file that leaves the listing leaves the index
     pq.write_table(table.slice(1), tmp_path / "paths.parquet")
-    after = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photo_dir], listing=read_listing(tmp_path / "paths.parquet"))
+    after = Indexer(tmp_path / "idx", model=fake_model()).add_paths(
+        [photo_dir], listing=read_listing(tmp_path / "paths.parquet")
+    )
     assert (after.removed, after.unchanged) == (1, len(files) - 1)
 
 
@@ -91,5 +97,7 @@ def test_cli_ray_and_listing_options(tmp_path: Path, photo_dir: Path) -> None:
 
     result = CliRunner().invoke(app, ["index", "--index", str(tmp_path / "idx")])
     assert result.exit_code == 2 and "--from-list" in result.output
-    result = CliRunner().invoke(app, ["index", "--from-list", str(tmp_path / "missing.txt"), "--index", str(tmp_path / "idx")])
+    result = CliRunner().invoke(
+        app, ["index", "--from-list", str(tmp_path / "missing.txt"), "--index", str(tmp_path / "idx")]
+    )
     assert result.exit_code == 2 and "not found" in result.output

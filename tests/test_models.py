@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from xmodal.indexer.models import embedding as models_module
 from xmodal.indexer.errors import ModelLoadError
-from xmodal.indexer.models.spec import OFFLINE_DEFAULT, parse_model_spec
+from xmodal.indexer.models import embedding as models_module
 from xmodal.indexer.models.embedding import load_model
+from xmodal.indexer.models.spec import OFFLINE_DEFAULT, parse_model_spec
 
 TINY = {
     "embed_dim": 32,

@@ -8,7 +8,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from xmodal.indexer import load_model
-from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder, export_image_query_encoder, export_query_encoder
+from xmodal.indexer.models.query_encoders import (
+    QueryImageEncoder,
+    QueryTextEncoder,
+    export_image_query_encoder,
+    export_query_encoder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +106,15 @@ def test_exported_image_query_encoder_matches_the_model(model, tmp_path, monkeyp
     encoder = QueryImageEncoder.for_index("xmodal-lite")
     assert encoder is not None
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((480, 640), (333, 251), (225, 1000))]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((480, 640), (333, 251), (225, 1000))
+    ]
     images += [_drawing((0, 120, 0), "circle").convert("RGBA"), _drawing((90, 90, 90), "square").convert("L")]
     assert np.allclose(encoder.embed_images(images), model.embed_images(images), atol=1e-5)
-    assert model.towers.visual.trunk.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)  # a copy was exported
+    assert model.towers.visual.trunk.conv_stem.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )  # a copy was exported
 
 
 def test_zero_shot_meaning_on_everyday_words(model) -> None:
@@ -177,7 +187,11 @@ def test_search_without_the_full_model_uses_the_exports(model, tmp_path, monkeyp
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name, colour, shape in (("red", (200, 0, 0), "circle"), ("blue", (0, 0, 200), "square"), ("green", (0, 160, 0), "circle")):
+    for name, colour, shape in (
+        ("red", (200, 0, 0), "circle"),
+        ("blue", (0, 0, 200), "square"),
+        ("green", (0, 160, 0), "circle"),
+    ):
         _drawing(colour, shape).save(photos / f"{name}.png")
     Indexer(tmp_path / "idx", model=model).add_paths([photos])
     export_query_encoder(model)
@@ -215,7 +229,11 @@ def test_a_later_run_embeds_through_the_export_without_loading_the_towers(model,
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name, colour, shape in (("red", (200, 0, 0), "circle"), ("blue", (0, 0, 200), "square"), ("grey", (90, 90, 90), "circle")):
+    for name, colour, shape in (
+        ("red", (200, 0, 0), "circle"),
+        ("blue", (0, 0, 200), "square"),
+        ("grey", (90, 90, 90), "circle"),
+    ):
         _drawing(colour, shape).save(photos / f"{name}.png")
     Indexer(tmp_path / "first").add_paths([photos])  # exports the image path
     later = Indexer(tmp_path / "later")
@@ -265,7 +283,9 @@ def test_learned_fusion_reorders_the_top_candidates_as_its_model_says(model, tmp
     def fused_ids(weights: dict[str, float], hubness: bool) -> list[int]:
         fusion = replace(shipped, weights=np.array([weights.get(f, 0.0) for f in FEATURES]))
         with SearchEngine.open(index, model=model) as engine:
-            engine.second_stage = SecondStage(engine.store, engine.second_stage.banks, fusion=lambda: fusion, compute=engine._compute_lock)
+            engine.second_stage = SecondStage(
+                engine.store, engine.second_stage.banks, fusion=lambda: fusion, compute=engine._compute_lock
+            )
             hits = engine.search(query, k=24, rerank=RerankOptions(hubness=hubness))
         scores = [h.score for h in hits]
         assert scores == sorted(scores, reverse=True)  # still monotone for --min-score

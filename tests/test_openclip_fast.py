@@ -51,7 +51,9 @@ def indexed(clip_spec: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     try:
         photos = root / "photos"
         photos.mkdir()
-        for i, (colour, shape) in enumerate([((200, 0, 0), "circle"), ((0, 0, 200), "square"), ((0, 150, 0), "circle"), ((90, 90, 90), "square")]):
+        for i, (colour, shape) in enumerate(
+            [((200, 0, 0), "circle"), ((0, 0, 200), "square"), ((0, 150, 0), "circle"), ((90, 90, 90), "square")]
+        ):
             _drawing(colour, shape, (200 + 40 * i, 150)).save(photos / f"p{i}.png")
         events: list = []
         summary = Indexer(root / "idx", model=clip_spec, on_progress=events.append).add_paths([photos])
@@ -71,7 +73,14 @@ def test_clip_tokenizer_without_torch_gives_open_clips_ids() -> None:
 
     reference = open_clip.get_tokenizer(ARCH)
     ours = ClipBpeTokenizer(Path(open_clip.tokenizer.default_bpe()), reference.context_length)
-    texts = ["a dog on the grass", "  Two CATS!!  on a sofa's edge ", "naïve café — 日本語 😀", "it's &amp; I'd", "", "word " * 100]
+    texts = [
+        "a dog on the grass",
+        "  Two CATS!!  on a sofa's edge ",
+        "naïve café — 日本語 😀",
+        "it's &amp; I'd",
+        "",
+        "word " * 100,
+    ]
     assert np.array_equal(ours(texts), reference(texts).numpy())
 
 
@@ -89,7 +98,9 @@ def test_library_index_prepares_exports_and_bank_with_progress(clip_spec: str, i
     assert kinds == ["image", "text"]
 
 
-def test_exported_encoders_equal_the_torch_model(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exported_encoders_equal_the_torch_model(
+    clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from xmodal.indexer import load_model
     from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder
 
@@ -101,13 +112,17 @@ def test_exported_encoders_equal_the_torch_model(clip_spec: str, indexed: tuple,
     assert text is not None and image is not None and "CPUExecutionProvider" in text.providers
     texts = ["a red circle", "x", "two children playing " * 30]
     assert np.allclose(text.embed_texts(texts), model.embed_texts(texts), atol=1e-5)
-    images = [Image.open(p) for p in sorted(photos.iterdir())] + [_drawing((10, 200, 200), "circle", (90, 300)).convert("L")]
+    images = [Image.open(p) for p in sorted(photos.iterdir())] + [
+        _drawing((10, 200, 200), "circle", (90, 300)).convert("L")
+    ]
     want = model.embed_images(images)  # the torch towers themselves: an indexing run leaves the model as it is
     assert not model.uses_exported_image_path
     assert np.allclose(image.embed_images(images), want, atol=1e-5)
 
 
-def test_the_image_export_fuses_attention_and_ends_with_the_class_token_alone(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_image_export_fuses_attention_and_ends_with_the_class_token_alone(
+    clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import onnx
 
     from xmodal.indexer.models.query_encoders import sidecar_path
@@ -137,16 +152,24 @@ def test_fused_attention_leaves_masked_and_cross_attention_to_pytorch() -> None:
     x, other = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
     mask = torch.triu(torch.full((5, 5), float("-inf")), 1)
     with torch.no_grad():
-        want = [plain(x, x, x, need_weights=False)[0], plain(x, other, other, need_weights=False)[0],
-                plain(x, x, x, need_weights=False, attn_mask=mask)[0]]
+        want = [
+            plain(x, x, x, need_weights=False)[0],
+            plain(x, other, other, need_weights=False)[0],
+            plain(x, x, x, need_weights=False, attn_mask=mask)[0],
+        ]
         assert fuse_self_attention(holder) == 1  # not the sequence-first one, nor PyTorch's own layer's
-        got = [holder["plain"](x, x, x, need_weights=False)[0], holder["plain"](x, other, other, need_weights=False)[0],
-               holder["plain"](x, x, x, need_weights=False, attn_mask=mask)[0]]
+        got = [
+            holder["plain"](x, x, x, need_weights=False)[0],
+            holder["plain"](x, other, other, need_weights=False)[0],
+            holder["plain"](x, x, x, need_weights=False, attn_mask=mask)[0],
+        ]
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_an_export_without_fused_operators_names_no_extra_domain(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_an_export_without_fused_operators_names_no_extra_domain(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """The exporter warns on stderr (from C++, past Python's warnings) about a custom domain the
     graph does not use: `xmodal index` of the offline default printed it twice."""
     import onnx
@@ -160,7 +183,9 @@ def test_an_export_without_fused_operators_names_no_extra_domain(tmp_path: Path,
     assert all(o.domain in ("", "ai.onnx") for o in onnx.load(str(tmp_path / "plain.onnx")).opset_import)
 
 
-def test_index_vectors_from_onnxruntime_equal_torchs(clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_index_vectors_from_onnxruntime_equal_torchs(
+    clip_spec: str, indexed: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from xmodal.indexer import load_model
     from xmodal.search import SearchEngine
 
@@ -196,6 +221,7 @@ def test_a_later_run_embeds_through_the_export_without_loading_the_torch_model(
     """Loading a ViT's weights costs seconds; with the image path exported, a run needs none of it."""
     from xmodal.indexer import Indexer
     from xmodal.indexer.models.deferred import DeferredTowers
+
     index, photos, cache, _ = indexed
     monkeypatch.setenv("XMODAL_CACHE", str(cache))
     indexer = Indexer(tmp_path / "again", model=clip_spec)

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
 
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
 from xmodal.indexer.accelerators import choose_providers, onnx_providers, resolve_device
 from xmodal.indexer.paths import folder_prefixes
 from xmodal.indexer.store.schema import under_clause
-from tests.conftest import make_image
-from tests.fakes import COLOURS, fake_model
-
 
 # --- the decode pool under spawn -------------------------------------------------------------------
 
@@ -37,7 +36,10 @@ def _decoded(photos: list[Path], start_method: str) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_spawned_decode_workers_give_what_forked_ones_give(tmp_path: Path) -> None:
-    photos = [make_image(tmp_path / f"{name}.jpg", rgb, size=(320 + 16 * i, 240)) for i, (name, rgb) in enumerate(COLOURS.items())]
+    photos = [
+        make_image(tmp_path / f"{name}.jpg", rgb, size=(320 + 16 * i, 240))
+        for i, (name, rgb) in enumerate(COLOURS.items())
+    ]
     photos.append(make_image(tmp_path / "wide.png", (10, 20, 30), size=(900, 200)))
     spawned = _decoded(photos, "spawn")
     forked = _decoded(photos, "fork")
@@ -107,7 +109,9 @@ def test_under_filter_with_windows_paths_in_sql() -> None:
     stored = ["C:\\Photos\\a.jpg", "C:\\Photos\\trip\\b.jpg", "C:\\Photos 2\\c.jpg", "C:\\PhotosX.jpg", "C:\\Photos"]
     with engine.begin() as conn:
         conn.execute(insert(table), [{"id": i, "path": p} for i, p in enumerate(stored)])
-        chosen = conn.execute(select(table.c.path).where(under_clause(table.c.path, ["C:/Photos/"], PureWindowsPath))).scalars()
+        chosen = conn.execute(
+            select(table.c.path).where(under_clause(table.c.path, ["C:/Photos/"], PureWindowsPath))
+        ).scalars()
         assert sorted(chosen) == ["C:\\Photos", "C:\\Photos\\a.jpg", "C:\\Photos\\trip\\b.jpg"]
 
 
@@ -115,10 +119,21 @@ def test_under_filter_with_windows_paths_in_sql() -> None:
 
 
 def test_execution_providers_best_first_and_cpu_last() -> None:
-    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider", "CPUExecutionProvider"]
+    everything = [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CoreMLExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(everything) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers(["CoreMLExecutionProvider", "CPUExecutionProvider"]) == ["CoreMLExecutionProvider", "CPUExecutionProvider"]
-    assert choose_providers(["DmlExecutionProvider", "CPUExecutionProvider"]) == ["DmlExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["CoreMLExecutionProvider", "CPUExecutionProvider"]) == [
+        "CoreMLExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers(["DmlExecutionProvider", "CPUExecutionProvider"]) == [
+        "DmlExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert choose_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers(everything, "cpu") == ["CPUExecutionProvider"]
     assert choose_providers(everything, "mps") == ["CoreMLExecutionProvider", "CPUExecutionProvider"]

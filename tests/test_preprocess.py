@@ -12,11 +12,21 @@ from xmodal.indexer.models.preprocess import split_transform
 
 def _photos() -> list[Image.Image]:
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((240, 320), (300, 200), (224, 224))]
+    return [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((240, 320), (300, 200), (224, 224))
+    ]
 
 
 def test_split_gives_the_same_batch_as_the_whole_transform() -> None:
-    whole = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25, 0.5, 0.75))])
+    whole = T.Compose(
+        [
+            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize((0.5,) * 3, (0.25, 0.5, 0.75)),
+        ]
+    )
     split = split_transform(whole)
     assert split.splits
     items = [split.per_image(im) for im in _photos()]
@@ -50,14 +60,21 @@ def test_one_preprocessing_definition_gives_the_same_pixels_with_and_without_tor
         np.testing.assert_allclose(numpy_path, torch_path.numpy(), atol=1e-6)
         split = split_transform(transform)
         assert split.splits
-        assert torch.allclose(split.per_batch([split.per_image(im.convert("RGB")) for im in photos]), torch_path, atol=1e-6)
+        assert torch.allclose(
+            split.per_batch([split.per_image(im.convert("RGB")) for im in photos]), torch_path, atol=1e-6
+        )
 
 
 def test_capabilities_not_model_names() -> None:
     from xmodal.indexer.models.spec import capabilities, parse_model_spec
 
     lite = parse_model_spec("xmodal-lite").capabilities
-    assert (lite.prior_dim, lite.tower_features, lite.fusion_file, lite.towers) == (384, True, "offline_fusion.npz", "offline")
+    assert (lite.prior_dim, lite.tower_features, lite.fusion_file, lite.towers) == (
+        384,
+        True,
+        "offline_fusion.npz",
+        "offline",
+    )
     assert [f.is_file() for f in parse_model_spec("xmodal-lite").head_files] == [True]
     clip = parse_model_spec("ViT-B-32:laion2b_s34b_b79k")
     assert clip.capabilities == capabilities("ViT-B-32") and clip.capabilities.prior_dim == 0 and clip.head_files == ()
@@ -68,7 +85,10 @@ def test_numpy_split_gives_the_torch_split_batch_without_torch() -> None:
     same uint8 pixels per image and the same batch as the torchvision split."""
     from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, Preprocessing
 
-    for preprocessing in (OFFLINE_PREPROCESSING, Preprocessing(64, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4), "bilinear", "squash")):
+    for preprocessing in (
+        OFFLINE_PREPROCESSING,
+        Preprocessing(64, (0.4, 0.5, 0.6), (0.2, 0.3, 0.4), "bilinear", "squash"),
+    ):
         numpy_split, torch_split = preprocessing.split_numpy(), split_transform(preprocessing.transform())
         items = [numpy_split.per_image(im) for im in _photos()]
         assert all(np.array_equal(a, b) for a, b in zip(items, [torch_split.per_image(im) for im in _photos()]))
@@ -84,11 +104,19 @@ def test_open_clip_resize_modes() -> None:
 
     from xmodal.indexer.models.preprocess import Preprocessing
 
-    cfg = {"size": 48, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.4), "interpolation": "bicubic", "resize_mode": "squash"}
+    cfg = {
+        "size": 48,
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.3, 0.4),
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+    }
     squash = Preprocessing.from_open_clip(cfg)
     assert squash is not None and squash.resize_mode == "squash"
     theirs = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     for im in _photos():
         np.testing.assert_allclose(squash.pixels(im), theirs(im).numpy(), atol=1e-5)
     assert Preprocessing.from_open_clip({**cfg, "resize_mode": "longest"}) is None
-    assert Preprocessing.from_open_clip({"size": 224}) == Preprocessing.from_open_clip({"size": 224, "resize_mode": "shortest"})
+    assert Preprocessing.from_open_clip({"size": 224}) == Preprocessing.from_open_clip(
+        {"size": 224, "resize_mode": "shortest"}
+    )

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_image
+from tests.fakes import fake_model
 from xmodal.indexer import Indexer
 from xmodal.indexer.errors import InvalidQueryError
 from xmodal.search import SearchEngine
@@ -17,8 +19,6 @@ from xmodal.search.export import hits_to_csv, link_hits, write_contact_sheet
 from xmodal.search.filters import SearchFilter, parse_date
 from xmodal.search.rerank.qbnorm import querybank_normalise
 from xmodal.search.rerank.stages import RerankOptions, fold_duplicates, maximal_marginal_relevance
-from tests.conftest import make_image
-from tests.fakes import fake_model
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_exports(engine, tmp_path: Path) -> None:
     csv_text = hits_to_csv(hits)
     assert csv_text.splitlines()[0] == "rank,score,kind,id,path,text" and len(csv_text.splitlines()) == 4
     links = link_hits(hits, tmp_path / "links")
-    assert [os.readlink(l) for l in links] == [h.path for h in hits] and links[0].name.startswith("01_")
+    assert [os.readlink(link) for link in links] == [h.path for h in hits] and links[0].name.startswith("01_")
     page = write_contact_sheet(hits, tmp_path / "sheet.html", "blue").read_text()
     assert page.count("data:image/jpeg;base64,") == 3 and "blue.png" in page
 
@@ -155,9 +155,15 @@ def test_photo_only_filters_are_refused_when_searching_texts(tmp_path: Path, pho
 
     index = tmp_path / "idx"
     Indexer(index, model=fake_model()).add_paths([photo_dir])
-    TextIndexer(index, model=fake_model()).add_texts([(str(tmp_path / "notes.txt"), "red"), (str(tmp_path / "notes.txt"), "blue")])
+    TextIndexer(index, model=fake_model()).add_texts(
+        [(str(tmp_path / "notes.txt"), "red"), (str(tmp_path / "notes.txt"), "blue")]
+    )
     with SearchEngine.open(index, model=fake_model()) as eng:
-        for refused in (SearchFilter(after=parse_date("2020-01-01")), SearchFilter(extensions=("jpg",)), SearchFilter(min_width=10, min_height=10)):
+        for refused in (
+            SearchFilter(after=parse_date("2020-01-01")),
+            SearchFilter(extensions=("jpg",)),
+            SearchFilter(min_width=10, min_height=10),
+        ):
             with pytest.raises(InvalidQueryError, match="photos only"):
                 eng.search("red", k=2, target="text", filters=refused)
         assert len(eng.search("red", k=2, target="text", filters=SearchFilter(under=tmp_path))) == 2  # --under applies
@@ -165,7 +171,12 @@ def test_photo_only_filters_are_refused_when_searching_texts(tmp_path: Path, pho
     for option in (["--after", "2020-01-01"], ["--ext", "jpg"], ["--min-size", "10x10"]):
         result = CliRunner().invoke(app, ["search", "red", "--target", "text", "--index", str(index), *option])
         lines = [line for line in result.output.splitlines() if line]
-        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("xmodal: error:") and option[0] in lines[0], result.output
+        assert (
+            result.exit_code == 2
+            and len(lines) == 1
+            and lines[0].startswith("xmodal: error:")
+            and option[0] in lines[0]
+        ), result.output
 
 
 def test_a_date_is_the_start_of_the_period_it_names_whatever_today_is() -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
 from xmodal.indexer import Indexer
 from xmodal.indexer.errors import InvalidInputError
 from xmodal.indexer.pairs import read_pairs
 from xmodal.indexer.text_indexing import TextIndexer
 from xmodal.search import SearchEngine
 from xmodal.search.evaluation import evaluate_pairs, recall_at_k
-from tests.conftest import make_image
-from tests.fakes import COLOURS, fake_model
 
 
 def test_index_text_and_search_both_ways(tmp_path: Path, photo_dir: Path) -> None:
@@ -66,10 +66,16 @@ def test_pairs_formats_agree_and_eval_is_perfect_on_separable_data(tmp_path: Pat
     photos = _captioned_photos(tmp_path)
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"image": n, "captions": c}) for n, c in photos))
     (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{n},{c}\n" for n, cs in photos for c in cs))
-    coco = {"images": [{"id": i, "file_name": n} for i, (n, _) in enumerate(photos)],
-            "annotations": [{"image_id": i, "caption": c} for i, (_, cs) in enumerate(photos) for c in cs]}
+    coco = {
+        "images": [{"id": i, "file_name": n} for i, (n, _) in enumerate(photos)],
+        "annotations": [{"image_id": i, "caption": c} for i, (_, cs) in enumerate(photos) for c in cs],
+    }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    sets = [read_pairs(tmp_path / "pairs.jsonl"), read_pairs(tmp_path / "pairs.csv", tmp_path), read_pairs(tmp_path / "coco.json", tmp_path)]
+    sets = [
+        read_pairs(tmp_path / "pairs.jsonl"),
+        read_pairs(tmp_path / "pairs.csv", tmp_path),
+        read_pairs(tmp_path / "coco.json", tmp_path),
+    ]
     assert sets[0] == sets[1] == sets[2]
     result = evaluate_pairs(sets[0], fake_model(), rerank=False)
     assert (result.images, result.captions) == (4, 8)
@@ -107,7 +113,9 @@ def test_train_head_is_deterministic_and_loads(tmp_path: Path, monkeypatch: pyte
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps({"image": n, "captions": c}) for n, c in photos))
     pairs = read_pairs(tmp_path / "pairs.jsonl")
     losses: list[tuple[int, float]] = []
-    first = train_projection_head(fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append((e, loss)))
+    first = train_projection_head(
+        fake_model(), pairs, tmp_path / "a.pt", epochs=3, seed=7, on_epoch=lambda e, loss: losses.append((e, loss))
+    )
     second = train_projection_head(fake_model(), pairs, tmp_path / "b.pt", epochs=3, seed=7)
     # the saved head is an ensemble whose members count epochs on
     assert [e for e, _ in losses] == list(range(3 * ENSEMBLE_MEMBERS)) and all(np.isfinite([x for _, x in losses]))

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 from xmodal.indexer.indexing import Indexer
@@ -74,6 +76,7 @@ def test_watcher_keeps_the_index_current(tmp_path: Path) -> None:
     assert catch_up.new + sum(r.summary.embedded for r in runs) == 3  # the moved photo was not embedded again
 
 
+@pytest.mark.slow  # a forkserver process holding the lock: ~40 s to tear down under load
 def test_watcher_retries_while_another_process_writes(tmp_path: Path) -> None:
     import multiprocessing
 

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from sqlalchemy import select
 
 from xmodal.cli.server.auth import Auth
 from xmodal.cli.server.jobs import IndexJobs
@@ -16,8 +15,7 @@ from xmodal.cli.server.live import LiveEngine
 from xmodal.cli.server.pictures import Decoder
 from xmodal.cli.server.settings import ServerSettings
 from xmodal.cli.server.thumbnails import ThumbnailCache
-from xmodal.indexer.store.schema import ImageRow
-from xmodal.indexer.watching import index_roots, minimal_folders
+from xmodal.indexer.roots import indexed_roots, minimal_folders
 from xmodal.search.engine import SearchEngine
 
 __all__ = ["Services", "get_services"]
@@ -50,12 +48,10 @@ class Services:
             yield engine
 
     def roots(self) -> list[str]:
-        """Folders the index covers (plus --root folders): what may be re-indexed or watched."""
+        """The folders the user indexed (plus --root folders): what may be re-indexed or watched."""
         key = self.live.swaps
         if self._roots is None or self._roots[0] != key:
-            with self.engine.store.metadata.session() as s:
-                paths = list(s.scalars(select(ImageRow.path)))
-            folders = index_roots(paths) + [str(r) for r in self.settings.roots]
+            folders = indexed_roots(self.engine.store.metadata) + [str(r) for r in self.settings.roots]
             self._roots = (key, minimal_folders(folders))
         return self._roots[1]
 
