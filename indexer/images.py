@@ -25,7 +25,16 @@ from xmodal.indexer.kinds import HEADER_BYTES, is_raw_tiff, kind_of_header, unre
 from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "NO_SUCH_FILE", "DecodedImage", "decode_image", "to_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "NO_SUCH_FILE",
+    "DecodedImage",
+    "TooManyPixelsError",
+    "decode_image",
+    "open_picture",
+    "to_rgb",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -38,6 +47,10 @@ NO_SUCH_FILE = "no such file"  # the reason for a path that is not there (caller
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 36867
 _DATETIME = 306
+
+
+class TooManyPixelsError(ImageReadError):
+    """A picture whose header says it is over the pixel cap: refused before decoding."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +114,11 @@ def _open_regular(path: Path):  # noqa: ANN202
     return os.fdopen(fd, "rb")
 
 
-def _open_picture(fp: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
-    """The picture in fp, its decoder chosen by content: Pillow's formats, else HEIF through
-    pillow-heif; RAW and video are refused with the reason they are not read."""
+def open_picture(fp: BinaryIO, max_pixels: int = DEFAULT_LIMITS.max_pixels, suffix: str = "") -> Image.Image:
+    """The picture in fp, its decoder chosen by content: Pillow's formats (opened lazily: only the
+    header is read), else HEIF through pillow-heif (decoded, after its header passed max_pixels).
+    RAW and video raise ImageReadError with the reason they are not read (suffix: for that reason);
+    anything else unknown raises PIL's UnidentifiedImageError."""
     try:
         return Image.open(fp)
     except UnidentifiedImageError:
@@ -112,9 +127,7 @@ def _open_picture(fp: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
         if kind == "heif":
             return _open_heif(fp, max_pixels)
         if kind in ("raw", "video"):
-            raise ImageReadError(
-                unread_reason("camera RAW" if kind == "raw" else "video", path.suffix.lower())
-            ) from None
+            raise ImageReadError(unread_reason("camera RAW" if kind == "raw" else "video", suffix)) from None
         raise
 
 
@@ -127,7 +140,7 @@ def _open_heif(fp: BinaryIO, max_pixels: int) -> Image.Image:
     heif = pillow_heif.open_heif(fp, convert_hdr_to_8bit=True)
     width, height = heif.size
     if width * height > max_pixels:  # before decoding: the header is all that was read
-        raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
+        raise TooManyPixelsError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
     return heif.to_pillow()
 
 
@@ -145,10 +158,12 @@ def decode_image(
         with warnings.catch_warnings():
             # Pillow warns above its own (lower) limit; ours is checked below, from the header
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_regular(path) as fp, _open_picture(fp, path, max_pixels) as im:
+            with _open_regular(path) as fp, open_picture(fp, max_pixels, path.suffix.lower()) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
+                    raise TooManyPixelsError(
+                        f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}"
+                    )
                 if im.format == "TIFF" and is_raw_tiff(getattr(im, "tag_v2", None)):
                     raise ImageReadError(unread_reason("camera RAW", path.suffix.lower()))
                 taken_at = _taken_at(im)

@@ -27,7 +27,8 @@ from typing import IO, TypeVar
 from fastapi import HTTPException
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xmodal.indexer.images import to_rgb
+from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.images import TooManyPixelsError, open_picture, to_rgb
 from xmodal.indexer.limits import Limits
 
 __all__ = ["QUERY_SIZE", "Decoder", "Upload", "read_uploads", "reduced_picture", "header_pixels"]
@@ -72,7 +73,7 @@ def _opened(source: IO[bytes], field: str, limits: Limits) -> Iterator[Image.Ima
         with warnings.catch_warnings():
             # Our cap is checked below; Pillow's warning threshold (a process-wide setting) is not ours.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with open_picture(source, limits.max_pixels) as im:  # by content: Pillow's formats and HEIF
                 width, height = im.size
                 if width * height > limits.max_pixels:
                     raise HTTPException(
@@ -86,6 +87,12 @@ def _opened(source: IO[bytes], field: str, limits: Limits) -> Iterator[Image.Ima
         raise
     except UnidentifiedImageError:
         raise HTTPException(415, f"{field}: not an image ({_FORMATS} are read)") from None
+    except TooManyPixelsError:
+        raise HTTPException(
+            413, f"{field}: the picture has more pixels than the cap of {_megapixels(limits.max_pixels)}"
+        ) from None
+    except ImageReadError as e:  # RAW or video: not read (yet)
+        raise HTTPException(415, f"{field}: {e}") from None
     except Image.DecompressionBombError:
         # Pillow refuses even to open it: far beyond our own cap.
         raise HTTPException(

@@ -15,7 +15,7 @@ from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from xmodal.cli.server.models import ItemOut, SearchResponse
@@ -24,6 +24,7 @@ from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.kinds import HEADER_BYTES, kind_of_header
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.store.schema import ImageRow, TextRow
@@ -175,6 +176,11 @@ def _media_type(handle: IO[bytes], item_id: int) -> str:
     try:
         with Image.open(handle) as im:  # the type comes from the content, never from the file name
             return Image.MIME.get(im.format or "", "application/octet-stream")
+    except UnidentifiedImageError:
+        handle.seek(0)
+        if kind_of_header(handle.read(HEADER_BYTES)) == "heif":  # read by pillow-heif, unknown to Pillow
+            return "image/heif"
+        raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
     except Exception:  # noqa: BLE001 - indexed once, unreadable now
         raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
 
