@@ -72,13 +72,10 @@ def test_animation_uses_first_frame(tmp_path: Path) -> None:
     assert pixel[0] > 200 and pixel[2] < 60
 
 
-def test_heif_when_supported(tmp_path: Path) -> None:
-    pytest.importorskip("pillow_heif")
+def test_heif_is_decoded(tmp_path: Path) -> None:
+    pillow_heif = pytest.importorskip("pillow_heif")  # a core dependency: under CI=true its absence fails
     path = tmp_path / "x.heic"
-    try:
-        Image.new("RGB", (32, 32), (0, 200, 0)).save(path, format="HEIF")
-    except (KeyError, OSError, ValueError):
-        pytest.skip("no HEIF encoder in this build")
+    pillow_heif.from_pillow(Image.new("RGB", (32, 32), (0, 200, 0))).save(str(path))  # no Pillow plugin needed
     assert decode_image(path).image.size == (32, 32)
 
 
