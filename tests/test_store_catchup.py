@@ -97,3 +97,23 @@ def test_a_cache_of_another_database_is_not_trusted(tmp_path: Path) -> None:
     finally:
         store.close()
     assert not check_index(tmp_path / "a").stale_caches  # the rebuilt cache was saved
+
+
+def test_a_row_added_through_the_orm_alone_moves_the_generation(tmp_path: Path) -> None:
+    """Nothing flushed before the commit: the commit's own flush is tracked too."""
+    Indexer(tmp_path / "index", model=fake_model()).add_paths([_photos(tmp_path / "photos", 0, 3)])
+    reader = IndexStore.open(tmp_path / "index")
+    writer = IndexStore.open(tmp_path / "index")
+    try:
+        assert len(reader.vectors("image")) == 3
+        before = writer.metadata.generation("image")
+        with writer.metadata.session() as s, s.begin():
+            s.add(ImageRow(path=str(tmp_path / "new.png"), size=1, mtime_ns=1, content_hash="x", width=1, height=1,
+                           model=str(fake_model().spec), indexed_at=utcnow(),
+                           vector=vector_to_blob(np.eye(32, dtype=np.float32)[9])))  # fmt: skip
+        assert writer.metadata.generation("image") == before + 1
+        assert len(reader.vectors("image")) == 4
+        _assert_matches_sql(reader)
+    finally:
+        reader.close()
+        writer.close()

@@ -82,7 +82,7 @@ class IndexStore:
         self._last_catch_up = 0  # rows the last catch-up applied
         self._model_meta: dict[str, str] | None = None  # see _model_facts
         self.full_loads = 0  # caches read whole (from their file or from SQL), not caught up
-        self.catch_ups = 0  # times a held cache applied what other writers changed
+        self.catch_ups = 0  # times a held cache followed what other writers changed (in place, or reloaded)
         self.last_full_load: str | None = None  # why the latest one was needed
 
     # --- opening ----------------------------------------------------------------------------
@@ -243,9 +243,9 @@ class IndexStore:
             since = self._generations[kind]
             if since == current:
                 return cached
+            self.catch_ups += 1
             if self._caught_up(kind, cached, since, current) is not None:
                 self._generations[kind] = current
-                self.catch_ups += 1
                 return cached
             index = self._from_sql(kind, f"the {kind} cache could not catch up from generation {since} to {current}")
         else:

@@ -483,6 +483,7 @@ class MetadataStore:
 
     def _record_generations(self, session: Session) -> None:
         """At commit: the generation of each kind this transaction changed moves on (once)."""
+        session.flush()  # ORM changes still pending are tracked (before_flush) before this looks
         for kind in sorted(session.info.get("changed", ())):
             generation = self.bump_generation(session, kind)
             session.merge(MetaRow(key=f"generation:{kind}", value=str(generation)))
