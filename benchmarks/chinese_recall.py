@@ -205,7 +205,9 @@ def main() -> None:
             features = torch.cat(
                 [
                     model.towers.image_features(
-                        torch.stack([model.image_transform(Image.open(args.data / "images" / n).convert("RGB")) for n in chunk])
+                        torch.stack(
+                            [model.image_transform(Image.open(args.data / "images" / n).convert("RGB")) for n in chunk]
+                        )
                     ).float()
                     for chunk in (pairs.photos[b : b + 16] for b in range(0, len(pairs.photos), 16))
                 ]
@@ -218,8 +220,11 @@ def main() -> None:
     held = held_out_photos(len(pairs.photos), args.held, args.seed)
     fit = np.setdiff1d(np.arange(len(pairs.photos)), held)
     figures = evaluate(pairs, features, english, vectors, fit, {"held": held})["held"]
-    show(f"{args.held} held-out train photos ({(np.isin(pairs.chinese_photo, held)).sum()} Chinese captions), "
-         f"pool = those {args.held} photos; first stage", figures)
+    show(
+        f"{args.held} held-out train photos ({(np.isin(pairs.chinese_photo, held)).sum()} Chinese captions), "
+        f"pool = those {args.held} photos; first stage",
+        figures,
+    )
 
     if args.shift:
         captions_of = [[] for _ in pairs.photos]
@@ -234,15 +239,22 @@ def main() -> None:
             concept = np.sort(rng.choice(concept, min(POOL, len(concept)), replace=False))
             indist = np.sort(rng.choice(rest, len(concept), replace=False))
             fold = evaluate(
-                pairs, features, english, vectors, np.setdiff1d(rest, indist), {"held-out concept": concept, "in-dist": indist}
+                pairs,
+                features,
+                english,
+                vectors,
+                np.setdiff1d(rest, indist),
+                {"held-out concept": concept, "in-dist": indist},
             )
             for kind, figs in fold.items():
                 show(f"concept {name}: {kind}, pool {len(concept)}", figs)
                 for method, r in figs.items():
                     totals[kind].setdefault(method, []).append(r)
         for kind, by_method in totals.items():
-            show(f"shift, macro average over {len(CONCEPTS)} concepts: {kind}",
-                 {m: tuple(float(np.mean(c)) for c in zip(*rs)) for m, rs in by_method.items()})
+            show(
+                f"shift, macro average over {len(CONCEPTS)} concepts: {kind}",
+                {m: tuple(float(np.mean(c)) for c in zip(*rs)) for m, rs in by_method.items()},
+            )
 
     zh_ms, en_ms = latency(model, pairs.chinese)
     print(f"query latency p50 (exported text encoder, one thread): Chinese {zh_ms:.1f} ms, English {en_ms:.1f} ms")

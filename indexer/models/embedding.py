@@ -175,7 +175,9 @@ class EmbeddingModel:
             return self._embed_text_tower(texts, batch_size)
         from xmodal.indexer.models.chinese import corrected_for, embed_by_language
 
-        return embed_by_language(texts, lambda some: self._embed_text_tower(some, batch_size), corrected_for(str(self.spec)))
+        return embed_by_language(
+            texts, lambda some: self._embed_text_tower(some, batch_size), corrected_for(str(self.spec))
+        )
 
     def _embed_text_tower(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         import torch

@@ -22,7 +22,11 @@ __all__ = ["Translation", "Translator", "SensePrior", "PARTICLES"]
 
 # Structure words with no content of their own in a photo query: particles, and measure words
 # ("两只狗": two dogs, not "two only dog").
-PARTICLES = frozenset("的 了 着 地 得 之 吗 呢 吧 啊 呀 么 过 个 只 条 位 名 匹 头 辆 张 件 棵 座 顶 架 艘 片 根 块 把 些".split())
+# 地 and 得 are particles only where jieba tags them so (雪地: snow ground).
+PARTICLES = frozenset(
+    "的 了 着 之 吗 呢 吧 啊 呀 么 过 们 个 只 条 位 名 匹 头 辆 张 件 棵 座 顶 架 艘 片 根 块 把 些".split()
+)
+_PARTICLE_TAGS = frozenset(("uv", "ud"))  # jieba's tags of the adverbial 地 and the complement 得
 # Localisers close a place phrase that English opens with a preposition: 在 草地 上 -> on lawn.
 LOCALISERS = {
     "上": "on",
@@ -46,6 +50,7 @@ LOCALISERS = {
 _PLACE_OPENERS = frozenset("在 于 从 到".split())
 _PLACE_SPAN = 4  # words between 在 and its localiser
 _HEAD_WORDS = 3  # a noun phrase after the last 的 that moves to the front ("dog on lawn")
+_SAME_WORD = "+"  # tag suffix of the pieces after the first of a word split by the dictionary
 _LATIN = "eng"  # jieba's tag for Latin words; here, English that passes through
 _NOUN_TAGS = frozenset("nrs")  # jieba tags of nouns, pronouns and places
 _RUNS = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|([A-Za-z0-9][A-Za-z0-9'\-]*)")
@@ -93,10 +98,11 @@ class Translator:
 
     def words(self, run: str) -> list[tuple[str, str]]:
         """(word, part of speech) of a run of Han characters: jieba's cut and tags, and what the
-        dictionary does not know split again into words it does (马路上 -> 马路 上)."""
+        dictionary does not know split again into words it does (马路上 -> 马路 上; the pieces
+        after the first carry the tag plus _SAME_WORD)."""
         out: list[tuple[str, str]] = []
         for piece, tag in self._cutter.tag(run):
-            out.extend((word, tag) for word in self._known_words(piece))
+            out.extend((word, tag if k == 0 else tag + _SAME_WORD) for k, word in enumerate(self._known_words(piece)))
         return out
 
     def _known(self, word: str) -> bool:
@@ -160,8 +166,13 @@ def _in_english_order(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
     (草地上的狗 -> dog on lawn), and structure words go."""
     out: list[tuple[str, str]] = []
     for token, tag in tokens:
+        if _structure(token, tag) and token != "的":
+            continue  # 的 is dropped last: it marks where a noun phrase's head starts
         if token in LOCALISERS and out and out[-1][1] != _LATIN and out[-1][0] != "的":
-            start = len(out) - 1  # the place phrase: back to 在 (not across 的), else one word
+            # the place phrase: back to 在 (not across 的), else the word just before
+            start = len(out) - 1
+            while start > 0 and out[start][1].endswith(_SAME_WORD):
+                start -= 1
             for k in range(len(out) - 1, max(-1, len(out) - 2 - _PLACE_SPAN), -1):
                 if out[k][0] == "的":
                     break
@@ -179,4 +190,8 @@ def _in_english_order(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
         head = out[marks[-1] + 1 :]
         if 0 < len(head) <= _HEAD_WORDS and all(tag[:1] in _NOUN_TAGS for _, tag in head):
             out = head + out[: marks[-1]]
-    return [(t, tag) for t, tag in out if t not in PARTICLES or tag == _LATIN]
+    return [(t, tag) for t, tag in out if not _structure(t, tag)]
+
+
+def _structure(token: str, tag: str) -> bool:
+    return tag != _LATIN and (token in PARTICLES or tag in _PARTICLE_TAGS)
