@@ -48,6 +48,7 @@ LOCALISERS = {
     "外面": "outside",
 }
 _PLACE_OPENERS = frozenset("在 于 从 到".split())
+_PROGRESSIVE = frozenset(("在", "正在", "正"))
 _PLACE_SPAN = 4  # words between 在 and its localiser
 _HEAD_WORDS = 3  # a noun phrase after the last 的 that moves to the front ("dog on lawn")
 _SAME_WORD = "+"  # tag suffix of the pieces after the first of a word split by the dictionary
@@ -75,7 +76,8 @@ class SensePrior:
 
     def score(self, gloss: str, rank: int) -> float:
         words = gloss.lower().split()
-        fit = sum(math.log1p(self.english_counts.get(w, 0)) for w in words) / len(words)
+        # its least used word: "eat at" must not ride on how often captions say "at"
+        fit = min(math.log1p(self.english_counts.get(w, 0)) for w in words)
         return fit - 1.0 * (len(words) - 1) - 0.3 * rank
 
 
@@ -165,9 +167,11 @@ def _in_english_order(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
     their preposition (在 草地 上 -> on lawn), a noun phrase after the last 的 comes first
     (草地上的狗 -> dog on lawn), and structure words go."""
     out: list[tuple[str, str]] = []
-    for token, tag in tokens:
+    for k, (token, tag) in enumerate(tokens):
         if _structure(token, tag) and token != "的":
             continue  # 的 is dropped last: it marks where a noun phrase's head starts
+        if token in _PROGRESSIVE and k + 1 < len(tokens) and tokens[k + 1][1][:1] == "v":
+            continue  # 在 before a verb marks an action in progress (两只狗在打架), not a place
         if token in LOCALISERS and out and out[-1][1] != _LATIN and out[-1][0] != "的":
             # the place phrase: back to 在 (not across 的), else the word just before
             start = len(out) - 1
