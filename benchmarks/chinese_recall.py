@@ -41,6 +41,7 @@ from xmodal.indexer.models.chinese.training import (
     fit_student,
     held_out_photos,
     read_caption_pairs,
+    text_tower_vectors,
 )
 from xmodal.indexer.models.chinese.translation import SensePrior, Translator
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
@@ -65,18 +66,10 @@ class TextVectors:
     def __call__(self, texts: list[str]) -> np.ndarray:
         missing = sorted({t for t in texts if t not in self.known})
         if missing:
-            self.known.update(zip(missing, text_tower(self.model, missing)))
+            self.known.update(zip(missing, text_tower_vectors(self.model, missing)))
             self.file.parent.mkdir(parents=True, exist_ok=True)
             np.savez(self.file, texts=np.array(list(self.known)), vectors=np.stack(list(self.known.values())))
         return np.stack([self.known[t] for t in texts])
-
-
-def text_tower(model: EmbeddingModel, texts: list[str]) -> np.ndarray:
-    """The English text tower and head on any text, Chinese included (no routing by script)."""
-    with torch.inference_mode():
-        out = [model.towers.text_features(texts[b : b + 128]) for b in range(0, len(texts), 128)]
-        projected = model.head.project_texts(torch.cat(out)) if model.head is not None else torch.cat(out)
-    return unit(projected.float().numpy())
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -222,7 +215,7 @@ def main() -> None:
                     for chunk in (pairs.photos[b : b + 16] for b in range(0, len(pairs.photos), 16))
                 ]
             )
-        english = model.embed_texts(pairs.english)
+        english = text_tower_vectors(model, pairs.english)
         cache.mkdir(parents=True, exist_ok=True)
         torch.save((features, english), features_file)
     vectors = TextVectors(model, cache / "text-vectors.npz")

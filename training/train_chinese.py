@@ -20,7 +20,13 @@ import torch
 from PIL import Image
 
 from xmodal.indexer.models.chinese.student import SENTENCE_SPACE
-from xmodal.indexer.models.chinese.training import StudentConfig, english_counts, fit_student, read_caption_pairs
+from xmodal.indexer.models.chinese.training import (
+    StudentConfig,
+    english_counts,
+    fit_student,
+    read_caption_pairs,
+    text_tower_vectors,
+)
 from xmodal.indexer.models.chinese.translation import SensePrior, Translator
 from xmodal.indexer.models.embedding import load_model
 
@@ -37,13 +43,13 @@ def main() -> None:
     pairs = read_caption_pairs(args.data)
     model = load_model("xmodal-lite", device="cpu")
     photos = model.embed_images([Image.open(args.data / "images" / name) for name in pairs.photos])
-    english = model.embed_texts(pairs.english)
+    english = text_tower_vectors(model, pairs.english)
     teacher = np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))])
     teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
     prior = SensePrior(english_counts(pairs.english))
     translator = Translator(prior)
     translations = [translator.translate(c) for c in pairs.chinese]
-    vectors = model.embed_texts([t.english or t.source for t in translations])
+    vectors = text_tower_vectors(model, [t.english or t.source for t in translations])
     print(f"{len(pairs.photos)} photos, {len(pairs.chinese)} Chinese captions embedded in {time.time() - t0:.0f}s")
     student = fit_student(
         translations,

@@ -15,13 +15,25 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from xmodal.indexer.models.chinese.student import ChineseStudent, text_features
 from xmodal.indexer.models.chinese.translation import SensePrior, Translation
 
-__all__ = ["CaptionPairs", "StudentConfig", "read_caption_pairs", "english_counts", "fit_student", "held_out_photos"]
+if TYPE_CHECKING:
+    from xmodal.indexer.models.embedding import EmbeddingModel
+
+__all__ = [
+    "CaptionPairs",
+    "StudentConfig",
+    "read_caption_pairs",
+    "english_counts",
+    "fit_student",
+    "held_out_photos",
+    "text_tower_vectors",
+]
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -54,6 +66,22 @@ def read_caption_pairs(data: Path, split: str = "train") -> CaptionPairs:
         [c for _, c in zh],
         np.array([at[n] for n, _ in zh]),
     )
+
+
+def text_tower_vectors(model: EmbeddingModel, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    """The model's text tower and head on texts exactly as given, whatever their script: what
+    fitting reads (the model's embed_texts would send Chinese through the shipped path, so a
+    refit would depend on the file it replaces)."""
+    import torch
+    import torch.nn.functional as F
+
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            feats = model.towers.text_features(list(texts[start : start + batch_size]))
+            out = model.head.project_texts(feats) if model.head is not None else feats
+            chunks.append(F.normalize(out.float(), dim=-1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.dim), dtype=np.float32)
 
 
 def held_out_photos(n_photos: int, n_held: int, seed: int = 0) -> np.ndarray:
