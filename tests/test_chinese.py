@@ -59,6 +59,14 @@ def test_the_script_decides_the_language() -> None:
     assert language_of("собака на пляже") == "other"
 
 
+def test_the_correction_applies_only_in_the_space_it_was_fitted_in() -> None:
+    from xmodal.indexer.models.chinese import corrected_for
+
+    assert corrected_for("xmodal-lite") and corrected_for("xmodal-lite-duo")  # MiniLM text space, shipped heads
+    assert not corrected_for("ViT-B-32:laion2b_s34b_b79k")  # another text tower: the translation alone
+    assert not corrected_for("xmodal-lite+/tmp/own_head.pt")  # a head of one's own may move the text space
+
+
 def test_traditional_reads_as_simplified() -> None:
     assert understand_chinese("兩隻狗在海邊") == understand_chinese("两只狗在海边")
     assert understand_chinese("騎腳踏車的男人")[0] == understand_chinese("骑自行车的男人")[0]

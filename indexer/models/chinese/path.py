@@ -103,7 +103,8 @@ def embed_by_language(texts: Sequence[str], embed_english: EmbedTexts, corrected
     chinese = [i for i, t in enumerate(texts) if has_chinese(t) and unsupported_script(t) is None]
     if not chinese:
         return embed_english(texts)
-    rest = [i for i in range(len(texts)) if i not in set(chinese)]
+    taken = set(chinese)
+    rest = [i for i in range(len(texts)) if i not in taken]
     zh = chinese_path().embed([texts[i] for i in chinese], embed_english, corrected)
     out = np.empty((len(texts), zh.shape[1]), dtype=np.float32)
     out[chinese] = zh
