@@ -166,6 +166,20 @@ class EmbeddingModel:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """Unit rows in the shared space. Chinese (or mixed) texts take the Chinese path
+        (indexer.models.chinese: translation, plus its trained correction in the offline models'
+        text space); every other text goes to the text tower as it is."""
+        from xmodal.indexer.models.chinese.script import has_chinese
+
+        if not any(has_chinese(t) for t in texts):
+            return self._embed_text_tower(texts, batch_size)
+        from xmodal.indexer.models.chinese import corrected_for, embed_by_language
+
+        return embed_by_language(
+            texts, lambda some: self._embed_text_tower(some, batch_size), corrected_for(str(self.spec))
+        )
+
+    def _embed_text_tower(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         import torch
 
         chunks = []

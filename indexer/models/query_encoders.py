@@ -403,7 +403,17 @@ class QueryTextEncoder(_ExportedEncoder):
             self._tokenize = lambda texts: np.array([e.ids for e in tokenizer.encode_batch(texts)], dtype=np.int64)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self._run(self._tokenize(list(texts)))
+        """As the model's own embed_texts: Chinese texts through the Chinese path, with the
+        correction when the exported model's text space is the one it was fitted in."""
+        from xmodal.indexer.models.chinese.script import has_chinese
+
+        texts = list(texts)
+        if not any(has_chinese(t) for t in texts):
+            return self._run(self._tokenize(texts))
+        from xmodal.indexer.models.chinese import corrected_for, embed_by_language
+
+        tower = lambda some: self._run(self._tokenize(some))  # noqa: E731
+        return embed_by_language(texts, tower, corrected_for(str(self.description.get("spec", ""))))
 
 
 class QueryImageEncoder(_ExportedEncoder):

@@ -1,0 +1,126 @@
+"""The Chinese text path as the models use it: which texts take it, and their vectors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xmodal.indexer.models.chinese.script import Language, has_chinese, language_of, unsupported_script
+from xmodal.indexer.models.chinese.student import STUDENT_FILE, ChineseStudent
+from xmodal.indexer.models.chinese.translation import Translation, Translator
+
+__all__ = [
+    "ChinesePath",
+    "Understanding",
+    "chinese_path",
+    "corrected_for",
+    "embed_by_language",
+    "understand",
+    "understand_chinese",
+]
+
+EmbedTexts = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Understanding:
+    """What xmodal makes of a text, for an interpretation line."""
+
+    language: Language
+    english: str | None = None  # what the English tower reads, for Chinese
+    unknown_words: tuple[str, ...] = ()  # Chinese words neither the dictionary nor the training knows
+    note: str | None = None  # one line when the language is not understood yet
+
+
+class ChinesePath:
+    """Translation plus, in the space it was fitted for, the trained correction. Thread-safe."""
+
+    def __init__(self, translator: Translator, student: ChineseStudent | None) -> None:
+        self.translator = translator
+        self.student = student
+
+    def translate(self, text: str) -> Translation:
+        return self.translator.translate(text)
+
+    def unknown_words(self, translation: Translation) -> tuple[str, ...]:
+        known = self.student.knows if self.student is not None else (lambda word: False)
+        return tuple(w for w in translation.unknown if not known(w))
+
+    def embed(self, texts: Sequence[str], embed_english: EmbedTexts, corrected: bool) -> np.ndarray:
+        """Vectors of Chinese (or mixed) texts: the English tower on their translations, plus the
+        correction when `corrected` (the model's text space is the one the student was fitted in)."""
+        translations = [self.translate(t) for t in texts]
+        # a text of structure words only ("的") still needs a vector: its source is as good as any
+        vectors = embed_english([t.english or t.source for t in translations])
+        if corrected and self.student is not None and self.student.dim == vectors.shape[1]:
+            return self.student.correct(vectors, translations)
+        return vectors
+
+
+_PATH: ChinesePath | None = None
+_LOADING = threading.Lock()
+
+
+def chinese_path() -> ChinesePath:
+    """The shipped Chinese path, loaded on first use (a second or so: dictionary, segmenter)."""
+    from xmodal.data import data_path
+
+    global _PATH
+    with _LOADING:
+        if _PATH is None:
+            file = data_path(STUDENT_FILE)
+            student = ChineseStudent.load(file) if file.is_file() else None
+            _PATH = ChinesePath(Translator(student.prior if student else None), student)
+        return _PATH
+
+
+def understand(text: str) -> Understanding:
+    """The language of `text` and, for Chinese, the English read and the words not understood."""
+    language = language_of(text)
+    if language == "other":
+        script = unsupported_script(text)
+        return Understanding(language, note=f"{script} is not understood yet: only English and Chinese are")
+    if language == "english":
+        return Understanding(language)
+    path = chinese_path()
+    translation = path.translate(text)
+    return Understanding(language, translation.english, path.unknown_words(translation))
+
+
+def understand_chinese(text: str) -> tuple[str, tuple[str, ...]]:
+    """(the English the tower reads, the words neither dictionary nor training knows)."""
+    translation = chinese_path().translate(text)
+    return translation.english, chinese_path().unknown_words(translation)
+
+
+def embed_by_language(texts: Sequence[str], embed_english: EmbedTexts, corrected: bool) -> np.ndarray:
+    """Each text through its own path, rows in the input order: English (and any script not
+    understood yet) through `embed_english` exactly as before, Chinese through the Chinese path."""
+    texts = list(texts)
+    chinese = [i for i, t in enumerate(texts) if has_chinese(t) and unsupported_script(t) is None]
+    if not chinese:
+        return embed_english(texts)
+    taken = set(chinese)
+    rest = [i for i in range(len(texts)) if i not in taken]
+    zh = chinese_path().embed([texts[i] for i in chinese], embed_english, corrected)
+    out = np.empty((len(texts), zh.shape[1]), dtype=np.float32)
+    out[chinese] = zh
+    if rest:
+        out[rest] = embed_english([texts[i] for i in rest])
+    return out
+
+
+def corrected_for(spec: str) -> bool:
+    """Whether a model's text space is the one the shipped correction was fitted in: the offline
+    towers' sentence space, which their shipped heads leave as it is (identity text path). Other
+    models (open_clip, a head of one's own) get the translation alone."""
+    from xmodal.indexer.models.spec import parse_model_spec
+
+    try:
+        parsed = parse_model_spec(spec)
+    except Exception:  # an unparsable spec: no correction
+        return False
+    return parsed.capabilities.towers == "offline" and parsed.head is None
