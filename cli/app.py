@@ -125,6 +125,25 @@ def index(
         raise typer.Exit(1)  # nothing could be indexed
 
 
+def _say_how_the_query_is_read(query: str) -> None:
+    """One line on stderr for a query not in English: the English a Chinese query is read as (and the
+    words not understood), or that its language is not understood yet. English queries print nothing."""
+    from xmodal.indexer.models.chinese.script import language_of
+
+    if language_of(query) == "english":
+        return
+    from xmodal.indexer.models.chinese import understand
+
+    understood = understand(query)
+    if understood.note:
+        typer.echo(f"xmodal: note: {understood.note}", err=True)
+        return
+    line = f'xmodal: reading "{query}" as "{understood.english}"'
+    if understood.unknown_words:
+        line += f"; not understood: {', '.join(understood.unknown_words)}"
+    typer.echo(line, err=True)
+
+
 @app.command()
 @_run
 def search(
@@ -222,6 +241,8 @@ def search(
         min_height=height,
     )
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
+    if query is not None:
+        _say_how_the_query_is_read(query)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
         hits = engine.search(
             image if image is not None else (query or ""),

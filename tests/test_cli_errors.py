@@ -261,3 +261,17 @@ def test_check_command(
     assert report["ok"] is True and report["images"] == 3 and report["repaired"]
     result = runner.invoke(check_app, ["check", "--index", str(tmp_path / "none")])
     _one_error_line(result, 4, "no xmodal index")
+
+
+def test_a_query_not_in_english_says_how_it_is_read(runner: CliRunner, fake_index: Path, fake_loader: None) -> None:
+    """Issue 29: a Chinese query's English reading (and words not understood) and a language not
+    understood yet are each one line on stderr; the search still runs."""
+    result = runner.invoke(app, ["search", "海边的狗", "--index", str(fake_index), "--json"])
+    assert result.exit_code == 0, result.output
+    assert 'xmodal: reading "海边的狗" as "' in result.stderr and "dog" in result.stderr
+    result = runner.invoke(app, ["search", "海边的狗 鑫鑫鑫", "--index", str(fake_index), "--json"])
+    assert "not understood: " in result.stderr
+    result = runner.invoke(app, ["search", "ビーチの犬", "--index", str(fake_index), "--json"])
+    assert result.exit_code == 0 and "xmodal: note: " in result.stderr and "not understood yet" in result.stderr
+    result = runner.invoke(app, ["search", "red", "--index", str(fake_index), "--json"])
+    assert result.stderr == ""
