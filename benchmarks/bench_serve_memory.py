@@ -117,7 +117,7 @@ def build_index(workdir: Path, dataset: Path, photos: int, scans: int, scan_mp: 
         shutil.copy(source, folder / source.name)
     for i in range(len(images), photos):  # no sample at hand: plain pictures
         Image.new("RGB", (640, 480), (40 * i % 255, 90, 160)).save(folder / f"plain{i}.jpg")
-    side = int((scan_mp * 1e6) ** 0.5)
+    side = int((scan_mp * 1e6 / 1.3) ** 0.5)  # a page of 1 : 1.3 holding scan_mp megapixels
     for i in range(scans):  # a scanned page: large, flat, compresses to little
         scan = Image.new("RGB", (side, int(side * 1.3)), (235 - 10 * i, 230, 220))
         scan.paste((40, 40, 60), (side // 10, side // 10, side // 2, side // 8))
