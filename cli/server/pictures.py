@@ -16,7 +16,10 @@ Pillow's own pixel limit (a process-wide setting) is neither set nor relied on.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,16 +45,37 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:g} MP"
 
 
+def _glibc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim: hands the pages a decode freed back to the system (glibc keeps them in
+    the thread's arena otherwise: 8 uploads of 120 MP left +537 MB held). None on other C libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl and others have no malloc_trim
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
 class Decoder:
     """The server's decoding threads: at most `limit` pictures decoded at once, uploads and
     thumbnails alike; a caller waits for a free thread."""
 
     def __init__(self, limit: int) -> None:
         self._pool = ThreadPoolExecutor(max(1, limit), thread_name_prefix="xmodal-decode")
+        self._trim = _glibc_trim()
 
     def run(self, function: Callable[..., T], *args: object) -> T:
         """function(*args) in a decoding thread, once one is free; its result or its exception."""
-        return self._pool.submit(function, *args).result()
+        return self._pool.submit(self._decode, function, *args).result()
+
+    def _decode(self, function: Callable[..., T], *args: object) -> T:
+        try:
+            return function(*args)
+        finally:
+            if self._trim is not None:
+                self._trim()  # ~1 ms; a decode takes tens to hundreds
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
