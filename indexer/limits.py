@@ -36,6 +36,9 @@ class Limits:
     max_error_items: int = 20  # validation errors listed in one error body
     # The server's thumbnail cache on disk, least recently used dropped first.
     thumbnail_cache_bytes: int = 512 * 1024 * 1024
+    # The index database. Held by another process (an upgrade, a long write) longer than this,
+    # it is reported busy (IndexLockedError), never missing.
+    database_busy_seconds: float = 30.0
 
 
 DEFAULT_LIMITS = Limits()

@@ -28,8 +28,20 @@ def _store_with(index_dir: Path, vectors: np.ndarray) -> None:
     try:
         store.check_model("synthetic:test", DIM)
         now = utcnow()
-        rows = [dict(path=f"/s/{i:06d}.jpg", size=1, mtime_ns=1, content_hash="", width=1, height=1, model="synthetic:test",
-                     indexed_at=now, vector=v.astype("<f4").tobytes()) for i, v in enumerate(vectors)]
+        rows = [
+            dict(
+                path=f"/s/{i:06d}.jpg",
+                size=1,
+                mtime_ns=1,
+                content_hash="",
+                width=1,
+                height=1,
+                model="synthetic:test",
+                indexed_at=now,
+                vector=v.astype("<f4").tobytes(),
+            )
+            for i, v in enumerate(vectors)
+        ]
         with store.metadata.engine.begin() as connection:
             connection.execute(ImageRow.__table__.insert(), rows)
         with store.metadata.session() as s, s.begin():
@@ -72,7 +84,9 @@ def test_bounded_build_finds_what_exact_search_finds(tmp_path: Path, on_disk: bo
     plan = IndexPlan("ivf_pqfs", nlist=64, nprobe=16, pq_m=8, oversample=40, train_size=4000, lean=True)
     store = IndexStore.open(tmp_path / "idx")
     try:
-        index, report = build_bounded(store.metadata, ImageRow, DIM, store.faiss_path("image"), budget=1024**2, plan=plan, on_disk=on_disk)
+        index, report = build_bounded(
+            store.metadata, ImageRow, DIM, store.faiss_path("image"), budget=1024**2, plan=plan, on_disk=on_disk
+        )
     finally:
         store.close()
     assert (report.vectors, len(index), report.on_disk) == (8000, 8000, on_disk)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import make_image
+from tests.fakes import fake_model
 from xmodal.indexer import Indexer
-from xmodal.indexer.store.checking import check_index
 from xmodal.indexer.errors import IndexLockedError
+from xmodal.indexer.store.checking import check_index
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 from xmodal.search import SearchEngine
-from tests.conftest import make_image
-from tests.fakes import fake_model
 
 _CTX = multiprocessing.get_context("forkserver")
 N_IMAGES = 48
@@ -29,8 +29,8 @@ N_IMAGES = 48
 def _writer(index_dir: str, photos: str) -> None:
     """An index run paced like a real model, saving its FAISS cache after every batch."""
     import xmodal.indexer.indexing as indexing
-    from xmodal.indexer import Indexer
     from tests.fakes import fake_model
+    from xmodal.indexer import Indexer
 
     indexing._SAVE_INTERVAL_S = 0.0
     model = fake_model()
@@ -55,7 +55,9 @@ def _lock_holder(index_dir: str, ready) -> None:  # noqa: ANN001
 
 def _photos(root: Path) -> Path:
     for i in range(N_IMAGES):
-        make_image(root / f"g{i % 3}" / f"p{i:02d}.png", ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256), size=(32, 32))
+        make_image(
+            root / f"g{i % 3}" / f"p{i:02d}.png", ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256), size=(32, 32)
+        )
     return root
 
 

@@ -3,6 +3,7 @@ itself, on SQLite and on PostgreSQL; a schema newer than the code is refused; ev
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 from tests.legacy_schema import LEGACY_COLUMNS, make_legacy_index
 from xmodal.indexer import Indexer
+from xmodal.indexer.errors import IndexLockedError
+from xmodal.indexer.limits import Limits
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.migrations import HEAD, VERSION_TABLE, SchemaTooNewError, alembic_config, current_revision
 from xmodal.indexer.store.schema import ImageRow, TextRow
@@ -172,10 +175,16 @@ def test_the_legacy_schema_is_the_previous_release_s() -> None:
     finally:
         del sys.modules[module.__name__]
 
+    def type_name(column) -> str:  # noqa: ANN001
+        name = type(column.type).__name__
+        return "String" if name == "FsPath" else name
+
     def shape(metadata) -> dict:  # noqa: ANN001
         return {
-            t.name: ({(c.name, type(c.type).__name__ if type(c.type).__name__ != "FsPath" else "String", c.nullable, c.primary_key) for c in t.columns},
-                     {(tuple(c.name for c in i.columns), bool(i.unique)) for i in t.indexes})
+            t.name: (
+                {(c.name, type_name(c), c.nullable, c.primary_key) for c in t.columns},
+                {(tuple(c.name for c in i.columns), bool(i.unique)) for i in t.indexes},
+            )
             for t in metadata.sorted_tables
         }
 
@@ -205,6 +214,51 @@ def test_processes_opening_an_old_index_at_once_upgrade_it_once(tmp_path: Path, 
     assert not errors, errors
     assert _revision(url) == HEAD and "grid" not in _columns(url, "images")
     assert changes.count(None) >= 1 and set(changes) <= {None, HEAD}
+
+
+def _held_by_a_reader(index_dir: Path, seconds: float):  # noqa: ANN202 - a started thread
+    """Another process's connection reading the old (rollback-journal) database for `seconds`:
+    its read lock keeps anyone from taking the database whole meanwhile (turning it into WAL)."""
+    import sqlite3
+    import threading
+
+    db = sqlite3.connect(index_dir / "index.db", isolation_level=None, check_same_thread=False)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] != "wal"
+    db.execute("BEGIN")
+    db.execute("SELECT count(*) FROM images").fetchone()
+
+    def release() -> None:
+        time.sleep(seconds)
+        db.execute("COMMIT")
+        db.close()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+def test_an_old_index_another_process_is_reading_is_waited_for(tmp_path: Path) -> None:
+    """Under load an opener that is upgrading holds the database for seconds: the others wait
+    (SQLite's default wait was 5 s, set after the switch to WAL), they do not report it missing."""
+    index_dir, _, url = _legacy(tmp_path, Backend("sqlite", None))
+    reader = _held_by_a_reader(index_dir, 6.0)
+    try:
+        IndexStore.open(index_dir).close()
+    finally:
+        reader.join()
+    assert _revision(url) == HEAD
+
+
+def test_a_database_held_too_long_is_busy_not_missing(tmp_path: Path) -> None:
+    index_dir, _, _ = _legacy(tmp_path, Backend("sqlite", None))
+    reader = _held_by_a_reader(index_dir, 2.0)
+    try:
+        with pytest.raises(IndexLockedError, match="busy"):
+            IndexStore.open(index_dir, limits=Limits(database_busy_seconds=0.3))
+    finally:
+        reader.join()
+    IndexStore.open(index_dir).close()  # once released it opens and upgrades
 
 
 def test_sqlite_gives_back_the_pages_the_upgrade_freed(tmp_path: Path) -> None:

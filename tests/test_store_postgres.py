@@ -23,13 +23,17 @@ from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "faiss", "sqlalchemy", "psycopg", "PIL.Image", "xmodal.indexer.indexing", "xmodal.search", "tests.fakes"])
+_CTX.set_forkserver_preload(
+    ["torch", "faiss", "sqlalchemy", "psycopg", "PIL.Image", "xmodal.indexer.indexing", "xmodal.search", "tests.fakes"]
+)
 N_IMAGES = 40
 
 
 def _photos(root: Path) -> Path:
     for i in range(N_IMAGES):
-        make_image(root / f"g{i % 4}" / f"p{i:02d}.png", ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256), size=(32, 32))
+        make_image(
+            root / f"g{i % 4}" / f"p{i:02d}.png", ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256), size=(32, 32)
+        )
     return root
 
 
@@ -51,7 +55,9 @@ def _writer(index_dir: str, photos: str, url: str, started, pace: float, go=None
 
     model.embed_pixels = slow_embed  # type: ignore[method-assign]
     try:
-        Indexer(index_dir, model=model, db_url=url, batch_size=2, workers=1, on_progress=lambda p: started.set()).add_paths([photos])
+        Indexer(
+            index_dir, model=model, db_url=url, batch_size=2, workers=1, on_progress=lambda p: started.set()
+        ).add_paths([photos])
     except IndexLockedError:
         os._exit(6)
 
@@ -78,8 +84,12 @@ def test_two_writers_one_database_and_a_reader_elsewhere(tmp_path: Path, pg_url:
     Indexer(tmp_path / "a", model=fake_model(), db_url=pg_url).add_paths([photos / "g0"])  # the index exists
     started_a, started_b, go = _CTX.Event(), _CTX.Event(), _CTX.Event()
     queue = _CTX.Queue()
-    writer_a = _CTX.Process(target=_writer, args=(str(tmp_path / "a"), str(photos), pg_url, started_a, 0.25), daemon=True)
-    writer_b = _CTX.Process(target=_writer, args=(str(tmp_path / "b"), str(photos), pg_url, started_b, 0.0, go), daemon=True)
+    writer_a = _CTX.Process(
+        target=_writer, args=(str(tmp_path / "a"), str(photos), pg_url, started_a, 0.25), daemon=True
+    )
+    writer_b = _CTX.Process(
+        target=_writer, args=(str(tmp_path / "b"), str(photos), pg_url, started_b, 0.0, go), daemon=True
+    )
     reader = _CTX.Process(target=_reader, args=(str(tmp_path / "c"), pg_url, queue, go), daemon=True)
     writer_b.start()
     reader.start()
@@ -159,10 +169,14 @@ def test_the_password_never_shows(tmp_path: Path, pg_url: str, caplog: pytest.Lo
     bad = runner.invoke(app, ["info", "--index", str(tmp_path / "other"), "--db-url", wrong])
     assert bad.exit_code == 4 and "Wr0ng-pw-77" not in bad.output and password not in bad.output
     assert "xmodal: error: cannot open the index database" in bad.output
-    missing = runner.invoke(app, ["search", "red", "--index", str(tmp_path / "idx"), "--db-url", pg_url.rsplit("/", 1)[0] + "/nosuchdb"])
+    missing = runner.invoke(
+        app, ["search", "red", "--index", str(tmp_path / "idx"), "--db-url", pg_url.rsplit("/", 1)[0] + "/nosuchdb"]
+    )
     assert missing.exit_code == 4 and password not in missing.output
     assert password not in caplog.text
-    store = IndexStore.open(tmp_path / "idx", db_url=pg_url.replace("postgresql+psycopg://", "postgresql://"))  # no driver named: psycopg 3
+    store = IndexStore.open(
+        tmp_path / "idx", db_url=pg_url.replace("postgresql+psycopg://", "postgresql://")
+    )  # no driver named: psycopg 3
     try:
         assert store.db_url.startswith("postgresql+psycopg://")
         assert password not in store.db_url and password not in repr(store.metadata.engine)

@@ -61,8 +61,9 @@ def _exact(base, ids) -> VectorIndex:
 
 def _approx(base, ids, kind="ivf_sq8", lean=False) -> VectorIndex:
     pq_m = {"ivf_pq": DIM // 4, "ivf_pqfs": DIM // 2}.get(kind, 0)
-    plan = IndexPlan(kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10,
-                     train_size=8_000, lean=lean)
+    plan = IndexPlan(
+        kind, nlist=128, nprobe=32, pq_m=pq_m, oversample=40 if kind == "ivf_pqfs" else 10, train_size=8_000, lean=lean
+    )
     index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
     index.rebuild(base, ids, plan)
     return index
@@ -261,3 +262,43 @@ def test_gpu_search_matches_cpu(data):
     _, a = cpu.search(queries, 10)
     _, b = gpu.search(queries, 10)
     assert _recall(b, a) >= 0.99
+
+
+def test_searches_never_see_half_a_change(data):
+    """A reader catches up in place while its searches run (indexer.store.index_store): each
+    search sees the index before or after a change applied with `apply`, never in between."""
+    import sys
+    import threading
+
+    base, ids, queries = data
+    n = 400
+    first, second = ids[:n], ids[n : 2 * n]
+    index = VectorIndex(DIM, use_gpu=False, auto_optimize=False)
+    index.add(first, base[:n])
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        while not stop.is_set():
+            _, found = index.search(queries[:2], n)
+            for row in found:
+                present = row[row >= 0]
+                ok = len(present) == n and (set(present) == set(first) or set(present) == set(second))
+                seen.append(int(ok))
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often: a change left half-done would be seen
+    for t in threads:
+        t.start()
+    try:
+        for turn in range(200):  # swap all n rows for the other n, and back
+            gone, come = (first, second) if turn % 2 == 0 else (second, first)
+            rows = base[:n] if come is first else base[n : 2 * n]
+            index.apply(come, rows, gone)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        sys.setswitchinterval(interval)
+    assert seen and all(seen), f"{seen.count(0)} of {len(seen)} searches saw half a change"

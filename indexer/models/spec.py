@@ -14,6 +14,7 @@ Importing this module stays light: no torch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,43 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
 def model_fingerprint(spec: ModelSpec) -> str:
     """Identifies the weights behind a spec, so that an index notices a retrained head or prior
     under the same name. Heads and priors are hashed by content; large checkpoints by path, size
-    and mtime."""
+    and mtime. The content hash (several MB, asked on every open) is remembered per process,
+    keyed by each file's path, size and mtime: a file written again is hashed again."""
+    return _model_fingerprint(spec, _stamps(spec))
+
+
+def towers_fingerprint(spec: ModelSpec) -> str:
+    """Identifies the frozen towers (the spec without its head), so that cached tower features
+    notice new weights or a new prior."""
+    return _towers_fingerprint(spec, _stamps(spec))
+
+
+FileStamp = tuple[str, int, int] | tuple[str, None, None]
+
+
+def _stamps(spec: ModelSpec) -> tuple[FileStamp, ...]:
+    """(path, size, mtime_ns) of every file a fingerprint reads (None for an absent one)."""
+    files = list(spec.head_files)
+    prior = spec.capabilities.prior_file
+    if prior is not None:
+        from xmodal.data import data_path
+
+        files.append(data_path(prior))
+    if spec.checkpoint is not None:
+        files.append(spec.checkpoint)
+    stamps: list[FileStamp] = []
+    for path in files:
+        try:
+            st = path.stat()
+            stamps.append((str(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append((str(path), None, None))
+    return tuple(stamps)
+
+
+# Bounded: one entry per (spec, files' stamps) a process has asked about.
+@functools.lru_cache(maxsize=32)
+def _model_fingerprint(spec: ModelSpec, stamps: tuple[FileStamp, ...]) -> str:
     digest = hashlib.sha256(str(spec).encode())
     for head in spec.head_files:
         if head.is_file():
@@ -159,9 +196,8 @@ def model_fingerprint(spec: ModelSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def towers_fingerprint(spec: ModelSpec) -> str:
-    """Identifies the frozen towers (the spec without its head), so that cached tower features
-    notice new weights or a new prior."""
+@functools.lru_cache(maxsize=32)
+def _towers_fingerprint(spec: ModelSpec, stamps: tuple[FileStamp, ...]) -> str:
     base = ModelSpec(spec.name, spec.pretrained, spec.checkpoint)
     return hashlib.sha256(str(base).encode() + _weights_identity(spec)).hexdigest()[:16]
 

@@ -11,6 +11,12 @@ each with its own caches. A cache whose stamp is behind the database catches up 
 written and deleted since (schema.MetadataStore.changes_since), incrementally, and is rebuilt
 from SQL only when it cannot (no usable file, another database, changes from before tracking).
 
+A long-running reader (the server, MCP, a library user) keeps one store open: each `vectors()`
+reads the kind's generation (one primary-key read) and applies what other processes changed
+since to the index it holds, in place (the index's own lock keeps searches whole). Nothing is
+reopened or copied per change; a full load happens once per kind, and again only when the model
+or the database changed or the changes cannot be told apart (`full_loads`, `last_full_load`).
+
 One writer at a time per database: a PostgreSQL advisory lock held by the writer's connection
 (the server drops it when the writer dies, on any machine), or a file lock beside the SQLite file.
 """
@@ -18,7 +24,9 @@ One writer at a time per database: a PostgreSQL advisory lock held by the writer
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,8 +40,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError, ModelMismatchError
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.migrations import SchemaTooNewError
-from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, safe_url, scrub
+from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, is_busy, safe_url, scrub
 from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["Kind", "INDEX_ENV_VAR", "DB_URL_ENV_VAR", "default_index_dir", "IndexStore"]
@@ -51,6 +60,7 @@ _READER_SAVE_MIN_CHANGES = 1_000
 # A rebuild from SQL reads all vectors at once up to this size (float32 bytes); above, it streams
 # them within a budget instead (indexer.store.bounded_build).
 _IN_MEMORY_REBUILD_BYTES = 1024**3
+_log = logging.getLogger(__name__)
 
 
 def default_index_dir() -> Path:
@@ -71,12 +81,24 @@ class IndexStore:
         self._swap = threading.RLock()
         self._last_catch_up = 0  # rows the last catch-up applied
         self._model_meta: dict[str, str] | None = None  # see _model_facts
+        self.full_loads = 0  # caches read whole (from their file or from SQL), not caught up
+        self.catch_ups = 0  # times a held cache applied what other writers changed
+        self.last_full_load: str | None = None  # why the latest one was needed
 
     # --- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: Path | str | None = None, db_url: str | None = None, create: bool = False) -> IndexStore:
+    def open(
+        cls,
+        directory: Path | str | None = None,
+        db_url: str | None = None,
+        create: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> IndexStore:
         """Open the index in `directory`; the database is `db_url`, else $XMODAL_DB_URL, else the
-        one recorded when the index was made (SQLite in the folder by default)."""
+        one recorded when the index was made (SQLite in the folder by default).
+
+        IndexLockedError when another process holds the database longer than
+        `limits.database_busy_seconds` (e.g. several opening an old index at once, one upgrading it)."""
         path = Path(directory).expanduser() if directory else default_index_dir()
         db_url = db_url or os.environ.get(DB_URL_ENV_VAR) or None
         settings_file = path / _SETTINGS
@@ -108,13 +130,18 @@ class IndexStore:
                 f"no xmodal index at '{path}'{hint}; create one with `xmodal index PATH --index {path}`"
             )
         try:
-            metadata = MetadataStore.connect(url, create=True)
+            metadata = MetadataStore.connect(url, create=True, busy_seconds=limits.database_busy_seconds)
         except SchemaTooNewError:
             raise
         except ModuleNotFoundError as e:
             hint = " (pip install 'xmodal[postgres]')" if "psycopg" in str(e) else ""
             raise IndexNotFoundError(f"cannot open the index database '{safe_url(url)}': {e}{hint}") from e
         except Exception as e:
+            if is_busy(e):  # there, but held by another process: not a missing index
+                raise IndexLockedError(
+                    f"the index database '{safe_url(url)}' is busy: another process held it for more than "
+                    f"{limits.database_busy_seconds:g} s (an upgrade or a long write); try again"
+                ) from e
             reason = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]  # one line
             raise IndexNotFoundError(
                 f"cannot open the index database '{safe_url(url)}': {scrub(reason, url)}"
@@ -190,27 +217,70 @@ class IndexStore:
         """The FAISS index of one kind, current with the database.
 
         Each call reads the kind's generation (one small query); when another process (or
-        machine) wrote since, a copy of the cached index catches up and replaces it, so an index
-        object handed out earlier is never changed under a running search. While this store
-        holds the write lock, its own index is current by construction and is returned as is.
+        machine) wrote since, the held index applies those changes in place and is returned
+        again: the same object, never a copy. While another thread is catching up, the index is
+        handed out as it is: its searches wait for the change to be applied (VectorIndex's lock).
+        While this store holds the write lock, its own index is current by construction.
         """
-        with self._swap:
-            cached = self._vectors.get(kind)
-            if cached is not None and cached.dim == 0 and self.dim:  # made before the model was recorded
-                cached = None
-            if cached is not None and self._writing:
+        cached = self._vectors.get(kind)
+        if cached is not None and not self._swap.acquire(blocking=False):
+            return cached  # another thread is bringing it up to date
+        if cached is None:
+            self._swap.acquire()
+        try:
+            return self._current(kind)
+        finally:
+            self._swap.release()
+
+    def _current(self, kind: Kind) -> VectorIndex:
+        cached = self._vectors.get(kind)
+        if cached is not None and cached.dim == 0 and self.dim:  # made before the model was recorded
+            cached = None
+        if cached is not None and self._writing:
+            return cached
+        current = self.metadata.generation(kind)
+        if cached is not None:
+            since = self._generations[kind]
+            if since == current:
                 return cached
-            current = self.metadata.generation(kind)
-            if cached is not None:
-                if self._generations.get(kind) == current:
-                    return cached
-                index = self._caught_up(kind, cached.copy(), self._generations[kind], current)
-                if index is None:
-                    index = self._from_sql(kind)
-            else:
-                index = self._open_cache(kind, current)
-            self._vectors[kind], self._generations[kind] = index, current
-            return index
+            if self._caught_up(kind, cached, since, current) is not None:
+                self._generations[kind] = current
+                self.catch_ups += 1
+                return cached
+            index = self._from_sql(kind, f"the {kind} cache could not catch up from generation {since} to {current}")
+        else:
+            index = self._open_cache(kind, current)
+        self._vectors[kind], self._generations[kind] = index, current
+        return index
+
+    def catch_up(self) -> bool:
+        """Bring this store up to date with the database now; True when anything changed.
+
+        The caches held catch up in place (see `vectors`). When the database now names another
+        model, or is another database (its identity changed), they are dropped and the next use
+        loads them whole; `last_full_load` says why."""
+        meta = self.metadata.get_meta()
+        known = self._model_meta
+        changed = False
+        catch_ups = self.catch_ups
+        if known is not None:
+            facts = ("model", "dim", "database_id")
+            moved = [key for key in facts if meta.get(key) != known.get(key)]
+            if moved:
+                with self._swap:
+                    self._model_meta = None
+                    self._vectors.clear()
+                    self._generations.clear()
+                self._note_full_load(f"the index's {' and '.join(moved)} changed")
+                changed = True
+        for kind in list(self._vectors):
+            with self._swap:  # waits for a catch-up another thread runs: then it is done
+                self._current(kind)  # type: ignore[arg-type]
+        return changed or self.catch_ups != catch_ups
+
+    def _note_full_load(self, reason: str) -> None:
+        self.last_full_load = reason
+        _log.info("index %s: full load of a cache: %s", self.directory, reason)
 
     def _open_cache(self, kind: Kind, current: int) -> VectorIndex:
         """This folder's saved cache, caught up; or a new one from SQL (saved when possible)."""
@@ -220,28 +290,34 @@ class IndexStore:
         origin = self.metadata.get_meta().get("database_id")
         usable = dim and stamp is not None and stamp.get("origin", origin) == origin
         loaded = VectorIndex.load(path, dim) if usable else None
+        if loaded is not None:
+            self.full_loads += 1
+            self._note_full_load(f"opened {path.name}")
         if loaded is not None and loaded[1] == current:
             return loaded[0]
         index = self._caught_up(kind, loaded[0], loaded[1], current) if loaded is not None else None
         behind = None if index is None else self._last_catch_up
         if index is None:
-            index = self._from_sql(kind)
+            why = (
+                f"{path.name} is missing, unreadable or of another database"
+                if loaded is None
+                else (f"{path.name} (generation {loaded[1]}) could not catch up to {current}")
+            )
+            index = self._from_sql(kind, why)
         if not self._writing and dim and len(index) and (behind is None or behind >= _READER_SAVE_MIN_CHANGES):
             self._save_as_reader(kind, index, current)
         return index
 
     def _caught_up(self, kind: Kind, index: VectorIndex, since: int, current: int) -> VectorIndex | None:
-        """`index` (at generation `since`) with the changes after it applied; None when the
-        database cannot say what changed (a cache from before change tracking, or one that
-        disagrees with SQL afterwards)."""
+        """`index` (at generation `since`) with the changes after it applied, in place; None when
+        the database cannot say what changed (a cache from before change tracking, or one that
+        disagrees with SQL afterwards: the caller then loads it whole)."""
         tracked_from = int(self.metadata.get_meta().get(f"tracked_from:{kind}", "0"))
         if since < tracked_from or since > current:
             return None
         table = _TABLES[kind]
-        changes = self.metadata.changes_since(table, since)
-        index.remove(changes.deleted)
-        if len(changes.ids):
-            index.add(changes.ids, changes.vectors)
+        changes = self.metadata.changes_since(table, since)  # read before the index is locked
+        index.apply(changes.ids, changes.vectors, changes.deleted)
         self._last_catch_up = len(changes.ids) + len(changes.deleted)
         # A safety net against a write that left no trace: when nothing was written meanwhile,
         # the cache must hold exactly as many vectors as SQL has rows.
@@ -249,7 +325,9 @@ class IndexStore:
             return None
         return index
 
-    def _from_sql(self, kind: Kind) -> VectorIndex:
+    def _from_sql(self, kind: Kind, reason: str) -> VectorIndex:
+        self.full_loads += 1
+        self._note_full_load(f"built from SQL: {reason}")
         dim = self.dim or 0
         if self.metadata.count(_TABLES[kind]) * dim * 4 > _IN_MEMORY_REBUILD_BYTES:
             # too many vectors to read at once: streamed from SQL within a memory budget
@@ -266,7 +344,7 @@ class IndexStore:
         """A new cache of one kind from SQL (repair)."""
         with self._swap:
             current = self.metadata.generation(kind)
-            index = self._from_sql(kind)
+            index = self._from_sql(kind, "asked to rebuild")
             self._vectors[kind], self._generations[kind] = index, current
             return index
 
@@ -425,13 +503,21 @@ def _sqlite_url(directory: Path) -> str:
 
 
 def _write_settings(path: Path, data: dict) -> None:
-    """Atomically; readable by the owner only when the URL carries a password."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    """Atomically; readable by the owner only when the URL carries a password, from the moment
+    the file exists (mkstemp creates it 0600: no window where another user could read it)."""
     url = data.get("db_url")
     try:
-        if url and make_url(url).password:
-            os.chmod(tmp, 0o600)
+        secret = bool(url and make_url(url).password)
     except Exception:
-        pass
-    os.replace(tmp, path)
+        secret = True  # cannot tell: keep it private
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2))
+        if not secret:
+            os.chmod(tmp, 0o644)  # nothing private in it: other users' tools may read it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -4,14 +4,18 @@ SQL is the source of truth: each row keeps its full-precision vector, so the FAI
 derived cache that can always be rebuilt (crash safety, exact re-scoring). The schema is
 versioned by Alembic (indexer.store.migrations): opening a database brings it up to date.
 
-Change tracking, for the FAISS caches of other index folders (other machines) on one database:
-every write transaction moves its kind's generation on (`bump_generation`, once per
-transaction), every row it writes records that generation, every row it deletes leaves a
-tombstone in `deleted_rows`; `changes_since(kind, G)` is what a cache stamped G lacks.
+Change tracking, for the FAISS caches of every reader (other processes, other machines) on one
+database: a transaction that writes or deletes rows of a kind moves that kind's generation on,
+once; every row it writes records that generation, every row it deletes leaves a tombstone in
+`deleted_rows`; `changes_since(kind, G)` is what a cache stamped G lacks. A transaction that
+changes no row of a kind leaves its generation alone, so readers have nothing to catch up.
 """
 
 from __future__ import annotations
 
+import functools
+import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,10 +41,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, Session, defer, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    InstrumentedAttribute,
+    Mapped,
+    ORMExecuteState,
+    Session,
+    defer,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
+from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.indexer.paths import folder_prefixes
 from xmodal.indexer.store.feature_codec import decode_features, encode_features
 from xmodal.indexer.store.migrations import SchemaChange, upgrade_database
@@ -64,6 +78,7 @@ __all__ = [
     "under_clause",
     "safe_url",
     "scrub",
+    "is_busy",
 ]
 
 # Version of the index folder's layout (xmodal.json); the database's schema is Alembic's revision.
@@ -213,16 +228,37 @@ def scrub(message: str, url: str | URL | None) -> str:
     return message.replace(str(password), "***") if password else message
 
 
-def _sqlite_pragmas(dbapi_connection: object, connection_record: object) -> None:
+def _sqlite_pragmas(busy_seconds: float, dbapi_connection: object, connection_record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    # WAL: readers never block on, nor see half of, a writer's transaction; a crash rolls back.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+    try:
+        # First the wait for a database another connection holds, so every statement below has it.
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+        # WAL: readers never block on, nor see half of, a writer's transaction; a crash rolls back.
+        # Turning an old (rollback-journal) database into WAL takes it whole: when several
+        # processes open it at once, SQLite may refuse one at once rather than make it wait
+        # (two connections each holding a read lock and wanting more): that one tries again.
+        deadline = time.monotonic() + busy_seconds
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if not is_busy(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
-def _engine(url: str | URL) -> Engine:
+def is_busy(error: BaseException) -> bool:
+    """Whether a database error means "held by another connection too long" (SQLite's
+    "database is locked"/"busy"), as opposed to a missing or broken database."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+def _engine(url: str | URL, busy_seconds: float = DEFAULT_LIMITS.database_busy_seconds) -> Engine:
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # no driver named: psycopg 3, the one the postgres extra installs
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -242,14 +278,21 @@ def _engine(url: str | URL) -> Engine:
                 if k not in parsed.query
             }
         return create_engine(parsed, pool_pre_ping=True, connect_args=args)
-    engine = create_engine(parsed)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": busy_seconds})
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, busy_seconds))
+        return engine
+    return create_engine(parsed)
 
 
 def _forget_generations(session: Session, *args: object) -> None:
     session.info.pop("generations", None)
+    session.info.pop("changed", None)
+
+
+def _kind_of(entity: object) -> str | None:
+    table = getattr(getattr(entity, "class_", entity), "__tablename__", None)
+    return _KIND_OF.get(table) if isinstance(table, str) else None
 
 
 class MetadataStore:
@@ -262,11 +305,16 @@ class MetadataStore:
         event.listen(self._sessions, "after_commit", _forget_generations)
         event.listen(self._sessions, "after_rollback", _forget_generations)
         event.listen(self._sessions, "before_flush", self._track_orm_writes)
+        event.listen(self._sessions, "do_orm_execute", self._track_bulk_writes)
+        event.listen(self._sessions, "before_commit", self._record_generations)
 
     @classmethod
-    def connect(cls, url: str | URL, create: bool = True) -> MetadataStore:
-        """Open (and with create, make or upgrade) the database; SchemaTooNewError when it is newer."""
-        engine = _engine(url)
+    def connect(
+        cls, url: str | URL, create: bool = True, busy_seconds: float = DEFAULT_LIMITS.database_busy_seconds
+    ) -> MetadataStore:
+        """Open (and with create, make or upgrade) the database; SchemaTooNewError when it is newer.
+        busy_seconds: how long a statement waits for a database another process holds (SQLite)."""
+        engine = _engine(url, busy_seconds)
         try:
             change = upgrade_database(engine) if create else None
         except BaseException:
@@ -415,22 +463,38 @@ class MetadataStore:
         for row in [*session.new, *session.dirty]:
             if isinstance(row, (ImageRow, TextRow)) and (row in session.new or session.is_modified(row)):
                 row.generation = self.bump_generation(session, _KIND_OF[row.__tablename__])
+                self._changed(session, _KIND_OF[row.__tablename__])
         for row in list(session.deleted):
             if isinstance(row, (ImageRow, TextRow)) and row.id is not None:
                 kind = _KIND_OF[row.__tablename__]
                 session.add(DeletedRow(kind=kind, generation=self.bump_generation(session, kind), row_id=row.id))
+                self._changed(session, kind)
+
+    def _track_bulk_writes(self, state: ORMExecuteState) -> None:
+        """INSERT, UPDATE and DELETE statements on the rows (bulk writes, `query(...).update()`)
+        change their kind, whoever runs them."""
+        if state.is_insert or state.is_update or state.is_delete:
+            kind = _kind_of(state.bind_mapper)
+            if kind is not None:
+                self._changed(state.session, kind)
+
+    def _changed(self, session: Session, kind: str) -> None:
+        session.info.setdefault("changed", set()).add(kind)
+
+    def _record_generations(self, session: Session) -> None:
+        """At commit: the generation of each kind this transaction changed moves on (once)."""
+        for kind in sorted(session.info.get("changed", ())):
+            generation = self.bump_generation(session, kind)
+            session.merge(MetaRow(key=f"generation:{kind}", value=str(generation)))
+        session.info.pop("changed", None)
 
     def bump_generation(self, session: Session, kind: str) -> int:
-        """This transaction's generation of `kind`: moved on at its first call, the same after.
-
-        Each write transaction moves its kind's generation on, so a stale FAISS cache is detected
-        (and knows which rows it lacks)."""
+        """This transaction's generation of `kind` (the current one + 1, the same on every call),
+        for the rows it writes. It becomes the kind's generation when the transaction commits
+        having written or deleted a row of the kind; a transaction that changed none of them
+        leaves the generation as it was (readers then have nothing to catch up)."""
         generations = session.info.setdefault("generations", {})
-        if kind in generations:
-            return generations[kind]
-        key = f"generation:{kind}"
-        row = session.get(MetaRow, key)
-        generation = int(row.value) + 1 if row else 1
-        session.merge(MetaRow(key=key, value=str(generation)))
-        generations[kind] = generation
-        return generation
+        if kind not in generations:
+            row = session.get(MetaRow, f"generation:{kind}")
+            generations[kind] = int(row.value) + 1 if row else 1
+        return generations[kind]

@@ -15,6 +15,10 @@ Index type is chosen by collection size (``choose_plan``):
 Full-precision vectors for re-scoring come from the index's own vector store (RAM, or the
 memory-mapped ``.f32`` file once saved/loaded), or from a caller-supplied ``vector_source``
 callable (ids -> vectors, e.g. read from SQL).
+
+One index is safe to share between threads: searches read it together, a change (add, remove,
+`apply`, a rebuild) waits for them and runs alone (indexer.store.read_write_lock), so a reader
+catches up in place instead of copying the index per change.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from xmodal.indexer.store.plan import (
     choose_plan,
     gpu_available,
 )
+from xmodal.indexer.store.read_write_lock import ReadWriteLock
 
 # The plan's names stay importable from here, where the index's users look for them.
 __all__ = ["IndexPlan", "VectorIndex", "choose_plan", "gpu_available", "FLAT_MAX_ELEMENTS"]
@@ -76,6 +81,7 @@ class VectorIndex:
         self._use_gpu = gpu_available() if use_gpu is None else use_gpu
         self._search_index: faiss.Index | None = None  # GPU copy, made lazily
         self._trained_n = 0
+        self._guard = ReadWriteLock()  # searches share it; changes take it alone
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -89,7 +95,12 @@ class VectorIndex:
 
     def copy(self) -> VectorIndex:
         """An independent copy, to change while searches may still read this one."""
+        with self._guard.reading():
+            return self._copy()
+
+    def _copy(self) -> VectorIndex:
         clone = _copy.copy(self)
+        clone._guard = ReadWriteLock()
         try:
             clone._index = faiss.clone_index(self._index)
         except RuntimeError:  # an index type clone_index does not know: through its bytes
@@ -101,9 +112,20 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ building
 
+    def apply(self, ids: np.ndarray, vectors: np.ndarray, deleted: np.ndarray) -> None:
+        """One change as a whole: `deleted` go, (ids, vectors) come in (or replace); a search
+        sees the index before or after it, never in between."""
+        with self._guard.writing():
+            self.remove(deleted)
+            self.add(ids, vectors)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        with self._guard.writing():
+            self._add(ids, vectors)
+
+    def _add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vector dimension {vectors.shape[-1]} does not match the index's {self.dim}")
@@ -126,6 +148,10 @@ class VectorIndex:
     def remove(self, ids: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        with self._guard.writing():
+            self._remove(ids)
+
+    def _remove(self, ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self._index.remove_ids(faiss.IDSelectorBatch(ids))
         if self._store is not None:
@@ -147,11 +173,16 @@ class VectorIndex:
 
     def optimize(self, plan: IndexPlan | None = None) -> None:
         """Rebuild with the plan for the current size (`xmodal optimize`)."""
-        ids, vectors = self.vectors()
-        self.rebuild(vectors, ids, plan if plan is not None else self._wanted_plan)
+        with self._guard.writing():
+            ids, vectors = self.vectors()
+            self.rebuild(vectors, ids, plan if plan is not None else self._wanted_plan)
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, vectors)."""
+        with self._guard.reading():
+            return self._all_vectors()
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.plan.approximate:
             flat = faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]
             n = int(flat.ntotal)
@@ -169,6 +200,10 @@ class VectorIndex:
 
         vectors may be a memory-mapped array; it is read in chunks.
         """
+        with self._guard.writing():
+            self._rebuild(vectors, ids, plan, seed)
+
+    def _rebuild(self, vectors: np.ndarray, ids: np.ndarray, plan: IndexPlan | None, seed: int) -> None:
         n = len(ids)
         plan = plan if plan is not None else choose_plan(n, self.dim, self.lean, self._use_gpu)
         if plan.approximate and n < MIN_TRAIN_VECTORS:  # too few to train on: stay exact for now
@@ -233,6 +268,10 @@ class VectorIndex:
         exactly, so scores are exact inner products.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        with self._guard.reading():
+            return self._search(queries, k, allowed_ids)
+
+    def _search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         nq = queries.shape[0]
         if len(self) == 0:
             return np.zeros((nq, 0), dtype=np.float32), np.zeros((nq, 0), dtype=np.int64)
@@ -364,9 +403,10 @@ class VectorIndex:
         origin names the database the generation counts in (a cache of another database is
         never taken for current). Approximate plans also write their full vectors beside it.
         """
-        mapped = saved_index.write(Path(path), self._index, self.plan, self._store, generation, origin, self.lean)
-        if mapped is not None:  # lean: from now on the full vectors live in the mapped file only
-            self._store = mapped
+        with self._guard.writing():
+            mapped = saved_index.write(Path(path), self._index, self.plan, self._store, generation, origin, self.lean)
+            if mapped is not None:  # lean: from now on the full vectors live in the mapped file only
+                self._store = mapped
 
     @staticmethod
     def read_stamp(path: Path) -> dict | None:
