@@ -58,16 +58,16 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 
 def decode_rate(model: object, photos: list[Path]) -> float:
     """Photos per second through the decode workers alone (no model), as an index run uses them."""
-    from xmodal.indexer.indexing import _decode_pool, _prefetch, _prepare, _Work
+    from xmodal.indexer.decode_pool import Work, decode_pool, prefetch, prepare
     from xmodal.indexer.models.preprocess import split_transform
     from xmodal.indexer.scanning import FoundFile
 
     split = split_transform(model.image_transform)  # type: ignore[attr-defined]
     size = model.preprocessing.size if model.preprocessing is not None else 224  # type: ignore[attr-defined]
-    work = [_Work(FoundFile(p, p.stat().st_size, p.stat().st_mtime_ns), None) for p in photos]
+    work = [Work(FoundFile(p, p.stat().st_size, p.stat().st_mtime_ns), None) for p in photos]
     started = time.perf_counter()
-    with _decode_pool(os.cpu_count() or 1, split.per_image, size) as pool:
-        for _ in _prefetch(pool, work, 32, _prepare):
+    with decode_pool(os.cpu_count() or 1, split.per_image, size) as pool:
+        for _ in prefetch(pool, work, 32, prepare):
             pass
     return len(photos) / (time.perf_counter() - started)
 

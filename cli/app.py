@@ -66,9 +66,21 @@ def index(
             "instead of walking PATHs.",
         ),
     ] = None,
+    prune_missing: Annotated[
+        bool,
+        typer.Option(
+            "--prune-missing",
+            help="Remove the rows of every missing file under PATHs, even of a folder that is not there or empty "
+            "(an unmounted drive) or of more than half the index.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave."""
+    """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
+
+    A folder that is not there or is empty (an unmounted drive) is offline: its rows are kept, as
+    are all rows of missing files when more than half the index is missing; --prune-missing or
+    `xmodal remove PATH` drops them."""
     from xmodal.cli.progress import ProgressBar
     from xmodal.cli.scale_options import listing, ray_options
     from xmodal.indexer import Indexer
@@ -82,7 +94,7 @@ def index(
         indexer = Indexer(
             index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update, ray=on_ray
         )
-        summary = indexer.add_paths(paths, listing=listing(from_list))
+        summary = indexer.add_paths(paths, listing=listing(from_list), prune_missing=prune_missing)
     if as_json:
         typer.echo(json.dumps(summary.as_dict()))
     else:
@@ -100,6 +112,14 @@ def index(
             )
         if summary.failed:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
+        for root in summary.offline_roots:
+            typer.echo(f"xmodal: warning: {root} is offline (not there or empty): its photos are kept", err=True)
+        if summary.kept_missing:
+            typer.echo(
+                f"xmodal: warning: kept {summary.kept_missing} row(s) of missing files; if they are gone for good: "
+                "`xmodal index --prune-missing PATH` or `xmodal remove PATH`",
+                err=True,
+            )
     if summary.embedded + summary.unchanged + summary.moved == 0 and summary.failed:
         raise typer.Exit(1)  # nothing could be indexed
 
@@ -260,14 +280,44 @@ def info(
             for row in rows:
                 typer.echo(f"{row['path']}: {row['reason']}")
         return
+    from xmodal.indexer.roots import indexed_roots, offline_roots
+    from xmodal.indexer.store.index_store import IndexStore
+
     facts = index_info(index_dir, db_url)
+    store = IndexStore.open(index_dir, db_url)
+    try:
+        roots = indexed_roots(store.metadata)
+        facts["roots"] = roots
+        facts["offline_roots"] = offline_roots(store.metadata, roots)  # not there or empty: rows kept
+    finally:
+        store.close()
     if as_json:
         typer.echo(json.dumps(facts))
     else:
         for key, value in facts.items():
             if key == "bytes_per_photo" and isinstance(value, dict):  # what each stored part costs
                 value = ", ".join(f"{part.replace('_', ' ')} {size:,}" for part, size in value.items()) or "-"
+            elif isinstance(value, list):
+                value = ", ".join(value) or "-"
             typer.echo(f"{key:>12}: {value}")
+
+
+@app.command()
+@_run
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders whose photos leave the index.")],
+    index_dir: IndexOpt = None,
+    db_url: DbUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove the index's photos at or under PATHs, whether or not the files exist (e.g. a drive retired)."""
+    from xmodal.indexer import Indexer
+
+    removed = Indexer(index_dir, db_url=db_url).remove_paths(paths)
+    if as_json:
+        typer.echo(json.dumps({"removed": removed}))
+    else:
+        typer.echo(f"removed {removed}")
 
 
 @app.command("index-text")

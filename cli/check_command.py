@@ -37,21 +37,26 @@ def check(
         bool,
         typer.Option(
             "--repair",
-            help="Mend what is found: rebuild the FAISS caches from SQL, drop rows of gone files and unusable rows.",
+            help="Mend what is found: rebuild the FAISS caches from SQL, drop unusable rows; rows of missing "
+            "files are kept (a drive not mounted now) unless --prune-missing.",
         ),
     ] = False,
-    keep_missing: Annotated[
+    prune_missing: Annotated[
         bool,
-        typer.Option(
-            "--keep-missing", help="With --repair, keep rows whose files are gone (e.g. a drive not mounted now)."
-        ),
+        typer.Option("--prune-missing", help="With --repair, delete the rows whose files are gone (for good)."),
+    ] = False,
+    keep_missing: Annotated[
+        bool, typer.Option("--keep-missing", hidden=True, help="The default now; accepted for old scripts.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Verify an index: every row has exactly one vector, no vector lacks a row, files exist, the model matches."""
+    from xmodal.indexer.errors import InvalidInputError
     from xmodal.indexer.store.checking import check_index
 
-    report = check_index(index_dir, db_url, repair=repair, prune_missing=not keep_missing)
+    if prune_missing and (keep_missing or not repair):
+        raise InvalidInputError("--prune-missing goes with --repair (and not with --keep-missing)")
+    report = check_index(index_dir, db_url, repair=repair, prune_missing=prune_missing)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
@@ -71,7 +76,16 @@ def check(
             shown = ", ".join(items[:_SHOWN]) + (f", … ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
             typer.echo(f"problem: {len(items)} {_LABELS.get(name, name)}: {shown}")
         typer.echo(
-            "ok" if report.ok else "problems found" + ("" if repair else "; run `xmodal check --repair` to mend them")
+            "ok"
+            if report.ok
+            else "problems found"
+            + ("" if repair else "; run `xmodal check --repair` to mend them")
+            + (
+                "; rows of missing files are kept: `xmodal check --repair --prune-missing` or `xmodal remove PATH` "
+                "drops them"
+                if report.missing_files
+                else ""
+            )
         )
     if not report.ok:
         raise typer.Exit(1)

@@ -50,6 +50,13 @@ def start_watcher(
             typer.echo(json.dumps({"folders": list(run.folders), **run.summary.as_dict()}))
         elif run.summary.embedded or run.summary.moved or run.summary.removed or run.summary.failed:
             typer.echo(f"xmodal: indexed: {_describe(run)}", err=True)
+        if not as_json and (run.summary.offline_roots or run.summary.kept_missing):
+            offline = ", ".join(run.summary.offline_roots) or "none"
+            typer.echo(
+                f"xmodal: warning: kept {run.summary.kept_missing} row(s) of missing files (offline: {offline}); "
+                "`xmodal remove PATH` drops them if they are gone for good",
+                err=True,
+            )
         if on_change is not None and (run.summary.embedded or run.summary.moved or run.summary.removed):
             on_change()
 
@@ -109,21 +116,17 @@ def watch(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON summary per index run on stdout.")] = False,
 ) -> None:
     """Watch folders and index what changes under them, with the model loaded once (Ctrl-C stops)."""
-    from sqlalchemy import select
-
     from xmodal.indexer.errors import InvalidQueryError
     from xmodal.indexer.indexing import Indexer
     from xmodal.indexer.models.embedding import load_model
     from xmodal.indexer.store.index_store import IndexStore
-    from xmodal.indexer.store.schema import ImageRow
-    from xmodal.indexer.watching import index_roots
+    from xmodal.indexer.watching import indexed_roots
 
     roots = [os.path.abspath(p.expanduser()) for p in (paths or [])]
     if not roots:
         store = IndexStore.open(index_dir, db_url)
         try:
-            with store.metadata.session() as s:
-                roots = index_roots(s.scalars(select(ImageRow.path)))
+            roots = indexed_roots(store.metadata)  # the folders the user indexed: new subfolders too
         finally:
             store.close()
         if not roots:
@@ -131,8 +134,10 @@ def watch(
                 "the index has no photos yet, so no folders to watch; give them: xmodal watch FOLDER"
             )
     missing = [r for r in roots if not os.path.isdir(r)]
-    if missing:
+    if missing and paths:
         raise InvalidQueryError(f"not a folder: {missing[0]}")
+    if missing:  # an offline root of the index (an unmounted drive): rows kept, watched once it is back
+        typer.echo(f"xmodal: warning: offline, watched once it is back: {', '.join(missing)}", err=True)
     # The model is loaded once, here, and every run after this reuses it.
     loaded = load_model(model or _recorded_model(index_dir, db_url))
     indexer = Indexer(index_dir, model=loaded, db_url=db_url, start_method=decode_start_method())

@@ -6,15 +6,23 @@ crosses the process boundary small.
 fork on Linux keeps today's throughput (workers share the loaded modules and start at once);
 spawn, the default on macOS and Windows and forced in tests on Linux, pickles the transform and
 lets each worker import what it needs once, when the pool starts.
+
+The public surface is what a source of work needs, whatever runs it (this pool, Ray tasks):
+`Work` in, `prepare` (after `init_worker`) to `Prepared` out, `decode_size` for the model's input.
+Worker processes die with the run that started them (`kill -9` of `xmodal index` included).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import os
+import select
+import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -25,14 +33,26 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from xmodal.indexer.errors import ImageReadError
-from xmodal.indexer.images import decode_image
+from xmodal.indexer.images import NO_SUCH_FILE, decode_image
+from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.scanning import FoundFile
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["StartMethod", "default_start_method", "file_hash"]
+__all__ = [
+    "StartMethod",
+    "Work",
+    "Prepared",
+    "default_start_method",
+    "decode_pool",
+    "decode_size",
+    "file_hash",
+    "init_worker",
+    "prefetch",
+    "prepare",
+]
 
 
 # A photo's size plus its first and last 256 KiB identify it (headers, EXIF and entropy-coded
@@ -57,7 +77,7 @@ def file_hash(path: Path) -> str:
 
 
 @dataclass
-class _Work:
+class Work:
     """A file to embed; row_id set when it replaces an existing row (a changed file)."""
 
     found: FoundFile
@@ -66,8 +86,10 @@ class _Work:
 
 
 @dataclass
-class _Prepared:
-    work: _Work
+class Prepared:
+    """A decoded file ready for the model (pixels), or the reason it is not (error)."""
+
+    work: Work
     pixels: np.ndarray | torch.Tensor | None = None  # per_image output of the split transform
     width: int = 0
     height: int = 0
@@ -76,7 +98,7 @@ class _Prepared:
     seconds: float = 0.0
 
 
-def _decode_size(transform: Callable) -> int:
+def decode_size(transform: Callable) -> int:
     """The model's input size: JPEG draft decoding stops at the first scale at least this large."""
     size = 224
     for t in getattr(transform, "transforms", []):
@@ -88,15 +110,18 @@ def _decode_size(transform: Callable) -> int:
     return size
 
 
-# Set once per worker process by _init_worker: the model's preprocessing and decode size.
+# Set once per worker process by init_worker: the model's preprocessing, decode size and pixel cap.
 _WORKER_TRANSFORM: Callable | None = None
 _WORKER_TARGET = 224
+_WORKER_MAX_PIXELS = DEFAULT_LIMITS.max_pixels
 _WORKER_NICED = False  # this worker process has lowered its priority
 
 
-def _init_worker(transform: Callable, target: int) -> None:
-    global _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_NICED
-    _WORKER_TRANSFORM, _WORKER_TARGET = transform, target
+def init_worker(transform: Callable, target: int, max_pixels: int = DEFAULT_LIMITS.max_pixels) -> None:
+    """Make this process (or thread pool) ready to `prepare` work for a model's transform; cheap
+    to call again (a Ray worker calls it for every task)."""
+    global _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_MAX_PIXELS, _WORKER_NICED
+    _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_MAX_PIXELS = transform, target, max_pixels
     # One intra-op thread: torch ops on one small image cost more in thread sync than work. Only
     # where the transform brought torch in: a Pillow and NumPy transform must not pay its import.
     torch = sys.modules.get("torch")
@@ -119,7 +144,69 @@ def default_start_method() -> StartMethod:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _decode_pool(workers: int, transform: Callable, target: int, start_method: StartMethod | None = None) -> Executor:
+# Linux's prctl option: a signal this process gets when the thread that made it exits.
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_S = 1.0
+
+
+def _die_with_run(run_pid: int) -> None:
+    """A decode worker must not outlive its run: after `kill -9` of the run it would wait on its
+    task queue forever (the queue's other end stays open in its sibling workers). Under forkserver
+    its parent is the fork server, which in turn waits for its children to close their end of its
+    pipe, so the worker watches the run itself: a pidfd where there is one (Linux), else the
+    parent changing. Linux also has the kernel kill it with its parent (PR_SET_PDEATHSIG)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watch thread below still ends it
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    run_fd = None
+    if pidfd_open is not None:
+        try:
+            run_fd = pidfd_open(run_pid)
+        except OSError:  # the run is gone already (or pidfds are refused): exit, or watch the parent
+            if run_pid not in (parent, os.getpid()) and not _alive(run_pid):
+                os._exit(1)
+
+    def watch() -> None:
+        if run_fd is not None:
+            select.select([run_fd], [], [])  # readable once the run has exited
+            os._exit(1)
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="xmodal-run-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks the process exists (Linux callers only)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _start_worker(transform: Callable, target: int, max_pixels: int, run_pid: int) -> None:
+    """The pool's initializer in each worker process."""
+    _die_with_run(run_pid)
+    init_worker(transform, target, max_pixels)
+
+
+def decode_pool(
+    workers: int,
+    transform: Callable,
+    target: int,
+    start_method: StartMethod | None = None,
+    max_pixels: int = DEFAULT_LIMITS.max_pixels,
+) -> Executor:
     """Worker processes that decode, hash and preprocess photos while the model runs.
 
     Each worker runs torch with a single thread. Under spawn the transform travels pickled (the
@@ -132,36 +219,44 @@ def _decode_pool(workers: int, transform: Callable, target: int, start_method: S
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context(method),
-            initializer=_init_worker,
-            initargs=(transform, target),
+            initializer=_start_worker,
+            initargs=(transform, target, max_pixels, os.getpid()),
         )
-    _init_worker(transform, target)
+    init_worker(transform, target, max_pixels)
     return ThreadPoolExecutor(max_workers=workers)
 
 
-def _prepare(work: _Work) -> _Prepared:
+def prepare(work: Work) -> Prepared:
+    """Hash (when not yet), decode and preprocess one file; never raises for a bad file."""
     transform, target = _WORKER_TRANSFORM, _WORKER_TARGET
-    assert transform is not None
+    if transform is None:
+        raise RuntimeError("prepare() before init_worker() in this process")
     started = time.perf_counter()
     try:
         if work.content_hash is None:
             work.content_hash = file_hash(work.found.path)
-        decoded = decode_image(work.found.path, target)
+        decoded = decode_image(work.found.path, target, _WORKER_MAX_PIXELS)
         pixels = transform(decoded.image)
-        return _Prepared(
+        return Prepared(
             work, pixels, decoded.width, decoded.height, decoded.taken_at, seconds=time.perf_counter() - started
         )
     except ImageReadError as e:
-        return _Prepared(work, error=str(e), seconds=time.perf_counter() - started)
+        # the scan saw the file: gone now, it vanished (a path never there is just "no such file")
+        reason = "file vanished after the scan (no such file)" if str(e) == NO_SUCH_FILE else str(e)
+        return Prepared(work, error=reason, seconds=time.perf_counter() - started)
+    except FileNotFoundError:  # hashing, before the decoder
+        return Prepared(
+            work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started
+        )
     except OSError as e:
-        return _Prepared(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
+        return Prepared(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
     except Exception as e:  # a decoder bug on one hostile file must not stop the run
-        return _Prepared(work, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - started)
+        return Prepared(work, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - started)
 
 
-def _prefetch(
-    pool: Executor, work: Sequence[_Work], batch_size: int, fn: Callable[[_Work], _Prepared]
-) -> Iterator[list[_Prepared]]:
+def prefetch(
+    pool: Executor, work: Sequence[Work], batch_size: int, fn: Callable[[Work], Prepared] = prepare
+) -> Iterator[list[Prepared]]:
     """Yield prepared batches in order while the next batch is decoded in the background."""
     batches = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
     pending = [[pool.submit(fn, w) for w in batch] for batch in batches[:2]]

@@ -10,7 +10,7 @@ and the vectors stream back to the driver block by block (one block = one model 
 block goes through the local pipeline's writer: one SQL transaction per batch, so a killed driver
 loses at most the batches in flight and the same command resumes.
 
-Decoding reuses the local pipeline's `decode_pool._prepare` (draft-mode JPEG, EXIF orientation, the same
+Decoding reuses the local pipeline's `decode_pool.prepare` (draft-mode JPEG, EXIF orientation, the same
 hostile-file handling and failure reasons). Paths must be visible on every node (shared storage).
 Ray Data's defaults do the fault handling: a decode task whose worker died is retried, a model
 actor that died is restarted and its calls retried (both without limit); the run's result is the
@@ -32,7 +32,7 @@ import numpy as np
 from xmodal.indexer.errors import ClusterError, XmodalError
 
 if TYPE_CHECKING:
-    from xmodal.indexer.decode_pool import _Work
+    from xmodal.indexer.decode_pool import Work
     from xmodal.indexer.indexing import Indexer, IndexSummary
     from xmodal.indexer.models.embedding import EmbeddingModel
     from xmodal.indexer.store.index_store import IndexStore
@@ -107,15 +107,14 @@ def cluster_resources(ray: Any) -> tuple[float, float]:
 
 
 # --- the decode tasks ---------------------------------------------------------------------------------
-def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int) -> dict[str, Any]:
+def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int, max_pixels: int) -> dict[str, Any]:
     """Decode, hash and preprocess each file of the batch with the local pipeline's own function."""
     from pathlib import Path
 
     from xmodal.indexer import decode_pool
     from xmodal.indexer.scanning import FoundFile
 
-    if decode_pool._WORKER_TRANSFORM is not transform:
-        decode_pool._init_worker(transform, target)
+    decode_pool.init_worker(transform, target, max_pixels)
     out: dict[str, list[Any]] = {
         k: [] for k in ("i", "error", "width", "height", "taken_at", "content_hash", "pixels", "shape", "dtype")
     }
@@ -123,7 +122,7 @@ def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int
         batch["i"], batch["path"], batch["size"], batch["mtime_ns"], batch["content_hash"]
     ):
         found = FoundFile(Path(os.fsdecode(bytes(path))), int(size), int(mtime_ns))
-        prepared = decode_pool._prepare(decode_pool._Work(found, None, str(digest) or None))
+        prepared = decode_pool.prepare(decode_pool.Work(found, None, str(digest) or None))
         pixels = prepared.pixels
         if pixels is not None and not isinstance(pixels, np.ndarray):
             pixels = pixels.numpy()  # a finished tensor (a model whose transform does not split)
@@ -221,7 +220,7 @@ def embed_on_ray(
     indexer: Indexer,
     store: IndexStore,
     model: EmbeddingModel,
-    work: list[_Work],
+    work: list[Work],
     summary: IndexSummary,
     options: RayOptions,
     ship_spec: bool = True,
@@ -232,12 +231,12 @@ def embed_on_ray(
     loads the model from its spec on its own device (fp16 on a GPU); otherwise the driver's model
     object itself is shipped (tests, custom models that have no spec to load from).
     """
-    from xmodal.indexer.decode_pool import _decode_size
+    from xmodal.indexer.decode_pool import decode_size
     from xmodal.indexer.models.embedding import IndexedPixels
     from xmodal.indexer.progress import Progress
 
     preprocessing = getattr(model, "preprocessing", None)
-    target = preprocessing.size if preprocessing is not None else _decode_size(model.image_transform)
+    target = preprocessing.size if preprocessing is not None else decode_size(model.image_transform)
     # uint8 pixels either way, which an actor's own split (torch on a GPU) takes as well
     per_image = model.pixel_split().per_image
     total, done = len(work), 0
@@ -271,7 +270,7 @@ def embed_on_ray(
             ds = ds.map_batches(
                 _decode_batch,
                 batch_size=options.decode_batch,
-                fn_kwargs={"transform": per_image, "target": target},
+                fn_kwargs={"transform": per_image, "target": target, "max_pixels": indexer.limits.max_pixels},
                 num_cpus=1,
                 # a decoder holds one photo of up to MAX_PIXELS; the reservation also keeps Ray Data
                 # from fusing decoding into the model actors (equal resource requests would)
@@ -296,7 +295,7 @@ def embed_on_ray(
                 timings.setdefault("first_batch", time.perf_counter() - started)
                 clock = time.perf_counter()
                 batch, good, embedded = _to_prepared(block, work, IndexedPixels)
-                indexer._commit_batch(store, model, batch, good, embedded, summary)
+                indexer.commit_batch(store, model, batch, good, embedded, summary)
                 timings["write"] += time.perf_counter() - clock
                 done += len(batch)
                 if indexer.on_progress:
@@ -316,10 +315,10 @@ def embed_on_ray(
     summary.timings.update(timings)
 
 
-def _to_prepared(block: dict[str, np.ndarray], work: list[_Work], indexed: Any) -> tuple[list, list, Any]:
-    """The local pipeline's _Prepared rows and IndexedPixels (`indexed`, the NamedTuple class) for
+def _to_prepared(block: dict[str, np.ndarray], work: list[Work], indexed: Any) -> tuple[list, list, Any]:
+    """The local pipeline's Prepared rows and IndexedPixels (`indexed`, the NamedTuple class) for
     one returned block."""
-    from xmodal.indexer.decode_pool import _Prepared
+    from xmodal.indexer.decode_pool import Prepared
 
     batch, good, vectors = [], [], []
     extras: dict[str, list[np.ndarray]] = {name[2:]: [] for name in block if name.startswith("x_")}
@@ -328,7 +327,7 @@ def _to_prepared(block: dict[str, np.ndarray], work: list[_Work], indexed: Any) 
         if block["content_hash"][j]:
             item.content_hash = str(block["content_hash"][j])
         taken = str(block["taken_at"][j])
-        prepared = _Prepared(
+        prepared = Prepared(
             item,
             width=int(block["width"][j]),
             height=int(block["height"][j]),

@@ -1,4 +1,12 @@
-"""Decoding photos for embedding: formats, EXIF orientation, pixel cap, draft-mode decode."""
+"""Decoding photos for embedding: formats, EXIF orientation, pixel cap, draft-mode decode.
+
+Library manners: nothing here changes Pillow's process-wide state. The pixel cap is
+`Limits.max_pixels`, checked from the header before any pixel is decoded (Pillow's own
+`MAX_IMAGE_PIXELS` is left as it is: it refuses above twice its value, ~179 MP, whatever our cap).
+HEIC/HEIF is opened through pillow-heif's `open_heif` when Pillow does not recognise a file and its
+content says HEIF: no opener is registered with Pillow, so importing xmodal changes nobody's Pillow
+(registering lazily would still change it for the whole process once the first HEIC is met).
+"""
 
 from __future__ import annotations
 
@@ -8,33 +16,24 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.kinds import HEADER_BYTES, is_raw_tiff, kind_of_header, unread_reason
+from xmodal.indexer.limits import DEFAULT_LIMITS
+from xmodal.indexer.paths import OPEN_NONBLOCK
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "DecodedImage", "decode_image", "to_rgb"]
-
-try:  # HEIC/HEIF (and AVIF on older Pillow) through libheif when installed.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    if hasattr(pillow_heif, "register_avif_opener"):
-        pillow_heif.register_avif_opener()
-except Exception:  # pragma: no cover - optional support
-    pass
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "NO_SUCH_FILE", "DecodedImage", "decode_image", "to_rgb"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
 
-# Refuse decompression bombs before decoding: a 40000x40000 PNG can be a few hundred KB on disk
-# but needs gigabytes decoded. 120 MP admits every real camera photo.
-MAX_PIXELS = 120_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-# Truncated files must fail loudly, not decode as half-grey pictures.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Kept for callers that read the cap from here; the setting itself is Limits.max_pixels.
+MAX_PIXELS = DEFAULT_LIMITS.max_pixels
+NO_SUCH_FILE = "no such file"  # the reason for a path that is not there (callers that saw it may say "vanished")
 
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 36867
@@ -87,7 +86,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def _open_regular(path: Path):  # noqa: ANN202
     """Open without blocking (a FIFO swapped in after the scan would block open()); regular files only."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | OPEN_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -102,20 +101,56 @@ def _open_regular(path: Path):  # noqa: ANN202
     return os.fdopen(fd, "rb")
 
 
-def decode_image(source: Path | str, target_size: int = 256) -> DecodedImage:
+def _open_picture(fp: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
+    """The picture in fp, its decoder chosen by content: Pillow's formats, else HEIF through
+    pillow-heif; RAW and video are refused with the reason they are not read."""
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError:
+        fp.seek(0)
+        kind = kind_of_header(fp.read(HEADER_BYTES))
+        if kind == "heif":
+            return _open_heif(fp, max_pixels)
+        if kind in ("raw", "video"):
+            raise ImageReadError(
+                unread_reason("camera RAW" if kind == "raw" else "video", path.suffix.lower())
+            ) from None
+        raise
+
+
+def _open_heif(fp: BinaryIO, max_pixels: int) -> Image.Image:
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageReadError("HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)") from None
+    fp.seek(0)
+    heif = pillow_heif.open_heif(fp, convert_hdr_to_8bit=True)
+    width, height = heif.size
+    if width * height > max_pixels:  # before decoding: the header is all that was read
+        raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
+    return heif.to_pillow()
+
+
+def decode_image(
+    source: Path | str, target_size: int = 256, max_pixels: int = DEFAULT_LIMITS.max_pixels
+) -> DecodedImage:
     """Open a photo, apply its EXIF orientation and reduce it so its short side is near target_size.
 
-    JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale.
+    JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale. A picture
+    of more than max_pixels (Limits.max_pixels) is refused from its header, before decoding.
     Raises ImageReadError with a one-line reason for anything that is not a readable image.
     """
     path = Path(source)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open_regular(path) as fp, Image.open(fp) as im:
+            # Pillow warns above its own (lower) limit; ours is checked below, from the header
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open_regular(path) as fp, _open_picture(fp, path, max_pixels) as im:
                 width, height = im.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {MAX_PIXELS}")
+                if width * height > max_pixels:
+                    raise ImageReadError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
+                if im.format == "TIFF" and is_raw_tiff(getattr(im, "tag_v2", None)):
+                    raise ImageReadError(unread_reason("camera RAW", path.suffix.lower()))
                 taken_at = _taken_at(im)
                 orientation = im.getexif().get(0x0112, 1)
                 if getattr(im, "n_frames", 1) > 1:
@@ -137,7 +172,7 @@ def decode_image(source: Path | str, target_size: int = 256) -> DecodedImage:
     except ImageReadError:
         raise
     except FileNotFoundError:
-        raise ImageReadError("file vanished before it could be read") from None
+        raise ImageReadError(NO_SUCH_FILE) from None
     except PermissionError:
         raise ImageReadError("permission denied") from None
     except IsADirectoryError:
@@ -150,6 +185,6 @@ def decode_image(source: Path | str, target_size: int = 256) -> DecodedImage:
         if e.errno:  # the file system refused (ELOOP, EIO, ...), not the decoder
             raise ImageReadError(f"cannot read: {e.strerror or e}") from None
         raise ImageReadError(f"corrupt or truncated image: {e}") from None
-    except (SyntaxError, ValueError, EOFError, MemoryError) as e:
+    except (SyntaxError, ValueError, EOFError, MemoryError, RuntimeError) as e:
         raise ImageReadError(f"corrupt or truncated image: {e}") from None
     return DecodedImage(reduced, width, height, taken_at)

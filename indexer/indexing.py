@@ -16,33 +16,44 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, select
 
-from xmodal.indexer.decode_pool import (  # the run's decode stage; distributed.py reuses these names
-    StartMethod,
-    _decode_pool,
-    _decode_size,
-    _init_worker,  # noqa: F401 - used by indexer.distributed as indexing._init_worker
-    _prefetch,
-    _prepare,
-    _Prepared,
-    _Work,
-    file_hash,
-)
+from xmodal.indexer.decode_pool import Prepared, StartMethod, Work, decode_pool, decode_size, file_hash, prefetch
 from xmodal.indexer.errors import ModelMismatchError
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
 from xmodal.indexer.paths import absolute
 from xmodal.indexer.progress import Progress
+from xmodal.indexer.roots import (
+    forget_roots,
+    is_inside,
+    looks_offline,
+    minimal_folders,
+    recorded_roots,
+    remember_roots,
+    rows_under,
+)
 from xmodal.indexer.store.index_store import IndexStore
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     from xmodal.indexer.distributed import RayOptions
     from xmodal.indexer.models.embedding import EmbeddingModel, IndexedPixels
-from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths
+from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths, unread_extension
 from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, under_clause, utcnow, vector_to_blob
 
 __all__ = ["IndexSummary", "Progress", "Indexer", "file_hash"]
 
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
+
+
+def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> dict[str, int]:
+    """The roots this run must not judge by their files, with the photos the index holds under
+    each: every recorded root that a run root lies in or holds, and every run root no recorded root
+    holds, that looks offline with photos under it (outermost only: nested ones are inside)."""
+    recorded = recorded_roots(store.metadata)
+    judged = [r for r in recorded if any(is_inside(r, f) or is_inside(f, r) for f in folder_roots)]
+    judged += [f for f in folder_roots if not any(is_inside(f, r) for r in recorded)]
+    offline = {r: rows_under(store.metadata, r) for r in dict.fromkeys(judged) if looks_offline(r)}
+    return {r: offline[r] for r in minimal_folders(r for r, n in offline.items() if n > 0)}
 
 
 def _split_roots(roots: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -68,6 +79,10 @@ class IndexSummary:
     timings: dict[str, float] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # files of kinds not read (RAW, video), by extension
+    # Roots that are not there or are empty while the index holds photos under them (an unmounted
+    # drive): their rows were kept. kept_missing: rows of missing files kept, offline or over the cap.
+    offline_roots: list[str] = field(default_factory=list)
+    kept_missing: int = 0
 
     @property
     def embedded(self) -> int:
@@ -86,6 +101,8 @@ class IndexSummary:
             "removed": self.removed,
             "failed": self.failed,
             "skipped": dict(sorted(self.skipped.items())),
+            "offline_roots": list(self.offline_roots),
+            "kept_missing": self.kept_missing,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -106,8 +123,10 @@ class Indexer:
         ray: RayOptions | None = None,
         start_method: StartMethod | None = None,
         prepare_search: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process."""
+        self.limits = limits
         self.index_dir = index_dir
         self.db_url = db_url
         self._model = model
@@ -159,12 +178,21 @@ class Indexer:
         return self._model  # type: ignore[return-value]
 
     def add_paths(
-        self, paths: Iterable[Path | str], listing: Iterable[FoundFile | SkippedFile] | None = None
+        self,
+        paths: Iterable[Path | str],
+        listing: Iterable[FoundFile | SkippedFile] | None = None,
+        *,
+        prune_missing: bool = False,
     ) -> IndexSummary:
         """Index every photo under the paths; returns the run's summary.
 
         listing: the files to index instead of a walk of the paths (indexer.listing.read_listing);
         the paths then only say where files that left the listing are removed (or moved from).
+
+        Rows of missing files are removed only while that is plainly a user's deletion: the rows
+        under an offline root (not there, or empty: indexer.roots) are kept, and so is every missing
+        row when more than `limits.max_missing_share` of the index is missing; the summary says so
+        (`offline_roots`, `kept_missing`). prune_missing=True removes them all, offline roots too.
         """
         started = time.perf_counter()
         self._load_seconds = 0.0
@@ -173,7 +201,7 @@ class Indexer:
         try:
             with store.write_lock():
                 self._check_model(store)
-                summary = self._run(store, roots, listing)
+                summary = self._run(store, roots, listing, prune_missing)
                 store.save_vectors()
         finally:
             store.close()
@@ -190,13 +218,38 @@ class Indexer:
             summary.timings["prepare"] = time.perf_counter() - clock
         return summary
 
+    def remove_paths(self, paths: Iterable[Path | str]) -> int:
+        """Remove the index's photos at or under the paths, whether or not their files exist (the
+        one way, besides prune_missing, to drop an offline root's rows); returns how many."""
+        targets = [str(absolute(p)) for p in paths]
+        if not targets:
+            return 0
+        store = IndexStore.open(self.index_dir, self.db_url)
+        try:
+            with store.write_lock():
+                with store.metadata.session() as s, s.begin():
+                    ids = list(s.scalars(select(ImageRow.id).where(under_clause(ImageRow.path, targets))))
+                    store.metadata.delete_ids(ImageRow, ids, s)
+                    s.execute(delete(FailureRow).where(under_clause(FailureRow.path, targets)))
+                    forget_roots(store.metadata, s, targets)
+                if ids and store.dim:
+                    store.vectors("image").remove(np.array(ids, dtype=np.int64))
+                    store.save_vectors()
+        finally:
+            store.close()
+        return len(ids)
+
     def _report_stage(self, stage: str, done: int, total: int) -> None:
         if self.on_progress:
             self.on_progress(Progress(done, total, stage))
 
     # --- the run ----------------------------------------------------------------------------
     def _run(
-        self, store: IndexStore, roots: list[Path], listing: Iterable[FoundFile | SkippedFile] | None = None
+        self,
+        store: IndexStore,
+        roots: list[Path],
+        listing: Iterable[FoundFile | SkippedFile] | None = None,
+        prune_missing: bool = False,
     ) -> IndexSummary:
         summary = IndexSummary()
         clock = time.perf_counter()
@@ -211,15 +264,22 @@ class Indexer:
 
         clock = time.perf_counter()
         files, others = _split_roots(roots)
-        # A root that is not there (an unmounted drive, a typo) removes nothing: only roots that
-        # exist can say which of their files are gone.
-        folders = [r for r in others if os.path.lexists(r)]
+        # A root that is not there or is empty (an unmounted drive, a typo) removes nothing unless
+        # asked to: only roots that are online can say which of their files are gone.
+        offline = {} if prune_missing else _offline_roots(store, others)
+        summary.offline_roots = list(offline)
+        summary.kept_missing = sum(offline.values())  # every photo under them is kept, present or not
+        folders = list(others) if prune_missing else [r for r in others if os.path.isdir(r) and r not in offline]
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
         seen_paths = {str(f.path) for f in found}
         if listing is not None:  # listed files outside the roots are compared too (never removed)
             existing.update((row.path, row) for row in store.metadata.image_rows_under([]) if row.path in seen_paths)
         missing = {path: row for path, row in existing.items() if path not in seen_paths}
+        if offline:  # a folder root inside the run's may be offline on its own (a drive mounted there)
+            kept = [p for p in missing if any(is_inside(p, root) for root in offline)]
+            for path in kept:
+                del missing[path]
         missing_by_hash: dict[str, list[ImageRow]] = {}
         for gone in missing.values():
             missing_by_hash.setdefault(gone.content_hash, []).append(gone)
@@ -232,7 +292,7 @@ class Indexer:
             if spec and parse_model_spec(spec).capabilities.tower_features
             else set()
         )
-        work: list[_Work] = []
+        work: list[Work] = []
         moves: list[tuple[ImageRow, FoundFile]] = []
         for f in found:
             row = existing.get(str(f.path))
@@ -240,10 +300,10 @@ class Indexer:
                 summary.unchanged += 1
                 continue
             if row is not None:
-                work.append(_Work(f, row.id))
+                work.append(Work(f, row.id))
                 continue
             if not missing_by_hash:  # nothing can have moved here: the decode workers hash it
-                work.append(_Work(f, None))
+                work.append(Work(f, None))
                 continue
             try:
                 digest = file_hash(f.path)
@@ -256,9 +316,16 @@ class Indexer:
                 missing.pop(moved_row.path, None)
                 moves.append((moved_row, f))
             else:
-                work.append(_Work(f, None, digest))
+                work.append(Work(f, None, digest))
         summary.timings["compare"] = time.perf_counter() - clock
 
+        if (
+            missing
+            and not prune_missing
+            and len(missing) > self.limits.max_missing_share * store.metadata.count(ImageRow)
+        ):
+            summary.kept_missing += len(missing)  # a drive half gone, not a user's deletion: ask first
+            missing = {}
         vectors = store.vectors("image")
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
         vectors.remove(np.array([row.id for row in missing.values()], dtype=np.int64))
@@ -297,7 +364,9 @@ class Indexer:
                 s.execute(delete(FailureRow).where(FailureRow.path.in_(named[start : start + 500])))
             for item in skipped:
                 s.merge(FailureRow(path=str(item.path), reason=item.reason, failed_at=now))
-            store.metadata.bump_generation(s, "image")
+            if moves:  # paths changed; removals move the generation on themselves; nothing else does
+                store.metadata.bump_generation(s, "image")
+            remember_roots(store.metadata, s, [r for r in others if os.path.isdir(r) and not looks_offline(r)])
         summary.moved = len(moves)
         summary.removed = len(removed)
         failed = [item for item in skipped if item.unread is None]  # the rest are kinds not read
@@ -307,11 +376,11 @@ class Indexer:
             if item.unread is not None:
                 summary.skipped[item.unread] = summary.skipped.get(item.unread, 0) + 1
 
-    def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[_Work], summary: IndexSummary) -> None:
+    def _embed_all(self, store: IndexStore, model: EmbeddingModel, work: list[Work], summary: IndexSummary) -> None:
         from xmodal.indexer.preparation import with_exported_image_path
 
         model = with_exported_image_path(model, self._report_stage)
-        target = model.preprocessing.size if model.preprocessing is not None else _decode_size(model.image_transform)
+        target = model.preprocessing.size if model.preprocessing is not None else decode_size(model.image_transform)
         split = model.pixel_split()
         if self._ship_spec:  # loaded here, not the caller's: later runs of this Indexer reuse the export
             self._model = model
@@ -320,8 +389,8 @@ class Indexer:
         timings = {"decode": 0.0, "embed": 0.0, "write": 0.0}
         if self.on_progress:
             self.on_progress(Progress(0, total))
-        with _decode_pool(self.workers, split.per_image, target, self.start_method) as pool:
-            for batch in _prefetch(pool, work, self.batch_size, _prepare):
+        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+            for batch in prefetch(pool, work, self.batch_size):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()
@@ -329,24 +398,25 @@ class Indexer:
                 embedded = model.embed_pixels_for_index(split.per_batch(pixels)) if good else None
                 timings["embed"] += time.perf_counter() - clock
                 clock = time.perf_counter()
-                self._commit_batch(store, model, batch, good, embedded, summary)
+                self.commit_batch(store, model, batch, good, embedded, summary)
                 timings["write"] += time.perf_counter() - clock
                 done += len(batch)
                 if self.on_progress:
                     self.on_progress(Progress(done, total))
         summary.timings.update(timings)
 
-    def _commit_batch(
+    def commit_batch(
         self,
         store: IndexStore,
         model: EmbeddingModel,
-        batch: list[_Prepared],
-        good: list[_Prepared],
+        batch: list[Prepared],
+        good: list[Prepared],
         embedded: IndexedPixels | None,
         summary: IndexSummary,
     ) -> None:
-        """The one writer of both pipelines (local and Ray): the batch's SQL transaction, then the
-        FAISS cache, saved at most every _SAVE_INTERVAL_S (SQL holds every finished batch anyway)."""
+        """The one write loop's step, whatever decoded and embedded the batch (this process's decode
+        pool, Ray): the batch's SQL transaction, then the FAISS cache, saved at most every
+        _SAVE_INTERVAL_S (SQL holds every finished batch anyway). Called under the run's write lock."""
         vectors = store.vectors("image")
         ids = self._write_batch(store, model, batch, good, embedded, summary)
         if embedded is not None:
@@ -361,8 +431,8 @@ class Indexer:
         self,
         store: IndexStore,
         model: EmbeddingModel,
-        batch: list[_Prepared],
-        good: list[_Prepared],
+        batch: list[Prepared],
+        good: list[Prepared],
         embedded: IndexedPixels | None,
         summary: IndexSummary,
     ) -> list[int]:
@@ -412,6 +482,10 @@ class Indexer:
                 if prepared.error is not None:
                     path = str(prepared.work.found.path)
                     s.merge(FailureRow(path=path, reason=prepared.error, failed_at=now))
+                    unread = unread_extension(prepared.error, path)  # its content is RAW or video
+                    if unread is not None:
+                        summary.skipped[unread] = summary.skipped.get(unread, 0) + 1
+                        continue
                     summary.failed += 1
                     summary.failures.append((path, prepared.error))
         summary.timings["sql"] = summary.timings.get("sql", 0.0) + time.perf_counter() - clock

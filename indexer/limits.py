@@ -20,6 +20,9 @@ class Limits:
     # Decoding a file (indexing, thumbnails, uploads). 120 MP admits every real camera photo.
     max_pixels: int = 120_000_000
     decode_seconds: float = 60.0  # per file: a decoder that stalls longer fails that file only
+    # Indexing. A run that finds more than this share of the index's photos missing removes none of
+    # them (a drive half gone looks like that); an explicit prune or `xmodal remove` still does.
+    max_missing_share: float = 0.5
     # Queries.
     max_query_chars: int = 4096  # characters in one query text
     max_query_tokens: int = 256  # tokens the text towers read of one text (the rest is cut)

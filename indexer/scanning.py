@@ -1,4 +1,9 @@
-"""Finding the photos under the paths a user gives: recursive, hidden folders skipped, each file once."""
+"""Finding the photos under the paths a user gives: recursive, hidden folders skipped, each file once.
+
+A file's kind comes from its content where its name does not settle it (indexer.kinds): picture
+extensions go to the decoder (Pillow tells formats by content), plain non-media names are never
+opened, and the rest (RAW and video extensions, odd or no extension) are sniffed by their first bytes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
+from xmodal.indexer.kinds import (
+    NOT_MEDIA_EXTENSIONS,
+    UNREAD_PREFIX,  # re-exported: stats and older callers read it from here
+    is_raw_tiff,
+    sniff,
+    unread_reason,
+)
 
 __all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
 
@@ -42,7 +54,7 @@ _RAW = (
 )
 _VIDEO = (".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".m2ts", ".wmv", ".webm", ".mpg", ".mpeg", ".flv")
 UNREAD_KINDS: dict[str, str] = {**{e: "camera RAW" for e in _RAW}, **{e: "video" for e in _VIDEO}}
-UNREAD_PREFIX = "not read by xmodal: "  # how a skipped file's reason starts in the failures table
+_KIND_LABELS = {"raw": "camera RAW", "video": "video"}
 
 
 @dataclass(frozen=True)
@@ -68,14 +80,48 @@ def unread_extension(reason: str, path: str) -> str | None:
     return os.path.splitext(path)[1].lower() if reason.startswith(UNREAD_PREFIX) else None
 
 
-def _unread(path: Path) -> SkippedFile:
+def _unread(path: Path, label: str) -> SkippedFile:
     extension = path.suffix.lower()
-    reason = f"{UNREAD_PREFIX}{UNREAD_KINDS[extension]} ({extension}); convert it to JPEG, PNG or TIFF to index it"
-    return SkippedFile(path, reason, extension)
+    return SkippedFile(path, unread_reason(label, extension), extension or "(none)")
 
 
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _tiff_is_raw(path: Path) -> bool:
+    """A TIFF-structured file that is a camera RAW (NEF, DNG, ARW): its first directory says so."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return is_raw_tiff(getattr(im, "tag_v2", None))
+    except Exception:  # noqa: BLE001 - unreadable as TIFF: the decoder gives the reason
+        return False
+
+
+def _by_content(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | SkippedFile | None:
+    """A file whose name does not settle its kind (RAW or video extension, odd or none): its first
+    bytes do. Pictures are found, RAW and video reported as not read, anything else left alone."""
+    extension = path.suffix.lower()
+    found = _inspect(path, seen_files)
+    if not isinstance(found, FoundFile):
+        return found if extension in UNREAD_KINDS else None
+    kind = sniff(path)
+    if kind == "picture" and extension in UNREAD_KINDS and _tiff_is_raw(path):
+        kind = "raw"  # a real NEF/DNG/ARW: TIFF inside, but raw sensor data
+    if kind in ("picture", "heif"):
+        return found
+    if kind in _KIND_LABELS:
+        return _unread(path, _KIND_LABELS[kind])
+    if extension in UNREAD_KINDS:  # not recognised by content: the name is all there is to go by
+        return _unread(path, UNREAD_KINDS[extension])
+    return None
+
+
+def _classify(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | SkippedFile | None:
+    extension = path.suffix.lower()
+    if extension in IMAGE_EXTENSIONS:
+        return _inspect(path, seen_files)  # the decoder tells the format by content
+    if extension in NOT_MEDIA_EXTENSIONS:
+        return None  # never opened: a scan of a big tree stays a stat per photo
+    return _by_content(path, seen_files)
 
 
 def _inspect(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | SkippedFile | None:
@@ -107,10 +153,13 @@ def scan_paths(roots: Iterable[Path | str]) -> Iterator[FoundFile | SkippedFile]
     for root in roots:
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
-            if root_path.suffix.lower() in UNREAD_KINDS and root_path.is_file():
-                yield _unread(root_path.absolute())
-            elif root_path.exists() or root_path.is_symlink():
-                found = _inspect(root_path.absolute(), seen_files)
+            if root_path.exists() or root_path.is_symlink():
+                path = root_path.absolute()
+                found = _inspect(path, seen_files) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+                if found is None and path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    found = _by_content(path, seen_files)
+                    if found is None:  # named by the user: say why it is not taken
+                        found = SkippedFile(path, "not a picture (its content is of no kind xmodal reads)")
                 if found is not None:
                     yield found
             else:
@@ -130,11 +179,7 @@ def scan_paths(roots: Iterable[Path | str]) -> Iterator[FoundFile | SkippedFile]
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
-                if not _is_image_name(name):
-                    if os.path.splitext(name)[1].lower() in UNREAD_KINDS:
-                        yield _unread(Path(dirpath, name))
-                    continue
-                found = _inspect(Path(dirpath, name), seen_files)
+                found = _classify(Path(dirpath, name), seen_files)
                 if found is not None:
                     yield found
             # os.walk lists symlinks to folders as dirnames and broken links as filenames; a dir

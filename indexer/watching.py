@@ -10,6 +10,8 @@ watcher loses at most the batch in flight and the next run picks the rest up.
 Why folders and not files: an index run removes the rows of files that are gone only below the
 roots it is given, and recognises a move only when the old and the new place are in the same run.
 Rescanning a folder costs one stat per file; unchanged files are skipped by size and mtime.
+A watcher deletes nothing itself: its runs are ordinary runs, so an emptied or unmounted root is
+offline (its rows kept) and a run missing more than `Limits.max_missing_share` removes nothing.
 
 Library only: no printing. Runs and errors are reported through callbacks.
 """
@@ -25,14 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from xmodal.indexer.errors import IndexLockedError
-from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.indexing import Indexer, IndexSummary
+from xmodal.indexer.kinds import NOT_MEDIA_EXTENSIONS
+from xmodal.indexer.roots import folders_of, indexed_roots, looks_offline, minimal_folders
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
-    from watchdog.observers.api import BaseObserver
+    from watchdog.observers.api import BaseObserver, ObservedWatch
 
-__all__ = ["WatchRun", "FolderWatcher", "CatchUp", "index_roots", "minimal_folders"]
+__all__ = ["WatchRun", "FolderWatcher", "CatchUp", "index_roots", "indexed_roots", "minimal_folders"]
 
 CatchUp = Literal["now", "background", "skip"]
 
@@ -46,23 +49,13 @@ class WatchRun:
     started: float = field(default_factory=time.time)
 
 
-def minimal_folders(folders: Iterable[str]) -> list[str]:
-    """The folders that are not inside another one of the set (an index run is recursive)."""
-    kept: list[str] = []
-    for folder in sorted({os.path.normpath(f) for f in folders}):
-        if not any(folder == k or folder.startswith(k.rstrip(os.sep) + os.sep) for k in kept):
-            kept.append(folder)
-    return kept
-
-
 def index_roots(image_paths: Iterable[str]) -> list[str]:
-    """The folders an index already covers: the folders of its photos, reduced to the outermost.
+    """The folders holding these photos, reduced to the outermost (indexer.roots.folders_of).
 
-    An index does not record the paths its runs were given; the folders holding its photos are
-    what it demonstrably covers, so they are what a watcher watches and what an HTTP client may
-    ask to re-index (never a folder above them).
+    Prefer `indexer.roots.indexed_roots(metadata)`: the folders the user indexed, as recorded, so a
+    new subfolder of an indexed root is watched too; this is its fallback for older indexes.
     """
-    return minimal_folders(os.path.dirname(p) for p in image_paths)
+    return folders_of(image_paths)
 
 
 def _is_hidden(path: str, root: str) -> bool:
@@ -75,7 +68,10 @@ class FolderWatcher:
 
     debounce: seconds without a new event before a run starts (a copy of 500 photos is one run);
     max_delay: a run starts at the latest this long after the first pending event, even while
-    events keep coming; retry: seconds to wait when another process holds the index's write lock.
+    events keep coming; retry: seconds to wait when another process holds the index's write lock;
+    offline_poll: seconds between looks at an offline root (not there or empty: an unmounted drive),
+    which is watched and caught up with once it is back (a watch on an empty mount point would not
+    see the drive mounted over it).
     """
 
     def __init__(
@@ -88,6 +84,7 @@ class FolderWatcher:
         retry: float = 5.0,
         on_run: Callable[[WatchRun], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        offline_poll: float = 5.0,
     ) -> None:
         if not roots:
             raise ValueError("a watcher needs at least one folder to watch")
@@ -98,7 +95,11 @@ class FolderWatcher:
         self.retry = retry
         self.on_run = on_run
         self.on_error = on_error
+        self.offline_poll = offline_poll
         self.runs = 0
+        self._watches: dict[str, ObservedWatch] = {}  # the roots listened to; the others are offline
+        self._handler: FileSystemEventHandler | None = None
+        self._next_poll = 0.0
         self._pending: set[str] = set()
         self._first_event = 0.0
         self._last_event = 0.0
@@ -116,13 +117,12 @@ class FolderWatcher:
         from watchdog.observers import Observer
 
         observer = Observer()
-        handler = _handler(self)
-        for root in self.roots:
-            if os.path.isdir(root):
-                observer.schedule(handler, root, recursive=True)
+        self._handler = _handler(self)
         observer.daemon = True
         observer.start()
         self._observer = observer
+        for root in self.roots:
+            self._listen(root)
         summary = None
         if catch_up == "now":
             try:
@@ -159,6 +159,41 @@ class FolderWatcher:
         self.stop()
 
     @property
+    def offline(self) -> list[str]:
+        """The roots not listened to now: not there or empty; looked at every offline_poll seconds."""
+        return [r for r in self.roots if r not in self._watches]
+
+    def _listen(self, root: str) -> bool:
+        """Listen under root if it is online; True when it is listened to."""
+        if root in self._watches:
+            return True
+        if self._observer is None or looks_offline(root):
+            return False
+        try:
+            self._watches[root] = self._observer.schedule(self._handler, root, recursive=True)  # type: ignore[arg-type]
+        except OSError:  # gone again between the look and the watch
+            return False
+        return True
+
+    def _forget(self, root: str) -> None:
+        watch = self._watches.pop(root, None)
+        if watch is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(watch)
+            except Exception:  # noqa: BLE001 - a watch on an unmounted drive may be gone already
+                pass
+
+    def _look_at_offline_roots(self) -> None:
+        """Listen to offline roots that came back (a drive mounted again) and catch up with them."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.offline_poll
+        back = [root for root in self.offline if self._listen(root)]
+        if back:
+            self.notify(*back)
+
+    @property
     def pending(self) -> list[str]:
         with self._cond:
             return sorted(self._pending)
@@ -187,8 +222,8 @@ class FolderWatcher:
             if path.startswith(root.rstrip(os.sep) + os.sep):
                 if _is_hidden(path, root):
                     return None  # hidden files and folders are never indexed
-                if not directory and os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
-                    return None  # another kind of file (a .txt, an editor's temp file): nothing to index
+                if not directory and os.path.splitext(path)[1].lower() in NOT_MEDIA_EXTENSIONS:
+                    return None  # plainly not media (a .txt, a sidecar): nothing to index; the rest by content
                 return os.path.dirname(path)
         return None
 
@@ -202,7 +237,12 @@ class FolderWatcher:
         while True:
             with self._cond:
                 while not self._stopping and (not self._pending or self._due() > 0):
-                    self._cond.wait(timeout=self._due() if self._pending else None)
+                    timeout = self._due() if self._pending else None
+                    if self.offline:
+                        timeout = min(timeout if timeout is not None else self.offline_poll, self.offline_poll)
+                    self._cond.wait(timeout=timeout)
+                    if self.offline and not self._stopping:
+                        self._look_at_offline_roots()
                 if self._stopping:
                     return
                 folders = minimal_folders(self._pending)
@@ -228,6 +268,11 @@ class FolderWatcher:
         except Exception as e:  # noqa: BLE001 - one failed run must not end the watcher
             self._report_error(e)
             return None
+        for root in summary.offline_roots:  # unmounted while listened to: look for its return instead
+            if root in self._watches:
+                self._forget(root)
+                with self._cond:
+                    self._cond.notify_all()
         run = WatchRun(tuple(folders), summary)
         self.runs += 1
         if self.on_run is not None:

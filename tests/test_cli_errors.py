@@ -127,7 +127,7 @@ def test_unreadable_query_images(runner: CliRunner, fake_index: Path, tmp_path: 
     folder.mkdir()
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # must not block
-    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "vanished", empty: "empty", folder: "directory", fifo: "not a regular file"}
+    cases = {text: "not a recognised image", tmp_path / "missing.jpg": "no such file", empty: "empty", folder: "directory", fifo: "not a regular file"}
     for path, reason in cases.items():
         result = runner.invoke(app, ["search", "--image", str(path), "--index", str(fake_index)])
         _one_error_line(result, 2, "query image", reason)
@@ -206,9 +206,9 @@ def test_check_command(runner: CliRunner, check_app: typer.Typer, fake_index: Pa
     (photo_dir / "red.jpg").unlink()
     result = runner.invoke(check_app, ["check", "--index", str(fake_index)])
     assert result.exit_code == 1 and "1 files that no longer exist" in result.output and "red.jpg" in result.output
-    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--keep-missing"])
-    assert result.exit_code == 1
-    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--json"])
+    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair"])
+    assert result.exit_code == 1  # rows of missing files are kept unless asked
+    result = runner.invoke(check_app, ["check", "--index", str(fake_index), "--repair", "--prune-missing", "--json"])
     assert result.exit_code == 0, result.output
     import json
 

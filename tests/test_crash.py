@@ -263,9 +263,9 @@ def test_repair_rebuilds_a_damaged_cache_and_drops_gone_files(tmp_path: Path, ph
     assert report.vectors_without_row == ["image:9999"]
     assert report.missing_files == [str(gone)]
 
-    kept = check_index(index_dir, repair=True, prune_missing=False)
+    kept = check_index(index_dir, repair=True)  # rows of missing files are kept unless asked
     assert kept.problems == {"missing_files": [str(gone)]}
-    repaired = check_index(index_dir, repair=True)
+    repaired = check_index(index_dir, repair=True, prune_missing=True)
     assert repaired.ok, repaired.problems
     assert any("gone" in action for action in repaired.repaired)
     assert str(gone) not in _snapshot(index_dir)["rows"]

@@ -22,14 +22,14 @@ from tests.fakes import COLOURS, fake_model
 
 
 def _decoded(photos: list[Path], start_method: str) -> list[np.ndarray]:
-    from xmodal.indexer.indexing import _decode_pool, _prefetch, _prepare, _Work
+    from xmodal.indexer.decode_pool import Work, decode_pool, prefetch, prepare
     from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING, split_transform
     from xmodal.indexer.scanning import FoundFile
 
     split = split_transform(OFFLINE_PREPROCESSING.transform())  # a real torchvision pipeline, pickled under spawn
-    work = [_Work(FoundFile(p, p.stat().st_size, p.stat().st_mtime_ns), None) for p in photos]
-    with _decode_pool(2, split.per_image, 224, start_method) as pool:  # type: ignore[arg-type]
-        batches = list(_prefetch(pool, work, 2, _prepare))
+    work = [Work(FoundFile(p, p.stat().st_size, p.stat().st_mtime_ns), None) for p in photos]
+    with decode_pool(2, split.per_image, 224, start_method) as pool:  # type: ignore[arg-type]
+        batches = list(prefetch(pool, work, 2, prepare))
     prepared = [p for batch in batches for p in batch]
     assert all(p.error is None and p.work.content_hash for p in prepared), [p.error for p in prepared]
     return [np.asarray(p.pixels) for p in prepared]
@@ -46,7 +46,7 @@ def test_spawned_decode_workers_give_what_forked_ones_give(tmp_path: Path) -> No
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="no nice() on this platform")
 def test_a_worker_lowers_its_priority_once_however_many_tasks_it_runs() -> None:
-    """A Ray decode worker calls _init_worker for every task: its nice value must stay at +10."""
+    """A Ray decode worker calls init_worker for every task: its nice value must stay at +10."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
@@ -60,7 +60,7 @@ def _nice_after_inits(times: int) -> tuple[int, int]:
 
     before = os.nice(0)
     for _ in range(times):
-        decode_pool._init_worker(lambda image: image, 224)
+        decode_pool.init_worker(lambda image: image, 224)
     return before, os.nice(0)
 
 

@@ -10,9 +10,8 @@ What `repair=True` does, under the index's write lock (so never while an index r
 
 * rows whose vector cannot be used (wrong length, not finite, another model than the index's)
   are deleted: the next `xmodal index` over their folder embeds those files again;
-* rows whose files are gone are deleted too (`prune_missing=True`, the default), as an index run
-  over their folder would do; with `prune_missing=False` they are kept and stay reported, e.g. for
-  photos on a drive that is not mounted right now;
+* rows whose files are gone are kept and reported (a drive not mounted right now looks exactly
+  like deleted photos); only `prune_missing=True` deletes them;
 * an index without a recorded model gets the one its rows name, when they all agree;
 * every FAISS cache is rebuilt from SQL and saved at the current generation;
 * temporary files left by a killed save (``*.faiss*.tmp``) are removed.
@@ -109,13 +108,14 @@ def check_index(
     repair: bool = False,
     *,
     model: str | None = None,
-    prune_missing: bool = True,
+    prune_missing: bool = False,
 ) -> CheckReport:
     """Verify the index at index_dir (default: the default index); mend it when repair is True.
 
     model: a spec to compare with the index's recorded one (a mismatch is a problem repair cannot
-    mend). Raises IndexNotFoundError when there is no index, IndexLockedError when repairing
-    while another run writes.
+    mend). prune_missing: with repair, delete the rows whose files are gone (never without it).
+    Raises IndexNotFoundError when there is no index, IndexLockedError when repairing while
+    another run writes.
     """
     store = IndexStore.open(index_dir, db_url)
     try:
@@ -172,6 +172,12 @@ def _inspect(store: IndexStore, wanted_model: str | None) -> CheckReport:
         if not os.path.exists(path):
             report.missing_files.append(path)
     report.missing_files.sort()
+    if report.missing_files:
+        from xmodal.indexer.roots import offline_roots
+
+        report.notes.extend(
+            f"root {root} is offline (not there or empty): its rows are kept" for root in offline_roots(store.metadata)
+        )
 
     report.leftover_files = sorted(p.name for p in _leftovers(store.directory))
     return report

@@ -1,0 +1,109 @@
+"""What a file is, decided by its first bytes, not its name: picture, camera RAW, video or other.
+
+A `.NEF` that is a TIFF inside is a picture; a `.jpg` that is an MP4 is a video. The scan asks
+only about files whose name does not settle it cheaply (RAW and video extensions, odd or no
+extension); names that are plainly not media (`.txt`, `.xmp`, `.json`, …) are never opened, so a
+scan of a big tree stays one stat per file. Pictures are then decoded by Pillow, which itself
+recognises formats by content; RAW and video are reported as not read (a later issue reads them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from xmodal.indexer.paths import OPEN_NONBLOCK
+
+__all__ = [
+    "Kind",
+    "sniff",
+    "kind_of_header",
+    "NOT_MEDIA_EXTENSIONS",
+    "HEADER_BYTES",
+    "is_raw_tiff",
+    "UNREAD_PREFIX",
+    "unread_reason",
+]
+
+UNREAD_PREFIX = "not read by xmodal: "  # how a skipped file's reason starts in the failures table
+
+Kind = Literal["picture", "heif", "raw", "video"]
+HEADER_BYTES = 512  # one read; two MPEG-TS packets fit
+
+# Files kept beside photos that are never media: not opened by the scan.
+NOT_MEDIA_EXTENSIONS = frozenset(
+    {
+        ".txt", ".md", ".xmp", ".json", ".xml", ".csv", ".tsv", ".yaml", ".yml", ".ini", ".cfg", ".log",
+        ".html", ".htm", ".css", ".js", ".py", ".pdf", ".doc", ".docx", ".xls", ".xlsx", ".ppt", ".pptx",
+        ".zip", ".gz", ".tar", ".7z", ".rar", ".db", ".sqlite", ".thm", ".pp3", ".dop", ".aae", ".lrv",
+        ".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".srt", ".sub", ".exe", ".dll", ".so", ".o",
+        ".faiss", ".parquet", ".npy", ".pkl", ".ds_store", ".lnk", ".url", ".torrent", ".part", ".tmp",
+    }
+)  # fmt: skip
+
+# ISO base media (`ftyp` box) brands: HEIF/AVIF stills and camera RAW; any other brand is a video.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"mif2"}
+_RAW_BRANDS = {b"crx "}  # Canon CR3
+
+
+def kind_of_header(head: bytes) -> Kind | None:
+    """The kind the first bytes of a file announce, None when they announce none we know."""
+    if head.startswith(b"\xff\xd8\xff") or head.startswith(b"\x89PNG\r\n\x1a\n") or head[:6] in (b"GIF87a", b"GIF89a"):
+        return "picture"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "picture"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "picture"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video"
+    if head[:4] in (b"IIRO", b"IIRS", b"MMOR") or head[:4] == b"IIU\x00" or head[8:10] == b"CR":
+        return "raw"  # Olympus ORF, Panasonic RW2, Canon CR2 (TIFF-like, read only by RAW decoders)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "picture"  # TIFF; a TIFF-based RAW (NEF, DNG, ARW) is told apart once opened: is_raw_tiff
+    if head.startswith((b"FUJIFILMCCD-RAW", b"FOVb", b"\x00MRM")) or head[6:14] == b"HEAPCCDR":
+        return "raw"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return "heif"
+        return "raw" if brand in _RAW_BRANDS else "video"
+    if head.startswith((b"\x1a\x45\xdf\xa3", b"FLV\x01", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return "video"  # Matroska/WebM, Flash, MPEG program stream
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "video"  # ASF/WMV
+    if len(head) > 196 and (head[0] == head[188] == 0x47 or head[4] == head[196] == 0x47):
+        return "video"  # MPEG transport stream (.ts; .mts/.m2ts with a 4-byte timecode): a sync byte a packet
+    return None
+
+
+def sniff(path: Path | str) -> Kind | None:
+    """The kind of the file at path by its first bytes; None when unknown or unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | OPEN_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        return kind_of_header(os.read(fd, HEADER_BYTES))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def unread_reason(kind: str, extension: str) -> str:
+    """The recorded reason for a file of a kind xmodal does not read yet (camera RAW, video)."""
+    return f"{UNREAD_PREFIX}{kind} ({extension or 'no extension'}); convert it to JPEG, PNG or TIFF to index it"
+
+
+# TIFF tags that only camera RAW files carry in their first directory.
+_SUBFILE_TYPE, _SUB_IFDS, _DNG_VERSION = 254, 330, 50706
+
+
+def is_raw_tiff(tags: object) -> bool:
+    """A TIFF-based camera RAW (NEF, DNG, ARW, …) by its first directory's tags (Pillow's
+    `im.tag_v2`): a DNG version, raw sub-directories, or a first image that is a thumbnail."""
+    get = getattr(tags, "get", None)
+    if get is None:
+        return False
+    return get(_DNG_VERSION) is not None or get(_SUB_IFDS) is not None or get(_SUBFILE_TYPE) == 1
