@@ -75,6 +75,35 @@ def test_models_without_shipped_files_name_the_train_extra(tmp_path: Path, photo
     )
 
 
+def test_asking_the_shipped_model_for_its_pytorch_parts_names_the_extra(tmp_path: Path) -> None:
+    """The core install's xmodal-lite is its ONNX files: its towers and head in PyTorch (training,
+    tower features of texts) are the train extra's, said so instead of failing deep in an import."""
+    script = (
+        "from xmodal.indexer import load_model\n"
+        "from xmodal.indexer.errors import MissingExtraError\n"
+        "model = load_model('xmodal-lite')\n"
+        "print(model.embed_texts(['a dog']).shape, model.logit_scale > 1)\n"
+        "for ask in (lambda: model.towers.text_dim, lambda: model.head.project_texts):\n"
+        "    try:\n"
+        "        ask()\n"
+        "    except MissingExtraError as e:\n"
+        "        print(e)\n"
+    )
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in NOT_IN_CORE)
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "XMODAL_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "(1, 384) True",
+        "the PyTorch towers of xmodal-lite need the train extra: pip install 'xmodal[train]'",
+        "the PyTorch projection head needs the train extra: pip install 'xmodal[train]'",
+    ]
+
+
 @pytest.mark.slow  # the first run embeds the 2,000-caption query bank
 def test_the_default_model_indexes_and_searches_without_torch(tmp_path: Path, photos: Path) -> None:
     index = str(tmp_path / "idx")

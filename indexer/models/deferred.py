@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 
 from xmodal.indexer.accelerators import default_threads
+from xmodal.indexer.errors import MissingExtraError
+from xmodal.indexer.extras import installed
 from xmodal.indexer.models import embedding
 from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, resolve_device
 from xmodal.indexer.models.preprocess import Preprocessing
@@ -63,7 +65,10 @@ class DeferredTowers:
     def loaded(self) -> Towers:
         with self._lock:
             if self._towers is None:
-                self._towers = embedding.load_model(self._spec, "cpu").towers
+                towers = embedding.load_model(self._spec, "cpu").towers
+                if isinstance(towers, DeferredTowers):  # the core install: the shipped files are all there is
+                    raise MissingExtraError(f"the PyTorch towers of {self._spec.name} need", "train")
+                self._towers = towers
             return self._towers
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
@@ -96,6 +101,8 @@ class DeferredHead:
     def loaded(self) -> ProjectionHead:
         with self._lock:
             if self._head is None:
+                if not installed(("torch",)):
+                    raise MissingExtraError("the PyTorch projection head needs", "train")
                 self._head = load_head(self._paths, "cpu")
             return self._head
 
