@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,32 @@ def test_the_shipped_files_run_on_onnxruntimes_cuda_provider() -> None:
     assert float(_cosines(gpu.embed_pixels(pixels), cpu.embed_pixels(pixels)).min()) >= 0.999
     model = load_shipped(parse_model_spec("xmodal-lite"), "cuda")
     assert model is not None and model.embed_texts(["a dog"]).shape == (1, 384)
+
+
+def test_the_first_run_reads_the_shipped_query_bank(tmp_path: Path) -> None:
+    """The 2,000-caption bank QB-Norm needs ships with the model: a new machine's first run does not
+    spend tens of seconds embedding it."""
+    from xmodal.indexer import Indexer
+    from xmodal.indexer.preparation import BANK_STAGE
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(photos / "red.png")
+    stages: list[str] = []
+    Indexer(tmp_path / "idx", on_progress=lambda p: stages.append(p.stage)).add_paths([photos])
+    assert BANK_STAGE not in stages and stages
+    shipped = np.load(data_path("xmodal-lite") / "querybank.npy")
+    cached = list((Path(os.environ["XMODAL_CACHE"]) / "querybanks").glob("*.npy"))
+    assert len(cached) == 1 and np.array_equal(np.load(cached[0]), shipped)
+
+
+@pytest.mark.slow
+def test_the_shipped_query_bank_is_the_shipped_text_graphs() -> None:
+    from xmodal.search.rerank.qbnorm import BANK_LIMIT
+
+    lines = data_path("querybank_captions.txt").read_text(encoding="utf-8").splitlines()
+    captions = [line.strip() for line in lines if line.strip()][:BANK_LIMIT]
+    shipped = np.load(data_path("xmodal-lite") / "querybank.npy")
+    assert shipped.shape == (len(captions), 384)
+    got = QueryTextEncoder(sidecar_path("xmodal-lite", "text")).embed_texts(captions)
+    assert float(np.abs(got - shipped).max()) <= 1e-5

@@ -88,6 +88,28 @@ def smaller_weights(source: Path, target: Path, float16: bool, min_elements: int
     onnx.save_model(model, str(target))
 
 
+def _query_bank(out: Path, text_description: dict) -> dict[str, str]:
+    """The caption bank QB-Norm normalises text queries against, embedded by the shipped text graph
+    (what a first index run would compute, tens of seconds of CPU): saved beside it, with the hash of
+    the captions it holds (indexer.preparation uses it only for exactly those captions)."""
+    from xmodal.data import data_path
+    from xmodal.indexer.models.query_encoders import QueryTextEncoder
+    from xmodal.search.rerank.qbnorm import BANK_LIMIT
+
+    lines = data_path("querybank_captions.txt").read_text(encoding="utf-8").splitlines()
+    captions = [line.strip() for line in lines if line.strip()][:BANK_LIMIT]
+    sidecar = out / "text.json.tmp"
+    sidecar.write_text(json.dumps(text_description), encoding="utf-8")
+    try:
+        encoder = QueryTextEncoder(sidecar, threads=1)  # one thread: the same sums on every machine
+    finally:
+        sidecar.unlink()
+    bank = np.concatenate([encoder.embed_texts(captions[s : s + 64]) for s in range(0, len(captions), 64)])
+    np.save(out / "querybank.npy", bank.astype(np.float32))
+    digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()
+    return {"file": "querybank.npy", "captions_sha256": digest}
+
+
 def export(out: Path) -> dict[str, str]:
     """Export both paths of xmodal-lite into `out`; returns {file name: sha256}."""
     from xmodal.indexer.models.embedding import load_model
@@ -108,6 +130,8 @@ def export(out: Path) -> dict[str, str]:
                 shutil.copyfile(folder / description["tokenizer"]["file"], out / description["tokenizer"]["file"])
             description["weights"] = "float16" if float16 else "float32"  # the head in int8 either way
             description["logit_scale"] = model.logit_scale  # `xmodal tag` reads it without loading the head
+            if kind == "text":
+                description["querybank"] = _query_bank(out, description)
             (out / sidecar.name).write_text(json.dumps(description, indent=1) + "\n", encoding="utf-8")
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir()) if p.is_file()}
 
