@@ -3,8 +3,8 @@ install has no PyTorch, and runs the main job and finds its data.
 
 The wheel is built as a user builds it (`pip wheel`, build isolation: setuptools from pyproject's
 build-system). The venv is a plain one that sees nothing of the test environment; pip resolves the
-wheel's dependencies from the configured registry (here the machine's package mirror: 12 to 28 s and
-488 MB for the core, README "Install"). The checks make sure `xmodal` itself comes from the venv,
+wheel's dependencies from the configured registry (here the machine's package mirror: 12 to 31 s and
+491 MB for the core, README "Install"). The checks make sure `xmodal` itself comes from the venv,
 never from the source tree or an editable install, and that torch cannot be imported there.
 """
 
