@@ -53,6 +53,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Train a model's projection head on image–caption pairs (towers frozen), keeping what the model knew."""
+    from xmodal.indexer.extras import TRAIN_MODULES, require_extra
+
+    require_extra(TRAIN_MODULES, "xmodal train needs", "train")
     from xmodal.indexer.models.embedding import load_model
     from xmodal.indexer.models.spec import parse_model_spec
     from xmodal.indexer.pairs import read_pairs

@@ -29,11 +29,16 @@ _FOR_DEVICE = {"cuda": ("CUDAExecutionProvider",), "mps": ("CoreMLExecutionProvi
 
 
 def resolve_device(device: Device | str = "auto") -> str:
-    """ "auto" -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu"."""
+    """ "auto" -> "cuda" when torch sees a CUDA GPU, else "mps" on Apple silicon, else "cpu". Without
+    torch (the core install) onnxruntime decides: "cuda" when it has the CUDA provider (onnxruntime-gpu)."""
     if device != "auto":
         return device
     if _surely_no_gpu():
         return "cpu"
+    from xmodal.indexer.extras import installed
+
+    if not installed(("torch",)):
+        return "cuda" if "CUDAExecutionProvider" in onnx_providers("cuda") else "cpu"
     import torch
 
     if torch.cuda.is_available():

@@ -255,10 +255,17 @@ def prepare(work: Work) -> Prepared:
 
 
 def prefetch(
-    pool: Executor, work: Sequence[Work], batch_size: int, fn: Callable[[Work], Prepared] = prepare
+    pool: Executor,
+    work: Sequence[Work],
+    batch_size: int,
+    fn: Callable[[Work], Prepared] = prepare,
+    first_batch_size: int | None = None,
 ) -> Iterator[list[Prepared]]:
-    """Yield prepared batches in order while the next batch is decoded in the background."""
-    batches = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
+    """Yield prepared batches in order while the next batch is decoded in the background; the first
+    batch has first_batch_size items (default: batch_size)."""
+    first = min(first_batch_size or batch_size, batch_size)
+    batches = [work[:first]] if work else []
+    batches += [work[i : i + batch_size] for i in range(first, len(work), batch_size)]
     pending = [[pool.submit(fn, w) for w in batch] for batch in batches[:2]]
     for i in range(len(batches)):
         current = pending.pop(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "XmodalError",
     "ModelLoadError",
+    "MissingExtraError",
     "IndexNotFoundError",
     "IndexLockedError",
     "ModelMismatchError",
@@ -25,6 +26,15 @@ class ModelLoadError(XmodalError):
     """A model spec could not be turned into a model (unknown name, no network, bad checkpoint)."""
 
     exit_code = 3
+
+
+class MissingExtraError(ModelLoadError):
+    """What was asked needs an optional part of xmodal (an extra) that is not installed."""
+
+    def __init__(self, who_needs: str, extra: str) -> None:
+        """who_needs: the subject and its verb, e.g. "OpenCLIP models need"."""
+        super().__init__(f"{who_needs} the {extra} extra: pip install 'xmodal[{extra}]'")
+        self.extra = extra
 
 
 class IndexNotFoundError(XmodalError):

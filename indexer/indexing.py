@@ -129,8 +129,11 @@ class Indexer:
         start_method: StartMethod | None = None,
         prepare_search: bool = True,
         limits: Limits = DEFAULT_LIMITS,
+        first_batch_size: int = 4,
     ) -> None:
-        """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process."""
+        """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process.
+        first_batch_size: the run's first batch is this small, so that its first photos are embedded
+        (and shown) within a second or two of the start instead of after a whole batch's decoding."""
         self.limits = limits
         self.index_dir = index_dir
         self.db_url = db_url
@@ -140,6 +143,7 @@ class Indexer:
         self._ship_spec = model is None or isinstance(model, str)
         self._last_save = 0.0
         self.batch_size = batch_size
+        self.first_batch_size = max(1, min(first_batch_size, batch_size))
         self.workers = workers or max(1, (os.cpu_count() or 2))
         self.start_method = start_method  # of the decode workers; None: default_start_method()
         # After a run that embedded photos: export the query encoders and embed the caption bank
@@ -394,7 +398,7 @@ class Indexer:
 
         def embedded_batches(pool: Executor) -> Iterator[EmbeddedBatch]:
             """This process's source of embedded batches: the decode pool, then the model."""
-            for batch in prefetch(pool, work, self.batch_size):
+            for batch in prefetch(pool, work, self.batch_size, first_batch_size=self.first_batch_size):
                 good = [p for p in batch if p.error is None]
                 timings["decode"] += sum(p.seconds for p in batch) / self.workers
                 clock = time.perf_counter()

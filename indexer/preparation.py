@@ -8,6 +8,8 @@ fast as one built by the CLI. Each step reports (stage, done, total) so that a c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,7 +27,7 @@ from xmodal.indexer.models.query_encoders import (
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel
 
-__all__ = ["StageProgress", "prepare_for_search", "with_exported_image_path", "BANK_STAGE"]
+__all__ = ["StageProgress", "prepare_for_search", "shipped_bank", "with_exported_image_path", "BANK_STAGE"]
 
 StageProgress = Callable[[str, int, int], None]
 BANK_STAGE = "embedding the query bank"
@@ -45,8 +47,12 @@ def prepare_for_search(model: EmbeddingModel, on_progress: StageProgress | None 
     from xmodal.search.rerank.qbnorm import text_bank
 
     def embed_with_progress(captions: list[str]) -> np.ndarray:
-        """Called only when the bank is not cached: then through the exported encoder (onnxruntime
-        is faster than torch on the CPU), in steps that report progress."""
+        """Called only when the bank is not cached: the model's shipped bank when it has one for
+        these captions, else through the exported encoder (onnxruntime is faster than torch on the
+        CPU), in steps that report progress."""
+        shipped = shipped_bank(model, captions)
+        if shipped is not None:
+            return shipped
         encoder = QueryTextEncoder.for_index(str(model.spec))
         embed = encoder.embed_texts if encoder is not None else model.embed_texts
         chunks = []
@@ -57,6 +63,22 @@ def prepare_for_search(model: EmbeddingModel, on_progress: StageProgress | None 
         return np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
 
     text_bank(str(model.spec), embed_with_progress, model.dim)
+
+
+def shipped_bank(model: EmbeddingModel, captions: list[str]) -> np.ndarray | None:
+    """The caption bank shipped with the model's ONNX files (training/export_offline_onnx.py), if it
+    holds exactly these captions; None otherwise (then it is embedded here)."""
+    sidecar = model.spec.shipped_sidecar("text")
+    if sidecar is None:
+        return None
+    try:
+        described = json.loads(sidecar.read_text(encoding="utf-8")).get("querybank")
+        if not described or described["captions_sha256"] != hashlib.sha256("\n".join(captions).encode()).hexdigest():
+            return None
+        bank = np.load(sidecar.parent / described["file"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return bank if bank.shape == (len(captions), model.dim) and bank.dtype == np.float32 else None
 
 
 def with_exported_image_path(model: EmbeddingModel, on_progress: StageProgress | None = None) -> EmbeddingModel:

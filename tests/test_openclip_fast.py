@@ -231,8 +231,10 @@ def test_a_later_run_embeds_through_the_export_without_loading_the_torch_model(
     want, got = _vectors_by_path(index), _vectors_by_path(tmp_path / "again")
     assert sorted(got) == sorted(want)
     assert all(np.allclose(got[p], want[p], atol=1e-5) for p in want)
-    texts = indexer.model.embed_texts(["a red circle"])  # anything beyond photos loads the model
-    assert indexer.model.towers.is_loaded and texts.shape == (1, indexer.model.dim)
+    texts = indexer.model.embed_texts(["a red circle"])  # the exported text path: still no torch model
+    assert not indexer.model.towers.is_loaded and texts.shape == (1, indexer.model.dim)
+    assert indexer.model.logit_scale > 0  # anything beyond the exported paths loads the model
+    assert indexer.model.towers.is_loaded
 
 
 def _in_fresh_process(script: str, cache: Path) -> list:

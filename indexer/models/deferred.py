@@ -1,11 +1,12 @@
-"""A model for indexing photos when its image path is already exported.
+"""A model run from its exported paths: for indexing photos once the image path is exported, and the
+offline default's shipped files (xmodal.data) on the core install, which has no torch at all.
 
 Loading a model takes seconds (a ViT's weights; the offline default's imports of timm, open_clip
 and transformers; torch itself and torchvision, over two seconds here), often more than embedding
 the new photos of a run. Once the image path has been exported to onnxruntime (the first run does
 it), photos need nothing else: Pillow and NumPy preprocess them (Preprocessing.split_numpy) and
 torch is not imported. The PyTorch model and its head are loaded only if something more is asked
-of them (texts, a new export).
+of them (texts without an export, a new export, training).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import numpy as np
 from PIL import Image
 
 from xmodal.indexer.accelerators import default_threads
+from xmodal.indexer.errors import MissingExtraError
+from xmodal.indexer.extras import installed
 from xmodal.indexer.models import embedding
 from xmodal.indexer.models.embedding import Device, EmbeddingModel, Towers, load_head, resolve_device
 from xmodal.indexer.models.preprocess import Preprocessing
-from xmodal.indexer.models.query_encoders import QueryImageEncoder, sidecar_path
+from xmodal.indexer.models.query_encoders import QueryImageEncoder, QueryTextEncoder, sidecar_path
 from xmodal.indexer.models.spec import ModelSpec, parse_model_spec
 
 if TYPE_CHECKING:
@@ -31,7 +34,14 @@ if TYPE_CHECKING:
 
     from xmodal.indexer.models.head import ProjectionHead
 
-__all__ = ["DeferredHead", "DeferredTowers", "exported_image_encoder", "load_for_indexing"]
+__all__ = [
+    "DeferredHead",
+    "DeferredTowers",
+    "LazyTextPath",
+    "exported_image_encoder",
+    "load_for_indexing",
+    "load_shipped",
+]
 
 
 class DeferredTowers:
@@ -55,7 +65,10 @@ class DeferredTowers:
     def loaded(self) -> Towers:
         with self._lock:
             if self._towers is None:
-                self._towers = embedding.load_model(self._spec, "cpu").towers
+                towers = embedding.load_model(self._spec, "cpu").towers
+                if isinstance(towers, DeferredTowers):  # the core install: the shipped files are all there is
+                    raise MissingExtraError(f"the PyTorch towers of {self._spec.name} need", "train")
+                self._towers = towers
             return self._towers
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
@@ -78,15 +91,18 @@ class DeferredTowers:
 class DeferredHead:
     """The projection head, read on first use; its output size is known from the export."""
 
-    def __init__(self, paths: tuple[Path, ...], embed_dim: int) -> None:
+    def __init__(self, paths: tuple[Path, ...], embed_dim: int, logit_scale: float | None = None) -> None:
         self._paths = paths
         self.embed_dim = embed_dim
+        self.known_logit_scale = logit_scale  # from the export's description: no need to load the head for it
         self._head: ProjectionHead | None = None
         self._lock = threading.Lock()
 
     def loaded(self) -> ProjectionHead:
         with self._lock:
             if self._head is None:
+                if not installed(("torch",)):
+                    raise MissingExtraError("the PyTorch projection head needs", "train")
                 self._head = load_head(self._paths, "cpu")
             return self._head
 
@@ -94,6 +110,23 @@ class DeferredHead:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.loaded(), name)
+
+
+class LazyTextPath:
+    """An exported text path whose onnxruntime session (half a second for MiniLM) is opened on the
+    first texts: an indexing run of photos never pays for it."""
+
+    def __init__(self, sidecar: Path, device: str = "auto") -> None:
+        self._sidecar = sidecar
+        self._device = device
+        self._encoder: QueryTextEncoder | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = QueryTextEncoder(self._sidecar, device=self._device)
+        return self._encoder.embed_texts(texts)
 
 
 _ENCODERS: dict[tuple[str, int], QueryImageEncoder] = {}
@@ -119,22 +152,45 @@ def exported_image_encoder(spec: ModelSpec) -> QueryImageEncoder | None:
         return _ENCODERS[key]
 
 
+def _from_exports(
+    spec: ModelSpec, image: QueryImageEncoder, text: LazyTextPath | None, device: str = "cpu"
+) -> EmbeddingModel:
+    """The model whose photos (and texts, given `text`) go through onnxruntime; the PyTorch towers
+    and head stand behind deferred stand-ins, loaded only if something more is asked of them."""
+    size = image.preprocessing.size
+    probe = image.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
+    image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
+    head_files = spec.head_files
+    scale = image.description.get("logit_scale")
+    head = DeferredHead(head_files, probe.vectors.shape[1], scale) if head_files else None
+    towers = DeferredTowers(spec, image.preprocessing, image_dim)
+    # The deferred head stands in for a ProjectionHead: whatever it is asked beyond its size loads it.
+    model = EmbeddingModel(spec, towers, cast("ProjectionHead | None", head), device)
+    model = model.with_exported_image_path(image.embed_pixels_for_index)
+    return model.with_exported_text_path(text) if text is not None else model
+
+
+def load_shipped(spec: ModelSpec, device: str = "cpu") -> EmbeddingModel | None:
+    """The model run from the ONNX files shipped with xmodal alone (no torch), or None when it ships
+    none. On "cuda" onnxruntime's CUDA provider runs them where installed (onnxruntime-gpu)."""
+    image_sidecar, text_sidecar = spec.shipped_sidecar("image"), spec.shipped_sidecar("text")
+    if image_sidecar is None or text_sidecar is None:
+        return None
+    providers = "cpu" if device == "cpu" else "auto"
+    shared = exported_image_encoder(spec) if device == "cpu" else None  # the indexing runs' warm session
+    image = shared or QueryImageEncoder(image_sidecar, threads=default_threads(), device=providers)
+    return _from_exports(spec, image, LazyTextPath(text_sidecar, providers), device)
+
+
 def load_for_indexing(spec: str | ModelSpec | None, device: Device = "auto") -> EmbeddingModel:
     """The model as an indexing run needs it. On the CPU, once its image path is exported (with the
     tower features where the index keeps them), photos go through onnxruntime and only the small
-    projection head is loaded; anything else is `load_model`'s."""
+    projection head is loaded; texts too when their path is exported; anything else is `load_model`'s."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
     if resolve_device(device) != "cpu":
         return embedding.load_model(parsed, device)
     encoder = exported_image_encoder(parsed)
     if encoder is None or (parsed.capabilities.tower_features and not encoder.gives_tower_features):
         return embedding.load_model(parsed, device)
-    size = encoder.preprocessing.size
-    probe = encoder.embed_pixels_for_index(np.zeros((1, 3, size, size), np.float32))
-    image_dim = probe.tower_features.shape[1] if probe.tower_features is not None else probe.vectors.shape[1]
-    head_files = parsed.head_files
-    head = DeferredHead(head_files, probe.vectors.shape[1]) if head_files else None
-    towers = DeferredTowers(parsed, encoder.preprocessing, image_dim)
-    # The deferred head stands in for a ProjectionHead: whatever it is asked beyond its size loads it.
-    model = EmbeddingModel(parsed, towers, cast("ProjectionHead | None", head), "cpu")
-    return model.with_exported_image_path(encoder.embed_pixels_for_index)
+    text_sidecar = sidecar_path(str(parsed), "text")
+    return _from_exports(parsed, encoder, LazyTextPath(text_sidecar, "cpu") if text_sidecar.is_file() else None)

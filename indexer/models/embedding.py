@@ -81,6 +81,7 @@ class EmbeddingModel:
         self.preprocessing: Preprocessing | None = getattr(towers, "preprocessing", None)
         self.dim = int(head.embed_dim) if head is not None else int(towers.image_dim)
         self._exported_image_path: Callable[[np.ndarray], IndexedPixels] | None = None
+        self._exported_text_path: Callable[[list[str]], np.ndarray] | None = None
 
     def with_exported_image_path(self, embed: Callable[[np.ndarray], IndexedPixels] | None) -> EmbeddingModel:
         """A copy whose `embed_pixels(_for_index)` run `embed` instead of the torch towers: the same
@@ -89,6 +90,13 @@ class EmbeddingModel:
         load_model shares one per process."""
         clone = copy.copy(self)
         clone._exported_image_path = embed
+        return clone
+
+    def with_exported_text_path(self, embed: Callable[[list[str]], np.ndarray] | None) -> EmbeddingModel:
+        """A copy whose `embed_texts` runs `embed` (the text path exported to onnxruntime) instead of
+        the torch towers and head; this model is left as it is."""
+        clone = copy.copy(self)
+        clone._exported_text_path = embed
         return clone
 
     @property
@@ -101,6 +109,9 @@ class EmbeddingModel:
     @property
     def logit_scale(self) -> float:
         """Multiplier that turns cosine similarities into logits (the learned CLIP temperature)."""
+        known = getattr(self.head, "known_logit_scale", None)  # a head not loaded yet (models.deferred)
+        if isinstance(known, float):
+            return known
         import torch
 
         for owner in (self.head, getattr(self.towers, "model", None)):
@@ -157,6 +168,15 @@ class EmbeddingModel:
             return IndexedPixels(_normalised(out), feats.to(torch.float16).cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        if self._exported_image_path is not None and self.preprocessing is not None:
+            pixels = self.preprocessing.pixels  # Pillow and NumPy: no torch on the exported path
+            return np.concatenate(
+                [
+                    self.embed_pixels(np.stack([pixels(to_rgb(im)) for im in images[start : start + batch_size]]))
+                    for start in range(0, len(images), batch_size)
+                ]
+                or [np.zeros((0, self.dim), dtype=np.float32)]
+            )
         import torch
 
         chunks = []
@@ -180,6 +200,10 @@ class EmbeddingModel:
         )
 
     def _embed_text_tower(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        if self._exported_text_path is not None:
+            embed = self._exported_text_path
+            chunks = [embed(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+            return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
         import torch
 
         chunks = []
@@ -250,6 +274,18 @@ def load_head(paths: Path | Sequence[Path], device: str) -> ProjectionHead:
 
 
 def _load_offline(spec: ModelSpec, device: str) -> EmbeddingModel:
+    from xmodal.indexer.extras import TRAIN_MODULES, installed
+
+    if not installed(TRAIN_MODULES):
+        # The core install: the model's shipped ONNX files, run by onnxruntime (no torch).
+        from xmodal.indexer.errors import MissingExtraError
+        from xmodal.indexer.models.deferred import load_shipped
+
+        shipped = load_shipped(spec, device)
+        if shipped is None:
+            who = "a trained projection head needs" if spec.head is not None else f"the {spec.name} model needs"
+            raise MissingExtraError(who, "train")
+        return shipped
     from xmodal.indexer.models.offline_towers import build_offline_towers
 
     try:
@@ -306,6 +342,9 @@ def _cached_weights(spec: ModelSpec) -> tuple[str, dict[str, object]] | None:
 
 
 def _load_open_clip(spec: ModelSpec, device: str) -> EmbeddingModel:
+    from xmodal.indexer.extras import OPENCLIP_MODULES, require_extra
+
+    require_extra(OPENCLIP_MODULES, "OpenCLIP models need", "openclip")
     import open_clip
 
     known = open_clip.list_models()

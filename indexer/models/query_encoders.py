@@ -61,8 +61,12 @@ def _key(spec: str, kind: Kind) -> str:
 
 
 def sidecar_path(spec: str, kind: Kind) -> Path:
-    """The JSON that describes the export of one path of this model (it exists once the export is done)."""
-    return cache_dir() / "query-encoders" / f"{_key(spec, kind)}.json"
+    """The JSON that describes the export of one path of this model: the one shipped with xmodal
+    (the offline default), else the cache's (it exists once the export is done)."""
+    from xmodal.indexer.models.spec import parse_model_spec
+
+    shipped = parse_model_spec(spec).shipped_sidecar(kind)
+    return shipped if shipped is not None else cache_dir() / "query-encoders" / f"{_key(spec, kind)}.json"
 
 
 # --- export (torch side) -------------------------------------------------------------------------
@@ -246,12 +250,14 @@ def _projected(features: Any, head: Any, project: str, with_features: bool = Fal
     return Projected().eval()
 
 
-def export_text_encoder(model: EmbeddingModel) -> Path | None:
-    """Export the model's text path (tokens -> unit vectors) once; returns its sidecar, or None."""
+def export_text_encoder(model: EmbeddingModel, sidecar: Path | None = None) -> Path | None:
+    """Export the model's text path (tokens -> unit vectors) once; returns its sidecar, or None.
+    sidecar: export there even when one exists elsewhere (training/export_offline_onnx.py)."""
     spec = str(model.spec)
-    sidecar = sidecar_path(spec, "text")
-    if sidecar.is_file():
-        return sidecar
+    if sidecar is None:
+        sidecar = sidecar_path(spec, "text")
+        if sidecar.is_file():
+            return sidecar
     try:
         folder, key = sidecar.parent, sidecar.stem
         folder.mkdir(parents=True, exist_ok=True)
@@ -274,12 +280,14 @@ def export_text_encoder(model: EmbeddingModel) -> Path | None:
     return sidecar
 
 
-def export_image_encoder(model: EmbeddingModel) -> Path | None:
-    """Export the model's image path (pixels -> unit vectors) once; returns its sidecar, or None."""
+def export_image_encoder(model: EmbeddingModel, sidecar: Path | None = None) -> Path | None:
+    """Export the model's image path (pixels -> unit vectors) once; returns its sidecar, or None.
+    sidecar: export there even when one exists elsewhere (training/export_offline_onnx.py)."""
     spec = str(model.spec)
-    sidecar = sidecar_path(spec, "image")
-    if sidecar.is_file():
-        return sidecar
+    if sidecar is None:
+        sidecar = sidecar_path(spec, "image")
+        if sidecar.is_file():
+            return sidecar
     preprocessing = getattr(model, "preprocessing", None)
     if preprocessing is None:
         return None

@@ -53,6 +53,9 @@ class Capabilities:
     fusion_file: str | None = None  # xmodal.data file of the learned fusion (fitted on the shipped head's space)
     prior_file: str | None = None  # xmodal.data file the towers' prior is built from (ConSE class embeddings)
     query_exports: bool = False  # text and image paths exportable to ONNX for torch-free queries
+    # xmodal.data folder holding the text and image paths already exported (ONNX, made by
+    # training/export_offline_onnx.py): the model runs on onnxruntime alone, with no export step
+    shipped_exports: str | None = None
     preprocessing: Preprocessing | None = None  # known before loading; else read from the loaded model
 
 
@@ -65,6 +68,7 @@ _BUILT_IN: dict[str, Capabilities] = {
         fusion_file="offline_fusion.npz",
         prior_file="conse_class_embeddings.pt",
         query_exports=True,
+        shipped_exports="xmodal-lite",
         preprocessing=OFFLINE_PREPROCESSING,
     ),
     # Lite0's members are the default's own (same features, same seeds); Lite2's are trained alike.
@@ -107,6 +111,17 @@ class ModelSpec:
         from xmodal.data import data_path
 
         return tuple(data_path(name) for name in self.capabilities.shipped_head)
+
+    def shipped_sidecar(self, kind: str) -> Path | None:
+        """The sidecar of a path exported and shipped with xmodal ("text" or "image"), for the model
+        with its own shipped head only (a user's head changes the vectors), else None."""
+        folder = self.capabilities.shipped_exports
+        if folder is None or self.head is not None:
+            return None
+        from xmodal.data import data_path
+
+        sidecar = data_path(folder) / f"{kind}.json"
+        return sidecar if sidecar.is_file() else None
 
     def __str__(self) -> str:
         base = self.name
