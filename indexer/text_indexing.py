@@ -14,6 +14,7 @@ from sqlalchemy import select
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.model_check import check_model_matches
 from xmodal.indexer.store.schema import TextRow, utcnow, vector_to_blob
 from xmodal.indexer.text_sources import read_text_items
 
@@ -71,12 +72,14 @@ class TextIndexer:
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
+                if isinstance(self._model, str):  # by spec, before loading it
+                    check_model_matches(store, self._model)
                 model = (
                     self._model
                     if isinstance(self._model, EmbeddingModel)
                     else load_model(self._model or store.model_spec)
                 )
-                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
+                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))  # records it, or compares
                 vectors = store.vectors("text")
                 sources = {source for source, _ in entries}
                 with store.metadata.session() as s:
