@@ -18,7 +18,7 @@ from xmodal.indexer.store.model_check import check_model_matches
 from xmodal.indexer.store.schema import TextRow, utcnow, vector_to_blob
 from xmodal.indexer.text_sources import read_text_items
 
-__all__ = ["TextSummary", "TextIndexer"]
+__all__ = ["TextSummary", "TextIndexer", "text_hash"]
 
 
 @dataclass
@@ -37,7 +37,8 @@ class TextSummary:
         }
 
 
-def _text_hash(text: str) -> str:
+def text_hash(text: str) -> str:
+    """What a text row is keyed by within its source (an import keys its texts the same way)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
@@ -89,7 +90,7 @@ class TextIndexer:
                 known = {(row.source, row.content_hash): row.id for row in existing}
                 wanted: dict[tuple[str, str], str] = {}
                 for source, text in entries:
-                    wanted.setdefault((source, _text_hash(text)), text)
+                    wanted.setdefault((source, text_hash(text)), text)
                 fresh = [(key, text) for key, text in wanted.items() if key not in known]
                 summary.unchanged = len(wanted) - len(fresh)
                 stale = [row_id for key, row_id in known.items() if key not in wanted] if replace_sources else []
