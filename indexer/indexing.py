@@ -463,26 +463,26 @@ class Indexer:
         now = utcnow()
         spec = str(model.spec)
         rows: list[dict] = []
-        computed = len(embedded.vectors) if embedded is not None else 0
-        for position, prepared in enumerate(good[:computed]):
-            f = prepared.work.found
-            values: dict[str, object] = {}
-            for signal in self.signals:
-                values.update(signal.row_values(embedded, position))  # type: ignore[arg-type]  # computed > 0
-            rows.append(
-                dict(
-                    path=str(f.path),
-                    size=f.size,
-                    mtime_ns=f.mtime_ns,
-                    content_hash=prepared.work.content_hash or "",
-                    width=prepared.width,
-                    height=prepared.height,
-                    taken_at=prepared.taken_at,
-                    model=spec,
-                    indexed_at=now,
-                    **values,
+        if embedded is not None:  # None: nothing of the batch decoded
+            for position, prepared in enumerate(good[: len(embedded.vectors)]):
+                f = prepared.work.found
+                values: dict[str, object] = {}
+                for signal in self.signals:  # the columns each signal stores for this item
+                    values.update(signal.row_values(embedded, position))
+                rows.append(
+                    dict(
+                        path=str(f.path),
+                        size=f.size,
+                        mtime_ns=f.mtime_ns,
+                        content_hash=prepared.work.content_hash or "",
+                        width=prepared.width,
+                        height=prepared.height,
+                        taken_at=prepared.taken_at,
+                        model=spec,
+                        indexed_at=now,
+                        **values,
+                    )
                 )
-            )
         with store.metadata.session() as s, s.begin():
             store.metadata.bump_generation(s, "image")  # this batch moves the generation on, even with no rows
             replacing = [p.work.row_id for p in good if p.work.row_id is not None]

@@ -5,6 +5,8 @@ stamped with the SQL generation it reflects. A cache whose stamp differs from SQ
 *stale*: every open catches it up from SQL (or rebuilds it), so a stale (or missing) cache is
 reported but is not a problem. A cache whose stamp matches SQL is the one searches would use, so
 its contents are compared with SQL: every row exactly one vector (same id, same values), no vector without a row.
+Those checks of the stored values belong to each per-item signal (indexer.signals: today the
+embedding); this module adds what holds for every index: the model (store.model_check), files, leftovers.
 
 What `repair=True` does, under the index's write lock (so never while an index run writes):
 
