@@ -352,6 +352,11 @@ def info(
         for key, value in facts.items():
             if key == "bytes_per_photo" and isinstance(value, dict):  # what each stored part costs
                 value = ", ".join(f"{part.replace('_', ' ')} {size:,}" for part, size in value.items()) or "-"
+            elif key == "signals" and isinstance(value, dict):  # per signal: what the index holds of it
+                value = "; ".join(
+                    f"{name} " + ", ".join(f"{part.replace('_', ' ')} {n:,}" for part, n in counts.items())
+                    for name, counts in value.items()
+                )
             elif isinstance(value, list):
                 value = ", ".join(value) or "-"
             typer.echo(f"{key:>12}: {value}")

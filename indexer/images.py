@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import IO, cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -114,7 +114,7 @@ def _open_regular(path: Path):  # noqa: ANN202
     return os.fdopen(fd, "rb")
 
 
-def open_picture(fp: BinaryIO, max_pixels: int = DEFAULT_LIMITS.max_pixels, suffix: str = "") -> Image.Image:
+def open_picture(fp: IO[bytes], max_pixels: int = DEFAULT_LIMITS.max_pixels, suffix: str = "") -> Image.Image:
     """The picture in fp, its decoder chosen by content: Pillow's formats (opened lazily: only the
     header is read), else HEIF through pillow-heif (decoded, after its header passed max_pixels).
     RAW and video raise ImageReadError with the reason they are not read (suffix: for that reason);
@@ -131,7 +131,7 @@ def open_picture(fp: BinaryIO, max_pixels: int = DEFAULT_LIMITS.max_pixels, suff
         raise
 
 
-def _open_heif(fp: BinaryIO, max_pixels: int) -> Image.Image:
+def _open_heif(fp: IO[bytes], max_pixels: int) -> Image.Image:
     try:
         import pillow_heif
     except ImportError:

@@ -18,9 +18,8 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from xmodal.indexer.decode_pool import Prepared, StartMethod, Work, decode_pool, decode_size, file_hash, prefetch
-from xmodal.indexer.errors import ModelMismatchError
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
-from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
+from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.paths import absolute
 from xmodal.indexer.progress import Progress
 from xmodal.indexer.roots import (
@@ -32,9 +31,12 @@ from xmodal.indexer.roots import (
     remember_roots,
     rows_under,
 )
-from xmodal.indexer.scanning import FoundFile, SkippedFile, scan_paths, unread_extension
+from xmodal.indexer.scanning import FoundFile, SkippedFile, unread_extension
+from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
+from xmodal.indexer.sources import FolderWalk, ListedFiles, Source
 from xmodal.indexer.store.index_store import IndexStore
-from xmodal.indexer.store.schema import FailureRow, ImageRow, features_to_blob, under_clause, utcnow, vector_to_blob
+from xmodal.indexer.store.model_check import check_model_matches
+from xmodal.indexer.store.schema import FailureRow, ImageRow, under_clause, utcnow
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     from xmodal.indexer.distributed import RayOptions
@@ -130,11 +132,14 @@ class Indexer:
         prepare_search: bool = True,
         limits: Limits = DEFAULT_LIMITS,
         first_batch_size: int = 4,
+        signals: Sequence[Signal] = DEFAULT_SIGNALS,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process.
         first_batch_size: the run's first batch is this small, so that its first photos are embedded
-        (and shown) within a second or two of the start instead of after a whole batch's decoding."""
+        (and shown) within a second or two of the start instead of after a whole batch's decoding.
+        signals: what is stored per photo (indexer.signals); the embedding by default."""
         self.limits = limits
+        self.signals = tuple(signals)
         self.index_dir = index_dir
         self.db_url = db_url
         self._model = model
@@ -161,20 +166,11 @@ class Indexer:
         """Refuse another model than the index's before anything is loaded or written."""
         recorded = store.model_spec
         given = self.model
-        if given is not None:
-            store.check_model(str(given.spec), given.dim, model_fingerprint(given.spec))
+        if given is None and recorded:  # compared by spec: nothing is loaded for a run with nothing new
+            check_model_matches(store, self._model if isinstance(self._model, str) else recorded)
             return
-        if not recorded:  # a new index: its model is the one asked for, or the default
-            model = self._load(store)
-            store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
-            return
-        asked = parse_model_spec(self._model) if isinstance(self._model, str) else parse_model_spec(recorded)
-        if str(asked) != recorded:
-            raise ModelMismatchError(
-                f"index '{store.directory}' was built with model '{recorded}', not '{asked}'; "
-                f"use --model '{recorded}' or another --index"
-            )
-        store.check_fingerprint(model_fingerprint(asked))
+        model = given if given is not None else self._load(store)  # a new index: the model asked for, or the default
+        store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))  # records it, or compares
 
     def _load(self, store: IndexStore) -> EmbeddingModel:
         """The model, loaded on first need: a run with nothing new to embed never loads it."""
@@ -197,6 +193,13 @@ class Indexer:
 
         listing: the files to index instead of a walk of the paths (indexer.listing.read_listing);
         the paths then only say where files that left the listing are removed (or moved from).
+        The run itself is `add_from` with the source these make (indexer.sources).
+        """
+        source: Source = FolderWalk.of(paths) if listing is None else ListedFiles.of(listing, paths)
+        return self.add_from(source, prune_missing=prune_missing)
+
+    def add_from(self, source: Source, *, prune_missing: bool = False) -> IndexSummary:
+        """Index the files a source yields (indexer.sources); returns the run's summary.
 
         Rows of missing files are removed only while that is plainly a user's deletion: the rows
         under an offline root (not there, or empty: indexer.roots) are kept, and so is every missing
@@ -205,12 +208,11 @@ class Indexer:
         """
         started = time.perf_counter()
         self._load_seconds = 0.0
-        roots = [absolute(p) for p in paths]
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
                 self._check_model(store)
-                summary = self._run(store, roots, listing, prune_missing)
+                summary = self._run(store, source, prune_missing)
                 store.save_vectors()
         finally:
             store.close()
@@ -242,7 +244,7 @@ class Indexer:
                     s.execute(delete(FailureRow).where(under_clause(FailureRow.path, targets)))
                     forget_roots(store.metadata, s, targets)
                 if ids and store.dim:
-                    store.vectors("image").remove(np.array(ids, dtype=np.int64))
+                    self._forget(store, ids)
                     store.save_vectors()
         finally:
             store.close()
@@ -256,15 +258,15 @@ class Indexer:
     def _run(
         self,
         store: IndexStore,
-        roots: list[Path],
-        listing: Iterable[FoundFile | SkippedFile] | None = None,
+        source: Source,
         prune_missing: bool = False,
     ) -> IndexSummary:
         summary = IndexSummary()
         clock = time.perf_counter()
+        roots = list(source.roots)
         found: list[FoundFile] = []
         skipped: list[SkippedFile] = []
-        for item in scan_paths(roots) if listing is None else listing:
+        for item in source:
             if isinstance(item, FoundFile):
                 found.append(item)
             else:
@@ -283,7 +285,7 @@ class Indexer:
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
         seen_paths = {str(f.path) for f in found}
-        if listing is not None:  # listed files outside the roots are compared too (never removed)
+        if source.names_files:  # named files outside the roots are compared too (never removed)
             existing.update((row.path, row) for row in store.metadata.image_rows_under([]) if row.path in seen_paths)
         missing = {path: row for path, row in existing.items() if path not in seen_paths}
         if offline:  # a folder root inside the run's may be offline on its own (a drive mounted there)
@@ -294,14 +296,8 @@ class Indexer:
         for gone in missing.values():
             missing_by_hash.setdefault(gone.content_hash, []).append(gone)
 
-        # Photos indexed before the offline default stored its tower features are embedded again,
-        # so the learned reranker (search.fusion) covers them too.
-        spec = store.model_spec
-        stale = (
-            store.metadata.ids_without_features()
-            if spec and parse_model_spec(spec).capabilities.tower_features
-            else set()
-        )
+        # Unchanged photos a signal lacks (e.g. tower features of an older run) are computed again.
+        stale: set[int] = set().union(*(signal.stale_ids(store) for signal in self.signals))
         work: list[Work] = []
         moves: list[tuple[ImageRow, FoundFile]] = []
         for f in found:
@@ -336,9 +332,8 @@ class Indexer:
         ):
             summary.kept_missing += len(missing)  # a drive half gone, not a user's deletion: ask first
             missing = {}
-        vectors = store.vectors("image")
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
-        vectors.remove(np.array([row.id for row in missing.values()], dtype=np.int64))
+        self._forget(store, [row.id for row in missing.values()])
         self._last_save = time.perf_counter()
         if work and self.ray is not None:
             from xmodal.indexer.distributed import embed_on_ray
@@ -446,12 +441,11 @@ class Indexer:
         """The one write loop's step, whatever decoded and embedded the batch (this process's decode
         pool, Ray): the batch's SQL transaction, then the FAISS cache, saved at most every
         _SAVE_INTERVAL_S (SQL holds every finished batch anyway). Called under the run's write lock."""
-        vectors = store.vectors("image")
         ids = self._write_batch(store, model, batch, good, embedded, summary)
         if embedded is not None:
             replaced = np.array([p.work.row_id for p in good if p.work.row_id is not None], dtype=np.int64)
-            vectors.remove(replaced)
-            vectors.add(np.array(ids, dtype=np.int64), embedded.vectors)
+            for signal in self.signals:
+                signal.after_commit(store, np.array(ids, dtype=np.int64), replaced, embedded)
         if time.perf_counter() - self._last_save > _SAVE_INTERVAL_S:
             store.save_vectors()
             self._last_save = time.perf_counter()
@@ -473,25 +467,26 @@ class Indexer:
         now = utcnow()
         spec = str(model.spec)
         rows: list[dict] = []
-        vectors = list(embedded.vectors) if embedded is not None else []
-        features = embedded.tower_features if embedded is not None else None
-        for position, (prepared, vector) in enumerate(zip(good, vectors)):
-            f = prepared.work.found
-            rows.append(
-                dict(
-                    path=str(f.path),
-                    size=f.size,
-                    mtime_ns=f.mtime_ns,
-                    content_hash=prepared.work.content_hash or "",
-                    width=prepared.width,
-                    height=prepared.height,
-                    taken_at=prepared.taken_at,
-                    model=spec,
-                    indexed_at=now,
-                    vector=vector_to_blob(vector),
-                    features=features_to_blob(features[position]) if features is not None else None,
+        if embedded is not None:  # None: nothing of the batch decoded
+            for position, prepared in enumerate(good[: len(embedded.vectors)]):
+                f = prepared.work.found
+                values: dict[str, object] = {}
+                for signal in self.signals:  # the columns each signal stores for this item
+                    values.update(signal.row_values(embedded, position))
+                rows.append(
+                    dict(
+                        path=str(f.path),
+                        size=f.size,
+                        mtime_ns=f.mtime_ns,
+                        content_hash=prepared.work.content_hash or "",
+                        width=prepared.width,
+                        height=prepared.height,
+                        taken_at=prepared.taken_at,
+                        model=spec,
+                        indexed_at=now,
+                        **values,
+                    )
                 )
-            )
         with store.metadata.session() as s, s.begin():
             store.metadata.bump_generation(s, "image")  # this batch moves the generation on, even with no rows
             replacing = [p.work.row_id for p in good if p.work.row_id is not None]
@@ -518,7 +513,10 @@ class Indexer:
                     summary.failed += 1
                     summary.failures.append((path, prepared.error))
         summary.timings["sql"] = summary.timings.get("sql", 0.0) + time.perf_counter() - clock
-        bad_replaced = [p.work.row_id for p in batch if p.error is not None and p.work.row_id is not None]
-        if bad_replaced:
-            store.vectors("image").remove(np.array(bad_replaced, dtype=np.int64))
+        self._forget(store, [p.work.row_id for p in batch if p.error is not None and p.work.row_id is not None])
         return ids
+
+    def _forget(self, store: IndexStore, ids: Sequence[int]) -> None:
+        """Rows removed (maybe none): each signal drops their derived data (the FAISS cache)."""
+        for signal in self.signals:
+            signal.forget(store, np.array(ids, dtype=np.int64))

@@ -261,7 +261,7 @@ def _import_texts(
 ) -> None:
     from sqlalchemy import select
 
-    from xmodal.indexer.text_indexing import _text_hash
+    from xmodal.indexer.text_indexing import text_hash
 
     index = store.vectors("text")
     sources = meta.get("source") or [shard] * len(vectors)
@@ -279,7 +279,7 @@ def _import_texts(
             rows, picked = [], []
             for offset in range(start, stop):
                 text = str(meta["caption"][offset] or "")
-                key = (str(sources[offset]), _text_hash(text))
+                key = (str(sources[offset]), text_hash(text))
                 if key in known:
                     continue
                 known.add(key)

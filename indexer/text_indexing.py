@@ -14,10 +14,11 @@ from sqlalchemy import select
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.model_check import check_model_matches
 from xmodal.indexer.store.schema import TextRow, utcnow, vector_to_blob
 from xmodal.indexer.text_sources import read_text_items
 
-__all__ = ["TextSummary", "TextIndexer"]
+__all__ = ["TextSummary", "TextIndexer", "text_hash"]
 
 
 @dataclass
@@ -36,7 +37,8 @@ class TextSummary:
         }
 
 
-def _text_hash(text: str) -> str:
+def text_hash(text: str) -> str:
+    """What a text row is keyed by within its source (an import keys its texts the same way)."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
@@ -71,12 +73,14 @@ class TextIndexer:
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
         try:
             with store.write_lock():
+                if isinstance(self._model, str):  # by spec, before loading it
+                    check_model_matches(store, self._model)
                 model = (
                     self._model
                     if isinstance(self._model, EmbeddingModel)
                     else load_model(self._model or store.model_spec)
                 )
-                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))
+                store.check_model(str(model.spec), model.dim, model_fingerprint(model.spec))  # records it, or compares
                 vectors = store.vectors("text")
                 sources = {source for source, _ in entries}
                 with store.metadata.session() as s:
@@ -86,7 +90,7 @@ class TextIndexer:
                 known = {(row.source, row.content_hash): row.id for row in existing}
                 wanted: dict[tuple[str, str], str] = {}
                 for source, text in entries:
-                    wanted.setdefault((source, _text_hash(text)), text)
+                    wanted.setdefault((source, text_hash(text)), text)
                 fresh = [(key, text) for key, text in wanted.items() if key not in known]
                 summary.unchanged = len(wanted) - len(fresh)
                 stale = [row_id for key, row_id in known.items() if key not in wanted] if replace_sources else []

@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import select
 
-from xmodal.indexer.errors import ImageReadError, InvalidQueryError, ModelMismatchError
+from xmodal.indexer.errors import ImageReadError, InvalidQueryError
 from xmodal.indexer.images import decode_image
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.index_store import IndexStore, Kind
+from xmodal.indexer.store.model_check import check_model_matches
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
@@ -83,25 +84,13 @@ class SearchEngine:
     ) -> SearchEngine:
         """Open an existing index; the model defaults to the one the index was built with."""
         store = IndexStore.open(index_dir, db_url)
-        recorded = store.model_spec
-        if recorded and (model is None or isinstance(model, str)):  # a model object passed in is trusted
-            from xmodal.indexer.models.spec import model_fingerprint, parse_model_spec
-
-            try:
-                store.check_fingerprint(model_fingerprint(parse_model_spec(recorded)))
-            except Exception:
-                store.close()
-                raise
-        if isinstance(model, str):
-            from xmodal.indexer.models.spec import parse_model_spec
-
-            if recorded and str(parse_model_spec(model)) != recorded:
-                store.close()
-                raise ModelMismatchError(f"index '{store.directory}' was built with model '{recorded}', not '{model}'")
-            model = None
-        if model is not None and recorded and str(model.spec) != recorded:
+        try:  # by spec before anything is loaded; an index without a model yet matches any
+            check_model_matches(store, model if model is not None else store.model_spec or "")
+        except Exception:
             store.close()
-            raise ModelMismatchError(f"index '{store.directory}' was built with model '{recorded}', not '{model.spec}'")
+            raise
+        if isinstance(model, str):
+            model = None  # loaded on first need: the index's, which is the one asked for
         return cls(store, model, limits)  # type: ignore[arg-type]
 
     def close(self) -> None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from xmodal.indexer.scanning import unread_extension
+from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow, TextRow
 
 __all__ = ["failures", "index_info", "storage_per_photo"]
 
 
-def index_info(index_dir: Path | str | None = None, db_url: str | None = None) -> dict[str, object]:
+def index_info(
+    index_dir: Path | str | None = None, db_url: str | None = None, signals: Sequence[Signal] = DEFAULT_SIGNALS
+) -> dict[str, object]:
+    """Counts, model, size and failures of an index; `signals`: what it holds of each per-item
+    signal (indexer.signals), by the signal's name."""
     store = IndexStore.open(index_dir, db_url)
     try:
         skipped: dict[str, int] = {}  # files of kinds not read (camera RAW, video), by extension
@@ -33,6 +39,7 @@ def index_info(index_dir: Path | str | None = None, db_url: str | None = None) -
             "skipped": dict(sorted(skipped.items())),
             "model": store.model_spec,
             "dim": store.dim,
+            "signals": {signal.name: signal.info(store) for signal in signals},
             "size_bytes": store.size_bytes(),
             "bytes_per_photo": storage_per_photo(store),
         }

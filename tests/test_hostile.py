@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ import pytest
 from PIL import Image
 
 import xmodal.indexer.decode_pool as decode_pool_mod
-import xmodal.indexer.indexing as indexing_mod
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
 from xmodal.indexer import Indexer
+from xmodal.indexer.scanning import FoundFile, SkippedFile
+from xmodal.indexer.sources import FolderWalk, Source
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow
 from xmodal.search.stats import failures
@@ -31,6 +33,25 @@ RED, GREEN, BLUE = COLOURS["red"], COLOURS["green"], COLOURS["blue"]
 
 def _index(index_dir: Path, *paths: Path | str, **kwargs: object):
     return Indexer(index_dir, model=fake_model(), batch_size=4, **kwargs).add_paths(paths)
+
+
+class _WalkThen:
+    """A source of the run (indexer.sources): a folder walk that changes the files once it has found them."""
+
+    names_files = False
+
+    def __init__(self, root: Path, after: Callable[[], None]) -> None:
+        self.roots = (root,)
+        self.after = after
+
+    def __iter__(self) -> Iterator[FoundFile | SkippedFile]:
+        items = list(FolderWalk(self.roots))
+        self.after()
+        return iter(items)
+
+
+def _index_from(index_dir: Path, source: Source):
+    return Indexer(index_dir, model=fake_model(), batch_size=4).add_from(source)
 
 
 def _rows(index_dir: Path) -> dict[str, ImageRow]:
@@ -273,15 +294,7 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
     root = tmp_path / "photos"
     for i in range(6):
         make_image(root / f"p{i}.jpg", (40 * i, 100, 200 - 30 * i))
-    real_scan = indexing_mod.scan_paths
-
-    def scan_then_delete(roots):  # noqa: ANN001, ANN202
-        items = list(real_scan(roots))
-        (root / "p2.jpg").unlink()  # gone before it is hashed
-        return iter(items)
-
-    monkeypatch.setattr(indexing_mod, "scan_paths", scan_then_delete)
-    summary = _index(tmp_path / "idx", root)
+    summary = _index_from(tmp_path / "idx", _WalkThen(root, (root / "p2.jpg").unlink))  # gone before it is hashed
     assert summary.new == 5
     assert "p2.jpg" in _failure_reasons(summary)
 
@@ -296,7 +309,6 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
             Path(path).unlink()
         return real_decode(path, *args, **kwargs)
 
-    monkeypatch.setattr(indexing_mod, "scan_paths", real_scan)
     monkeypatch.setattr(decode_pool_mod, "decode_image", vanish_then_decode)
     summary = _index(tmp_path / "idx", root)
     reasons = _failure_reasons(summary)
@@ -307,21 +319,17 @@ def test_file_vanishing_between_scan_and_read(tmp_path: Path, monkeypatch: pytes
     assert check_index(tmp_path / "idx").ok
 
 
-def test_file_replaced_by_fifo_after_scan_does_not_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_replaced_by_fifo_after_scan_does_not_block(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     make_image(root / "a.jpg", RED)
     make_image(root / "b.jpg", GREEN)
-    real_scan = indexing_mod.scan_paths
 
-    def scan_then_swap(roots):  # noqa: ANN001, ANN202
-        items = list(real_scan(roots))
+    def swap() -> None:
         (root / "b.jpg").unlink()
         os.mkfifo(root / "b.jpg")
-        return iter(items)
 
-    monkeypatch.setattr(indexing_mod, "scan_paths", scan_then_swap)
     with _FifoGuard(root / "b.jpg", after=15) as guard:
-        summary = _index(tmp_path / "idx", root)
+        summary = _index_from(tmp_path / "idx", _WalkThen(root, swap))
     assert not guard.fired, "a FIFO swapped in after the scan blocked the run"
     assert summary.new == 1 and "b.jpg" in _failure_reasons(summary)
 

@@ -204,12 +204,10 @@ def build_bounded(
                 pass
 
     # 3. an ordinary lean VectorIndex over these files; its next save reuses them (same token)
-    result = VectorIndex(dim, index, plan=plan, lean=True)
     base = np.memmap(f32, dtype=np.float32, mode="r", shape=(count, dim)) if count else np.zeros((0, dim), np.float32)
     store = FullVectors(dim, base, all_ids)
     store.file, store.dirty = f32, False
-    result._store = store
-    result._trained_n = count
+    result = VectorIndex.from_trained(dim, index, plan, store, lean=True)
     report.plan = plan.describe() + (" on-disk lists" if disk else "")
     return result, report
 

@@ -5,6 +5,8 @@ stamped with the SQL generation it reflects. A cache whose stamp differs from SQ
 *stale*: every open catches it up from SQL (or rebuilds it), so a stale (or missing) cache is
 reported but is not a problem. A cache whose stamp matches SQL is the one searches would use, so
 its contents are compared with SQL: every row exactly one vector (same id, same values), no vector without a row.
+Those checks of the stored values belong to each per-item signal (indexer.signals: today the
+embedding); this module adds what holds for every index: the model (store.model_check), files, leftovers.
 
 What `repair=True` does, under the index's write lock (so never while an index run writes):
 
@@ -23,23 +25,24 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import func, select
 
-from xmodal.indexer.store.index_store import IndexStore, Kind
+from xmodal.indexer.errors import ModelMismatchError
+from xmodal.indexer.store.index_store import IndexStore
+from xmodal.indexer.store.model_check import check_model_matches
 from xmodal.indexer.store.schema import ImageRow, TextRow
-from xmodal.indexer.store.vector_index import VectorIndex
+
+if TYPE_CHECKING:
+    from xmodal.indexer.signals import Signal
 
 __all__ = ["CheckReport", "check_index"]
 
 _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
-_KINDS: tuple[Kind, ...] = ("image", "text")
-# Stored vectors are L2-normalised; anything further off than this was not written by a model.
-_NORM_TOLERANCE = 1e-3
-_VALUE_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -109,22 +112,28 @@ def check_index(
     *,
     model: str | None = None,
     prune_missing: bool = False,
+    signals: Sequence[Signal] | None = None,
 ) -> CheckReport:
     """Verify the index at index_dir (default: the default index); mend it when repair is True.
 
     model: a spec to compare with the index's recorded one (a mismatch is a problem repair cannot
     mend). prune_missing: with repair, delete the rows whose files are gone (never without it).
+    signals: the per-item signals to verify (indexer.signals; default: the embedding).
     Raises IndexNotFoundError when there is no index, IndexLockedError when repairing while
     another run writes.
     """
+    if signals is None:
+        from xmodal.indexer.signals import DEFAULT_SIGNALS
+
+        signals = DEFAULT_SIGNALS
     store = IndexStore.open(index_dir, db_url)
     try:
         if not repair:
-            return _inspect(store, model)
+            return _inspect(store, model, signals)
         with store.write_lock():
-            before = _inspect(store, model)
-            actions = _repair(store, before, prune_missing)
-            after = _inspect(store, model)
+            before = _inspect(store, model, signals)
+            actions = _repair(store, before, prune_missing, signals)
+            after = _inspect(store, model, signals)
             after.repaired = actions
             return after
     finally:
@@ -132,42 +141,23 @@ def check_index(
 
 
 # --- inspecting ---------------------------------------------------------------------------------
-def _inspect(store: IndexStore, wanted_model: str | None) -> CheckReport:
+def _inspect(store: IndexStore, wanted_model: str | None, signals: Sequence[Signal]) -> CheckReport:
     meta = store.metadata.get_meta()
     recorded = meta.get("model")
     dim = int(meta["dim"]) if meta.get("dim") else None
     report = CheckReport(index=str(store.directory), model=recorded, dim=dim)
+    report.images = store.metadata.count(ImageRow)
+    report.texts = store.metadata.count(TextRow)
+    if wanted_model is not None:
+        try:
+            check_model_matches(store, wanted_model)
+        except ModelMismatchError as e:
+            report.model_problems.append(str(e))
+    for signal in signals:
+        signal.inspect(store, report)
 
-    sql: dict[str, tuple[np.ndarray, list[bytes]]] = {}
     with store.metadata.session() as s:
-        for kind, table in _TABLES.items():
-            pairs = s.execute(select(table.id, table.vector, table.model).order_by(table.id)).all()
-            sql[kind] = (np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs])
-            models = {p[2] for p in pairs}
-            if recorded is None and pairs:
-                report.model_problems.append(
-                    f"no model recorded, but {len(pairs)} {kind} row(s) exist (models: {', '.join(sorted(models))})"
-                )
-            elif recorded is not None:
-                other = [f"{kind}:{p[0]}" for p in pairs if p[2] != recorded]
-                if other:
-                    report.model_problems.append(
-                        f"{len(other)} {kind} row(s) were embedded by another model than '{recorded}'"
-                    )
-                    report.bad_vectors.extend(x for x in other if x not in report.bad_vectors)
         image_paths = s.execute(select(ImageRow.id, ImageRow.path)).all()
-    report.images, report.texts = len(sql["image"][0]), len(sql["text"][0])
-    if wanted_model is not None and recorded is not None and not _same_model(wanted_model, recorded):
-        report.model_problems.append(f"index was built with model '{recorded}', not '{wanted_model}'")
-
-    for kind in _KINDS:
-        ids, blobs = sql[kind]
-        for row_id, blob in zip(ids, blobs):
-            reason = _vector_problem(blob, dim)
-            if reason and f"{kind}:{row_id}" not in report.bad_vectors:
-                report.bad_vectors.append(f"{kind}:{row_id}")
-        _compare_cache(store, kind, ids, blobs, dim, meta, report)
-
     for _row_id, path in image_paths:
         if not os.path.exists(path):
             report.missing_files.append(path)
@@ -181,77 +171,6 @@ def _inspect(store: IndexStore, wanted_model: str | None) -> CheckReport:
 
     report.leftover_files = sorted(p.name for p in _leftovers(store.directory))
     return report
-
-
-def _same_model(wanted: str, recorded: str) -> bool:
-    if wanted == recorded:
-        return True
-    try:
-        from xmodal.indexer.models.spec import parse_model_spec
-
-        return str(parse_model_spec(wanted)) == recorded
-    except Exception:
-        return False
-
-
-def _vector_problem(blob: bytes | None, dim: int | None) -> str | None:
-    if blob is None or dim is None or len(blob) != 4 * dim:
-        return "wrong length"
-    vec = np.frombuffer(blob, dtype="<f4")
-    if not np.all(np.isfinite(vec)):
-        return "not finite"
-    if abs(float(np.linalg.norm(vec)) - 1.0) > _NORM_TOLERANCE:
-        return "not unit length"
-    return None
-
-
-def _compare_cache(
-    store: IndexStore,
-    kind: Kind,
-    ids: np.ndarray,
-    blobs: list[bytes],
-    dim: int | None,
-    meta: dict[str, str],
-    report: CheckReport,
-) -> None:
-    path = store.faiss_path(kind)
-    generation = int(meta.get(f"generation:{kind}", "0"))
-    if not dim:
-        return
-    stamp = VectorIndex.read_stamp(path)
-    origin = meta.get("database_id")
-    if stamp is not None and origin and stamp.get("origin", origin) != origin:
-        report.stale_caches.append(f"{path.name}: made from another database; rebuilt from SQL on open")
-        return
-    loaded = VectorIndex.load(path, dim)
-    if loaded is None:
-        if path.exists() or len(ids):
-            report.stale_caches.append(f"{path.name}: missing or unreadable, rebuilt from SQL on open")
-        return
-    index, stamped = loaded
-    if stamped != generation:
-        report.stale_caches.append(
-            f"{path.name}: generation {stamped}, SQL is at {generation}; caught up from SQL on open"
-        )
-        return
-    cached_ids, cached_vecs = index.vectors()
-    if len(cached_ids) != len(ids):
-        report.count_mismatches.append(f"{kind}: {len(ids)} in SQL, {len(cached_ids)} in {path.name}")
-    unique, counts = np.unique(cached_ids, return_counts=True)
-    report.vector_mismatches.extend(
-        f"{kind}:{i} stored {c} times in {path.name}" for i, c in zip(unique, counts) if c > 1
-    )
-    sql_ids = set(int(i) for i in ids)
-    cache_ids = set(int(i) for i in unique)
-    report.rows_without_vector.extend(f"{kind}:{i}" for i in sorted(sql_ids - cache_ids))
-    report.vectors_without_row.extend(f"{kind}:{i}" for i in sorted(cache_ids - sql_ids))
-    by_id = {int(i): v for i, v in zip(cached_ids, cached_vecs)}
-    for row_id, blob in zip(ids, blobs):
-        cached = by_id.get(int(row_id))
-        if cached is None or dim is None or len(blob) != 4 * dim:
-            continue
-        if not np.allclose(cached, np.frombuffer(blob, dtype="<f4"), atol=_VALUE_TOLERANCE, rtol=0):
-            report.vector_mismatches.append(f"{kind}:{row_id} differs between SQL and {path.name}")
 
 
 def _leftovers(directory: Path) -> list[Path]:
@@ -272,7 +191,7 @@ def _parse_ids(items: list[str], kind: str) -> list[int]:
     return out
 
 
-def _repair(store: IndexStore, found: CheckReport, prune_missing: bool) -> list[str]:
+def _repair(store: IndexStore, found: CheckReport, prune_missing: bool, signals: Sequence[Signal]) -> list[str]:
     actions: list[str] = []
     meta = store.metadata.get_meta()
     if meta.get("model") is None:
@@ -284,7 +203,7 @@ def _repair(store: IndexStore, found: CheckReport, prune_missing: bool) -> list[
             dim = lengths.most_common(1)[0][0] // 4  # the rows' usual vector length; odd ones go below
             store.metadata.set_meta({"model": spec, "dim": str(dim), "normalized": "true"})
             actions.append(f"recorded model '{spec}' (dim {dim}) from the rows")
-            found = _inspect(store, None)  # with a model known, bad vectors can be judged
+            found = _inspect(store, None, signals)  # with a model known, bad vectors can be judged
     drop_images = set(_parse_ids(found.bad_vectors, "image"))
     drop_texts = set(_parse_ids(found.bad_vectors, "text"))
     missing: list[str] = []
@@ -308,11 +227,8 @@ def _repair(store: IndexStore, found: CheckReport, prune_missing: bool) -> list[
             actions.append(
                 f"removed {unusable} row(s) with unusable vectors (they are embedded again by the next index run)"
             )
-    if store.dim:
-        for kind in _KINDS:
-            store.rebuild_vectors(kind)
-        store.save_vectors()
-        actions.append("rebuilt the FAISS caches from SQL")
+    for signal in signals:
+        actions.extend(signal.rebuild(store))
     for leftover in _leftovers(store.directory):
         try:
             leftover.unlink()

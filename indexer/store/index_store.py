@@ -39,7 +39,7 @@ from platformdirs import user_data_dir
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
-from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError, ModelMismatchError
+from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.migrations import SchemaTooNewError
 from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, is_busy, safe_url, scrub
@@ -183,7 +183,8 @@ class IndexStore:
         return int(dim) if dim else None
 
     def check_model(self, spec: str, dim: int, fingerprint: str | None = None) -> None:
-        """Record the model on first use; refuse to mix vectors of two models (or two versions)."""
+        """Record the model on first use; later, refuse another one (model_check.check_model_matches):
+        vectors of two models (or two versions of one) never mix."""
         meta = self.metadata.get_meta()
         if "model" not in meta:
             values = {"model": spec, "dim": str(dim), "normalized": "true", "schema": str(SCHEMA_VERSION)}
@@ -191,20 +192,9 @@ class IndexStore:
                 values["fingerprint"] = fingerprint
             self.metadata.set_meta(values)
             return
-        if meta["model"] != spec or int(meta["dim"]) != dim:
-            raise ModelMismatchError(
-                f"index '{self.directory}' was built with model '{meta['model']}' (dim {meta['dim']}), "
-                f"not '{spec}' (dim {dim}); use --model '{meta['model']}' or another --index"
-            )
-        self.check_fingerprint(fingerprint)
+        from xmodal.indexer.store.model_check import check_model_matches
 
-    def check_fingerprint(self, fingerprint: str | None) -> None:
-        recorded = self.metadata.get_meta().get("fingerprint")
-        if fingerprint and recorded and recorded != fingerprint:
-            raise ModelMismatchError(
-                f"index '{self.directory}' was built with other weights of model '{self.model_spec}' "
-                f"(a retrained head?); index into a new --index folder to use the current ones"
-            )
+        check_model_matches(self, spec, dim=dim, fingerprint=fingerprint)
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())

@@ -423,11 +423,21 @@ class VectorIndex:
         saved = saved_index.read(Path(path), dim, lean=bool(options.get("lean", False)))
         if saved is None:
             return None
-        obj = cls(dim, saved.index, plan=saved.plan, **options)
-        if saved.plan.approximate:
-            obj._store = saved.full
-            obj._trained_n = int(saved.index.ntotal)
-        return obj, saved.generation
+        full = saved.full if saved.plan.approximate else None
+        return cls.from_trained(dim, saved.index, saved.plan, full, **options), saved.generation
+
+    @classmethod
+    def from_trained(
+        cls, dim: int, index: faiss.Index, plan: IndexPlan, full: FullVectors | None, **options
+    ) -> VectorIndex:
+        """An index over a FAISS index already trained and filled (a saved one, a bounded build):
+        full holds the vectors an approximate plan re-scores with (None for an exact plan).
+        options go to the constructor (use_gpu, lean, auto_optimize, vector_source)."""
+        obj = cls(dim, index, plan=plan, **options)
+        if plan.approximate:
+            obj._store = full
+            obj._trained_n = int(index.ntotal)
+        return obj
 
 
 def _ivf_bytes(index: faiss.Index) -> int:
