@@ -90,7 +90,7 @@ class Translator:
 
         self.prior = prior or SensePrior()
         self.dictionary = dictionary or load_dictionary()
-        self._to_simplified = opencc.OpenCC("tw2sp.json")  # Taiwan phrases too: 腳踏車 -> 自行车
+        self._to_simplified = opencc.OpenCC("tw2sp")  # Taiwan phrases too: 腳踏車 -> 自行车
         self._cutter: Any = rjieba.Jieba()  # an own instance: the module-level one is shared state
         self._lock = threading.Lock()  # OpenCC's converter is not documented as thread-safe
 
