@@ -16,6 +16,8 @@ The cases (one function each, registered in CASES; add one with @case):
 - thumbnails:    12 thumbnails of 100-MP scans at once (empty thumbnail cache)
 - json_list:     /api/embed/texts with a 5 MB {"texts": [0, 0, ...]} while /api/health is probed 30 times
 - batch:         /api/search/batch and /api/embed/texts with 256 queries of 4,096 characters
+The growing-index case (a 200,000-photo index while another process indexes, and no-op POST
+/api/index runs) needs an index of its own and a writer process: benchmarks/bench_serve_growth.py.
 --scale multiplies every picture's pixels and the JSON body's size (0.05: a quick run on a busy machine).
 Linux only (/proc).
 """
