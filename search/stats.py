@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -10,9 +10,22 @@ from sqlalchemy import func, select
 from xmodal.indexer.scanning import unread_extension
 from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
 from xmodal.indexer.store.index_store import IndexStore
-from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.store.schema import FailureRow, ImageRow, TextRow
 
-__all__ = ["failures", "index_info", "storage_per_photo"]
+__all__ = ["failure_counts", "failures", "index_info", "storage_per_photo"]
+
+
+def failure_counts(failures: Iterable[FailureRow]) -> tuple[int, dict[str, int]]:
+    """(real errors, skips of kinds not read, by extension): a camera RAW or a video is a skip, not an error."""
+    errors = 0
+    skipped: dict[str, int] = {}
+    for failure in failures:
+        extension = unread_extension(failure.reason, failure.path)
+        if extension is None:
+            errors += 1
+        else:
+            skipped[extension] = skipped.get(extension, 0) + 1
+    return errors, dict(sorted(skipped.items()))
 
 
 def index_info(
@@ -22,21 +35,14 @@ def index_info(
     signal (indexer.signals), by the signal's name."""
     store = IndexStore.open(index_dir, db_url)
     try:
-        skipped: dict[str, int] = {}  # files of kinds not read (camera RAW, video), by extension
-        errors = 0
-        for failure in store.metadata.failures():
-            extension = unread_extension(failure.reason, failure.path)
-            if extension is None:
-                errors += 1
-            else:
-                skipped[extension] = skipped.get(extension, 0) + 1
+        errors, skipped = failure_counts(store.metadata.failures())
         return {
             "index": str(store.directory),
             "database": store.db_url,  # password masked
             "images": store.metadata.count(ImageRow),
             "texts": store.metadata.count(TextRow),
             "errors": errors,
-            "skipped": dict(sorted(skipped.items())),
+            "skipped": skipped,
             "model": store.model_spec,
             "dim": store.dim,
             "signals": {signal.name: signal.info(store) for signal in signals},

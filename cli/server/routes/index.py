@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -12,8 +11,8 @@ from xmodal.cli.server.auth import require_auth
 from xmodal.cli.server.models import FailureOut, HealthOut, IndexRequest, IndexStatus, InfoOut
 from xmodal.cli.server.params import clean_text
 from xmodal.cli.server.services import Services, get_services
-from xmodal.indexer.scanning import unread_extension
-from xmodal.indexer.store.schema import FailureRow, ImageRow, TextRow
+from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.search.stats import failure_counts
 
 __all__ = ["health_router", "router"]
 
@@ -26,20 +25,6 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 async def health() -> HealthOut:
     """On the event loop, never in the worker threads: it answers while every worker is busy."""
     return HealthOut(status="ok")
-
-
-def failure_counts(failures: Iterable[FailureRow]) -> tuple[int, dict[str, int]]:
-    """(real errors, skips of kinds not read by extension), counted as `xmodal info` counts them: a
-    camera RAW or a video is a skip, not an error."""
-    errors = 0
-    skipped: dict[str, int] = {}
-    for failure in failures:
-        extension = unread_extension(failure.reason, failure.path)
-        if extension is None:
-            errors += 1
-        else:
-            skipped[extension] = skipped.get(extension, 0) + 1
-    return errors, dict(sorted(skipped.items()))
 
 
 @router.get("/info", response_model=InfoOut, summary="What the index holds")
