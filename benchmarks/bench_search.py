@@ -21,6 +21,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import faiss  # noqa: E402
 import numpy as np
@@ -51,6 +52,40 @@ def _sample(rng: np.random.Generator, n: int, dim: int, model) -> np.ndarray:
     x = s + 0.7 * mean + (0.75 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
+
+
+def add_synthetic_photos(store: Any, rows: int, seed: int = 7) -> None:
+    """`rows` image rows with embedding-like vectors written straight to SQL (under the store's
+    write lock, 5,000 a transaction), then the FAISS cache built at the size's index type: the large
+    indexes of the serving benchmarks, without embedding a photo."""
+    from xmodal.indexer.store.schema import ImageRow, utcnow, vector_to_blob
+
+    spec, dim, now = store.model_spec or "", int(store.dim or 0), utcnow()
+    with store.write_lock():
+        for start in range(0, rows, 5000):
+            stop = min(rows, start + 5000)
+            vectors = make_vectors(stop - start, dim, seed=seed + start)
+            with store.metadata.session() as s, s.begin():
+                store.metadata.insert_rows(
+                    s,
+                    ImageRow,
+                    [
+                        dict(
+                            path=f"/synthetic/{i // 1000:04d}/img_{i:07d}.jpg",
+                            size=100_000 + i,
+                            mtime_ns=1_600_000_000_000_000_000 + i,
+                            content_hash=f"synthetic{i}",
+                            width=640,
+                            height=480,
+                            taken_at=None,
+                            model=spec,
+                            indexed_at=now,
+                            vector=vector_to_blob(vectors[i - start]),
+                        )
+                        for i in range(start, stop)
+                    ],
+                )
+    store.optimize()  # the FAISS index type for this size, saved at the current generation
 
 
 def make_vectors(n: int, dim: int, seed: int, out: np.ndarray | None = None) -> np.ndarray:

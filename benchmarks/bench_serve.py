@@ -138,36 +138,13 @@ def build_index(workdir: Path, items: int, env: dict[str, str]) -> Path:
     if result.returncode != 0:
         raise SystemExit(f"xmodal index failed: {result.stderr}")
     sys.path.insert(0, str(ROOT))
-    from bench_search import make_vectors  # the same embedding-like generator as the search benchmark
+    from bench_search import add_synthetic_photos  # the search benchmark's embedding-like rows
 
     from xmodal.indexer.store.index_store import IndexStore
-    from xmodal.indexer.store.schema import ImageRow, utcnow, vector_to_blob
 
     store = IndexStore.open(index)
     try:
-        spec, dim = store.model_spec, store.dim
-        vectors = make_vectors(items, int(dim or 0), seed=7)
-        now = utcnow()
-        with store.write_lock():
-            for start in range(0, items, 5000):
-                with store.metadata.session() as s, s.begin():
-                    s.add_all(
-                        ImageRow(
-                            path=f"/synthetic/{i // 1000:04d}/img_{i:07d}.jpg",
-                            size=100_000 + i,
-                            mtime_ns=1_600_000_000_000_000_000 + i,
-                            content_hash=f"synthetic{i}",
-                            width=640,
-                            height=480,
-                            taken_at=None,
-                            model=spec,
-                            indexed_at=now,
-                            vector=vector_to_blob(vectors[i]),
-                        )
-                        for i in range(start, min(items, start + 5000))
-                    )
-                    store.metadata.bump_generation(s, "image")
-        store.optimize()  # the FAISS index type for this size, saved at the current generation
+        add_synthetic_photos(store, items)
     finally:
         store.close()
     (index / "ready").write_text("ok")

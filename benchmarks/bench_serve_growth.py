@@ -63,40 +63,13 @@ def build_index(workdir: Path, rows: int, photos: list[Path]) -> Path:
     if result.returncode != 0:
         raise SystemExit(f"xmodal index failed: {result.stderr}")
     sys.path.insert(0, str(ROOT))
-    from bench_search import make_vectors  # the same embedding-like generator as the search benchmark
+    from bench_search import add_synthetic_photos  # the search benchmark's embedding-like rows
 
     from xmodal.indexer.store.index_store import IndexStore
-    from xmodal.indexer.store.schema import ImageRow, utcnow, vector_to_blob
 
     store = IndexStore.open(index)
     try:
-        spec, dim = store.model_spec or "", int(store.dim or 0)
-        now = utcnow()
-        with store.write_lock():
-            for start in range(0, rows, 5000):
-                stop = min(rows, start + 5000)
-                vectors = make_vectors(stop - start, dim, seed=7 + start)
-                with store.metadata.session() as s, s.begin():
-                    store.metadata.insert_rows(
-                        s,
-                        ImageRow,
-                        [
-                            dict(
-                                path=f"/synthetic/{i // 1000:04d}/img_{i:07d}.jpg",
-                                size=100_000 + i,
-                                mtime_ns=1_600_000_000_000_000_000 + i,
-                                content_hash=f"synthetic{i}",
-                                width=640,
-                                height=480,
-                                taken_at=None,
-                                model=spec,
-                                indexed_at=now,
-                                vector=vector_to_blob(vectors[i - start]),
-                            )
-                            for i in range(start, stop)
-                        ],
-                    )
-        store.optimize()  # the FAISS index type for this size, saved at the current generation
+        add_synthetic_photos(store, rows)
     finally:
         store.close()
     (index / "ready").write_text("ok")
