@@ -34,7 +34,7 @@ import numpy as np
 
 from xmodal.indexer.errors import ImageReadError
 from xmodal.indexer.images import NO_SUCH_FILE, decode_image
-from xmodal.indexer.limits import DEFAULT_LIMITS
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.scanning import FoundFile
 
@@ -114,14 +114,18 @@ def decode_size(transform: Callable) -> int:
 _WORKER_TRANSFORM: Callable | None = None
 _WORKER_TARGET = 224
 _WORKER_MAX_PIXELS = DEFAULT_LIMITS.max_pixels
+_WORKER_LIMITS = DEFAULT_LIMITS  # the other bounds of a decode (RAW file bytes, time)
 _WORKER_NICED = False  # this worker process has lowered its priority
 
 
-def init_worker(transform: Callable, target: int, max_pixels: int = DEFAULT_LIMITS.max_pixels) -> None:
+def init_worker(
+    transform: Callable, target: int, max_pixels: int = DEFAULT_LIMITS.max_pixels, limits: Limits = DEFAULT_LIMITS
+) -> None:
     """Make this process (or thread pool) ready to `prepare` work for a model's transform; cheap
     to call again (a Ray worker calls it for every task)."""
-    global _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_MAX_PIXELS, _WORKER_NICED
+    global _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_MAX_PIXELS, _WORKER_LIMITS, _WORKER_NICED
     _WORKER_TRANSFORM, _WORKER_TARGET, _WORKER_MAX_PIXELS = transform, target, max_pixels
+    _WORKER_LIMITS = limits
     # One intra-op thread: torch ops on one small image cost more in thread sync than work. Only
     # where the transform brought torch in: a Pillow and NumPy transform must not pay its import.
     torch = sys.modules.get("torch")
@@ -133,6 +137,10 @@ def init_worker(transform: Callable, target: int, max_pixels: int = DEFAULT_LIMI
     if not _WORKER_NICED and multiprocessing.current_process().name != "MainProcess" and hasattr(os, "nice"):
         os.nice(10)
         _WORKER_NICED = True
+        # LibRaw's OpenMP on one thread: a forked worker of a process that had used it deadlocks otherwise
+        from xmodal.indexer.raw import single_threaded_libraw
+
+        single_threaded_libraw()
 
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
@@ -194,10 +202,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start_worker(transform: Callable, target: int, max_pixels: int, run_pid: int) -> None:
+def _start_worker(transform: Callable, target: int, max_pixels: int, run_pid: int, limits: Limits) -> None:
     """The pool's initializer in each worker process."""
     _die_with_run(run_pid)
-    init_worker(transform, target, max_pixels)
+    init_worker(transform, target, max_pixels, limits)
 
 
 def decode_pool(
@@ -206,6 +214,7 @@ def decode_pool(
     target: int,
     start_method: StartMethod | None = None,
     max_pixels: int = DEFAULT_LIMITS.max_pixels,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Executor:
     """Worker processes that decode, hash and preprocess photos while the model runs.
 
@@ -220,9 +229,9 @@ def decode_pool(
             max_workers=workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_start_worker,
-            initargs=(transform, target, max_pixels, os.getpid()),
+            initargs=(transform, target, max_pixels, os.getpid(), limits),
         )
-    init_worker(transform, target, max_pixels)
+    init_worker(transform, target, max_pixels, limits)
     return ThreadPoolExecutor(max_workers=workers)
 
 
@@ -235,7 +244,7 @@ def prepare(work: Work) -> Prepared:
     try:
         if work.content_hash is None:
             work.content_hash = file_hash(work.found.path)
-        decoded = decode_image(work.found.path, target, _WORKER_MAX_PIXELS)
+        decoded = decode_image(work.found.path, target, _WORKER_MAX_PIXELS, limits=_WORKER_LIMITS)
         pixels = transform(decoded.image)
         return Prepared(
             work, pixels, decoded.width, decoded.height, decoded.taken_at, seconds=time.perf_counter() - started

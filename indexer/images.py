@@ -6,6 +6,8 @@ Library manners: nothing here changes Pillow's process-wide state. The pixel cap
 HEIC/HEIF is opened through pillow-heif's `open_heif` when Pillow does not recognise a file and its
 content says HEIF: no opener is registered with Pillow, so importing xmodal changes nobody's Pillow
 (registering lazily would still change it for the whole process once the first HEIC is met).
+Camera RAW (told by content: indexer.kinds.is_camera_raw) is read by LibRaw (indexer.raw): its
+embedded preview when large enough, else a half-size demosaic.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import IO, cast
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xmodal.indexer.errors import ImageReadError
-from xmodal.indexer.kinds import HEADER_BYTES, is_raw_tiff, kind_of_header, unread_reason
-from xmodal.indexer.limits import DEFAULT_LIMITS
+from xmodal.indexer.kinds import HEADER_BYTES, is_camera_raw, kind_of_header, unread_reason
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
 __all__ = [
@@ -114,11 +116,25 @@ def _open_regular(path: Path):  # noqa: ANN202
     return os.fdopen(fd, "rb")
 
 
-def open_picture(fp: IO[bytes], max_pixels: int = DEFAULT_LIMITS.max_pixels, suffix: str = "") -> Image.Image:
+def open_picture(
+    fp: IO[bytes],
+    max_pixels: int = DEFAULT_LIMITS.max_pixels,
+    suffix: str = "",
+    *,
+    raw_size: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Image.Image:
     """The picture in fp, its decoder chosen by content: Pillow's formats (opened lazily: only the
     header is read), else HEIF through pillow-heif (decoded, after its header passed max_pixels).
-    RAW and video raise ImageReadError with the reason they are not read (suffix: for that reason);
-    anything else unknown raises PIL's UnidentifiedImageError."""
+    A camera RAW is read (indexer.raw: upright RGB, short side at least raw_size) when raw_size is
+    given, else refused with ImageReadError, as video is (suffix: for that reason); anything else
+    unknown raises PIL's UnidentifiedImageError."""
+    if is_camera_raw(fp):
+        if raw_size is None:
+            raise ImageReadError("camera RAW is not read here; use a JPEG, PNG or TIFF of it")
+        from xmodal.indexer.raw import decode_raw, read_raw_bytes
+
+        return decode_raw(read_raw_bytes(fp, limits), raw_size, limits, max_pixels).image
     try:
         return Image.open(fp)
     except UnidentifiedImageError:
@@ -126,8 +142,8 @@ def open_picture(fp: IO[bytes], max_pixels: int = DEFAULT_LIMITS.max_pixels, suf
         kind = kind_of_header(fp.read(HEADER_BYTES))
         if kind == "heif":
             return _open_heif(fp, max_pixels)
-        if kind in ("raw", "video"):
-            raise ImageReadError(unread_reason("camera RAW" if kind == "raw" else "video", suffix)) from None
+        if kind == "video":
+            raise ImageReadError(unread_reason("video", suffix)) from None
         raise
 
 
@@ -144,13 +160,45 @@ def _open_heif(fp: IO[bytes], max_pixels: int) -> Image.Image:
     return heif.to_pillow()
 
 
+def _reduced(im: Image.Image, target_size: int, max_pixels: int) -> tuple[Image.Image, int, int, datetime | None]:
+    """(picture upright, RGB, short side near target_size; original width, height; capture time)."""
+    width, height = im.size
+    if width * height > max_pixels:
+        raise TooManyPixelsError(f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
+    taken_at = _taken_at(im)
+    orientation = im.getexif().get(0x0112, 1)
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)  # animations: the first frame stands for the file
+    if im.format == "JPEG":
+        im.draft("RGB", (target_size, target_size))
+    im.load()
+    reduced = ImageOps.exif_transpose(im) if orientation != 1 else im
+    reduced = to_rgb(reduced)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    short = min(reduced.size)
+    if short > 2 * target_size:  # e.g. a large PNG: shrink now, the model resizes exactly
+        scale = target_size / short
+        size = (max(1, round(reduced.width * scale)), max(1, round(reduced.height * scale)))
+        reduced = reduced.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    elif reduced is im:
+        reduced = reduced.copy()
+    return reduced, width, height, taken_at
+
+
 def decode_image(
-    source: Path | str, target_size: int = 256, max_pixels: int = DEFAULT_LIMITS.max_pixels
+    source: Path | str,
+    target_size: int = 256,
+    max_pixels: int = DEFAULT_LIMITS.max_pixels,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> DecodedImage:
     """Open a photo, apply its EXIF orientation and reduce it so its short side is near target_size.
 
     JPEGs use draft mode, so a 12-MP photo is decoded directly at 1/2, 1/4 or 1/8 scale. A picture
-    of more than max_pixels (Limits.max_pixels) is refused from its header, before decoding.
+    of more than max_pixels (Limits.max_pixels) is refused from its header, before decoding. A
+    camera RAW is read by indexer.raw (its preview when at least target_size, else a half-size
+    demosaic) within `limits` (file bytes, decode time).
     Raises ImageReadError with a one-line reason for anything that is not a readable image.
     """
     path = Path(source)
@@ -158,32 +206,14 @@ def decode_image(
         with warnings.catch_warnings():
             # Pillow warns above its own (lower) limit; ours is checked below, from the header
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open_regular(path) as fp, open_picture(fp, max_pixels, path.suffix.lower()) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise TooManyPixelsError(
-                        f"image too large: {width}x{height} pixels exceeds the cap of {max_pixels}"
-                    )
-                if im.format == "TIFF" and is_raw_tiff(getattr(im, "tag_v2", None)):
-                    raise ImageReadError(unread_reason("camera RAW", path.suffix.lower()))
-                taken_at = _taken_at(im)
-                orientation = im.getexif().get(0x0112, 1)
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)  # animations: the first frame stands for the file
-                if im.format == "JPEG":
-                    im.draft("RGB", (target_size, target_size))
-                im.load()
-                reduced = ImageOps.exif_transpose(im) if orientation != 1 else im
-                reduced = to_rgb(reduced)
-                if orientation in (5, 6, 7, 8):
-                    width, height = height, width
-                short = min(reduced.size)
-                if short > 2 * target_size:  # e.g. a large PNG: shrink now, the model resizes exactly
-                    scale = target_size / short
-                    size = (max(1, round(reduced.width * scale)), max(1, round(reduced.height * scale)))
-                    reduced = reduced.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-                elif reduced is im:
-                    reduced = reduced.copy()
+            with _open_regular(path) as fp:
+                if is_camera_raw(fp):
+                    from xmodal.indexer.raw import decode_raw, read_raw_bytes
+
+                    raw = decode_raw(read_raw_bytes(fp, limits), target_size, limits, max_pixels)
+                    return DecodedImage(raw.image, raw.width, raw.height, raw.taken_at)
+                with open_picture(fp, max_pixels, path.suffix.lower()) as im:
+                    reduced, width, height, taken_at = _reduced(im, target_size, max_pixels)
     except ImageReadError:
         raise
     except FileNotFoundError:

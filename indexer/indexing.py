@@ -402,7 +402,9 @@ class Indexer:
                 timings["embed"] += time.perf_counter() - clock
                 yield batch, good, embedded
 
-        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+        with decode_pool(
+            self.workers, split.per_image, target, self.start_method, self.limits.max_pixels, self.limits
+        ) as pool:
             self.write_loop(store, model, embedded_batches(pool), len(work), summary)
         summary.timings.update(timings)
 

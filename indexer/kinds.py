@@ -4,14 +4,14 @@ A `.NEF` that is a TIFF inside is a picture; a `.jpg` that is an MP4 is a video.
 only about files whose name does not settle it cheaply (RAW and video extensions, odd or no
 extension); names that are plainly not media (`.txt`, `.xmp`, `.json`, …) are never opened, so a
 scan of a big tree stays one stat per file. Pictures are then decoded by Pillow, which itself
-recognises formats by content; RAW and video are reported as not read (a later issue reads them).
+recognises formats by content; camera RAW by LibRaw (indexer.raw); video is reported as not read.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
@@ -22,6 +22,7 @@ __all__ = [
     "NOT_MEDIA_EXTENSIONS",
     "HEADER_BYTES",
     "is_raw_tiff",
+    "is_camera_raw",
     "UNREAD_PREFIX",
     "unread_reason",
 ]
@@ -98,13 +99,44 @@ def unread_reason(kind: str, extension: str) -> str:
 
 
 # TIFF tags that only camera RAW files carry in their first directory.
-_SUBFILE_TYPE, _SUB_IFDS, _DNG_VERSION = 254, 330, 50706
+_SUBFILE_TYPE, _SUB_IFDS, _DNG_VERSION, _PHOTOMETRIC = 254, 330, 50706, 262
+_CFA, _LINEAR_RAW = 32803, 34892  # photometric interpretations of sensor data
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 
 
 def is_raw_tiff(tags: object) -> bool:
     """A TIFF-based camera RAW (NEF, DNG, ARW, …) by its first directory's tags (Pillow's
-    `im.tag_v2`): a DNG version, raw sub-directories, or a first image that is a thumbnail."""
+    `im.tag_v2`): a DNG version, raw sub-directories, sensor data, or a first image that is a thumbnail."""
     get = getattr(tags, "get", None)
     if get is None:
         return False
-    return get(_DNG_VERSION) is not None or get(_SUB_IFDS) is not None or get(_SUBFILE_TYPE) == 1
+    return (
+        get(_DNG_VERSION) is not None
+        or get(_SUB_IFDS) is not None
+        or get(_SUBFILE_TYPE) == 1
+        or get(_PHOTOMETRIC) in (_CFA, _LINEAR_RAW)
+    )
+
+
+def is_camera_raw(fp: IO[bytes]) -> bool:
+    """Whether the file is a camera RAW by its content: a RAW magic (CR2, CR3, ORF, RW2, RAF, …), or
+    a TIFF whose first directory says RAW (read with Pillow's TIFF directory reader, nothing
+    decoded: Pillow refuses to open some DNGs at all). The file position is restored."""
+    start = fp.tell()
+    try:
+        head = fp.read(HEADER_BYTES)
+        kind = kind_of_header(head)
+        if kind == "raw":
+            return True
+        if kind != "picture" or head[:4] not in _TIFF_MAGICS:
+            return False
+        from PIL import TiffImagePlugin
+
+        tags = TiffImagePlugin.ImageFileDirectory_v2(head[:8])
+        fp.seek(start + tags.next)
+        tags.load(fp)
+        return is_raw_tiff(tags)
+    except Exception:  # noqa: BLE001 - an unreadable directory: not a RAW we can tell
+        return False
+    finally:
+        fp.seek(start)

@@ -20,6 +20,9 @@ class Limits:
     # Decoding a file (indexing, thumbnails, uploads). 120 MP admits every real camera photo.
     max_pixels: int = 120_000_000
     decode_seconds: float = 60.0  # per file: a decoder that stalls longer fails that file only
+    # A camera RAW is read whole into memory (LibRaw decodes from a buffer): 100-150 MP medium-format
+    # RAWs are 100-300 MB, a 24-45 MP camera's 20-90 MB.
+    max_raw_bytes: int = 400 * 1024 * 1024
     # Indexing. A run that finds more than this share of the index's photos missing removes none of
     # them (a drive half gone looks like that); an explicit prune or `xmodal remove` still does.
     max_missing_share: float = 0.5

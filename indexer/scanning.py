@@ -3,6 +3,8 @@
 A file's kind comes from its content where its name does not settle it (indexer.kinds): picture
 extensions go to the decoder (Pillow tells formats by content), plain non-media names are never
 opened, and the rest (RAW and video extensions, odd or no extension) are sniffed by their first bytes.
+Camera RAWs are found (LibRaw reads them, indexer.raw); a file with a RAW extension whose first bytes
+say nothing goes to LibRaw too, which knows formats without a magic (and reports what it cannot read).
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.kinds import (
     NOT_MEDIA_EXTENSIONS,
     UNREAD_PREFIX,  # re-exported: stats and older callers read it from here
-    is_raw_tiff,
     sniff,
     unread_reason,
 )
-from xmodal.indexer.paths import OPEN_NONBLOCK
 
-__all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
+__all__ = [
+    "FoundFile",
+    "SkippedFile",
+    "RAW_EXTENSIONS",
+    "UNREAD_KINDS",
+    "UNREAD_PREFIX",
+    "scan_paths",
+    "unread_extension",
+]
 
-# Files people keep beside their photos that the indexer does not read. They are reported as skipped,
-# by extension, so a photographer learns why part of a shoot is missing.
-_RAW = (
+# Camera RAW extensions: opened to tell their kind (a `.NEF` may be a TIFF, a `.CR2` a JPEG).
+RAW_EXTENSIONS = (
     ".cr2",
     ".cr3",
     ".crw",
@@ -53,9 +60,11 @@ _RAW = (
     ".mef",
     ".mos",
 )
+# Files people keep beside their photos that the indexer does not read. They are reported as skipped,
+# by extension, so a user learns why part of a shoot is missing.
 _VIDEO = (".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".m2ts", ".wmv", ".webm", ".mpg", ".mpeg", ".flv")
-UNREAD_KINDS: dict[str, str] = {**{e: "camera RAW" for e in _RAW}, **{e: "video" for e in _VIDEO}}
-_KIND_LABELS = {"raw": "camera RAW", "video": "video"}
+UNREAD_KINDS: dict[str, str] = {e: "video" for e in _VIDEO}
+_KIND_LABELS = {"video": "video"}
 
 
 @dataclass(frozen=True)
@@ -86,36 +95,20 @@ def _unread(path: Path, label: str) -> SkippedFile:
     return SkippedFile(path, unread_reason(label, extension), extension or "(none)")
 
 
-def _tiff_is_raw(path: Path) -> bool:
-    """A TIFF-structured file that is a camera RAW (NEF, DNG, ARW): its first directory says so."""
-    from PIL import Image
-
-    try:
-        # O_NONBLOCK: a FIFO swapped in after the stat must not block the scan
-        fd = os.open(path, os.O_RDONLY | OPEN_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fp:
-            if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
-                return False
-            with Image.open(fp) as im:
-                return is_raw_tiff(getattr(im, "tag_v2", None))
-    except Exception:  # noqa: BLE001 - unreadable as TIFF: the decoder gives the reason
-        return False
-
-
 def _by_content(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | SkippedFile | None:
     """A file whose name does not settle its kind (RAW or video extension, odd or none): its first
     bytes do. Pictures are found, RAW and video reported as not read, anything else left alone."""
     extension = path.suffix.lower()
     found = _inspect(path, seen_files)
     if not isinstance(found, FoundFile):
-        return found if extension in UNREAD_KINDS else None
+        return found if extension in UNREAD_KINDS or extension in RAW_EXTENSIONS else None
     kind = sniff(path)
-    if kind == "picture" and extension in UNREAD_KINDS and _tiff_is_raw(path):
-        kind = "raw"  # a real NEF/DNG/ARW: TIFF inside, but raw sensor data
-    if kind in ("picture", "heif"):
-        return found
+    if kind in ("picture", "heif", "raw"):
+        return found  # a TIFF-based RAW (NEF, DNG, ARW) is told from a TIFF when decoded
     if kind in _KIND_LABELS:
         return _unread(path, _KIND_LABELS[kind])
+    if extension in RAW_EXTENSIONS:  # no magic LibRaw needs: it decides, and says why when it cannot
+        return found
     if extension in UNREAD_KINDS:  # not recognised by content: the name is all there is to go by
         return _unread(path, UNREAD_KINDS[extension])
     return None

@@ -90,14 +90,16 @@ class Upload:
 
 
 @contextmanager
-def _opened(source: IO[bytes], field: str, limits: Limits) -> Iterator[Image.Image]:
-    """The picture opened (header read, nothing decoded), refused when over the pixel cap.
+def _opened(source: IO[bytes], field: str, limits: Limits, raw_size: int | None = None) -> Iterator[Image.Image]:
+    """The picture opened (header read, nothing decoded), refused when over the pixel cap; a camera
+    RAW is read (its preview, or a half-size demosaic) when raw_size is given, refused otherwise.
     Pillow's errors become HTTP errors: 415 not a picture, 413 too large, 422 corrupt."""
     try:
         with warnings.catch_warnings():
             # Our cap is checked below; Pillow's warning threshold (a process-wide setting) is not ours.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with open_picture(source, limits.max_pixels) as im:  # by content: Pillow's formats and HEIF
+            # by content: Pillow's formats, HEIF, and camera RAW for renditions of indexed photos
+            with open_picture(source, limits.max_pixels, raw_size=raw_size, limits=limits) as im:
                 width, height = im.size
                 if width * height > limits.max_pixels:
                     raise HTTPException(
@@ -115,7 +117,7 @@ def _opened(source: IO[bytes], field: str, limits: Limits) -> Iterator[Image.Ima
         raise HTTPException(
             413, f"{field}: the picture has more pixels than the cap of {_megapixels(limits.max_pixels)}"
         ) from None
-    except ImageReadError as e:  # RAW or video: not read (yet)
+    except ImageReadError as e:  # a RAW upload, a video, a RAW LibRaw cannot read
         raise HTTPException(415, f"{field}: {e}") from None
     except Image.DecompressionBombError:
         # Pillow refuses even to open it: far beyond our own cap.
@@ -144,8 +146,9 @@ def header_pixels(upload: Upload, limits: Limits, size: int) -> int:
 
 def reduced_picture(source: IO[bytes], field: str, limits: Limits, size: int) -> Image.Image:
     """An RGB picture, EXIF orientation applied, whose short side is near `size` (at least `size`
-    when the original is larger; never upscaled). Run it through the server's `Decoder`."""
-    with _opened(source, field, limits) as im:
+    when the original is larger; never upscaled). Run it through the server's `Decoder`. A camera
+    RAW is read here (indexed photos' renditions); uploads are refused before, by `header_pixels`."""
+    with _opened(source, field, limits, raw_size=size) as im:
         try:
             _decoded_size(im, size)
             im.load()

@@ -24,7 +24,7 @@ from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
-from xmodal.indexer.kinds import HEADER_BYTES, kind_of_header
+from xmodal.indexer.kinds import HEADER_BYTES, is_camera_raw, kind_of_header
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 from xmodal.indexer.store.schema import ImageRow, TextRow
@@ -126,7 +126,7 @@ def similar(
     return json_response(run_search(services, options, None, item_id, None))
 
 
-# Formats every current browser shows; any other photo (HEIC, TIFF) is shown as a JPEG rendition.
+# Formats every current browser shows; any other photo (HEIC, TIFF, camera RAW) is shown as a JPEG rendition.
 _BROWSER_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp", "image/avif"})
 _DISPLAY_SIZE = 2048  # the short side of a display rendition (a screen's worth)
 
@@ -172,7 +172,12 @@ def thumbnail(services: ServicesDep, item_id: ItemId, request: Request) -> Respo
     return _rendition(services, row, request, services.thumbnails.size, thumbnail=True)
 
 
+_RAW_TYPE = "application/octet-stream"  # a camera RAW: a download; /view shows a JPEG of it
+
+
 def _media_type(handle: IO[bytes], item_id: int) -> str:
+    if is_camera_raw(handle):
+        return _RAW_TYPE
     try:
         with Image.open(handle) as im:  # the type comes from the content, never from the file name
             return Image.MIME.get(im.format or "", "application/octet-stream")
@@ -223,7 +228,7 @@ def original(services: ServicesDep, item_id: ItemId) -> Response:
     "/{item_id}/view",
     response_class=StreamingResponse,
     responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
-    summary="The photo as a browser can show it: the file itself, or a JPEG of a HEIC or TIFF",
+    summary="The photo as a browser can show it: the file itself, or a JPEG of a HEIC, TIFF or camera RAW",
 )
 def view(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     row = _photo(services.engine, item_id)
