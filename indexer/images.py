@@ -23,7 +23,7 @@ from typing import IO, cast
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xmodal.indexer.errors import ImageReadError
-from xmodal.indexer.kinds import HEADER_BYTES, is_camera_raw, kind_of_header, unread_reason
+from xmodal.indexer.kinds import HEADER_BYTES, RAW_EXTENSIONS, is_camera_raw, kind_of_header, unread_reason
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
@@ -186,6 +186,13 @@ def _reduced(im: Image.Image, target_size: int, max_pixels: int) -> tuple[Image.
     return reduced, width, height, taken_at
 
 
+def _decoded_raw(fp: IO[bytes], target_size: int, max_pixels: int, limits: Limits) -> DecodedImage:
+    from xmodal.indexer.raw import decode_raw, read_raw_bytes
+
+    raw = decode_raw(read_raw_bytes(fp, limits), target_size, limits, max_pixels)
+    return DecodedImage(raw.image, raw.width, raw.height, raw.taken_at)
+
+
 def decode_image(
     source: Path | str,
     target_size: int = 256,
@@ -208,11 +215,16 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _open_regular(path) as fp:
                 if is_camera_raw(fp):
-                    from xmodal.indexer.raw import decode_raw, read_raw_bytes
-
-                    raw = decode_raw(read_raw_bytes(fp, limits), target_size, limits, max_pixels)
-                    return DecodedImage(raw.image, raw.width, raw.height, raw.taken_at)
-                with open_picture(fp, max_pixels, path.suffix.lower()) as im:
+                    return _decoded_raw(fp, target_size, max_pixels, limits)
+                try:
+                    opened = open_picture(fp, max_pixels, path.suffix.lower())
+                except UnidentifiedImageError:
+                    if path.suffix.lower() not in RAW_EXTENSIONS:
+                        raise
+                    # named RAW, no magic anything knows: LibRaw tells some formats by their size alone
+                    fp.seek(0)
+                    return _decoded_raw(fp, target_size, max_pixels, limits)
+                with opened as im:
                     reduced, width, height, taken_at = _reduced(im, target_size, max_pixels)
     except ImageReadError:
         raise

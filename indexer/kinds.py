@@ -20,6 +20,7 @@ __all__ = [
     "sniff",
     "kind_of_header",
     "NOT_MEDIA_EXTENSIONS",
+    "RAW_EXTENSIONS",
     "HEADER_BYTES",
     "is_raw_tiff",
     "is_camera_raw",
@@ -40,6 +41,15 @@ NOT_MEDIA_EXTENSIONS = frozenset(
         ".zip", ".gz", ".tar", ".7z", ".rar", ".db", ".sqlite", ".thm", ".pp3", ".dop", ".aae", ".lrv",
         ".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".srt", ".sub", ".exe", ".dll", ".so", ".o",
         ".faiss", ".parquet", ".npy", ".pkl", ".ds_store", ".lnk", ".url", ".torrent", ".part", ".tmp",
+    }
+)  # fmt: skip
+
+# Camera RAW extensions: opened to tell their kind (a `.NEF` may be a TIFF, a `.CR2` a JPEG).
+RAW_EXTENSIONS = frozenset(
+    {
+        ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".dng", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf",
+        ".pef", ".srw", ".x3f", ".3fr", ".fff", ".erf", ".kdc", ".dcr", ".mrw", ".raw", ".rwl", ".iiq",
+        ".mef", ".mos", ".cap", ".bay",
     }
 )  # fmt: skip
 

@@ -96,8 +96,8 @@ def decode_raw(data: bytes, size: int, limits: Limits = DEFAULT_LIMITS, max_pixe
     try:
         try:
             raw.open_buffer(io.BytesIO(data))
-        except rawpy.LibRawFileUnsupportedError:
-            raise ImageReadError("not a camera RAW LibRaw reads (unsupported or corrupt file)") from None
+        except rawpy.LibRawError as e:  # its header did not parse: unsupported, or too damaged to tell
+            raise ImageReadError(f"not a camera RAW LibRaw reads ({_message(e)})") from None
         sizes = raw.sizes
         sensor = int(sizes.raw_width) * int(sizes.raw_height)
         developed = int(sizes.width) * int(sizes.height)

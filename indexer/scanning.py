@@ -18,6 +18,7 @@ from pathlib import Path
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.kinds import (
     NOT_MEDIA_EXTENSIONS,
+    RAW_EXTENSIONS,
     UNREAD_PREFIX,  # re-exported: stats and older callers read it from here
     sniff,
     unread_reason,
@@ -33,33 +34,6 @@ __all__ = [
     "unread_extension",
 ]
 
-# Camera RAW extensions: opened to tell their kind (a `.NEF` may be a TIFF, a `.CR2` a JPEG).
-RAW_EXTENSIONS = (
-    ".cr2",
-    ".cr3",
-    ".crw",
-    ".nef",
-    ".nrw",
-    ".dng",
-    ".arw",
-    ".srf",
-    ".sr2",
-    ".orf",
-    ".rw2",
-    ".raf",
-    ".pef",
-    ".srw",
-    ".x3f",
-    ".3fr",
-    ".erf",
-    ".kdc",
-    ".mrw",
-    ".raw",
-    ".rwl",
-    ".iiq",
-    ".mef",
-    ".mos",
-)
 # Files people keep beside their photos that the indexer does not read. They are reported as skipped,
 # by extension, so a user learns why part of a shoot is missing.
 _VIDEO = (".mp4", ".mov", ".avi", ".mkv", ".m4v", ".3gp", ".mts", ".m2ts", ".wmv", ".webm", ".mpg", ".mpeg", ".flv")

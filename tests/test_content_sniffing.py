@@ -65,10 +65,11 @@ def test_the_scan_decides_by_content_where_the_name_lies(tmp_path: Path) -> None
     make_image(root / "notes.txt", COLOURS["red"], fmt="JPEG")  # plainly not media by name: never opened
     (root / "readme").write_text("just text")
     found = _scan(root)
-    assert {n for n, i in found.items() if isinstance(i, FoundFile)} == {"tiff-inside.NEF", "no-extension", "odd.data"}
+    taken = {n for n, i in found.items() if isinstance(i, FoundFile)}
+    assert taken == {"tiff-inside.NEF", "real.nef", "no-extension", "odd.data"}  # RAW is read (issue 25)
     unread = {n: i.reason for n, i in found.items() if isinstance(i, SkippedFile)}
-    assert set(unread) == {"real.nef", "clip.dat", "clip.mp4"}
-    assert "camera RAW" in unread["real.nef"] and "video" in unread["clip.dat"]
+    assert set(unread) == {"clip.dat", "clip.mp4"}
+    assert "video" in unread["clip.dat"]
 
 
 def test_an_index_run_reads_pictures_by_content_and_reports_the_rest(tmp_path: Path) -> None:
@@ -81,8 +82,11 @@ def test_an_index_run_reads_pictures_by_content_and_reports_the_rest(tmp_path: P
     summary = Indexer(tmp_path / "idx", model=fake_model(), workers=1).add_paths([root])
     assert summary.new == 2
     reasons = dict(summary.failures)
-    assert reasons == {str(root / "fake.jpg"): "not a recognised image format"}
-    assert summary.skipped == {".jpg": 2}
+    assert reasons == {  # a RAW by content goes to LibRaw, which finds no sensor data in this one
+        str(root / "fake.jpg"): "not a recognised image format",
+        str(root / "raw-named.jpg"): "not a camera RAW LibRaw reads (Unsupported file format or not RAW file)",
+    }
+    assert summary.skipped == {".jpg": 1}
     store = IndexStore.open(tmp_path / "idx")
     try:
         recorded = {Path(f.path).name: f.reason for f in store.metadata.failures()}

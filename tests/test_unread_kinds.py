@@ -1,4 +1,5 @@
-"""Bug 9: files of kinds the indexer does not read (camera RAW, videos) are counted as skipped, by extension."""
+"""Bug 9: files of kinds the indexer does not read (videos) are counted as skipped, by extension. Camera
+RAW is read (issue 25): a `.CR2` holding no RAW LibRaw reads is a failure with LibRaw's reason."""
 
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ def _shoot(root: Path) -> Path:
 def test_unread_kinds_are_counted_by_extension_in_the_summary_and_in_info(tmp_path: Path) -> None:
     photos = _shoot(tmp_path / "shoot")
     summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photos])
-    assert (summary.new, summary.failed) == (1, 0)
-    assert summary.skipped == {".cr2": 2, ".dng": 1, ".mp4": 1, ".nef": 1}  # notes.txt is not a photo kind at all
+    assert (summary.new, summary.failed) == (1, 4)  # the four RAW names hold no RAW: LibRaw says so
+    assert summary.skipped == {".mp4": 1}  # notes.txt is not a photo kind at all
     assert summary.as_dict()["skipped"] == summary.skipped
     facts = index_info(tmp_path / "idx")
-    assert facts["skipped"] == summary.skipped and facts["errors"] == 0
+    assert facts["skipped"] == summary.skipped and facts["errors"] == 4
     listed = {Path(f["path"]).name: f["reason"] for f in failures(tmp_path / "idx")}
     assert sorted(listed) == ["DSC_0003.nef", "DSC_0004.DNG", "IMG_0001.CR2", "IMG_0002.CR2", "clip.mp4"]
-    assert "camera RAW" in listed["IMG_0001.CR2"] and "video" in listed["clip.mp4"]
+    assert "not a camera RAW LibRaw reads" in listed["IMG_0001.CR2"] and "video" in listed["clip.mp4"]
     # a second run re-decides them, it does not count them twice
     again = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photos])
     assert (again.unchanged, again.skipped) == (1, summary.skipped)
@@ -47,8 +48,9 @@ def test_cli_index_and_info_report_the_skipped_kinds(tmp_path: Path, monkeypatch
     runner = CliRunner()
     result = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "idx")])
     assert result.exit_code == 0, result.output
-    assert "skipped 5 file(s) of kinds xmodal does not read (.cr2 2, .dng 1, .mp4 1, .nef 1)" in result.output
+    assert "skipped 1 file(s) of kinds xmodal does not read (.mp4 1)" in result.output
     info = json.loads(runner.invoke(app, ["info", "--json", "--index", str(tmp_path / "idx")]).stdout)
-    assert info["skipped"] == {".cr2": 2, ".dng": 1, ".mp4": 1, ".nef": 1}
+    assert info["skipped"] == {".mp4": 1}
     errors = json.loads(runner.invoke(app, ["info", "--errors", "--json", "--index", str(tmp_path / "idx")]).stdout)
-    assert len(errors) == 5 and all(e["reason"].startswith("not read by xmodal") for e in errors)
+    reasons = sorted(e["reason"].split(" (")[0] for e in errors)
+    assert reasons == ["not a camera RAW LibRaw reads"] * 4 + ["not read by xmodal: video"]
