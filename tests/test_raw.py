@@ -63,6 +63,7 @@ def _similarity(a: Image.Image, b: Image.Image) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+@pytest.mark.slow
 def test_a_query_describing_the_photo_finds_its_dng(tmp_path: Path) -> None:
     """24 real photos, three of them only as DNGs (one with its preview, one turned on the sensor):
     each DNG is found first by its photo's caption, with the offline default model."""
@@ -171,22 +172,28 @@ def test_the_bounds_of_a_raw_decode(tmp_path: Path) -> None:
 
 
 _FORKED_RUN = """
+import io
 import sys
 from pathlib import Path
+import rawpy
 from tests.fakes import fake_model
 from xmodal.indexer import Indexer
-from xmodal.indexer.images import decode_image
 root = Path(sys.argv[1])
-decode_image(root / "IMG_0.dng")  # this process runs LibRaw's OpenMP first, then forks the workers
+raw = rawpy.RawPy()  # this process runs LibRaw's OpenMP first (a full demosaic), then forks the workers
+raw.open_buffer(io.BytesIO((root / "IMG_0.dng").read_bytes()))
+raw.postprocess()
+raw.close()
 summary = Indexer(root.parent / "idx", model=fake_model(), workers=2, start_method="fork").add_paths([root])
 print(summary.new, summary.failed)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform")
 def test_forked_decode_workers_do_not_deadlock_in_libraw(tmp_path: Path) -> None:
     """GNU OpenMP hangs in a child forked from a process that had used it (as a server that made RAW
-    thumbnails, then indexes): the workers run LibRaw on one thread (indexer.raw.single_threaded_libraw)."""
+    thumbnails, then indexes): the workers run LibRaw on one thread (indexer.raw.single_threaded_libraw).
+    Without that, this run hangs (checked by hand: the timeout below fires)."""
     root = tmp_path / "raws"
     for i, name in enumerate(_test_photos(4)):
         make_dng(root / f"IMG_{i}.dng", flickr_photo(name))
