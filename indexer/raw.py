@@ -192,6 +192,7 @@ def _preview(raw: rawpy.RawPy, size: int, max_pixels: int, flip: int) -> tuple[I
                     taken_at = _exif_taken_at(exif)
                     jpeg.draft("RGB", (size, size))
                     image = jpeg.convert("RGB")
+                    image.info.clear()  # upright below: no EXIF orientation may be applied again
         else:
             pixels = np.asarray(thumb.data)
             if pixels.ndim != 3 or min(pixels.shape[:2]) < size:

@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Iterator
 from datetime import datetime
+from email.utils import formatdate
 from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
@@ -190,30 +191,84 @@ def _media_type(handle: IO[bytes], item_id: int) -> str:
         raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
 
 
-def _stream(handle: IO[bytes], row: ImageRow, media_type: str) -> Response:
-    handle.seek(0)
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range (first, last; inclusive) a `Range` header asks of a file of `size` bytes;
+    None to send the whole file: no header, another unit, a malformed or multi-part request (RFC 9110
+    lets a server ignore those; browsers seeking in a video ask one range). Raises 416 with
+    `Content-Range: bytes */size` when the range starts past the end."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = (part.strip() for part in spec.strip().partition("-"))
+    if not dash or not (first_text or last_text) or not all(t.isdigit() for t in (first_text, last_text) if t):
+        return None
+    if not first_text:  # a suffix: the last N bytes
+        first, last = max(0, size - int(last_text)), size - 1
+        if int(last_text) == 0:
+            first = size
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+        if last_text and int(last_text) < first:
+            return None  # malformed (last before first): ignored
+    if first >= size:
+        raise HTTPException(
+            416, f"the range starts past the end of the file ({size} bytes)", {"Content-Range": f"bytes */{size}"}
+        )
+    return first, last
 
-    def chunks() -> Iterator[bytes]:
-        with handle:
-            while block := handle.read(_CHUNK):
-                yield block
 
+def _stream(handle: IO[bytes], row: ImageRow, media_type: str, request: Request | None = None) -> Response:
+    """The file itself; one byte range of it (206) when the request asks for one (seeking in a video)."""
     name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in os.path.basename(row.path))
+    etag = f'"{row.size:x}-{row.mtime_ns:x}"'
     headers = {
         "Content-Disposition": f'inline; filename="{name}"',
-        "Content-Length": str(row.size),
         "Cache-Control": "private, max-age=3600",
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Last-Modified": formatdate(row.mtime_ns / 1e9, usegmt=True),
     }
-    return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+    wanted = None
+    if request is not None:
+        if_range = request.headers.get("if-range")
+        if if_range is None or if_range in (etag, headers["Last-Modified"]):  # else: changed, send it whole
+            try:
+                wanted = byte_range(request.headers.get("range"), row.size)
+            except HTTPException:
+                handle.close()
+                raise
+    first, last = wanted if wanted is not None else (0, row.size - 1)
+    handle.seek(first)
+
+    def chunks() -> Iterator[bytes]:
+        left = last - first + 1
+        with handle:
+            while left > 0 and (block := handle.read(min(_CHUNK, left))):
+                left -= len(block)
+                yield block
+
+    headers["Content-Length"] = str(last - first + 1)
+    if wanted is None:
+        return StreamingResponse(chunks(), media_type=media_type, headers=headers)
+    headers["Content-Range"] = f"bytes {first}-{last}/{row.size}"
+    return StreamingResponse(chunks(), status_code=206, media_type=media_type, headers=headers)
 
 
 @router.get(
     "/{item_id}/file",
     response_class=StreamingResponse,
-    responses={200: {"content": {"image/*": {}}}, 404: {"description": "No such photo, or its file changed"}},
-    summary="The photo itself",
+    responses={
+        200: {"content": {"image/*": {}}},
+        206: {"description": "One byte range of the file (a `Range` request)"},
+        404: {"description": "No such photo, or its file changed"},
+        416: {"description": "The range starts past the end of the file"},
+    },
+    summary="The photo itself; one byte range of it (206) for a `Range` request, 416 past its end",
 )
-def original(services: ServicesDep, item_id: ItemId) -> Response:
+def original(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     row = _photo(services.engine, item_id)
     handle = os.fdopen(_open_indexed(row), "rb")
     try:
@@ -221,7 +276,7 @@ def original(services: ServicesDep, item_id: ItemId) -> Response:
     except BaseException:
         handle.close()
         raise
-    return _stream(handle, row, media_type)
+    return _stream(handle, row, media_type, request)
 
 
 @router.get(
@@ -239,6 +294,6 @@ def view(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
         handle.close()
         raise
     if media_type in _BROWSER_TYPES:
-        return _stream(handle, row, media_type)
+        return _stream(handle, row, media_type, request)
     handle.close()
     return _rendition(services, row, request, _DISPLAY_SIZE, thumbnail=False)
