@@ -23,6 +23,7 @@ from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
+from xmodal.search.pairs import fold_pairs, shot_of
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
@@ -270,9 +271,32 @@ class SearchEngine:
     ) -> list[Hit]:
         """The hits of one query vector: every one at least `min_score`, `exclude` left out; more
         candidates are ranked while a floor, duplicates or `exclude` leave fewer than k."""
-        ranked = self._ranked(vector[None, :], k, target, filters, rerank, query_kind, None, min_score, True, exclude)
-        keep = ranked.ids[0] >= 0
-        return self._hits(target, ranked.scores[0][keep], ranked.ids[0][keep], ranked.copies[0][keep])
+        depth = k
+        while True:
+            args = (vector[None, :], depth, target, filters, rerank, query_kind, None, min_score, True, exclude)
+            ranked = self._ranked(*args)
+            keep = ranked.ids[0] >= 0
+            hits = self._hits(target, ranked.scores[0][keep], ranked.ids[0][keep], ranked.copies[0][keep])
+            if target != "image":
+                return hits
+            folded = self._fold_pairs(hits, filters, exclude)  # RAW+JPEG pairs: one hit a shot
+            if len(folded) >= k or len(hits) < depth or depth >= self.limits.max_depth:
+                return folded[:k]
+            depth = min(2 * depth, self.limits.max_depth)
+
+    def _fold_pairs(self, hits: list[Hit], filters: SearchFilter | None, exclude: int | None) -> list[Hit]:
+        with self.store.metadata.session() as s:
+            allowed = None
+            if filters is not None and filters.active:
+                admitted = filters.allowed_ids(s, "image")
+                if admitted is not None:
+                    ids = set(admitted.tolist())
+                    allowed = ids.__contains__
+            excluded = None
+            if exclude is not None:
+                path = s.scalar(select(ImageRow.path).where(ImageRow.id == exclude))
+                excluded = shot_of(path) if path is not None else None
+            return fold_pairs(hits, s, allowed, excluded)
 
     def _ranked(
         self,

@@ -13,7 +13,8 @@ class Hit:
     """One result: an indexed image (path) or text (text, with the file it came from as path).
 
     `score` is the hit's own final score on the cosine scale (see search.rerank.pipeline); `copies`
-    is how many near-duplicates of it were folded into it (--collapse), 0 otherwise."""
+    is how many near-duplicates of it were folded into it (--collapse), 0 otherwise; `pair`: the
+    other files of the same shot folded into it (a RAW+JPEG pair: search.pairs), empty otherwise."""
 
     id: int
     kind: Literal["image", "text"]
@@ -21,9 +22,14 @@ class Hit:
     path: str
     text: str | None = None
     copies: int = 0
+    pair: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         if self.text is None:
             out.pop("text")
+        if self.pair:
+            out["pair"] = list(self.pair)
+        else:
+            out.pop("pair")
         return out

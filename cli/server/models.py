@@ -49,6 +49,9 @@ class HitOut(BaseModel):
     copies: int = Field(default=0, description="Near-duplicates folded into this hit by collapse.")
     thumbnail: str | None = Field(default=None, description="URL of the thumbnail (images only).")
     url: str | None = Field(default=None, description="URL of the full photo (images only).")
+    pair: list[str] = Field(
+        default_factory=list, description="The shot's other files folded into this hit (a RAW+JPEG pair's RAW)."
+    )
 
 
 class SearchResponse(BaseModel):
