@@ -184,7 +184,7 @@ def _preview(raw: rawpy.RawPy, size: int, max_pixels: int, flip: int) -> tuple[I
         if thumb.format == rawpy.ThumbFormat.JPEG:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(thumb.data)) as jpeg:
+                with Image.open(io.BytesIO(bytes(thumb.data))) as jpeg:
                     if jpeg.format != "JPEG" or jpeg.width * jpeg.height > max_pixels or min(jpeg.size) < size:
                         return None
                     exif = jpeg.getexif()
