@@ -203,3 +203,51 @@ def test_forked_decode_workers_do_not_deadlock_in_libraw(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["4", "0"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_ray_path_reads_raw_as_the_local_run_does(tmp_path: Path) -> None:
+    """`--ray` decodes with the local pipeline's own function: the same rows and vectors for DNGs."""
+    ray = pytest.importorskip("ray")
+    import os
+    import shutil
+    import tempfile
+
+    from xmodal.indexer.distributed import RayOptions
+    from xmodal.indexer.store.index_store import IndexStore
+    from xmodal.indexer.store.schema import blob_to_vector
+
+    root = tmp_path / "raws"
+    for i, name in enumerate(_test_photos(3)):
+        make_dng(root / f"IMG_{i}.dng", flickr_photo(name), orientation=6 if i == 1 else 1, preview=i == 2)
+    (root / "broken.nef").write_bytes(b"II*\x00" + b"\x00" * 100)
+
+    def rows(index: Path) -> dict[str, tuple]:
+        store = IndexStore.open(index)
+        try:
+            with store.metadata.session() as s:
+                return {
+                    Path(r.path).name: (r.width, r.height, r.taken_at, blob_to_vector(r.vector).copy())
+                    for r in s.scalars(select(ImageRow))
+                }
+        finally:
+            store.close()
+
+    local = Indexer(tmp_path / "local", model=fake_model(), batch_size=2).add_paths([root])
+    temp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # Ray's sockets need a short path
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    try:
+        remote = Indexer(tmp_path / "ray", model=fake_model(), batch_size=2, ray=RayOptions(decode_batch=2))
+        summary = remote.add_paths([root])
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert (summary.new, summary.failed) == (local.new, local.failed) == (3, 1)
+    assert dict(summary.failures).keys() == dict(local.failures).keys()
+    want, got = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert want.keys() == got.keys()
+    for name, facts in want.items():
+        assert got[name][:3] == facts[:3], name
+        np.testing.assert_allclose(got[name][3], facts[3], atol=1e-5, err_msg=name)
