@@ -71,6 +71,8 @@ def kind_of_header(head: bytes) -> Kind | None:
         return "video"
     if head[:4] in (b"IIRO", b"IIRS", b"MMOR") or head[:4] == b"IIU\x00" or head[8:10] == b"CR":
         return "raw"  # Olympus ORF, Panasonic RW2, Canon CR2 (TIFF-like, read only by RAW decoders)
+    if head[:4] == b"II*\x00" and head[8:12] == b"IIII":
+        return "raw"  # Phase One IIQ: a TIFF whose first image is a dummy, its raw header at byte 8
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "picture"  # TIFF; a TIFF-based RAW (NEF, DNG, ARW) is told apart once opened: is_raw_tiff
     if head.startswith((b"FUJIFILMCCD-RAW", b"FOVb", b"\x00MRM")) or head[6:14] == b"HEAPCCDR":

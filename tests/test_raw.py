@@ -160,6 +160,17 @@ def test_hostile_raw_files_fail_alone_with_a_reason(tmp_path: Path) -> None:
         assert reasons[name].startswith("not a camera RAW LibRaw reads"), reasons[name]
 
 
+def test_raw_magics_of_real_files() -> None:
+    """First bytes as real cameras write them (checked on exiftool's stripped samples by hand)."""
+    from xmodal.indexer.kinds import kind_of_header
+
+    assert kind_of_header(b"II*\x00\x08\x0a\x00\x00IIIICwaRX\x06") == "raw"  # Phase One IIQ
+    assert kind_of_header(b"II*\x00\x10\x00\x00\x00CR\x02\x00") == "raw"  # Canon CR2
+    assert kind_of_header(b"FUJIFILMCCD-RAW 0201FF383501") == "raw"
+    assert kind_of_header(b"IIU\x00\x18\x00\x00\x00") == "raw"  # Panasonic RW2
+    assert kind_of_header(b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01") == "raw"  # Canon CR3
+
+
 def test_the_bounds_of_a_raw_decode(tmp_path: Path) -> None:
     dng = make_dng(tmp_path / "a.dng", flickr_photo(MOUNTAIN))
     with pytest.raises(ImageReadError, match="exceeds the cap of 1000"):
