@@ -262,3 +262,35 @@ def test_the_ray_path_reads_raw_as_the_local_run_does(tmp_path: Path) -> None:
     for name, facts in want.items():
         assert got[name][:3] == facts[:3], name
         np.testing.assert_allclose(got[name][3], facts[3], atol=1e-5, err_msg=name)
+
+
+def test_the_watcher_indexes_a_raw_as_it_arrives(tmp_path: Path) -> None:
+    """A camera card copied in: the watcher's run reads the RAW with the same decode as `xmodal index`."""
+    import time
+
+    from xmodal.indexer.watching import FolderWatcher
+
+    photos = tmp_path / "photos"
+    make_image(photos / "red.jpg", COLOURS["red"])
+    indexer = Indexer(tmp_path / "index", model=fake_model(), workers=1)
+    errors: list[BaseException] = []
+    watcher = FolderWatcher(indexer, [photos], debounce=0.3, max_delay=3.0, on_error=errors.append)
+    assert watcher.start() is not None
+    try:
+        make_dng(tmp_path / "staging" / "IMG_0001.CR2", flickr_photo(MOUNTAIN))
+        (tmp_path / "staging" / "IMG_0001.CR2").rename(photos / "IMG_0001.CR2")  # arrives whole
+        deadline = time.monotonic() + 20
+        while True:
+            with SearchEngine.open(tmp_path / "index", model=fake_model()) as engine:
+                names = {Path(h.path).name for h in engine.search_text("anything", k=10, rerank=False)}
+            if "IMG_0001.CR2" in names or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        watcher.stop()
+    assert not errors, errors
+    assert names == {"red.jpg", "IMG_0001.CR2"}
+    local = decode_image(photos / "IMG_0001.CR2")
+    with SearchEngine.open(tmp_path / "index", model=fake_model()) as engine, engine.store.metadata.session() as s:
+        row = s.scalars(select(ImageRow).where(ImageRow.path == str(photos / "IMG_0001.CR2"))).one()
+    assert (row.width, row.height) == (local.width, local.height)
