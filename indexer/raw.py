@@ -95,7 +95,7 @@ def decode_raw(data: bytes, size: int, limits: Limits = DEFAULT_LIMITS, max_pixe
     raw = rawpy.RawPy()
     try:
         try:
-            raw.open_buffer(io.BytesIO(data))
+            raw.open_buffer(_Whole(data))  # type: ignore[arg-type]  # a BytesIO.read() would copy it again
         except rawpy.LibRawError as e:  # its header did not parse: unsupported, or too damaged to tell
             raise ImageReadError(f"not a camera RAW LibRaw reads ({_message(e)})") from None
         sizes = raw.sizes
@@ -132,6 +132,16 @@ def decode_raw(data: bytes, size: int, limits: Limits = DEFAULT_LIMITS, max_pixe
         raise ImageReadError(f"corrupt or truncated camera RAW: {_message(e)}") from None
     finally:
         raw.close()
+
+
+class _Whole:
+    """The file's bytes as the file object rawpy's open_buffer reads once, whole."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data
 
 
 def _message(error: Exception) -> str:
