@@ -10,6 +10,7 @@ recognises formats by content; camera RAW by LibRaw (indexer.raw); video is repo
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import IO, Literal
 
@@ -146,7 +147,9 @@ def is_camera_raw(fp: IO[bytes]) -> bool:
 
         tags = TiffImagePlugin.ImageFileDirectory_v2(head[:8])
         fp.seek(start + tags.next)
-        tags.load(fp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of a damaged directory; the decoder gives the reason
+            tags.load(fp)
         return is_raw_tiff(tags)
     except Exception:  # noqa: BLE001 - an unreadable directory: not a RAW we can tell
         return False

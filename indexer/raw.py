@@ -235,7 +235,9 @@ def _tiff_taken_at(data: bytes) -> datetime | None:
     header = (b"II*\x00" if data[:2] == b"II" else b"MM\x00*") + data[4:8]  # ORF/RW2: a maker's own magic
     try:
         exif = Image.Exif()
-        exif.load(header + data[8:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of damaged EXIF: then there is no date
+            exif.load(header + data[8:])
         return _exif_taken_at(exif)
     except Exception:  # noqa: BLE001 - unreadable EXIF: no date
         return None
