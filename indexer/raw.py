@@ -120,7 +120,7 @@ def decode_raw(data: bytes, size: int, limits: Limits = DEFAULT_LIMITS, max_pixe
         pixels = raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8)  # oriented by LibRaw
         if taken_at is None:
             taken_at = _libraw_taken_at(raw)
-        image = Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]), "RGB")
+        image = Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]))
         return RawPicture(_shrink(image, size), width, height, taken_at, "demosaic")
     except ImageReadError:
         raise
@@ -209,7 +209,7 @@ def _preview(raw: rawpy.RawPy, size: int, max_pixels: int, flip: int) -> tuple[I
                 return None
             if pixels.dtype != np.uint8:
                 pixels = (pixels >> 8).astype(np.uint8) if pixels.dtype == np.uint16 else pixels.astype(np.uint8)
-            image = Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]), "RGB")
+            image = Image.fromarray(np.ascontiguousarray(pixels[:, :, :3]))
     except (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError, Image.DecompressionBombError):
         return None  # a damaged preview: the sensor data decides
     return _shrink(_oriented(image, orientation), size), taken_at
