@@ -20,6 +20,14 @@ class Limits:
     # Decoding a file (indexing, thumbnails, uploads). 120 MP admits every real camera photo.
     max_pixels: int = 120_000_000
     decode_seconds: float = 60.0  # per file: a decoder that stalls longer fails that file only
+    # Videos (indexer.videos): frames are sampled at keyframes and scene changes, at most one every
+    # video_frame_seconds, one at least every video_still_seconds, at most video_max_frames a video
+    # (a longer video spreads them out); decoding one video stops after video_decode_seconds and
+    # keeps the frames it has (a stalled or very slow decoder indexes what it reached).
+    video_frame_seconds: float = 2.0
+    video_still_seconds: float = 10.0
+    video_max_frames: int = 120
+    video_decode_seconds: float = 120.0
     # Indexing. A run that finds more than this share of the index's photos missing removes none of
     # them (a drive half gone looks like that); an explicit prune or `xmodal remove` still does.
     max_missing_share: float = 0.5

@@ -3,6 +3,7 @@
 A file's kind comes from its content where its name does not settle it (indexer.kinds): picture
 extensions go to the decoder (Pillow tells formats by content), plain non-media names are never
 opened, and the rest (RAW and video extensions, odd or no extension) are sniffed by their first bytes.
+Videos are found like photos (`FoundFile.media` "video"); the run decides whether it reads them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.kinds import (
@@ -23,7 +25,7 @@ from xmodal.indexer.kinds import (
 )
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
-__all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension"]
+__all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension", "video_not_read"]
 
 # Files people keep beside their photos that the indexer does not read. They are reported as skipped,
 # by extension, so a photographer learns why part of a shoot is missing.
@@ -60,11 +62,12 @@ _KIND_LABELS = {"raw": "camera RAW", "video": "video"}
 
 @dataclass(frozen=True)
 class FoundFile:
-    """A regular image file, with the stat facts used to skip unchanged files."""
+    """A regular image or video file, with the stat facts used to skip unchanged files."""
 
     path: Path
     size: int
     mtime_ns: int
+    media: Literal["photo", "video"] = "photo"  # a video's frames are sampled (indexer.videos)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ def unread_extension(reason: str, path: str) -> str | None:
 def _unread(path: Path, label: str) -> SkippedFile:
     extension = path.suffix.lower()
     return SkippedFile(path, unread_reason(label, extension), extension or "(none)")
+
+
+def video_not_read(found: FoundFile) -> SkippedFile:
+    """A video left out of a run that does not read videos (`xmodal index --no-video`)."""
+    extension = found.path.suffix.lower()
+    return SkippedFile(found.path, f"{UNREAD_PREFIX}video ({extension or 'no extension'}); skipped by --no-video", extension or "(none)")
 
 
 def _tiff_is_raw(path: Path) -> bool:
@@ -114,6 +123,9 @@ def _by_content(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | Ski
         kind = "raw"  # a real NEF/DNG/ARW: TIFF inside, but raw sensor data
     if kind in ("picture", "heif"):
         return found
+    if kind == "video" or (kind is None and UNREAD_KINDS.get(extension) == "video"):
+        # by content, or by name when the content says nothing (empty, damaged): the decoder decides
+        return FoundFile(found.path, found.size, found.mtime_ns, "video")
     if kind in _KIND_LABELS:
         return _unread(path, _KIND_LABELS[kind])
     if extension in UNREAD_KINDS:  # not recognised by content: the name is all there is to go by
