@@ -160,11 +160,9 @@ def sample_frames(path: Path | str, size: int = 224, limits: Limits = DEFAULT_LI
         times: list[float] = []
         complete = True
         interval = limits.video_frame_seconds
-        if duration and duration / max(1, limits.video_max_frames) > interval:
+        seek = bool(duration and duration / max(1, limits.video_max_frames) > interval)
+        if seek and duration:
             interval = duration / limits.video_max_frames  # the cap spreads the frames over the video
-            seek = container.file_size is not None
-        else:
-            seek = False
         deadline = started + limits.video_decode_seconds
         error: str | None = None
         try:
