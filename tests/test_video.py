@@ -181,6 +181,7 @@ def test_hostile_videos_end_indexed_or_listed_with_a_reason(tmp_path: Path) -> N
     assert check_index(tmp_path / "idx").ok
 
 
+@pytest.mark.slow
 def test_an_8k_video_is_indexed_within_the_pixel_bound_and_refused_above_it(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     write_video(lib / "8k.mp4", RGB[1:2], seconds_each=0.2, fps=10, size=(7680, 4320))
@@ -247,6 +248,7 @@ def test_cli_shows_the_moment_and_no_video_skips_videos(tmp_path: Path, monkeypa
     assert info["signals"]["frames"]["videos"] == 1
 
 
+@pytest.mark.slow
 def test_without_the_video_extra_videos_are_listed_with_the_install_hint(tmp_path: Path) -> None:
     """A process where PyAV cannot be imported (as in an install without the extra)."""
     lib = tmp_path / "lib"

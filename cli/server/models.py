@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Kind = Literal["image", "text"]
+ItemKind = Literal["image", "text", "video"]  # what a hit or an item is (a video is searched as an image)
 
 
 class ErrorOut(BaseModel):
@@ -41,7 +42,7 @@ class ErrorOut(BaseModel):
 
 class HitOut(BaseModel):
     id: int
-    kind: Kind
+    kind: ItemKind
     score: float
     path: str = Field(description="The photo's path, or for a text the file it came from.")
     name: str = Field(description="The file name (last part of the path).")
@@ -49,6 +50,7 @@ class HitOut(BaseModel):
     copies: int = Field(default=0, description="Near-duplicates folded into this hit by collapse.")
     thumbnail: str | None = Field(default=None, description="URL of the thumbnail (images only).")
     url: str | None = Field(default=None, description="URL of the full photo (images only).")
+    time: float | None = Field(default=None, description="A video's moment that matched, in seconds.")
 
 
 class SearchResponse(BaseModel):
@@ -64,7 +66,7 @@ class SearchResponse(BaseModel):
 
 class ItemOut(BaseModel):
     id: int
-    kind: Kind
+    kind: ItemKind
     path: str
     name: str
     size: int | None = None
