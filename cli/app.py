@@ -75,7 +75,9 @@ def index(
             "(an unmounted drive) or of more than half the index.",
         ),
     ] = False,
-    no_video: Annotated[bool, typer.Option("--no-video", help="Skip videos (indexed by default: sampled frames).")] = False,
+    no_video: Annotated[
+        bool, typer.Option("--no-video", help="Skip videos (indexed by default: sampled frames).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
@@ -121,7 +123,9 @@ def index(
         if summary.videos_need_extra:
             from xmodal.indexer.videos import VIDEO_EXTRA_REASON
 
-            typer.echo(f"xmodal: note: {summary.videos_need_extra} video(s) not indexed: {VIDEO_EXTRA_REASON}", err=True)
+            typer.echo(
+                f"xmodal: note: {summary.videos_need_extra} video(s) not indexed: {VIDEO_EXTRA_REASON}", err=True
+            )
         if summary.failed > summary.videos_need_extra:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
         for root in summary.offline_roots:

@@ -298,7 +298,9 @@ def prepare_video(work: Work, limits: Limits = DEFAULT_LIMITS) -> PreparedVideo:
         reason = "file vanished after the scan (no such file)" if str(e) == NO_SUCH_FILE else str(e)
         return PreparedVideo(work, error=reason, seconds=time.perf_counter() - started)
     except FileNotFoundError:
-        return PreparedVideo(work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started)
+        return PreparedVideo(
+            work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started
+        )
     except OSError as e:
         return PreparedVideo(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
     except Exception as e:  # a decoder bug on one hostile file must not stop the run

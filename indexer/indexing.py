@@ -460,7 +460,9 @@ class Indexer:
             self.on_progress(Progress(0, len(work), "videos"))
         with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
             queue = iter(work)
-            pending = deque(pool.submit(prepare_video, w, self.limits) for w in itertools.islice(queue, self.workers + 1))
+            pending = deque(
+                pool.submit(prepare_video, w, self.limits) for w in itertools.islice(queue, self.workers + 1)
+            )
             done = 0
             while pending:
                 clock = time.perf_counter()

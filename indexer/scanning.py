@@ -25,7 +25,15 @@ from xmodal.indexer.kinds import (
 )
 from xmodal.indexer.paths import OPEN_NONBLOCK
 
-__all__ = ["FoundFile", "SkippedFile", "UNREAD_KINDS", "UNREAD_PREFIX", "scan_paths", "unread_extension", "video_not_read"]
+__all__ = [
+    "FoundFile",
+    "SkippedFile",
+    "UNREAD_KINDS",
+    "UNREAD_PREFIX",
+    "scan_paths",
+    "unread_extension",
+    "video_not_read",
+]
 
 # Files people keep beside their photos that the indexer does not read. They are reported as skipped,
 # by extension, so a photographer learns why part of a shoot is missing.
@@ -92,7 +100,11 @@ def _unread(path: Path, label: str) -> SkippedFile:
 def video_not_read(found: FoundFile) -> SkippedFile:
     """A video left out of a run that does not read videos (`xmodal index --no-video`)."""
     extension = found.path.suffix.lower()
-    return SkippedFile(found.path, f"{UNREAD_PREFIX}video ({extension or 'no extension'}); skipped by --no-video", extension or "(none)")
+    return SkippedFile(
+        found.path,
+        f"{UNREAD_PREFIX}video ({extension or 'no extension'}); skipped by --no-video",
+        extension or "(none)",
+    )
 
 
 def _tiff_is_raw(path: Path) -> bool:

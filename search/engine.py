@@ -402,7 +402,9 @@ class SearchEngine:
         if len(wanted) == 0:
             return scores, ids
         with self.store.metadata.session() as s:
-            item_of = dict(s.execute(select(FrameRow.id, FrameRow.item_id).where(FrameRow.id.in_(wanted.tolist()))).all())
+            item_of = dict(
+                s.execute(select(FrameRow.id, FrameRow.item_id).where(FrameRow.id.in_(wanted.tolist()))).all()
+            )
         out_scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), depth), -1, dtype=np.int64)
         for row in range(len(queries)):
@@ -442,7 +444,9 @@ class SearchEngine:
         wanted = [i for i, _, _ in valid]
         with self.store.metadata.session() as s:
             if kind == "image":
-                found = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.media).where(ImageRow.id.in_(wanted))).all()
+                found = s.execute(
+                    select(ImageRow.id, ImageRow.path, ImageRow.media).where(ImageRow.id.in_(wanted))
+                ).all()
                 rows = {r.id: (r.path, None) for r in found}
                 videos = [r.id for r in found if r.media == "video"]
                 if videos:
@@ -450,7 +454,7 @@ class SearchEngine:
                     return [
                         Hit(i, "video", score, rows[i][0], None, copies, time=times.get(i))
                         if i in times
-                        else Hit(i, kind, score, rows[i][0], None, copies)
+                        else Hit(i, "image", score, rows[i][0], None, copies)
                         for i, score, copies in valid
                         if i in rows
                     ]
@@ -460,7 +464,8 @@ class SearchEngine:
                     for r in s.execute(select(TextRow.id, TextRow.source, TextRow.text).where(TextRow.id.in_(wanted)))
                 }
         # A row deleted by a concurrent writer after the vector search is simply left out.
-        return [Hit(i, kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
+        hit_kind: Literal["image", "text"] = "text" if kind == "text" else "image"
+        return [Hit(i, hit_kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
 
 
 def _best_moments(session: object, videos: list[int], query: np.ndarray | None) -> dict[int, float]:

@@ -236,7 +236,9 @@ def test_cli_shows_the_moment_and_no_video_skips_videos(tmp_path: Path, monkeypa
     assert "--no-video" in _reasons(tmp_path / "idx")["clip.mp4"]
     result = runner.invoke(app, ["index", str(lib), "--json", "--index", str(tmp_path / "idx")])
     assert json.loads(result.stdout)["videos"] == 1
-    found = runner.invoke(app, ["search", "green", "--json", "--no-rerank", "-n", "1", "--index", str(tmp_path / "idx")])
+    found = runner.invoke(
+        app, ["search", "green", "--json", "--no-rerank", "-n", "1", "--index", str(tmp_path / "idx")]
+    )
     assert found.exit_code == 0, found.output
     (hit,) = json.loads(found.stdout)
     assert hit["kind"] == "video" and 3.0 <= hit["time"] < 6.0
@@ -283,7 +285,9 @@ def real_model():  # noqa: ANN201
 @pytest.mark.skipif(not FLICKR_IMAGES.is_dir(), reason="needs ../shared/datasets/flickr8k-1k")
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])
 def test_a_query_describing_the_second_photo_finds_the_video_at_that_photo(
-    tmp_path: Path, codec: str, real_model  # noqa: ANN001
+    tmp_path: Path,
+    codec: str,
+    real_model,  # noqa: ANN001
 ) -> None:
     names = ["1000268201_693b08cb0e.jpg", "101654506_8eb26cfb60.jpg", "1075716537_62105738b4.jpg"]
     photos = [Image.open(FLICKR_IMAGES / n) for n in names]  # stairs, a dog in the snow, a bicycle race

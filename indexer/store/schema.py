@@ -397,9 +397,7 @@ class MetadataStore:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(table)) or 0)
 
-    def vectors(
-        self, table: VectorTable, ids: Iterable[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, table: VectorTable, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the given rows, or of all rows; vectors float32 (n, dim)."""
         stmt = select(table.id, table.vector).order_by(table.id)
         if ids is not None:
