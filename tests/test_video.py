@@ -302,3 +302,41 @@ def test_a_query_describing_the_second_photo_finds_the_video_at_that_photo(
         hits = engine.search("a dog running through the snow", k=3)
     assert hits[0].kind == "video" and hits[0].path.endswith("holiday.mp4"), hits
     assert 3.0 <= hits[0].time < 6.0
+
+
+# --- the HTTP API and the gallery's pieces -----------------------------------------------------------
+
+
+def test_http_hits_carry_the_moment_and_the_frame_thumbnail_and_file_are_served(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from tests.serving import Library, make_app
+
+    photos = tmp_path / "photos"
+    write_video(photos / "clip.mp4", RGB)
+    make_image(photos / "red.jpg", COLOURS["red"])
+    Indexer(tmp_path / "index", model=fake_model(), workers=1).add_paths([photos])
+    library = Library(photos, tmp_path / "index", tmp_path / "cache")
+    with TestClient(make_app(library), base_url="http://127.0.0.1") as client:
+        body = client.get("/api/search", params={"q": "blue", "limit": 1, "rerank": "false"}).json()
+        (hit,) = body["hits"]
+        assert hit["kind"] == "video" and 6.0 <= hit["time"] < 9.0
+        assert hit["thumbnail"] == f"/api/items/{hit['id']}/thumbnail?t={hit['time']:g}"
+        assert hit["url"] == f"/api/items/{hit['id']}/file#t={hit['time']:g}"
+        thumb = client.get(hit["thumbnail"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        import io
+
+        frame = Image.open(io.BytesIO(thumb.content)).convert("RGB")
+        assert frame.getpixel((frame.width // 2, frame.height // 2))[2] > 150  # the blue segment's frame
+        again = client.get(hit["thumbnail"], headers={"if-none-match": thumb.headers["etag"]})
+        assert again.status_code == 304  # cached like photo thumbnails
+        red = client.get(f"/api/items/{hit['id']}/thumbnail", params={"t": 0}).content
+        assert red != thumb.content
+        played = client.get(f"/api/items/{hit['id']}/file")
+        assert played.status_code == 200 and played.headers["content-type"] == "video/mp4"
+        assert played.content == (photos / "clip.mp4").read_bytes()
+        item = client.get(f"/api/items/{hit['id']}").json()
+        assert item["kind"] == "video"
+        similar = client.get(f"/api/items/{hit['id']}/similar", params={"limit": 1}).json()
+        assert similar["hits"][0]["name"] == "red.jpg"
