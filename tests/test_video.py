@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,32 @@ def test_http_hits_carry_the_moment_and_the_frame_thumbnail_and_file_are_served(
         assert item["kind"] == "video"
         similar = client.get(f"/api/items/{hit['id']}/similar", params={"limit": 1}).json()
         assert similar["hits"][0]["name"] == "red.jpg"
+
+
+@pytest.mark.slow
+def test_the_watcher_indexes_a_video_as_a_local_run_does(tmp_path: Path) -> None:
+    from xmodal.indexer.watching import FolderWatcher, WatchRun
+
+    photos = tmp_path / "photos"
+    make_image(photos / "red.jpg", COLOURS["red"])
+    indexer = Indexer(tmp_path / "watched", model=fake_model(), workers=1)
+    runs: list[WatchRun] = []
+    errors: list[BaseException] = []
+    watcher = FolderWatcher(indexer, [photos], debounce=0.3, max_delay=3.0, on_run=runs.append, on_error=errors.append)
+    watcher.start()
+    try:
+        made = write_video(tmp_path / "outside" / "clip.mp4", RGB)
+        os.rename(made, photos / "clip.mp4")  # appears whole, as a finished copy does
+        deadline = time.monotonic() + 30
+        while not any(r.summary.videos for r in runs):
+            assert time.monotonic() < deadline, "the watcher did not index the video"
+            time.sleep(0.1)
+    finally:
+        watcher.stop()
+    assert not errors, errors
+    Indexer(tmp_path / "local", model=fake_model(), workers=1).add_paths([photos])
+    watched, local = _frames(tmp_path / "watched"), _frames(tmp_path / "local")
+    assert list(watched.values()) == list(local.values()) and len(next(iter(local.values()))) >= 3
+    for index in (tmp_path / "watched", tmp_path / "local"):
+        with SearchEngine.open(index, model=fake_model()) as engine:
+            assert 3.0 <= engine.search("green", k=1)[0].time < 6.0
