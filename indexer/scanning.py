@@ -33,6 +33,7 @@ __all__ = [
     "scan_paths",
     "unread_extension",
     "video_not_read",
+    "media_of",
 ]
 
 # Files people keep beside their photos that the indexer does not read. They are reported as skipped,
@@ -95,6 +96,16 @@ def unread_extension(reason: str, path: str) -> str | None:
 def _unread(path: Path, label: str) -> SkippedFile:
     extension = path.suffix.lower()
     return SkippedFile(path, unread_reason(label, extension), extension or "(none)")
+
+
+def media_of(path: Path) -> Literal["photo", "video"]:
+    """Whether a file found by other means than the scan (a listing) is a video, as the scan decides:
+    by its first bytes, or by its name when they say nothing; picture names are never opened."""
+    extension = path.suffix.lower()
+    if extension in IMAGE_EXTENSIONS or extension in NOT_MEDIA_EXTENSIONS:
+        return "photo"
+    kind = sniff(path)
+    return "video" if kind == "video" or (kind is None and UNREAD_KINDS.get(extension) == "video") else "photo"
 
 
 def video_not_read(found: FoundFile) -> SkippedFile:

@@ -370,3 +370,17 @@ def test_the_watcher_indexes_a_video_as_a_local_run_does(tmp_path: Path) -> None
     for index in (tmp_path / "watched", tmp_path / "local"):
         with SearchEngine.open(index, model=fake_model()) as engine:
             assert 3.0 <= engine.search("green", k=1)[0].time < 6.0
+
+
+def test_a_listing_names_videos_as_the_scan_finds_them(tmp_path: Path) -> None:
+    from xmodal.indexer.listing import read_listing
+
+    lib = tmp_path / "lib"
+    write_video(lib / "clip.mov", RGB)
+    make_image(lib / "red.jpg", COLOURS["red"])
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{lib / 'clip.mov'}\n{lib / 'red.jpg'}\n")
+    media = {Path(f.path).name: getattr(f, "media", None) for f in read_listing(listing)}
+    assert media == {"clip.mov": "video", "red.jpg": "photo"}
+    summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib], listing=read_listing(listing))
+    assert (summary.new, summary.videos) == (2, 1)
