@@ -15,9 +15,11 @@ read. Nothing here prints or changes process-wide state (FFmpeg's log level is l
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,7 +131,7 @@ def _signature(image: Image.Image) -> np.ndarray:
 def _time_of(frame: object, stream: object) -> float | None:
     t = getattr(frame, "time", None)
     if t is not None:
-        return float(t)
+        return float(t) if math.isfinite(t) else None
     pts, base = getattr(frame, "pts", None), getattr(stream, "time_base", None)
     return float(pts * base) if pts is not None and base is not None else None
 
@@ -198,27 +200,50 @@ def _sample_keyframes(
     frames: list[Image.Image],
     times: list[float],
 ) -> bool:
-    """Keyframes in order, kept on a scene change or after `video_still_seconds`; False when cut short."""
-    stream.codec_context.skip_frame = "NONKEY"  # type: ignore[attr-defined]
+    """Keyframes in order, one looked at every `interval` seconds (only their packets reach the
+    decoder), kept on a scene change or after `video_still_seconds`; False when cut short."""
+    codec = stream.codec_context  # type: ignore[attr-defined]
+    codec.skip_frame = "NONKEY"
+    codec.options = {"skip_loop_filter": "all"}  # no deblocking: invisible at the model's ~224 pixels
+    base = stream.time_base  # type: ignore[attr-defined]
     last_signature: np.ndarray | None = None
-    for frame in container.decode(stream):  # type: ignore[arg-type]
-        if time.monotonic() > deadline:
-            return False
-        t = _time_of(frame, stream)
+    next_look = 0.0
+
+    sent: deque[float] = deque()  # times of the keyframes handed to the decoder, in order
+
+    def consider(frame: object) -> bool:
+        """Keep the frame or not; False once the cap is reached. Only keyframes go in, so frames come
+        out in the order they went in (a decoder that reorders holds a few back: their times as sent)."""
+        nonlocal last_signature
+        t = max(0.0, sent.popleft()) if sent else _time_of(frame, stream)
         if t is None:
-            continue
-        t = max(0.0, t)
+            return True
         if times and t - times[-1] < interval:
-            continue
+            return True
         image = _scaled(frame, size)
         signature = _signature(image)
         changed = last_signature is None or float(np.abs(signature - last_signature).mean()) > _SCENE_CHANGE
-        if not changed and t - times[-1] < limits.video_still_seconds:
+        if changed or t - times[-1] >= limits.video_still_seconds:
+            frames.append(image)
+            times.append(t)
+            last_signature = signature
+        return len(frames) < limits.video_max_frames
+
+    for packet in container.demux(stream):  # type: ignore[arg-type]
+        if time.monotonic() > deadline:
+            return False
+        if packet.pts is None or not packet.is_keyframe or base is None:
             continue
-        frames.append(image)
-        times.append(t)
-        last_signature = signature
-        if len(frames) >= limits.video_max_frames:
+        t = float(packet.pts * base)
+        if t < next_look:
+            continue
+        next_look = t + interval
+        sent.append(t)
+        for frame in packet.decode():
+            if not consider(frame):
+                return True
+    for frame in stream.decode(None):  # type: ignore[attr-defined]  # frames a threaded decoder still holds
+        if not consider(frame):
             break
     return True
 
