@@ -7,6 +7,7 @@ write them: real flickr photos shown 3 s each, so a scene change every 3 s (more
 phone clip without cuts gets: one every 10 s). Then, per codec, `Indexer.add_paths` on a fresh
 index with the offline default (model loaded before the clock starts) and prints:
   realtime_x         video seconds indexed per wall second
+  cpu_seconds        CPU time of the run (all processes): what a busy machine's wall time hides
   frames             frames sampled from the video
   timings            the run's stages (video_decode: waiting for the decoders, video_embed, video_write)
   sample_only_x      sampling alone (indexer.videos.sample_frames, one process): the decoder's ceiling
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -69,6 +71,12 @@ def make_clip(path: Path, minutes: float, codec: str) -> Path:
     return path
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decode workers, once the run ends)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(clip: Path, model, workdir: Path) -> dict[str, object]:  # noqa: ANN001
     duration = sample_frames(clip).duration or 0.0
     started = time.perf_counter()
@@ -81,13 +89,17 @@ def run(clip: Path, model, workdir: Path) -> dict[str, object]:  # noqa: ANN001
     target = lib / clip.name
     if not target.exists():
         target.symlink_to(clip)
+    before = _cpu_seconds()
     summary = Indexer(index, model=model, prepare_search=False).add_paths([lib])
+    cpu = _cpu_seconds() - before
     assert summary.videos == 1, summary.failures
     return {
         "clip": clip.name,
         "video_seconds": round(duration, 1),
         "wall_seconds": round(summary.seconds, 2),
         "realtime_x": round(duration / summary.seconds, 1),
+        "cpu_seconds": round(cpu, 2),
+        "video_seconds_per_cpu_second": round(duration / cpu, 1),
         "frames": summary.frames,
         "timings": {k: round(v, 2) for k, v in summary.timings.items()},
         "sample_only_seconds": round(sample_seconds, 2),
@@ -116,7 +128,9 @@ def main() -> None:
         if not args.json:
             print(
                 f"{codec}: {result['video_seconds']} s of 1080p30 video indexed in {result['wall_seconds']} s = "
-                f"{result['realtime_x']}x real time; {result['frames']} frames; stages {result['timings']}; "
+                f"{result['realtime_x']}x real time ({result['cpu_seconds']} CPU s: "
+                f"{result['video_seconds_per_cpu_second']} video s per CPU s); {result['frames']} frames; "
+                f"stages {result['timings']}; "
                 f"sampling alone {result['sample_only_seconds']} s ({result['sample_only_x']}x)"
             )
     if args.json:
