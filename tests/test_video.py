@@ -384,3 +384,25 @@ def test_a_listing_names_videos_as_the_scan_finds_them(tmp_path: Path) -> None:
     assert media == {"clip.mov": "video", "red.jpg": "photo"}
     summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib], listing=read_listing(listing))
     assert (summary.new, summary.videos) == (2, 1)
+
+
+def test_check_covers_the_frames_and_repair_mends_them(tmp_path: Path) -> None:
+    from sqlalchemy import delete
+
+    lib = tmp_path / "lib"
+    write_video(lib / "clip.mp4", RGB)
+    Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib])
+    (tmp_path / "idx" / "frames.faiss").unlink()  # a cache lost: rebuilt from SQL, a note only
+    assert check_index(tmp_path / "idx").ok
+    store = IndexStore.open(tmp_path / "idx")
+    try:
+        with store.metadata.engine.begin() as connection:  # a row deleted behind xmodal's back
+            connection.execute(delete(ImageRow))
+    finally:
+        store.close()
+    report = check_index(tmp_path / "idx")
+    assert not report.ok and any("of no video" in v for v in report.vectors_without_row)
+    repaired = check_index(tmp_path / "idx", repair=True)
+    assert repaired.ok, repaired.problems
+    assert any("frame(s) of no video" in action for action in repaired.repaired)
+    assert _frames(tmp_path / "idx") == {}
