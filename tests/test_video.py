@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_image
 from tests.fakes import COLOURS, fake_model
-from tests.videos import FLICKR_IMAGES, write_audio_only, write_video
+from tests.videos import FLICKR_IMAGES, write_audio_only, write_undecodable, write_video
 from xmodal.indexer import Indexer
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.store.checking import check_index
@@ -157,21 +157,24 @@ def test_hostile_videos_end_indexed_or_listed_with_a_reason(tmp_path: Path) -> N
     _truncated(write_video(lib / "truncated.mkv", RGB * 3, gop=10), 0.55)
     (lib / "empty.mp4").write_bytes(b"")
     write_audio_only(lib / "audio.mp4")
-    # a stream the decoder rejects: a Matroska header, then the video's packets replaced by noise
-    rejected = write_video(lib / "rejected.mkv", RGB)
-    data = bytearray(rejected.read_bytes())
+    # a stream the decoder rejects: a well-formed Matroska file whose H.264 packets are noise
+    write_undecodable(lib / "rejected.mkv")
+    # a container the demuxer rejects: a Matroska header, then noise
+    broken = write_video(lib / "broken.mkv", RGB)
+    data = broken.read_bytes()
     noise = np.random.default_rng(0).integers(0, 256, len(data) - 400, dtype=np.uint8).tobytes()
-    rejected.write_bytes(bytes(data[:400]) + noise)
+    broken.write_bytes(data[:400] + noise)
     # a .mp4 that is a JPEG: a photo
     Image.new("RGB", (64, 48), COLOURS["yellow"]).save(lib / "photo.mp4", format="JPEG")
     summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib])
     reasons = _reasons(tmp_path / "idx")
-    assert set(reasons) == {"truncated.mp4", "empty.mp4", "audio.mp4", "rejected.mkv"}, reasons
-    assert "moov atom not found" in reasons["truncated.mp4"] or "not a video" in reasons["truncated.mp4"]
+    assert set(reasons) == {"truncated.mp4", "empty.mp4", "audio.mp4", "rejected.mkv", "broken.mkv"}, reasons
+    assert reasons["truncated.mp4"].startswith("not a video the decoder reads: ")
     assert reasons["empty.mp4"] == "empty file (0 bytes)"
     assert reasons["audio.mp4"] == "no video stream (holds audio)"
-    assert "rejects" in reasons["rejected.mkv"] or "not a video" in reasons["rejected.mkv"]
-    assert summary.failed == 4 and summary.new == 2
+    assert reasons["rejected.mkv"] == "the decoder rejects the video stream (h264): no frame decoded"
+    assert reasons["broken.mkv"].startswith("not a video the decoder reads: ")
+    assert summary.failed == 5 and summary.new == 2
     frames = _frames(tmp_path / "idx")
     assert len(frames) == 1
     (partial,) = frames.values()

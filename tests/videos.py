@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_video", "write_audio_only", "FLICKR_IMAGES"]
+__all__ = ["write_video", "write_audio_only", "write_undecodable", "FLICKR_IMAGES"]
 
 FLICKR_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flickr8k-1k" / "images"
 
@@ -68,5 +68,25 @@ def write_audio_only(path: Path, seconds: float = 2.0) -> Path:
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_undecodable(path: Path, packets: int = 30) -> Path:
+    """A well-formed Matroska file whose H.264 stream is noise: the container opens, the decoder
+    rejects every packet."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height = 64, 48
+        stream.pix_fmt = "yuv420p"
+        for i in range(packets):
+            packet = av.Packet(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+            packet.stream = stream
+            packet.pts = packet.dts = i
+            packet.time_base = Fraction(1, 10)
+            packet.is_keyframe = True
             container.mux(packet)
     return path
