@@ -319,7 +319,9 @@ class SearchEngine:
         k = min(k, self.limits.max_depth)
         with self._lock:
             index = self.store.vectors(target)
-            frames = self.store.vectors("frame") if target == "image" else None
+            # the frames of videos: read (and their cache held) only by an index that ever had some
+            has_frames = target == "image" and self.store.metadata.generation("frame") > 0
+            frames = self.store.vectors("frame") if has_frames else None
         if frames is not None and len(frames) == 0:
             frames = None
         _check_filters(filters, target)
