@@ -75,6 +75,9 @@ def index(
             "(an unmounted drive) or of more than half the index.",
         ),
     ] = False,
+    no_video: Annotated[
+        bool, typer.Option("--no-video", help="Skip videos (indexed by default: sampled frames).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
@@ -93,7 +96,13 @@ def index(
         raise InvalidInputError("give the folders to index (PATH...) or --from-list FILE")
     with ProgressBar("indexing", enabled=not as_json) as bar:
         indexer = Indexer(
-            index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update, ray=on_ray
+            index_dir,
+            model=model,
+            db_url=db_url,
+            batch_size=batch_size,
+            on_progress=bar.update,
+            ray=on_ray,
+            video=not no_video,
         )
         summary = indexer.add_paths(paths, listing=listing(from_list), prune_missing=prune_missing)
     if as_json:
@@ -111,7 +120,13 @@ def index(
                 "see `xmodal info --errors`",
                 err=True,
             )
-        if summary.failed:
+        if summary.videos_need_extra:
+            from xmodal.indexer.videos import VIDEO_EXTRA_REASON
+
+            typer.echo(
+                f"xmodal: note: {summary.videos_need_extra} video(s) not indexed: {VIDEO_EXTRA_REASON}", err=True
+            )
+        if summary.failed > summary.videos_need_extra:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
         for root in summary.offline_roots:
             typer.echo(f"xmodal: warning: {root} is offline (not there or empty): its photos are kept", err=True)

@@ -24,14 +24,16 @@ T = TypeVar("T")
 
 
 class HitOut(BaseModel):
-    """One result: `path` is the photo (or the file a text came from); `text` only for texts."""
+    """One result: `path` is the photo or video (or the file a text came from); `text` only for
+    texts; `time` only for videos: the moment (seconds) that matched."""
 
     id: int
-    kind: Target
+    kind: Literal["image", "text", "video"]
     score: float
     path: str
     text: str | None = None
     copies: int = 0  # near-duplicates folded into this hit (collapse)
+    time: float | None = None
 
 
 class ItemOut(BaseModel):

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -52,6 +52,8 @@ __all__ = [
     "init_worker",
     "prefetch",
     "prepare",
+    "PreparedVideo",
+    "prepare_video",
 ]
 
 
@@ -261,6 +263,57 @@ def prepare(work: Work) -> Prepared:
         return Prepared(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
     except Exception as e:  # a decoder bug on one hostile file must not stop the run
         return Prepared(work, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - started)
+
+
+@dataclass
+class PreparedVideo:
+    """A video's sampled frames ready for the model (one `pixels` entry per frame, at `times`
+    seconds), or the reason it has none (error)."""
+
+    work: Work
+    pixels: list = field(default_factory=list)  # per_image outputs of the split transform, one per frame
+    times: list[float] = field(default_factory=list)
+    width: int = 0
+    height: int = 0
+    taken_at: object = None
+    complete: bool = True
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def prepare_video(work: Work, limits: Limits = DEFAULT_LIMITS) -> PreparedVideo:
+    """Hash (when not yet), sample and preprocess one video's frames; never raises for a bad file."""
+    from xmodal.indexer.videos import sample_frames
+
+    transform, target = _WORKER_TRANSFORM, _WORKER_TARGET
+    if transform is None:
+        raise RuntimeError("prepare_video() before init_worker() in this process")
+    started = time.perf_counter()
+    try:
+        if work.content_hash is None:
+            work.content_hash = file_hash(work.found.path)
+        sampled = sample_frames(work.found.path, target, limits)
+        return PreparedVideo(
+            work,
+            [transform(frame) for frame in sampled.frames],
+            sampled.times,
+            sampled.width,
+            sampled.height,
+            sampled.taken_at,
+            sampled.complete,
+            seconds=time.perf_counter() - started,
+        )
+    except ImageReadError as e:
+        reason = "file vanished after the scan (no such file)" if str(e) == NO_SUCH_FILE else str(e)
+        return PreparedVideo(work, error=reason, seconds=time.perf_counter() - started)
+    except FileNotFoundError:
+        return PreparedVideo(
+            work, error="file vanished after the scan (no such file)", seconds=time.perf_counter() - started
+        )
+    except OSError as e:
+        return PreparedVideo(work, error=f"cannot read: {e.strerror or e}", seconds=time.perf_counter() - started)
+    except Exception as e:  # a decoder bug on one hostile file must not stop the run
+        return PreparedVideo(work, error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - started)
 
 
 def prefetch(

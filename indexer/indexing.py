@@ -6,8 +6,10 @@ most the batch in flight and the next run resumes where it stopped.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -17,7 +19,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import delete, select
 
-from xmodal.indexer.decode_pool import Prepared, StartMethod, Work, decode_pool, decode_size, file_hash, prefetch
+from xmodal.indexer.decode_pool import (
+    Prepared,
+    PreparedVideo,
+    StartMethod,
+    Work,
+    decode_pool,
+    decode_size,
+    file_hash,
+    prefetch,
+    prepare_video,
+)
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.paths import absolute
@@ -31,12 +43,13 @@ from xmodal.indexer.roots import (
     remember_roots,
     rows_under,
 )
-from xmodal.indexer.scanning import FoundFile, SkippedFile, unread_extension
+from xmodal.indexer.scanning import FoundFile, SkippedFile, unread_extension, video_not_read
 from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
 from xmodal.indexer.sources import FolderWalk, ListedFiles, Source
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.model_check import check_model_matches
-from xmodal.indexer.store.schema import FailureRow, ImageRow, under_clause, utcnow
+from xmodal.indexer.store.schema import FailureRow, FrameRow, ImageRow, under_clause, utcnow, vector_to_blob
+from xmodal.indexer.videos import typical_frame, video_support
 
 if TYPE_CHECKING:  # torch is imported only when there is something to embed
     from xmodal.indexer.distributed import RayOptions
@@ -90,6 +103,11 @@ class IndexSummary:
     # drive): their rows were kept. kept_missing: rows of missing files kept, offline or over the cap.
     offline_roots: list[str] = field(default_factory=list)
     kept_missing: int = 0
+    # Videos embedded by this run and the frames sampled from them; videos not read because the
+    # `video` extra is missing (each is also a failure with the reason).
+    videos: int = 0
+    frames: int = 0
+    videos_need_extra: int = 0
 
     @property
     def embedded(self) -> int:
@@ -110,6 +128,8 @@ class IndexSummary:
             "skipped": dict(sorted(self.skipped.items())),
             "offline_roots": list(self.offline_roots),
             "kept_missing": self.kept_missing,
+            "videos": self.videos,
+            "frames": self.frames,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -133,12 +153,15 @@ class Indexer:
         limits: Limits = DEFAULT_LIMITS,
         first_batch_size: int = 4,
         signals: Sequence[Signal] = DEFAULT_SIGNALS,
+        video: bool = True,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process.
         first_batch_size: the run's first batch is this small, so that its first photos are embedded
         (and shown) within a second or two of the start instead of after a whole batch's decoding.
-        signals: what is stored per photo (indexer.signals); the embedding by default."""
+        signals: what is stored per photo (indexer.signals); the embedding by default.
+        video: read videos (sampled frames, indexer.videos); False reports them as not read."""
         self.limits = limits
+        self.video = video
         self.signals = tuple(signals)
         self.index_dir = index_dir
         self.db_url = db_url
@@ -266,7 +289,19 @@ class Indexer:
         roots = list(source.roots)
         found: list[FoundFile] = []
         skipped: list[SkippedFile] = []
+        kept_videos: set[str] = set()  # videos this run does not read: their rows stay as they are
+        no_video = None if self.video else "--no-video"
         for item in source:
+            if isinstance(item, FoundFile) and item.media == "video":
+                no_video = no_video or video_support()
+                if no_video is not None:
+                    kept_videos.add(str(item.path))
+                    if self.video:  # the extra is missing: a failure with the reason (xmodal info --errors)
+                        skipped.append(SkippedFile(item.path, no_video))
+                        summary.videos_need_extra += 1
+                    else:
+                        skipped.append(video_not_read(item))
+                    continue
             if isinstance(item, FoundFile):
                 found.append(item)
             else:
@@ -284,7 +319,7 @@ class Indexer:
         folders = list(others) if prune_missing else [r for r in others if os.path.isdir(r) and r not in offline]
         existing = {row.path: row for row in store.metadata.image_rows_under(folders)} if folders else {}
         existing.update((row.path, row) for row in store.metadata.image_rows_at(files))
-        seen_paths = {str(f.path) for f in found}
+        seen_paths = {str(f.path) for f in found} | kept_videos
         if source.names_files:  # named files outside the roots are compared too (never removed)
             existing.update((row.path, row) for row in store.metadata.image_rows_under([]) if row.path in seen_paths)
         missing = {path: row for path, row in existing.items() if path not in seen_paths}
@@ -335,12 +370,16 @@ class Indexer:
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
         self._forget(store, [row.id for row in missing.values()])
         self._last_save = time.perf_counter()
+        videos = [w for w in work if w.found.media == "video"]
+        work = [w for w in work if w.found.media != "video"]
         if work and self.ray is not None:
             from xmodal.indexer.distributed import embed_on_ray
 
             embed_on_ray(self, store, self._load(store), work, summary, self.ray, ship_spec=self._ship_spec)
         elif work:
             self._embed_all(store, self._load(store), work, summary)
+        if videos:  # in this process also under Ray: a video is one file's many frames, one transaction
+            self._embed_videos(store, self._load(store), videos, summary)
         return summary
 
     def _apply_moves_and_removals(
@@ -407,6 +446,121 @@ class Indexer:
         ) as pool:
             self.write_loop(store, model, embedded_batches(pool), len(work), summary)
         summary.timings.update(timings)
+
+    def _embed_videos(self, store: IndexStore, model: EmbeddingModel, work: list[Work], summary: IndexSummary) -> None:
+        """Videos one at a time in order (their frames sampled by the decode pool, a few ahead), each
+        written in its own transaction: a killed run loses at most the video in flight."""
+        from xmodal.indexer.preparation import with_exported_image_path
+
+        model = with_exported_image_path(model, self._report_stage)
+        target = model.preprocessing.size if model.preprocessing is not None else decode_size(model.image_transform)
+        split = model.pixel_split()
+        if self._ship_spec:
+            self._model = model
+        timings = {"video_decode": 0.0, "video_embed": 0.0, "video_write": 0.0}
+        if self.on_progress:
+            self.on_progress(Progress(0, len(work), "videos"))
+        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
+            queue = iter(work)
+            pending = deque(
+                pool.submit(prepare_video, w, self.limits) for w in itertools.islice(queue, self.workers + 1)
+            )
+            done = 0
+            while pending:
+                clock = time.perf_counter()
+                video = pending.popleft().result()
+                timings["video_decode"] += time.perf_counter() - clock  # the wait for the decoders
+                following = next(queue, None)
+                if following is not None:
+                    pending.append(pool.submit(prepare_video, following, self.limits))
+                embedded = None
+                if video.error is None:
+                    clock = time.perf_counter()
+                    embedded = model.embed_pixels_for_index(split.per_batch(video.pixels))
+                    timings["video_embed"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                self._write_video(store, model, video, embedded, summary)
+                timings["video_write"] += time.perf_counter() - clock
+                done += 1
+                if self.on_progress:
+                    self.on_progress(Progress(done, len(work), "videos"))
+        for stage, seconds in timings.items():
+            summary.timings[stage] = summary.timings.get(stage, 0.0) + seconds
+
+    def _write_video(
+        self,
+        store: IndexStore,
+        model: EmbeddingModel,
+        video: PreparedVideo,
+        embedded: IndexedPixels | None,
+        summary: IndexSummary,
+    ) -> None:
+        """One transaction for one video: its `images` row (media 'video'; the vector and other
+        signals of its most typical frame), its frames (those of an earlier version replaced), or
+        its failure. Then each signal follows (the FAISS caches)."""
+        from xmodal.indexer.models.embedding import IndexedPixels
+
+        f, row_id = video.work.found, video.work.row_id
+        now = utcnow()
+        item_id: int | None = None
+        present = False
+        with store.metadata.session() as s, s.begin():
+            store.metadata.bump_generation(s, "image")
+            if row_id is not None:
+                present = s.get(ImageRow, row_id) is not None
+            if embedded is None:
+                if present:  # a changed file that no longer decodes loses its row (and frames)
+                    store.metadata.delete_ids(ImageRow, [row_id], s)  # type: ignore[list-item]
+                s.merge(FailureRow(path=str(f.path), reason=video.error or "no frame decoded", failed_at=now))
+                summary.failed += 1
+                summary.failures.append((str(f.path), video.error or "no frame decoded"))
+            else:
+                typical = typical_frame(embedded.vectors)
+                values: dict[str, object] = {}
+                for signal in self.signals:
+                    values.update(signal.row_values(embedded, typical))
+                row = dict(
+                    path=str(f.path),
+                    size=f.size,
+                    mtime_ns=f.mtime_ns,
+                    content_hash=video.work.content_hash or "",
+                    width=video.width,
+                    height=video.height,
+                    taken_at=video.taken_at,
+                    model=str(model.spec),
+                    indexed_at=now,
+                    media="video",
+                    **values,
+                )
+                if present:
+                    item_id = row_id
+                    store.metadata.update_rows(s, ImageRow, [{"id": row_id, **row}])
+                    old = list(s.scalars(select(FrameRow.id).where(FrameRow.item_id == row_id)))
+                    store.metadata.delete_ids(FrameRow, old, s)
+                    summary.updated += 1
+                else:
+                    item_id = store.metadata.insert_rows(s, ImageRow, [row])[0]
+                    summary.new += 1
+                frames = [
+                    {"item_id": item_id, "time": float(t), "vector": vector_to_blob(v)}
+                    for t, v in zip(video.times, embedded.vectors)
+                ]
+                store.metadata.insert_rows(s, FrameRow, frames)
+                summary.videos += 1
+                summary.frames += len(frames)
+        if embedded is None:
+            self._forget(store, [row_id] if present and row_id is not None else [])
+            return
+        typical_only = IndexedPixels(
+            embedded.vectors[typical : typical + 1],
+            None if embedded.tower_features is None else embedded.tower_features[typical : typical + 1],
+        )
+        replaced = np.array([row_id] if present else [], dtype=np.int64)
+        for signal in self.signals:
+            signal.after_commit(store, np.array([item_id], dtype=np.int64), replaced, typical_only)
+        if time.perf_counter() - self._last_save > _SAVE_INTERVAL_S:
+            store.save_vectors()
+            self._last_save = time.perf_counter()
 
     def write_loop(
         self,
@@ -486,6 +640,7 @@ class Indexer:
                         taken_at=prepared.taken_at,
                         model=spec,
                         indexed_at=now,
+                        media="photo",
                         **values,
                     )
                 )
@@ -496,6 +651,10 @@ class Indexer:
             updates = [{"id": p.work.row_id, **row} for p, row in zip(good, rows) if p.work.row_id in present]
             inserts = [row for p, row in zip(good, rows) if p.work.row_id not in present]
             store.metadata.update_rows(s, ImageRow, updates)
+            if updates:  # a file that was a video and is now a photo: its frames go
+                was_video = [u["id"] for u in updates]
+                frames = list(s.scalars(select(FrameRow.id).where(FrameRow.item_id.in_(was_video))))
+                store.metadata.delete_ids(FrameRow, frames, s)
             new_ids = iter(store.metadata.insert_rows(s, ImageRow, inserts))
             ids = [p.work.row_id if p.work.row_id in present else next(new_ids) for p in good]
             summary.updated += len(updates)

@@ -23,6 +23,14 @@ class Limits:
     # A camera RAW is read whole into memory (LibRaw decodes from a buffer): 100-150 MP medium-format
     # RAWs are 100-300 MB, a 24-45 MP camera's 20-90 MB.
     max_raw_bytes: int = 400 * 1024 * 1024
+    # Videos (indexer.videos): frames are sampled at keyframes and scene changes, at most one every
+    # video_frame_seconds, one at least every video_still_seconds, at most video_max_frames a video
+    # (a longer video spreads them out); decoding one video stops after video_decode_seconds and
+    # keeps the frames it has (a stalled or very slow decoder indexes what it reached).
+    video_frame_seconds: float = 2.0
+    video_still_seconds: float = 10.0
+    video_max_frames: int = 120
+    video_decode_seconds: float = 120.0
     # Indexing. A run that finds more than this share of the index's photos missing removes none of
     # them (a drive half gone looks like that); an explicit prune or `xmodal remove` still does.
     max_missing_share: float = 0.5

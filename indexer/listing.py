@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xmodal.indexer.errors import InvalidInputError
-from xmodal.indexer.scanning import FoundFile, SkippedFile
+from xmodal.indexer.scanning import FoundFile, SkippedFile, media_of
 
 __all__ = ["read_listing", "listed_paths"]
 
@@ -84,7 +84,7 @@ def read_listing(listing: Path | str) -> Iterator[FoundFile | SkippedFile]:
             continue
         seen.add(path)
         if size is not None and mtime_ns is not None:
-            yield FoundFile(Path(path), int(size), int(mtime_ns))
+            yield FoundFile(Path(path), int(size), int(mtime_ns), media_of(Path(path)))
             continue
         try:
             st = os.stat(path)
@@ -97,4 +97,4 @@ def read_listing(listing: Path | str) -> Iterator[FoundFile | SkippedFile]:
         if not stat.S_ISREG(st.st_mode):
             yield SkippedFile(Path(path), "not a regular file (FIFO, socket or device)")
             continue
-        yield FoundFile(Path(path), st.st_size, st.st_mtime_ns)
+        yield FoundFile(Path(path), st.st_size, st.st_mtime_ns, media_of(Path(path)))

@@ -5,6 +5,7 @@ extensions go to the decoder (Pillow tells formats by content), plain non-media 
 opened, and the rest (RAW and video extensions, odd or no extension) are sniffed by their first bytes.
 Camera RAWs are found (LibRaw reads them, indexer.raw); a file with a RAW extension whose first bytes
 say nothing goes to LibRaw too, which knows formats without a magic (and reports what it cannot read).
+Videos are found like photos (`FoundFile.media` "video"); the run decides whether it reads them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 from xmodal.indexer.kinds import (
@@ -32,6 +34,8 @@ __all__ = [
     "UNREAD_PREFIX",
     "scan_paths",
     "unread_extension",
+    "video_not_read",
+    "media_of",
 ]
 
 # Files people keep beside their photos that the indexer does not read. They are reported as skipped,
@@ -43,11 +47,12 @@ _KIND_LABELS = {"video": "video"}
 
 @dataclass(frozen=True)
 class FoundFile:
-    """A regular image file, with the stat facts used to skip unchanged files."""
+    """A regular image or video file, with the stat facts used to skip unchanged files."""
 
     path: Path
     size: int
     mtime_ns: int
+    media: Literal["photo", "video"] = "photo"  # a video's frames are sampled (indexer.videos)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,26 @@ def _unread(path: Path, label: str) -> SkippedFile:
     return SkippedFile(path, unread_reason(label, extension), extension or "(none)")
 
 
+def media_of(path: Path) -> Literal["photo", "video"]:
+    """Whether a file found by other means than the scan (a listing) is a video, as the scan decides:
+    by its first bytes, or by its name when they say nothing; picture names are never opened."""
+    extension = path.suffix.lower()
+    if extension in IMAGE_EXTENSIONS or extension in NOT_MEDIA_EXTENSIONS:
+        return "photo"
+    kind = sniff(path)
+    return "video" if kind == "video" or (kind is None and UNREAD_KINDS.get(extension) == "video") else "photo"
+
+
+def video_not_read(found: FoundFile) -> SkippedFile:
+    """A video left out of a run that does not read videos (`xmodal index --no-video`)."""
+    extension = found.path.suffix.lower()
+    return SkippedFile(
+        found.path,
+        f"{UNREAD_PREFIX}video ({extension or 'no extension'}); skipped by --no-video",
+        extension or "(none)",
+    )
+
+
 def _by_content(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | SkippedFile | None:
     """A file whose name does not settle its kind (RAW or video extension, odd or none): its first
     bytes do. Pictures are found, RAW and video reported as not read, anything else left alone."""
@@ -79,6 +104,9 @@ def _by_content(path: Path, seen_files: set[tuple[int, int]]) -> FoundFile | Ski
     kind = sniff(path)
     if kind in ("picture", "heif", "raw"):
         return found  # a TIFF-based RAW (NEF, DNG, ARW) is told from a TIFF when decoded
+    if kind == "video" or (kind is None and UNREAD_KINDS.get(extension) == "video"):
+        # by content, or by name when the content says nothing (empty, damaged): the decoder decides
+        return FoundFile(found.path, found.size, found.mtime_ns, "video")
     if kind in _KIND_LABELS:
         return _unread(path, _KIND_LABELS[kind])
     if extension in RAW_EXTENSIONS:  # no magic LibRaw needs: it decides, and says why when it cannot

@@ -31,14 +31,14 @@ import numpy as np
 from sqlalchemy import func, select
 
 from xmodal.indexer.store.index_store import IndexStore, Kind
-from xmodal.indexer.store.schema import ImageRow, TextRow, features_to_blob, vector_to_blob
+from xmodal.indexer.store.schema import FrameRow, ImageRow, TextRow, features_to_blob, vector_to_blob
 from xmodal.indexer.store.vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import IndexedPixels
     from xmodal.indexer.store.checking import CheckReport
 
-__all__ = ["Signal", "EmbeddingSignal", "DEFAULT_SIGNALS"]
+__all__ = ["Signal", "EmbeddingSignal", "FrameSignal", "DEFAULT_SIGNALS"]
 
 _TABLES: dict[Kind, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
 # Stored vectors are L2-normalised; anything further off than this was not written by a model.
@@ -167,7 +167,68 @@ class EmbeddingSignal:
         return {"vectors": int(photos) + int(texts or 0), "tower_features": int(features)}
 
 
-DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(),)
+class FrameSignal:
+    """The frames sampled from videos (indexer.videos): per video (an `images` row of media
+    'video') its frames' times and vectors in `frames`, written with the video's row in one
+    transaction, and the FAISS cache of them (frames.faiss), which follows SQL after each write
+    (a video's frames go with its row, whoever deletes it)."""
+
+    name = "frames"
+
+    def stale_ids(self, store: IndexStore) -> set[int]:
+        """Videos without a frame (none should be): sampled again."""
+        with store.metadata.session() as s:
+            framed = select(FrameRow.item_id).distinct()
+            return set(s.scalars(select(ImageRow.id).where(ImageRow.media == "video", ImageRow.id.not_in(framed))))
+
+    def row_values(self, computed: IndexedPixels, position: int) -> dict[str, object]:
+        return {}  # frames are rows of their own, written with the video's (indexer.indexing)
+
+    def after_commit(self, store: IndexStore, ids: np.ndarray, replaced: np.ndarray, computed: IndexedPixels) -> None:
+        if store.metadata.generation("frame") or "frame" in store.held_kinds():
+            store.follow_sql("frame")
+
+    def forget(self, store: IndexStore, ids: np.ndarray) -> None:
+        if len(ids) and (store.metadata.generation("frame") or "frame" in store.held_kinds()):
+            store.follow_sql("frame")
+
+    def inspect(self, store: IndexStore, report: CheckReport) -> None:
+        """Frames of no video (their row gone), unusable frame vectors, and frames.faiss against SQL."""
+        with store.metadata.session() as s:
+            orphans = list(
+                s.scalars(select(FrameRow.id).where(FrameRow.item_id.not_in(select(ImageRow.id))).order_by(FrameRow.id))
+            )
+            rows = s.execute(select(FrameRow.id, FrameRow.vector).order_by(FrameRow.id)).all()
+        report.vectors_without_row.extend(f"frame:{i} of no video" for i in orphans)
+        if not rows and store.metadata.generation("frame") == 0:
+            return
+        dim = store.dim
+        for row_id, blob in rows:
+            if _vector_problem(blob, dim):
+                report.bad_vectors.append(f"frame:{row_id}")
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        _compare_cache(store, "frame", ids, [r[1] for r in rows], dim, store.metadata.get_meta(), report)
+
+    def rebuild(self, store: IndexStore) -> list[str]:
+        with store.metadata.session() as s, s.begin():
+            orphans = list(s.scalars(select(FrameRow.id).where(FrameRow.item_id.not_in(select(ImageRow.id)))))
+            store.metadata.delete_ids(FrameRow, orphans, s)
+        done = [f"removed {len(orphans)} frame(s) of no video"] if orphans else []
+        if store.dim and (store.metadata.generation("frame") or orphans):
+            store.rebuild_vectors("frame")
+            store.save_vectors()
+            done.append("rebuilt the frames' FAISS cache from SQL")
+        return done
+
+    def info(self, store: IndexStore) -> dict[str, int]:
+        """Videos and the frames sampled from them."""
+        with store.metadata.session() as s:
+            videos = s.scalar(select(func.count()).select_from(ImageRow).where(ImageRow.media == "video"))
+            frames = s.scalar(select(func.count()).select_from(FrameRow))
+        return {"videos": int(videos or 0), "frames": int(frames or 0)}
+
+
+DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(), FrameSignal())
 
 
 def _vector_problem(blob: bytes | None, dim: int | None) -> str | None:

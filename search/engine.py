@@ -19,7 +19,7 @@ from xmodal.indexer.images import decode_image
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.model_check import check_model_matches
-from xmodal.indexer.store.schema import ImageRow, TextRow
+from xmodal.indexer.store.schema import FrameRow, ImageRow, TextRow, blob_to_vector
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
@@ -37,6 +37,8 @@ __all__ = ["SearchEngine", "MinScore", "Query"]
 # onnxruntime threads of one query encoder run: a short query gains little past two.
 _QUERY_THREADS = max(1, min(2, os.cpu_count() or 1))
 _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
+# Frames of videos searched per photo candidate: a video's frames are many views of one item.
+_FRAMES_PER_CANDIDATE = 4
 Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm]
 MinScore = float | Literal["auto"] | None
 
@@ -221,17 +223,36 @@ class SearchEngine:
         kind: Kind = "image",
         target: Kind | None = None,
         min_score: MinScore = None,
+        time: float | None = None,
         **options: object,
     ) -> list[Hit]:
         """Items most like a stored item ("more like this"); never the item itself. `min_score` as
-        for `search`."""
+        for `search`. From a video: like its frame at `time` seconds (the nearest sampled one), or
+        without a time like the video as a whole (its frames' mean direction)."""
         _check_min_score(min_score)
-        vectors = self.vectors([item_id], kind)
+        vectors = self._video_vector(item_id, time) if kind == "image" else None
+        if vectors is None:
+            vectors = self.vectors([item_id], kind)
         if len(vectors) == 0:
             raise InvalidQueryError(f"no {kind} with id {item_id} in the index")
         target = target or kind
         exclude = item_id if target == kind else None
         return self._hit_list(vectors[0], k, target, query_kind=kind, min_score=min_score, exclude=exclude, **options)  # type: ignore[arg-type]
+
+    def _video_vector(self, item_id: int, time: float | None) -> np.ndarray | None:
+        """The query vector of a video for "more like this" (see `similar`); None for a photo."""
+        with self.store.metadata.session() as s:
+            frames = s.execute(
+                select(FrameRow.time, FrameRow.vector).where(FrameRow.item_id == int(item_id)).order_by(FrameRow.time)
+            ).all()
+        if not frames:
+            return None
+        vectors = np.stack([blob_to_vector(blob) for _, blob in frames]).astype(np.float32)
+        if time is not None:
+            nearest = int(np.argmin([abs(t - time) for t, _ in frames]))
+            return vectors[nearest : nearest + 1]
+        mean = vectors.mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12))[None, :]
 
     def vectors(self, ids: Sequence[int], kind: Kind = "image") -> np.ndarray:
         """Stored full-precision vectors, in the order of ids (missing ids are left out)."""
@@ -276,7 +297,7 @@ class SearchEngine:
             args = (vector[None, :], depth, target, filters, rerank, query_kind, None, min_score, True, exclude)
             ranked = self._ranked(*args)
             keep = ranked.ids[0] >= 0
-            hits = self._hits(target, ranked.scores[0][keep], ranked.ids[0][keep], ranked.copies[0][keep])
+            hits = self._hits(target, ranked.scores[0][keep], ranked.ids[0][keep], ranked.copies[0][keep], vector)
             if target != "image":
                 return hits
             folded = self._fold_pairs(hits, filters, exclude)  # RAW+JPEG pairs: one hit a shot
@@ -322,6 +343,11 @@ class SearchEngine:
         k = min(k, self.limits.max_depth)
         with self._lock:
             index = self.store.vectors(target)
+            # the frames of videos: read (and their cache held) only by an index that ever had some
+            has_frames = target == "image" and self.store.metadata.generation("frame") > 0
+            frames = self.store.vectors("frame") if has_frames else None
+        if frames is not None and len(frames) == 0:
+            frames = None
         _check_filters(filters, target)
         allowed = None
         if filters is not None and filters.active:
@@ -330,7 +356,7 @@ class SearchEngine:
         if options is None:  # first stage only: scores fall monotonically, so a floor keeps a prefix
             fixed = RerankOptions().candidates  # the depth "auto" reads, as with the second stage
             depth = min(max(k, fixed) if floor == "auto" else k, self.limits.max_depth)
-            scores, ids = self._first_stage(index, queries, depth, allowed, exclude)
+            scores, ids = self._first_stage(index, queries, depth, allowed, exclude, frames)
             if floor is not None:
                 floors = [auto_score_floor(row[:fixed]) if floor == "auto" else float(floor) for row in scores]
                 below = scores.astype(np.float64) < np.array(floors)[:, None]  # as handed out: float32
@@ -343,7 +369,7 @@ class SearchEngine:
         blocks = max(1, -(-k // block))
         while True:
             depth = min(blocks * block, self.limits.max_depth)
-            scores, ids = self._first_stage(index, queries, depth, allowed, exclude)
+            scores, ids = self._first_stage(index, queries, depth, allowed, exclude, frames)
             # the second stage takes the compute lock for its NumPy work, not for its SQL reads
             ranked = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank, floor)
             exhausted = ids.shape[1] < depth or bool((ids[:, -1] < 0).all()) or depth >= self.limits.max_depth
@@ -357,11 +383,20 @@ class SearchEngine:
         return Ranked(scores, ids, copies, ranked.ended)
 
     def _first_stage(
-        self, index: VectorIndex, queries: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: int | None
+        self,
+        index: VectorIndex,
+        queries: np.ndarray,
+        depth: int,
+        allowed: np.ndarray | None,
+        exclude: int | None,
+        frames: VectorIndex | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS's top `depth` (scores, ids), without the item `exclude`."""
+        """FAISS's top `depth` (scores, ids), without the item `exclude`. With `frames` (the frames
+        sampled from videos), a video is a candidate with its best frame's score."""
         with self._compute_lock:
             scores, ids = index.search(queries, depth + (exclude is not None), allowed)
+        if frames is not None:
+            scores, ids = self._with_frames(frames, queries, scores, ids, depth + (exclude is not None), allowed)
         if exclude is None:
             return scores, ids
         keep = ids != exclude
@@ -373,28 +408,104 @@ class SearchEngine:
             out_scores[row, : len(kept_ids)], out_ids[row, : len(kept_ids)] = kept_scores, kept_ids
         return out_scores, out_ids
 
+    def _with_frames(
+        self,
+        frames: VectorIndex,
+        queries: np.ndarray,
+        scores: np.ndarray,
+        ids: np.ndarray,
+        depth: int,
+        allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The items' candidates merged with the videos their best frames name: each item once,
+        at the best of its own score and its frames' scores, the top `depth` of them."""
+        allowed_frames = None
+        if allowed is not None:
+            allowed_frames = self._frames_of(allowed)
+        with self._compute_lock:
+            frame_scores, frame_ids = frames.search(queries, depth * _FRAMES_PER_CANDIDATE, allowed_frames)
+        wanted = np.unique(frame_ids[frame_ids >= 0])
+        if len(wanted) == 0:
+            return scores, ids
+        with self.store.metadata.session() as s:
+            item_of = dict(
+                s.execute(select(FrameRow.id, FrameRow.item_id).where(FrameRow.id.in_(wanted.tolist()))).all()
+            )
+        out_scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), depth), -1, dtype=np.int64)
+        for row in range(len(queries)):
+            best: dict[int, float] = {}
+            for item, score in zip(ids[row], scores[row]):
+                if item >= 0:
+                    best[int(item)] = float(score)
+            for frame, score in zip(frame_ids[row], frame_scores[row]):
+                item = item_of.get(int(frame))
+                if item is not None and score > best.get(item, -np.inf):
+                    best[item] = float(score)
+            ranked = sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:depth]
+            out_ids[row, : len(ranked)] = [item for item, _ in ranked]
+            out_scores[row, : len(ranked)] = [score for _, score in ranked]
+        return out_scores, out_ids
+
+    def _frames_of(self, items: np.ndarray) -> np.ndarray:
+        """The ids of the frames of these items (a filter's allowed videos)."""
+        found: list[int] = []
+        listed = [int(i) for i in items]
+        with self.store.metadata.session() as s:
+            for start in range(0, len(listed), 10_000):
+                chunk = listed[start : start + 10_000]
+                found.extend(s.scalars(select(FrameRow.id).where(FrameRow.item_id.in_(chunk))))
+        return np.array(found, dtype=np.int64)
+
     def rank_vectors(self, queries: np.ndarray, k: int, target: Kind = "image", rerank: bool = True) -> np.ndarray:
         """Ids of the top k for each query, best first."""
         return self.search_vectors(queries, k, target, rerank=rerank)[1]
 
-    def _hits(self, kind: Kind, scores: np.ndarray, ids: np.ndarray, copies: np.ndarray) -> list[Hit]:
+    def _hits(
+        self, kind: Kind, scores: np.ndarray, ids: np.ndarray, copies: np.ndarray, query: np.ndarray | None = None
+    ) -> list[Hit]:
         valid = [(int(i), float(s), int(c)) for i, s, c in zip(ids, scores, copies) if i >= 0]
         if not valid:
             return []
         wanted = [i for i, _, _ in valid]
         with self.store.metadata.session() as s:
             if kind == "image":
-                rows = {
-                    r.id: (r.path, None)
-                    for r in s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_(wanted)))
-                }
+                found = s.execute(
+                    select(ImageRow.id, ImageRow.path, ImageRow.media).where(ImageRow.id.in_(wanted))
+                ).all()
+                rows = {r.id: (r.path, None) for r in found}
+                videos = [r.id for r in found if r.media == "video"]
+                if videos:
+                    times = _best_moments(s, videos, query)
+                    return [
+                        Hit(i, "video", score, rows[i][0], None, copies, time=times.get(i))
+                        if i in times
+                        else Hit(i, "image", score, rows[i][0], None, copies)
+                        for i, score, copies in valid
+                        if i in rows
+                    ]
             else:
                 rows = {
                     r.id: (r.source, r.text)
                     for r in s.execute(select(TextRow.id, TextRow.source, TextRow.text).where(TextRow.id.in_(wanted)))
                 }
         # A row deleted by a concurrent writer after the vector search is simply left out.
-        return [Hit(i, kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
+        hit_kind: Literal["image", "text"] = "text" if kind == "text" else "image"
+        return [Hit(i, hit_kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
+
+
+def _best_moments(session: object, videos: list[int], query: np.ndarray | None) -> dict[int, float]:
+    """Each video's moment for a query: the time of its frame nearest the query (the first frame
+    when there is no query vector)."""
+    rows = session.execute(  # type: ignore[attr-defined]
+        select(FrameRow.item_id, FrameRow.time, FrameRow.vector).where(FrameRow.item_id.in_(videos))
+    ).all()
+    best: dict[int, tuple[float, float]] = {}
+    for item, time, blob in rows:
+        score = float(blob_to_vector(blob) @ query) if query is not None else -float(time)
+        if item not in best or score > best[item][0]:
+            best[item] = (score, float(time))
+    return {item: moment for item, (_, moment) in best.items()}
 
 
 def _check_filters(filters: SearchFilter | None, target: Kind) -> None:

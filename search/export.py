@@ -33,7 +33,7 @@ def link_hits(hits: Sequence[Hit], folder: Path) -> list[Path]:
         raise InvalidQueryError(f"--links '{folder}' is not a folder")
     links = []
     width = max(2, len(str(len(hits))))
-    for rank, hit in enumerate((h for h in hits if h.kind == "image"), 1):
+    for rank, hit in enumerate((h for h in hits if h.kind in ("image", "video")), 1):
         link = folder / f"{rank:0{width}d}_{Path(hit.path).name}"
         if link.is_symlink() or link.exists():
             link.unlink()

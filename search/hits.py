@@ -10,19 +10,21 @@ __all__ = ["Hit"]
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: an indexed image (path) or text (text, with the file it came from as path).
+    """One result: an indexed image (path), video (path, with the `time` of its best frame) or text
+    (text, with the file it came from as path).
 
     `score` is the hit's own final score on the cosine scale (see search.rerank.pipeline); `copies`
     is how many near-duplicates of it were folded into it (--collapse), 0 otherwise; `pair`: the
     other files of the same shot folded into it (a RAW+JPEG pair: search.pairs), empty otherwise."""
 
     id: int
-    kind: Literal["image", "text"]
+    kind: Literal["image", "text", "video"]
     score: float
     path: str
     text: str | None = None
     copies: int = 0
     pair: tuple[str, ...] = ()
+    time: float | None = None  # a video's moment that matched, in seconds (None for photos and texts)
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)

@@ -23,7 +23,7 @@ def _shoot(root: Path) -> Path:
 
 def test_unread_kinds_are_counted_by_extension_in_the_summary_and_in_info(tmp_path: Path) -> None:
     photos = _shoot(tmp_path / "shoot")
-    summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photos])
+    summary = Indexer(tmp_path / "idx", model=fake_model(), video=False).add_paths([photos])
     assert (summary.new, summary.failed) == (1, 4)  # the four RAW names hold no RAW: LibRaw says so
     assert summary.skipped == {".mp4": 1}  # notes.txt is not a photo kind at all
     assert summary.as_dict()["skipped"] == summary.skipped
@@ -33,7 +33,7 @@ def test_unread_kinds_are_counted_by_extension_in_the_summary_and_in_info(tmp_pa
     assert sorted(listed) == ["DSC_0003.nef", "DSC_0004.DNG", "IMG_0001.CR2", "IMG_0002.CR2", "clip.mp4"]
     assert "not a camera RAW LibRaw reads" in listed["IMG_0001.CR2"] and "video" in listed["clip.mp4"]
     # a second run re-decides them, it does not count them twice
-    again = Indexer(tmp_path / "idx", model=fake_model()).add_paths([photos])
+    again = Indexer(tmp_path / "idx", model=fake_model(), video=False).add_paths([photos])
     assert (again.unchanged, again.skipped) == (1, summary.skipped)
     assert index_info(tmp_path / "idx")["skipped"] == summary.skipped
 
@@ -46,7 +46,7 @@ def test_cli_index_and_info_report_the_skipped_kinds(tmp_path: Path, monkeypatch
     monkeypatch.setattr(indexing.Indexer, "_check_model", lambda self, store: store.check_model("fake-colour:test", 32))
     photos = _shoot(tmp_path / "shoot")
     runner = CliRunner()
-    result = runner.invoke(app, ["index", str(photos), "--index", str(tmp_path / "idx")])
+    result = runner.invoke(app, ["index", str(photos), "--no-video", "--index", str(tmp_path / "idx")])
     assert result.exit_code == 0, result.output
     assert "skipped 1 file(s) of kinds xmodal does not read (.mp4 1)" in result.output
     info = json.loads(runner.invoke(app, ["info", "--json", "--index", str(tmp_path / "idx")]).stdout)

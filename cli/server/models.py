@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 Kind = Literal["image", "text"]
+ItemKind = Literal["image", "text", "video"]  # what a hit or an item is (a video is searched as an image)
 
 
 class ErrorOut(BaseModel):
@@ -41,7 +42,7 @@ class ErrorOut(BaseModel):
 
 class HitOut(BaseModel):
     id: int
-    kind: Kind
+    kind: ItemKind
     score: float
     path: str = Field(description="The photo's path, or for a text the file it came from.")
     name: str = Field(description="The file name (last part of the path).")
@@ -52,6 +53,7 @@ class HitOut(BaseModel):
     pair: list[str] = Field(
         default_factory=list, description="The shot's other files folded into this hit (a RAW+JPEG pair's RAW)."
     )
+    time: float | None = Field(default=None, description="A video's moment that matched, in seconds.")
 
 
 class SearchResponse(BaseModel):
@@ -67,7 +69,7 @@ class SearchResponse(BaseModel):
 
 class ItemOut(BaseModel):
     id: int
-    kind: Kind
+    kind: ItemKind
     path: str
     name: str
     size: int | None = None

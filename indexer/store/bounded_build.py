@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from xmodal.indexer.store.full_vectors import FullVectors
 from xmodal.indexer.store.plan import IndexPlan, build_faiss, choose_plan, divisor_at_most
-from xmodal.indexer.store.schema import ImageRow, MetadataStore, TextRow
+from xmodal.indexer.store.schema import MetadataStore, VectorTable
 from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["BuildReport", "parse_bytes", "iter_vectors", "build_bounded", "estimated_peak_bytes", "DEFAULT_BUDGET"]
@@ -71,7 +71,7 @@ class BuildReport:
 
 
 def iter_vectors(
-    metadata: MetadataStore, table: type[ImageRow] | type[TextRow], chunk: int = 65_536
+    metadata: MetadataStore, table: VectorTable, chunk: int = 65_536
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, float32 vectors) of every row in id order, `chunk` rows at a time (a server-side
     cursor on PostgreSQL, a stepped statement on SQLite): memory stays at one chunk."""
@@ -104,7 +104,7 @@ def _on_disk_plan(plan: IndexPlan, dim: int) -> IndexPlan:
 
 def build_bounded(
     metadata: MetadataStore,
-    table: type[ImageRow] | type[TextRow],
+    table: VectorTable,
     dim: int,
     faiss_path: Path,
     budget: int = DEFAULT_BUDGET,

@@ -4,6 +4,7 @@
     DIR/index.db         metadata and full-precision vectors (source of truth), when SQLite
     DIR/images.faiss     image vectors (ids = images.id), a local cache stamped with the database's
     DIR/texts.faiss      text vectors (ids = texts.id)   identity and generation
+    DIR/frames.faiss     vectors of the frames sampled from videos (ids = frames.id)
     DIR/.cache.lock      held while a process writes the FAISS caches of this folder
 
 SQL is the truth, FAISS a cache: several folders (machines) can share one PostgreSQL database,
@@ -42,16 +43,26 @@ from sqlalchemy.engine import Engine, make_url
 from xmodal.indexer.errors import IndexLockedError, IndexNotFoundError
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.store.migrations import SchemaTooNewError
-from xmodal.indexer.store.schema import SCHEMA_VERSION, ImageRow, MetadataStore, TextRow, is_busy, safe_url, scrub
+from xmodal.indexer.store.schema import (
+    SCHEMA_VERSION,
+    FrameRow,
+    ImageRow,
+    MetadataStore,
+    TextRow,
+    VectorTable,
+    is_busy,
+    safe_url,
+    scrub,
+)
 from xmodal.indexer.store.vector_index import VectorIndex
 
 __all__ = ["Kind", "INDEX_ENV_VAR", "DB_URL_ENV_VAR", "default_index_dir", "IndexStore"]
 
-Kind = Literal["image", "text"]
+Kind = Literal["image", "text", "frame"]  # "frame": the frames sampled from videos
 INDEX_ENV_VAR = "XMODAL_INDEX"
 DB_URL_ENV_VAR = "XMODAL_DB_URL"
 _SETTINGS = "xmodal.json"
-_TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
+_TABLES: dict[str, VectorTable] = {"image": ImageRow, "text": TextRow, "frame": FrameRow}
 # pg_try_advisory_lock key of the writer (any constant; advisory locks are per database)
 _WRITER_LOCK_KEY = 0x786D6F64616C7772
 # A reader saves its caught-up cache only when the file is this far behind (rows): saving a
@@ -243,6 +254,26 @@ class IndexStore:
         self._vectors[kind], self._generations[kind] = index, current
         return index
 
+    def held_kinds(self) -> list[str]:
+        """The kinds whose FAISS cache this store holds loaded."""
+        return list(self._vectors)
+
+    def follow_sql(self, kind: Kind) -> VectorIndex:
+        """The held cache of one kind brought up to the rows SQL holds now, also while this store
+        writes: for a kind whose rows a writer changes through SQL alone (a video's frames go with
+        its row), rather than by adding and removing vectors itself."""
+        with self._swap:
+            cached = self._vectors.get(kind)
+            if cached is None:
+                return self._current(kind)
+            current = self.metadata.generation(kind)
+            since = self._generations.get(kind, 0)
+            if since != current and self._caught_up(kind, cached, since, current) is None:
+                cached = self._from_sql(kind, f"the {kind} cache could not follow SQL to generation {current}")
+                self._vectors[kind] = cached
+            self._generations[kind] = current
+            return cached
+
     def catch_up(self) -> bool:
         """Bring this store up to date with the database now; True when anything changed.
 
@@ -367,7 +398,7 @@ class IndexStore:
 
         described = {}
         with self.write_lock():
-            for kind in ("image", "text"):
+            for kind in ("image", "text", "frame"):
                 if memory_budget is not None:
                     from xmodal.indexer.store.bounded_build import build_bounded
 

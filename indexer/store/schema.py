@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     Integer,
     LargeBinary,
     String,
@@ -67,6 +68,8 @@ __all__ = [
     "FailureRow",
     "MetaRow",
     "DeletedRow",
+    "FrameRow",
+    "VectorTable",
     "Changes",
     "MetadataStore",
     "FsPath",
@@ -128,6 +131,8 @@ class ImageRow(Base):
     features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     # The generation of the transaction that last wrote the vector (None: before change tracking).
     generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    # 'photo' or 'video' (a video's own vector and features are those of its most typical frame)
+    media: Mapped[str] = mapped_column(String(8), default="photo", server_default="photo")
 
 
 class TextRow(Base):
@@ -158,7 +163,19 @@ class DeletedRow(Base):
     row_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
-_KIND_OF = {"images": "image", "texts": "text"}
+class FrameRow(Base):
+    """A frame sampled from a video (an `images` row of media 'video'): its time and its vector."""
+
+    __tablename__ = "frames"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(Integer, index=True)
+    time: Mapped[float] = mapped_column(Float)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+
+_KIND_OF = {"images": "image", "texts": "text", "frames": "frame"}
+VectorTable = type[ImageRow] | type[TextRow] | type[FrameRow]
 
 
 @dataclass(frozen=True)
@@ -380,9 +397,7 @@ class MetadataStore:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(table)) or 0)
 
-    def vectors(
-        self, table: type[ImageRow] | type[TextRow], ids: Iterable[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def vectors(self, table: VectorTable, ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the given rows, or of all rows; vectors float32 (n, dim)."""
         stmt = select(table.id, table.vector).order_by(table.id)
         if ids is not None:
@@ -398,7 +413,7 @@ class MetadataStore:
         vecs = np.stack([blob_to_vector(p[1]) for p in pairs]).astype(np.float32, copy=False)
         return out_ids, vecs
 
-    def changes_since(self, table: type[ImageRow] | type[TextRow], generation: int) -> Changes:
+    def changes_since(self, table: VectorTable, generation: int) -> Changes:
         """Rows written and rows deleted after `generation` (see the module's docstring)."""
         kind = _KIND_OF[table.__tablename__]
         with self.session() as s:
@@ -429,7 +444,7 @@ class MetadataStore:
             return list(s.scalars(select(FailureRow).order_by(FailureRow.path)))
 
     # --- writing (inside the caller's transaction) ---------------------------------------------
-    def insert_rows(self, session: Session, table: type[ImageRow] | type[TextRow], rows: list[dict]) -> list[int]:
+    def insert_rows(self, session: Session, table: VectorTable, rows: list[dict]) -> list[int]:
         """Insert rows in one statement per driver batch (executemany-style INSERT … RETURNING on
         both SQLite and PostgreSQL); their new ids, in order. Rows get this transaction's generation."""
         if not rows:
@@ -439,14 +454,15 @@ class MetadataStore:
         result = session.execute(stmt, [{**row, "generation": generation} for row in rows])
         return [int(i) for i in result.scalars()]
 
-    def update_rows(self, session: Session, table: type[ImageRow] | type[TextRow], rows: list[dict]) -> None:
+    def update_rows(self, session: Session, table: VectorTable, rows: list[dict]) -> None:
         """Bulk UPDATE by primary key (each dict holds `id`), one executemany."""
         if rows:
             generation = self.bump_generation(session, _KIND_OF[table.__tablename__])
             session.execute(update(table), [{**row, "generation": generation} for row in rows])
 
-    def delete_ids(self, table: type[ImageRow] | type[TextRow], ids: Sequence[int], session: Session) -> None:
-        """Delete rows and leave their tombstones (other folders' caches drop them on catch-up)."""
+    def delete_ids(self, table: VectorTable, ids: Sequence[int], session: Session) -> None:
+        """Delete rows and leave their tombstones (other folders' caches drop them on catch-up).
+        A video's frames go with its `images` row."""
         if not ids:
             return
         kind = _KIND_OF[table.__tablename__]
@@ -454,6 +470,9 @@ class MetadataStore:
         ids = sorted({int(i) for i in ids})
         for start in range(0, len(ids), 10_000):  # bounded IN lists
             chunk = ids[start : start + 10_000]
+            if table is ImageRow:
+                frames = list(session.scalars(select(FrameRow.id).where(FrameRow.item_id.in_(chunk))))
+                self.delete_ids(FrameRow, frames, session)
             session.execute(delete(table).where(table.id.in_(chunk)))
             session.execute(insert(DeletedRow), [{"kind": kind, "generation": generation, "row_id": i} for i in chunk])
 
@@ -461,11 +480,11 @@ class MetadataStore:
         """Rows added, changed or deleted through the ORM (session.add / attribute changes /
         session.delete) are tracked like the bulk writes above, so no writer can forget to."""
         for row in [*session.new, *session.dirty]:
-            if isinstance(row, (ImageRow, TextRow)) and (row in session.new or session.is_modified(row)):
+            if isinstance(row, (ImageRow, TextRow, FrameRow)) and (row in session.new or session.is_modified(row)):
                 row.generation = self.bump_generation(session, _KIND_OF[row.__tablename__])
                 self._changed(session, _KIND_OF[row.__tablename__])
         for row in list(session.deleted):
-            if isinstance(row, (ImageRow, TextRow)) and row.id is not None:
+            if isinstance(row, (ImageRow, TextRow, FrameRow)) and row.id is not None:
                 kind = _KIND_OF[row.__tablename__]
                 session.add(DeletedRow(kind=kind, generation=self.bump_generation(session, kind), row_id=row.id))
                 self._changed(session, kind)

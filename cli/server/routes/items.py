@@ -52,6 +52,7 @@ def _photo(engine: SearchEngine, item_id: int) -> ImageRow:
                 ImageRow.height,
                 ImageRow.taken_at,
                 ImageRow.indexed_at,
+                ImageRow.media,
             ).where(ImageRow.id == item_id)
         ).first()
     if row is None:
@@ -104,7 +105,7 @@ def item(
             texts = [hit_out(h) for h in searching.similar(item_id, k=_MATCHING_TEXTS, kind="image", target="text")]
     return ItemOut(
         id=row.id,
-        kind="image",
+        kind="video" if row.media == "video" else "image",
         path=row.path,
         name=os.path.basename(row.path),
         size=row.size,
@@ -168,12 +169,50 @@ def _rendition(services: Services, row: ImageRow, request: Request, edge: int, t
     responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such photo, or its file changed"}},
     summary="A JPEG thumbnail (whole picture, aspect ratio kept, EXIF orientation applied, cached on disk)",
 )
-def thumbnail(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
+def thumbnail(
+    services: ServicesDep,
+    item_id: ItemId,
+    request: Request,
+    t: Annotated[float | None, Query(ge=0, le=10**7, description="A video's moment, in seconds.")] = None,
+) -> Response:
     row = _photo(services.engine, item_id)
+    if row.media == "video":
+        return _video_thumbnail(services, row, request, t or 0.0)
     return _rendition(services, row, request, services.thumbnails.size, thumbnail=True)
 
 
 _RAW_TYPE = "application/octet-stream"  # a camera RAW: a download; /view shows a JPEG of it
+
+
+def _frame_picture(path: str, seconds: float, limits: Limits, edge: int) -> Image.Image:
+    from xmodal.indexer.errors import ImageReadError
+    from xmodal.indexer.videos import frame_at
+
+    try:
+        picture = frame_at(path, seconds, edge, limits)
+    except ImageReadError as e:
+        raise HTTPException(404, f"no frame at {seconds:g} s: {e}") from None
+    except ImportError:
+        raise HTTPException(404, "videos need the video extra: pip install 'xmodal[video]'") from None
+    picture.thumbnail((edge, edge))
+    return picture
+
+
+def _video_thumbnail(services: Services, row: ImageRow, request: Request, seconds: float) -> Response:
+    """A cached JPEG of the video's frame at (the keyframe before) `seconds`."""
+    cache = services.thumbnails
+    seconds = round(seconds, 1)
+    key = cache.key(f"{row.path}@{seconds}", row.size, row.mtime_ns)
+    etag = f'"{key}"'
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
+    os.close(_open_indexed(row))  # the very file that was indexed (404 otherwise)
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    path = cache.lookup(key)
+    if path is None:
+        limits = services.settings.limits
+        path = cache.store(key, services.decoder.run(_frame_picture, row.path, seconds, limits, cache.size))
+    return FileResponse(path, media_type="image/jpeg", headers=headers)
 
 
 def _media_type(handle: IO[bytes], item_id: int) -> str:
@@ -184,8 +223,11 @@ def _media_type(handle: IO[bytes], item_id: int) -> str:
             return Image.MIME.get(im.format or "", "application/octet-stream")
     except UnidentifiedImageError:
         handle.seek(0)
-        if kind_of_header(handle.read(HEADER_BYTES)) == "heif":  # read by pillow-heif, unknown to Pillow
+        head = handle.read(HEADER_BYTES)
+        if kind_of_header(head) == "heif":  # read by pillow-heif, unknown to Pillow
             return "image/heif"
+        if kind_of_header(head) == "video":
+            return _video_type(head)
         raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
     except Exception:  # noqa: BLE001 - indexed once, unreadable now
         raise HTTPException(404, f"photo {item_id} is no longer a readable image") from None
@@ -218,6 +260,18 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             416, f"the range starts past the end of the file ({size} bytes)", {"Content-Range": f"bytes */{size}"}
         )
     return first, last
+
+
+def _video_type(head: bytes) -> str:
+    """A video's media type by its first bytes (browsers play MP4 and WebM; the rest download)."""
+    if head[4:8] == b"ftyp":
+        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
+    if head[:4] == b"RIFF":
+        return "video/x-msvideo"
+    return "application/octet-stream"
+
 
 
 def _stream(handle: IO[bytes], row: ImageRow, media_type: str, request: Request | None = None) -> Response:
@@ -293,7 +347,7 @@ def view(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     except BaseException:
         handle.close()
         raise
-    if media_type in _BROWSER_TYPES:
+    if media_type in _BROWSER_TYPES or media_type.startswith("video/"):
         return _stream(handle, row, media_type, request)
     handle.close()
     return _rendition(services, row, request, _DISPLAY_SIZE, thumbnail=False)

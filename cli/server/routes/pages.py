@@ -77,7 +77,7 @@ def _login_page(request: Request, message: str = "", status: int = 200) -> HTMLR
 def _figure(hit: HitOut) -> str:
     label = hit.text if hit.kind == "text" and hit.text else hit.name
     title = html.escape(f"{hit.score:.3f} · {hit.path}", quote=True)
-    if hit.kind == "image":
+    if hit.kind in ("image", "video"):
         picture = (
             f'<img src="{html.escape(hit.thumbnail or "")}" alt="{html.escape(hit.name, quote=True)}" loading="lazy">'
         )

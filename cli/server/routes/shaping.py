@@ -16,7 +16,8 @@ __all__ = ["hit_out", "page", "json_response"]
 
 
 def hit_out(hit: Hit) -> HitOut:
-    image = hit.kind == "image"
+    image = hit.kind in ("image", "video")
+    moment = f"?t={hit.time:g}" if hit.time is not None else ""
     return HitOut(
         id=hit.id,
         kind=hit.kind,
@@ -25,8 +26,9 @@ def hit_out(hit: Hit) -> HitOut:
         name=os.path.basename(hit.path),
         text=hit.text,
         copies=hit.copies,
-        thumbnail=f"/api/items/{hit.id}/thumbnail" if image else None,
-        url=f"/api/items/{hit.id}/file" if image else None,
+        thumbnail=f"/api/items/{hit.id}/thumbnail{moment}" if image else None,
+        url=f"/api/items/{hit.id}/file{moment.replace('?', '#')}" if image else None,  # a media fragment
+        time=hit.time,
         pair=list(hit.pair),
     )
 

@@ -117,7 +117,7 @@
     score.className = "score";
     score.textContent = hit.score.toFixed(3);
     let el;
-    if (hit.kind === "image") {
+    if (hit.kind === "image" || hit.kind === "video") {
       el = document.createElement("a");
       el.className = "hit";
       el.href = hit.url;
@@ -140,6 +140,7 @@
     el.dataset.index = String(index);
     el.dataset.id = String(hit.id);
     el.title = hit.score.toFixed(3) + " · " + hit.path;
+    if (window.xmodalVideo) window.xmodalVideo.decorateTile(el, hit);
     return el;
   }
 
@@ -155,7 +156,7 @@
   // --- the large view ---------------------------------------------------------------------
   async function open(index) {
     const hit = state.hits[index];
-    if (!hit || hit.kind !== "image") return;
+    if (!hit || hit.kind === "text") return;
     state.current = index;
     const viewer = $("viewer");
     $("big").src = "/api/items/" + encodeURIComponent(hit.id) + "/view"; // a JPEG for HEIC/TIFF, else the file
@@ -163,6 +164,7 @@
     $("v-name").textContent = hit.name;
     $("v-path").textContent = hit.path;
     $("v-open").href = hit.url;
+    if (window.xmodalVideo) window.xmodalVideo.show(hit);
     $("v-facts").replaceChildren();
     $("v-texts").replaceChildren();
     viewer.hidden = false;
@@ -205,13 +207,14 @@
     if (viewer.hidden) return;
     viewer.hidden = true;
     $("big").removeAttribute("src");
+    if (window.xmodalVideo) window.xmodalVideo.hide();
     const tileEl = $("results").querySelector('[data-index="' + state.current + '"]');
     if (tileEl) tileEl.focus();
   }
 
   function step(delta) {
     let i = state.current + delta;
-    while (state.hits[i] && state.hits[i].kind !== "image") i += delta;
+    while (state.hits[i] && state.hits[i].kind === "text") i += delta;
     if (state.hits[i]) open(i);
     if (i >= state.hits.length - 3) loadMore(false);
   }
