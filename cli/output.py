@@ -31,7 +31,6 @@ def hit_label(hit: Hit) -> str:
     return label
 
 
-
 def print_hits(hits: Sequence[Hit]) -> None:
     """A table of hits; a `copies` column when near-duplicates were folded (--collapse)."""
     console = Console()

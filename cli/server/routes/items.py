@@ -273,7 +273,6 @@ def _video_type(head: bytes) -> str:
     return "application/octet-stream"
 
 
-
 def _stream(handle: IO[bytes], row: ImageRow, media_type: str, request: Request | None = None) -> Response:
     """The file itself; one byte range of it (206) when the request asks for one (seeking in a video)."""
     name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in os.path.basename(row.path))
