@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -23,10 +24,12 @@ from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
+from xmodal.search.planning import IndexVocabulary, fuse_hits, matched_parts, understood_filter
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
 from xmodal.search.rerank.stages import RerankOptions, auto_score_floor
+from xmodal.search.understanding import Understood
 
 if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel
@@ -36,7 +39,7 @@ __all__ = ["SearchEngine", "MinScore", "Query"]
 # onnxruntime threads of one query encoder run: a short query gains little past two.
 _QUERY_THREADS = max(1, min(2, os.cpu_count() or 1))
 _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
-Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm]
+Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm] | Understood
 MinScore = float | Literal["auto"] | None
 
 
@@ -67,6 +70,7 @@ class SearchEngine:
         """Swap the index (a server follows another process's writes this way); the second stage
         follows, and what it keeps is keyed by generation, so nothing stale survives."""
         self._store = store
+        self._vocabulary_cache: IndexVocabulary | None = None
         self.second_stage = SecondStage(store, QueryBanks(store, self.embed_texts), compute=self._compute_lock)
 
     @property
@@ -162,6 +166,8 @@ class SearchEngine:
             return query.astype(np.float32)
         if isinstance(query, (Path, Image.Image)):
             return self.embed_image_query(query)
+        if isinstance(query, Understood):
+            query = parse_query(query.visual or query.query)
         terms = parse_query(query) if isinstance(query, str) else list(query)
         total = np.zeros(self.store.dim or 0, dtype=np.float32)
         for term in terms:
@@ -172,6 +178,83 @@ class SearchEngine:
             raise InvalidQueryError("the query's terms cancel each other out")
         return total / norm
 
+    # --- understanding a plain query ----------------------------------------------------------
+    def understand(self, query: str, today: date | None = None, ignore: Collection[str] = ()) -> Understood:
+        """What the one-box planner reads in a query (search.understanding): its visual part, dates,
+        place, words in the photo and in names. `today` fixes relative dates ("last summer");
+        parts named in `ignore` are not read (their words stay visual). Pass the result to `search`."""
+        return _with_reading(self._vocabulary().planner.understand(query, ignore, today=today))
+
+    def _vocabulary(self) -> IndexVocabulary:
+        """The planner's vocabulary of this index, rebuilt when its photos change."""
+        generation = self.store.metadata.generation("image")
+        with self._lock:
+            cached = self._vocabulary_cache
+            if cached is None or cached.generation != generation:
+                cached = IndexVocabulary.build(self.store, generation, self._index_places())
+                self._vocabulary_cache = cached
+            return cached
+
+    def _index_places(self) -> list[str]:
+        """The names of the places this index's photos were taken at (none before facts are stored)."""
+        return []
+
+    def _search_understood(
+        self,
+        understood: Understood,
+        k: int,
+        target: Kind,
+        filters: SearchFilter | None,
+        rerank: RerankOptions | bool,
+        min_score: MinScore,
+    ) -> list[Hit]:
+        """Dates (and places) filter inside the search; the visual part ranks; words in the photo and
+        in names are scored and fused with it (search.planning.fuse_hits), over the visual
+        candidates and the photos that have the words."""
+        filters = understood_filter(filters, understood)
+        _check_filters(filters, target)
+        terms = parse_query(understood.visual or understood.query)
+        vector = self.embed_query(terms)
+        scored = bool(understood.in_photo or understood.names)
+        depth = min(max(k, RerankOptions().candidates), self.limits.max_depth) if scored else k
+        hits = self._hit_list(vector, depth, target, filters, rerank, _query_kind(terms), min_score)
+        if not scored:
+            parts = matched_parts(understood, True, 0.0, 0.0)
+            return [replace(h, matched=parts) for h in hits]
+        vocabulary = self._vocabulary()
+        extra = self._found_by_words(understood, vocabulary, filters, vector, {h.id for h in hits})
+        fused = fuse_hits(understood, hits, extra, vocabulary)
+        if min_score is not None and min_score != "auto":
+            fused = [h for h in fused if h.score >= float(min_score)]
+        return fused[:k]
+
+    def _found_by_words(
+        self,
+        understood: Understood,
+        vocabulary: IndexVocabulary,
+        filters: SearchFilter | None,
+        vector: np.ndarray,
+        seen: set[int],
+    ) -> list[Hit]:
+        """The photos that have the query's words in their text or names and passed the filters but
+        not the visual search, with their plain cosine; at most limits.max_depth of them."""
+        arrays = [vocabulary.names.matching(list(understood.names))]
+        if understood.in_photo and vocabulary.photo_text is not None:
+            arrays.append(vocabulary.photo_text.matching(list(understood.in_photo)))
+        ids = np.unique(np.concatenate(arrays)).astype(np.int64)
+        ids = ids[~np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))]
+        if len(ids) and filters is not None and filters.active:
+            with self.store.metadata.session() as s:
+                allowed = filters.allowed_ids(s, "image")
+            if allowed is not None:
+                ids = ids[np.isin(ids, allowed)]
+        if len(ids) == 0:
+            return []
+        found, vectors = self.store.metadata.vectors(ImageRow, [int(i) for i in ids])
+        scores = vectors @ vector.astype(np.float32)
+        top = np.argsort(-scores, kind="stable")[: self.limits.max_depth]
+        return self._hits("image", scores[top], np.asarray(found)[top], np.zeros(len(top), dtype=np.int64))
+
     # --- searching --------------------------------------------------------------------------
     def search(
         self,
@@ -181,8 +264,14 @@ class SearchEngine:
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         min_score: MinScore = None,
+        literal: bool = False,
     ) -> list[Hit]:
         """Top-k hits for any query. `filters` act inside the search.
+
+        A plain text query for photos is read by the one-box planner first (`understand`: dates and
+        places filter, words in the photo and names are fused with the visual score); `literal`
+        turns that off, and an `Understood` from `understand` is searched as it was read. Each hit
+        says which parts of the query it matched (`Hit.matched`).
 
         `min_score` is a floor on each hit's own score: every hit returned scores at least that.
         "auto" sets the floor from the score distribution of the top candidates (a fixed depth,
@@ -192,9 +281,14 @@ class SearchEngine:
         _check_min_score(min_score)
         if k <= 0:
             return []
+        if isinstance(query, str) and not literal and target == "image":
+            query = self.understand(query)
+        if isinstance(query, Understood):
+            return self._search_understood(query, k, target, filters, rerank, min_score)
         if isinstance(query, str):
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
-        return self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
+        hits = self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
+        return [replace(h, matched=["visual"]) for h in hits]
 
     def search_text(self, text: str, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
         return self.search(_plain_text(text, self.limits.max_query_chars), k, target, **options)  # type: ignore[arg-type]
@@ -373,6 +467,24 @@ class SearchEngine:
         return [Hit(i, kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
 
 
+def _with_reading(understood: Understood) -> Understood:
+    """A Chinese visual part with the English it is read as, and the words not understood."""
+    from xmodal.indexer.models.chinese.script import has_chinese
+
+    if not understood.visual or not has_chinese(understood.visual):
+        return understood
+    from xmodal.indexer.models.chinese import understand as understand_language
+
+    language = understand_language(understood.visual)
+    if language.note:
+        return replace(understood, not_understood=(*understood.not_understood, language.note))
+    return replace(
+        understood,
+        reading=language.english,
+        not_understood=(*understood.not_understood, *language.unknown_words),
+    )
+
+
 def _check_filters(filters: SearchFilter | None, target: Kind) -> None:
     if filters is not None and target == "text" and filters.photo_only():
         names = ", ".join(f"--{name}" for name in filters.photo_only())
@@ -392,7 +504,7 @@ def _query_kind(query: Query) -> Kind | None:
     """The kind of a query made of one kind of term; None for vectors and mixed combinations."""
     if isinstance(query, (Path, Image.Image)):
         return "image"
-    if isinstance(query, (np.ndarray, str)):
+    if isinstance(query, (np.ndarray, str, Understood)):
         return None
     kinds = {term.kind for term in query}
     return kinds.pop() if len(kinds) == 1 else None  # type: ignore[return-value]

@@ -505,9 +505,10 @@ class QueryPlanner:
     def __post_init__(self) -> None:
         self._place_index = {" ".join(_WORD.findall(p.lower())): p for p in self.places if _WORD.search(p)}
 
-    def understand(self, query: str, ignore: Collection[str] = ()) -> Understood:
+    def understand(self, query: str, ignore: Collection[str] = (), today: date | None = None) -> Understood:
         """The parts of a plain query. Parts named in `ignore` ("date", "place", "text_in_photo",
-        "name") are not read: their words stay in the visual query."""
+        "name") are not read: their words stay in the visual query. `today` overrides the planner's."""
+        day = today or self.today or date.today()
         text = " ".join(query.split())
         if not text:
             return Understood(query=query, visual=None, literal=True)
@@ -518,10 +519,10 @@ class QueryPlanner:
         if len(terms) == 1 and terms[0].kind == "image":
             return Understood(query=text, visual=text, literal=True)
         if len(terms) > 1:
-            return self._combined(text, terms, ignore)
-        return self._plain(text, ignore)
+            return self._combined(text, terms, ignore, day)
+        return self._plain(text, ignore, day)
 
-    def _combined(self, text: str, terms: Sequence[QueryTerm], ignore: Collection[str]) -> Understood:
+    def _combined(self, text: str, terms: Sequence[QueryTerm], ignore: Collection[str], today: date) -> Understood:
         """`"dog in Lisbon" - "snow"`: dates and places are read from the positive text terms, the
         rest of each term stays a term; quotes delimit terms here, so they ask for no text in photo."""
         ignore = {*ignore, "text_in_photo"}
@@ -533,7 +534,8 @@ class QueryPlanner:
             if term.kind != "text" or term.weight <= 0:
                 kept.append(term)
                 continue
-            part = self._plain(term.value, {*ignore, *(("date",) if dates else ()), *(("place",) if place else ())})
+            once = {*ignore, *(("date",) if dates else ()), *(("place",) if place else ())}
+            part = self._plain(term.value, once, today)
             dates, place = dates or part.dates, place or part.place
             place_text = place_text or part.place_text
             not_understood += part.not_understood
@@ -553,8 +555,7 @@ class QueryPlanner:
             not_understood=tuple(not_understood),
         )
 
-    def _plain(self, text: str, ignore: Collection[str]) -> Understood:
-        today = self.today or date.today()
+    def _plain(self, text: str, ignore: Collection[str], today: date) -> Understood:
         removed: list[tuple[int, int]] = []  # character spans no longer visual
         not_understood: list[str] = []
 
