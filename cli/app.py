@@ -193,7 +193,8 @@ def search(
         str | None,
         typer.Option(
             "--after",
-            help="Only photos taken (EXIF, else mtime) from the start of this date on: 2023 = from 1 Jan 2023, "
+            help="Only photos taken (EXIF, a video's creation time, else mtime) from the start of this date on: "
+            "2023 = from 1 Jan 2023, "
             "2023-06 = from 1 June.",
         ),
     ] = None,
@@ -208,6 +209,13 @@ def search(
         list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")
     ] = None,
     min_size: Annotated[str | None, typer.Option("--min-size", help="Only photos at least WIDTHxHEIGHT.")] = None,
+    place: Annotated[
+        str | None,
+        typer.Option(
+            "--place",
+            help="Only photos taken in this city, region or country (named from their GPS; see `xmodal places`).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     links: Annotated[
@@ -239,6 +247,7 @@ def search(
         extensions=tuple(ext or ()),
         min_width=width,
         min_height=height,
+        place=" ".join(place.split()) or None if place else None,
     )
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
     if query is not None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from xmodal.indexer.decode_pool import Prepared, StartMethod, Work, decode_pool, decode_size, file_hash, prefetch
+from xmodal.indexer.facts import read_facts, rename_facts, stale_facts, write_facts
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.paths import absolute
@@ -48,6 +50,8 @@ __all__ = ["IndexSummary", "Progress", "Indexer", "EmbeddedBatch", "file_hash"]
 # the ones that decoded, and their embeddings (None when none decoded).
 EmbeddedBatch = tuple[list[Prepared], list[Prepared], "IndexedPixels | None"]
 
+# Photos whose facts an older run lacks are read and written this many at a time (one transaction each).
+_FACTS_BATCH = 256
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
 
@@ -61,6 +65,11 @@ def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> dict[str, 
     judged += [f for f in folder_roots if not any(is_inside(f, r) for r in recorded)]
     offline = {r: rows_under(store.metadata, r) for r in dict.fromkeys(judged) if looks_offline(r)}
     return {r: offline[r] for r in minimal_folders(r for r, n in offline.items() if n > 0)}
+
+
+def _moment(value: object) -> datetime | None:
+    """A decoder's time for the facts (a video's creation time), when it gave one."""
+    return value if isinstance(value, datetime) else None
 
 
 def _split_roots(roots: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -334,6 +343,7 @@ class Indexer:
             missing = {}
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
         self._forget(store, [row.id for row in missing.values()])
+        self._fill_facts(store, seen_paths, {w.row_id for w in work if w.row_id is not None}, summary)
         self._last_save = time.perf_counter()
         if work and self.ray is not None:
             from xmodal.indexer.distributed import embed_on_ray
@@ -342,6 +352,27 @@ class Indexer:
         elif work:
             self._embed_all(store, self._load(store), work, summary)
         return summary
+
+    def _fill_facts(self, store: IndexStore, present: set[str], redone: set[int], summary: IndexSummary) -> None:
+        """Facts of photos indexed without them (an index made before facts, or by an older
+        reader: indexer.facts.FACTS_VERSION), read from the files found by this run and written
+        in batches; nothing is embedded again. Photos this run embeds again get theirs then."""
+        clock = time.perf_counter()
+        with store.metadata.session() as s:
+            todo = [r for r in stale_facts(s) if r[1] in present and r[0] not in redone]
+        if not todo:
+            return
+        done = 0
+        for start in range(0, len(todo), _FACTS_BATCH):
+            chunk = todo[start : start + _FACTS_BATCH]
+            facts = [(row_id, read_facts(path, mtime_ns, taken)) for row_id, path, mtime_ns, taken in chunk]
+            with store.metadata.session() as s, s.begin():
+                # a row deleted meanwhile by no one (we hold the write lock); still, only rows there
+                there = set(s.scalars(select(ImageRow.id).where(ImageRow.id.in_([i for i, _ in facts]))))
+                write_facts(s, [(i, f) for i, f in facts if i in there])
+            done += len(chunk)
+            self._report_stage("facts", done, len(todo))
+        summary.timings["facts"] = summary.timings.get("facts", 0.0) + time.perf_counter() - clock
 
     def _apply_moves_and_removals(
         self,
@@ -359,6 +390,7 @@ class Indexer:
                 s.query(ImageRow).filter(ImageRow.id == row.id).update(
                     {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "indexed_at": now}
                 )
+            rename_facts(s, [(row.id, str(f.path)) for row, f in moves])
             store.metadata.delete_ids(ImageRow, [row.id for row in removed], s)
             # Failures under these roots are re-decided by this run (a listing may come without roots:
             # an empty or_() would match every failure).
@@ -464,6 +496,14 @@ class Indexer:
         New rows go in with one multi-row INSERT … RETURNING and changed ones with one
         executemany UPDATE (SQLite and PostgreSQL alike); `timings["sql"]` is this part alone."""
         clock = time.perf_counter()
+        # Each file's facts from its header (a video's time from its decoder: prepared.taken_at),
+        # read before the transaction so the database is held no longer than the writes take.
+        facts = [
+            read_facts(p.work.found.path, p.work.found.mtime_ns, _moment(p.taken_at))
+            for p in (good if embedded is not None else [])
+        ]
+        summary.timings["facts"] = summary.timings.get("facts", 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
         now = utcnow()
         spec = str(model.spec)
         rows: list[dict] = []
@@ -496,6 +536,7 @@ class Indexer:
             store.metadata.update_rows(s, ImageRow, updates)
             new_ids = iter(store.metadata.insert_rows(s, ImageRow, inserts))
             ids = [p.work.row_id if p.work.row_id in present else next(new_ids) for p in good]
+            write_facts(s, list(zip(ids, facts)))
             summary.updated += len(updates)
             summary.new += len(inserts)
             # a changed file that no longer decodes loses its row

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from sqlalchemy import func, select
 
+from xmodal.indexer.facts import FactsSignal
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import ImageRow, TextRow, features_to_blob, vector_to_blob
 from xmodal.indexer.store.vector_index import VectorIndex
@@ -167,7 +168,8 @@ class EmbeddingSignal:
         return {"vectors": int(photos) + int(texts or 0), "tower_features": int(features)}
 
 
-DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(),)
+# The embedding, and the facts of each photo (indexer.facts: when, where, camera, names).
+DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(), FactsSignal())
 
 
 def _vector_problem(blob: bytes | None, dim: int | None) -> str | None:

@@ -24,7 +24,8 @@ from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
-from xmodal.search.planning import IndexVocabulary, fuse_hits, matched_parts, understood_filter
+from xmodal.search.library import KnownPlace, TimelinePage, item_facts, known_places, timeline
+from xmodal.search.planning import IndexVocabulary, WordScorer, fuse_hits, matched_parts, understood_filter
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
@@ -32,6 +33,7 @@ from xmodal.search.rerank.stages import RerankOptions, auto_score_floor
 from xmodal.search.understanding import Understood
 
 if TYPE_CHECKING:
+    from xmodal.indexer.facts import Facts
     from xmodal.indexer.models.embedding import EmbeddingModel
 
 __all__ = ["SearchEngine", "MinScore", "Query"]
@@ -59,6 +61,7 @@ class SearchEngine:
         # process; concurrent callers would only make those pools compete. Query embedding (onnxruntime,
         # per-session threads without spin-waiting), filters, SQL reads and the hits' rows stay concurrent.
         self._compute_lock = threading.Lock()
+        self._places: tuple[int, IndexStore, list[KnownPlace]] | None = None  # (facts generation, store, places)
         self.store = store  # also builds the second stage (see the setter)
 
     @property
@@ -99,6 +102,29 @@ class SearchEngine:
 
     def close(self) -> None:
         self.store.close()
+
+    # --- the library's facts (search.library) ---------------------------------------------------
+    def known_places(self) -> list[KnownPlace]:
+        """Every place name of this index's photos (city, region, country) with its count, most
+        photos first. Cheap per query: kept until the facts' generation moves on."""
+        generation = self.store.metadata.generation("facts")
+        cached = self._places
+        if cached is not None and cached[0] == generation and cached[1] is self.store:
+            return cached[2]
+        with self.store.metadata.session() as s:
+            places = known_places(s)
+        self._places = (generation, self.store, places)
+        return places
+
+    def timeline(self, cursor: str | None = None, months: int = 6, per_month: int = 8) -> TimelinePage:
+        """The photos by month, newest first (search.library.timeline)."""
+        with self.store.metadata.session() as s:
+            return timeline(s, cursor, months, per_month)
+
+    def facts(self, item_id: int) -> Facts | None:
+        """One photo's facts (indexer.facts), or None when it has none yet."""
+        with self.store.metadata.session() as s:
+            return item_facts(s, item_id)
 
     def __enter__(self) -> SearchEngine:
         return self
@@ -187,17 +213,19 @@ class SearchEngine:
 
     def _vocabulary(self) -> IndexVocabulary:
         """The planner's vocabulary of this index, rebuilt when its photos change."""
-        generation = self.store.metadata.generation("image")
+        metadata = self.store.metadata
+        generation = (metadata.generation("image"), metadata.generation("facts"))
         with self._lock:
             cached = self._vocabulary_cache
             if cached is None or cached.generation != generation:
-                cached = IndexVocabulary.build(self.store, generation, self._index_places())
+                places = [p.name for p in self.known_places()]
+                cached = IndexVocabulary.build(self.store, generation, places, self._photo_text_scorer())
                 self._vocabulary_cache = cached
             return cached
 
-    def _index_places(self) -> list[str]:
-        """The names of the places this index's photos were taken at (none before facts are stored)."""
-        return []
+    def _photo_text_scorer(self) -> WordScorer | None:
+        """The query words' scores against the text read in photos; None while no text was read."""
+        return None
 
     def _search_understood(
         self,
@@ -264,9 +292,11 @@ class SearchEngine:
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         min_score: MinScore = None,
+        place: str | None = None,
         literal: bool = False,
     ) -> list[Hit]:
-        """Top-k hits for any query. `filters` act inside the search.
+        """Top-k hits for any query. `filters` act inside the search; `place` keeps the photos
+        taken there (a city, region or country of `known_places()`; added to `filters`).
 
         A plain text query for photos is read by the one-box planner first (`understand`: dates and
         places filter, words in the photo and names are fused with the visual score); `literal`
@@ -277,6 +307,8 @@ class SearchEngine:
         "auto" sets the floor from the score distribution of the top candidates (a fixed depth,
         RerankOptions.candidates; see search.rerank.stages.auto_score_floor), never from k.
         Asking for a larger k only appends hits: the list for k is a prefix of the list for k + 1."""
+        if place is not None and place.strip():
+            filters = replace(filters or SearchFilter(), place=place)
         _check_filters(filters, target)  # before the query is embedded
         _check_min_score(min_score)
         if k <= 0:
@@ -489,7 +521,7 @@ def _check_filters(filters: SearchFilter | None, target: Kind) -> None:
     if filters is not None and target == "text" and filters.photo_only():
         names = ", ".join(f"--{name}" for name in filters.photo_only())
         raise InvalidQueryError(
-            f"{names} filter photos only (texts have no date, extension or size); use --under for texts"
+            f"{names} filter photos only (texts have no date, place, extension or size); use --under for texts"
         )
 
 

@@ -42,14 +42,14 @@ class WordScorer(Protocol):
 class IndexVocabulary:
     """One generation of an index's vocabulary, and the planner reading queries against it."""
 
-    generation: int
+    generation: tuple[int, ...]  # of what it was read from: photos, facts
     planner: QueryPlanner
     names: WordScorer
     photo_text: WordScorer | None = None
 
     @classmethod
     def build(
-        cls, store: object, generation: int, places: Sequence[str], photo_text: WordScorer | None = None
+        cls, store: object, generation: tuple[int, ...], places: Sequence[str], photo_text: WordScorer | None = None
     ) -> IndexVocabulary:
         with store.metadata.session() as s:  # type: ignore[attr-defined]
             names = NameIndex(s.execute(select(ImageRow.id, ImageRow.path)).tuples())
@@ -62,8 +62,10 @@ class IndexVocabulary:
 
 
 def understood_filter(filters: SearchFilter | None, understood: Understood) -> SearchFilter | None:
-    """The caller's filters narrowed by the query's dates (both bounds kept: the later start, the
-    earlier end)."""
+    """The caller's filters narrowed by the query's place (a place the caller gave wins) and dates
+    (both bounds kept: the later start, the earlier end)."""
+    if understood.place and not (filters and filters.place):
+        filters = replace(filters or SearchFilter(), place=understood.place)
     if understood.dates is None:
         return filters
     base = filters or SearchFilter()

@@ -91,6 +91,7 @@ class BatchSearchRequest(BaseModel):
     before: str | None = Field(None, max_length=64, description="Only photos taken before this date.")
     ext: list[str] | None = Field(None, max_length=16, description="Only these extensions.")
     min_size: str | None = Field(None, max_length=32, description="Only photos at least WIDTHxHEIGHT.")
+    place: str | None = Field(None, max_length=200, description="Only photos taken in this city, region or country.")
 
 
 class BatchResult(BaseModel):

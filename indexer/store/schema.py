@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     Integer,
     LargeBinary,
     String,
@@ -67,6 +68,7 @@ __all__ = [
     "FailureRow",
     "MetaRow",
     "DeletedRow",
+    "FactsRow",
     "Changes",
     "MetadataStore",
     "FsPath",
@@ -158,7 +160,9 @@ class DeletedRow(Base):
     row_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
-_KIND_OF = {"images": "image", "texts": "text"}
+# Tables whose writes move a generation on: images and texts (the vectors' caches follow them), and
+# facts (what is cached of them, e.g. the known places, follows "generation:facts").
+_KIND_OF = {"images": "image", "texts": "text", "facts": "facts"}
 
 
 @dataclass(frozen=True)
@@ -455,6 +459,8 @@ class MetadataStore:
         for start in range(0, len(ids), 10_000):  # bounded IN lists
             chunk = ids[start : start + 10_000]
             session.execute(delete(table).where(table.id.in_(chunk)))
+            if table is ImageRow:  # a photo's facts go with it (no foreign key: SQLite would not enforce it)
+                session.execute(delete(FactsRow).where(FactsRow.image_id.in_(chunk)))
             session.execute(insert(DeletedRow), [{"kind": kind, "generation": generation, "row_id": i} for i in chunk])
 
     def _track_orm_writes(self, session: Session, flush_context: object, instances: object) -> None:
@@ -499,3 +505,25 @@ class MetadataStore:
             row = session.get(MetaRow, f"generation:{kind}")
             generations[kind] = int(row.value) + 1 if row else 1
         return generations[kind]
+
+
+class FactsRow(Base):
+    """A photo's facts (indexer.facts): when, where, which camera, its names as words; one row per
+    photo, deleted with it. `taken_at` is the camera's wall-clock time, `taken_offset` its minutes
+    east of UTC when known, `taken_source` where the time came from."""
+
+    __tablename__ = "facts"
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    taken_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    taken_source: Mapped[str] = mapped_column(String(16))
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    city: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    country: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    country_code: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    words: Mapped[str] = mapped_column(Text)

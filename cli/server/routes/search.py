@@ -142,7 +142,9 @@ def search_batch(services: ServicesDep, request: BatchSearchRequest) -> BatchSea
     queries = clean_texts(request.queries, "queries", limits)
     if request.limit > limits.max_k:
         raise HTTPException(422, f"limit must be at most {limits.max_k} (got {request.limit})")
-    filters = search_filter(request.under, request.after, request.before, request.ext, request.min_size, limits)
+    filters = search_filter(
+        request.under, request.after, request.before, request.ext, request.min_size, limits, place=request.place
+    )
     results: list[BatchResult] = []
     step = max(1, limits.texts_per_model_call)
     for start in range(0, len(queries), step):  # a few at a time: memory grows with the queries searched at once
