@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import ImageReadError, InvalidQueryError
 from xmodal.indexer.images import decode_image
@@ -175,14 +176,19 @@ class SearchEngine:
     # --- searching --------------------------------------------------------------------------
     def search(
         self,
-        query: Query,
+        query: Query | None,
         k: int = 10,
         target: Kind = "image",
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         min_score: MinScore = None,
+        in_photo: str | None = None,
     ) -> list[Hit]:
         """Top-k hits for any query. `filters` act inside the search.
+
+        `in_photo`: only photos whose text (read at indexing: indexer.photo_text) holds every word
+        of it, exactly or with one character wrong (search.photo_text). Alone (query None) the
+        photos come best text match first, scored by it; with a query they are ranked by the query.
 
         `min_score` is a floor on each hit's own score: every hit returned scores at least that.
         "auto" sets the floor from the score distribution of the top candidates (a fixed depth,
@@ -190,11 +196,72 @@ class SearchEngine:
         Asking for a larger k only appends hits: the list for k is a prefix of the list for k + 1."""
         _check_filters(filters, target)  # before the query is embedded
         _check_min_score(min_score)
+        if in_photo is not None:
+            return self._search_in_photo(query, in_photo, k, target, filters, rerank, min_score)
+        if query is None:
+            raise InvalidQueryError("give a query, in_photo, or both")
         if k <= 0:
             return []
         if isinstance(query, str):
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
         return self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
+
+    def _search_in_photo(
+        self,
+        query: Query | None,
+        in_photo: str,
+        k: int,
+        target: Kind,
+        filters: SearchFilter | None,
+        rerank: RerankOptions | bool,
+        min_score: MinScore,
+    ) -> list[Hit]:
+        if target != "image":
+            raise InvalidQueryError("in_photo searches photos, not texts")
+        if not " ".join(in_photo.split()):
+            raise InvalidQueryError("the in_photo text is empty")
+        if k <= 0:
+            return []
+        from xmodal.search.photo_text import match_photo_text
+
+        with self.store.metadata.session() as s:
+            matches = match_photo_text(s, in_photo, self.limits)
+            if filters is not None and filters.active and matches:
+                allowed = set(int(i) for i in filters.allowed_ids(s, target))
+                matches = [m for m in matches if m.item_id in allowed]
+        if query is not None:
+            if not matches:
+                return []
+            if isinstance(query, str):
+                query = parse_query(query)
+            base = {f.name: getattr(filters, f.name) for f in fields(SearchFilter)} if filters is not None else {}
+            only = _OnlyIds(**base, only=tuple(sorted(m.item_id for m in matches)))
+            return self._hit_list(self.embed_query(query), k, target, only, rerank, _query_kind(query), min_score)
+        floor = None if min_score in (None, "auto") else float(min_score)  # type: ignore[arg-type]
+        chosen = [m for m in matches if floor is None or m.score >= floor][: min(k, self.limits.max_depth)]
+        with self.store.metadata.session() as s:
+            paths = dict(
+                s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_([m.item_id for m in chosen]))).all()
+            )
+        return [Hit(m.item_id, "image", m.score, paths[m.item_id]) for m in chosen if m.item_id in paths]
+
+    def text_matches(self, words: Sequence[str]) -> dict[int, float]:
+        """{photo id: score} of the photos whose text holds any of `words` (search.photo_text.word_scores):
+        per word 1 exact, 1 - 1/len with one character wrong, 0 absent; the mean by word length,
+        + 0.1 when all appear as one phrase. For fusing a plain query's words with the visual score."""
+        from xmodal.search.photo_text import word_scores
+
+        with self.store.metadata.session() as s:
+            return word_scores(s, words, self.limits)
+
+    def photo_text(self, item_id: int) -> list[dict[str, object]]:
+        """The text read in a photo: one reading per photo (a video, one per frame), each with its
+        status, text and lines ({"text", "score", "box": four [x, y] corners as fractions}); [] when
+        not read yet."""
+        from xmodal.indexer.store.photo_texts import texts_of
+
+        with self.store.metadata.session() as s:
+            return [t.as_dict() for t in texts_of(s, item_id)]
 
     def search_text(self, text: str, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
         return self.search(_plain_text(text, self.limits.max_query_chars), k, target, **options)  # type: ignore[arg-type]
@@ -371,6 +438,20 @@ class SearchEngine:
                 }
         # A row deleted by a concurrent writer after the vector search is simply left out.
         return [Hit(i, kind, score, rows[i][0], rows[i][1], copies) for i, score, copies in valid if i in rows]
+
+
+@dataclass(frozen=True)
+class _OnlyIds(SearchFilter):
+    """The user's filters narrowed to the photos whose text matched (already within them)."""
+
+    only: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def allowed_ids(self, session: Session, kind: str) -> np.ndarray | None:
+        return np.array(self.only, dtype=np.int64)
 
 
 def _check_filters(filters: SearchFilter | None, target: Kind) -> None:
