@@ -75,6 +75,9 @@ def index(
             "(an unmounted drive) or of more than half the index.",
         ),
     ] = False,
+    no_ocr: Annotated[
+        bool, typer.Option("--no-ocr", help="Do not read the text in photos (the second stage, after embedding).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
@@ -93,7 +96,13 @@ def index(
         raise InvalidInputError("give the folders to index (PATH...) or --from-list FILE")
     with ProgressBar("indexing", enabled=not as_json) as bar:
         indexer = Indexer(
-            index_dir, model=model, db_url=db_url, batch_size=batch_size, on_progress=bar.update, ray=on_ray
+            index_dir,
+            model=model,
+            db_url=db_url,
+            batch_size=batch_size,
+            on_progress=bar.update,
+            ray=on_ray,
+            read_text=not no_ocr,
         )
         summary = indexer.add_paths(paths, listing=listing(from_list), prune_missing=prune_missing)
     if as_json:
@@ -113,6 +122,7 @@ def index(
             )
         if summary.failed:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
+        _say_photo_text(summary.photo_text)
         for root in summary.offline_roots:
             typer.echo(f"xmodal: warning: {root} is offline (not there or empty): its photos are kept", err=True)
         if summary.kept_missing:
@@ -123,6 +133,19 @@ def index(
             )
     if summary.embedded + summary.unchanged + summary.moved == 0 and summary.failed:
         raise typer.Exit(1)  # nothing could be indexed
+
+
+def _say_photo_text(done: object) -> None:
+    """The text stage's line: what it read, or why it did not run (one note, never a traceback)."""
+    if done is None:
+        return
+    if getattr(done, "note", None):
+        typer.echo(f"xmodal: note: {done.note}", err=True)  # type: ignore[attr-defined]
+    elif getattr(done, "read", 0):
+        typer.echo(
+            f"text in photos: read {done.read}, with text {done.with_text}, "  # type: ignore[attr-defined]
+            f"not readable {done.failed} — {done.seconds:.2f} s"  # type: ignore[attr-defined]
+        )
 
 
 def _say_how_the_query_is_read(query: str) -> None:
@@ -154,6 +177,14 @@ def search(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Search by this picture.")] = None,
+    in_photo: Annotated[
+        str | None,
+        typer.Option(
+            "--in-photo",
+            help="Only photos whose text holds these words (read at indexing; one wrong character still matches): "
+            '--in-photo "total 42.50". Alone: best text match first; with a query: ranked by the query.',
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=DEFAULT_LIMITS.max_k, help="Number of hits.")] = 10,
     target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     index_dir: IndexOpt = None,
@@ -229,8 +260,8 @@ def search(
     from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
     from xmodal.search.rerank.stages import RerankOptions
 
-    if (query is None) == (image is None):
-        raise InvalidQueryError("give either a query text or --image PATH")
+    if (query is not None and image is not None) or (query is None and image is None and in_photo is None):
+        raise InvalidQueryError("give either a query text or --image PATH (or --in-photo TEXT)")
     if target not in ("image", "text"):
         raise InvalidQueryError(f"--target must be 'image' or 'text', not '{target}'")
     cutoff: float | str | None = None
@@ -254,12 +285,13 @@ def search(
         _say_how_the_query_is_read(query)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
         hits = engine.search(
-            image if image is not None else (query or ""),
+            image if image is not None else query,
             k=limit,
             target=target,  # type: ignore[arg-type]  # checked above: "image" or "text"
             filters=filters,
             rerank=rerank,
             min_score=cutoff,  # type: ignore[arg-type]
+            in_photo=in_photo,
         )
     if links is not None:
         from xmodal.search.export import link_hits
@@ -268,7 +300,7 @@ def search(
     if html is not None:
         from xmodal.search.export import write_contact_sheet
 
-        write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image}")
+        write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image or in_photo}")
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
     elif as_csv:

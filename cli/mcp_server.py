@@ -90,17 +90,26 @@ def build_server(
         "xmodal",
         instructions=(
             "Cross-modal search over one index of photos (and optional texts). Search photos by "
-            "describing them, find items similar to an id, look an id up, read the index facts."
+            "describing them or by the words written in them (in_photo), find items similar to an id, "
+            "look an id up, read the index facts."
         ),
         log_level="WARNING",
     )
 
     @server.tool()
-    def search(query: str, k: int = 10, target: Target = "image") -> list[HitOut]:
-        """Find indexed photos (target "image") or texts (target "text") that match a description."""
+    def search(query: str = "", k: int = 10, target: Target = "image", in_photo: str = "") -> list[HitOut]:
+        """Find indexed photos (target "image") or texts (target "text") that match a description.
+        `in_photo`: only photos whose written text (signs, receipts, screenshots) holds these words,
+        one wrong character tolerated; without a query they come best text match first."""
         _check_k(k, limits)
         _check_query(query, limits)
-        return _domain(lambda: _hits(engine.search(query, k=k, target=target)))
+        _check_query(in_photo, limits)
+        if not query.strip() and not in_photo.strip():
+            raise ToolError("give a query, in_photo, or both")
+        words = in_photo if in_photo.strip() else None
+        return _domain(
+            lambda: _hits(engine.search(query if query.strip() else None, k=k, target=target, in_photo=words))
+        )
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:

@@ -23,6 +23,8 @@ from xmodal.indexer.facts import read_facts, rename_facts, stale_facts, write_fa
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.paths import absolute
+from xmodal.indexer.photo_text import OcrConfig, TextReader
+from xmodal.indexer.photo_text_stage import TextStageSummary
 from xmodal.indexer.progress import Progress
 from xmodal.indexer.roots import (
     forget_roots,
@@ -99,6 +101,8 @@ class IndexSummary:
     # drive): their rows were kept. kept_missing: rows of missing files kept, offline or over the cap.
     offline_roots: list[str] = field(default_factory=list)
     kept_missing: int = 0
+    # The second stage: the text read in photos (indexer.photo_text_stage); None when not asked for.
+    photo_text: TextStageSummary | None = None
 
     @property
     def embedded(self) -> int:
@@ -122,6 +126,7 @@ class IndexSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            **({"photo_text": self.photo_text.as_dict()} if self.photo_text is not None else {}),
         }
 
 
@@ -142,12 +147,19 @@ class Indexer:
         limits: Limits = DEFAULT_LIMITS,
         first_batch_size: int = 4,
         signals: Sequence[Signal] = DEFAULT_SIGNALS,
+        read_text: bool = True,
+        ocr: OcrConfig | None = None,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process.
         first_batch_size: the run's first batch is this small, so that its first photos are embedded
         (and shown) within a second or two of the start instead of after a whole batch's decoding.
-        signals: what is stored per photo (indexer.signals); the embedding by default."""
+        signals: what is stored per photo (indexer.signals); the embedding by default.
+        read_text: after the embedding, read the text in the photos not read yet (a second stage:
+        indexer.photo_text_stage; needs the ocr extra, else the summary's photo_text.note says so)."""
         self.limits = limits
+        self.read_text = read_text
+        self._ocr_config = ocr
+        self._reader: TextReader | None = None
         self.signals = tuple(signals)
         self.index_dir = index_dir
         self.db_url = db_url
@@ -222,7 +234,10 @@ class Indexer:
             with store.write_lock():
                 self._check_model(store)
                 summary = self._run(store, source, prune_missing)
-                store.save_vectors()
+                store.save_vectors()  # search works on the new photos from here on
+                if self.read_text:
+                    summary.photo_text = self._read_texts(store)
+                    summary.timings["text"] = summary.photo_text.seconds
         finally:
             store.close()
         summary.seconds = time.perf_counter() - started
@@ -237,6 +252,19 @@ class Indexer:
             prepare_for_search(self.model, self._report_stage)
             summary.timings["prepare"] = time.perf_counter() - clock
         return summary
+
+    def _read_texts(self, store: IndexStore) -> TextStageSummary:
+        """The second stage: the text in every photo without a reading (indexer.photo_text_stage)."""
+        from xmodal.indexer.photo_text import ocr_unavailable
+
+        missing = ocr_unavailable()
+        if missing is not None:
+            return TextStageSummary(note=missing)
+        from xmodal.indexer.photo_text_stage import read_unread_photos
+
+        if self._reader is None:
+            self._reader = TextReader(self._ocr_config, self.limits)
+        return read_unread_photos(store, self._reader, self.on_progress)
 
     def remove_paths(self, paths: Iterable[Path | str]) -> int:
         """Remove the index's photos at or under the paths, whether or not their files exist (the

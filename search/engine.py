@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import ImageReadError, InvalidQueryError
 from xmodal.indexer.images import decode_image
@@ -25,7 +26,14 @@ from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
 from xmodal.search.library import KnownPlace, TimelinePage, item_facts, known_places, timeline
-from xmodal.search.planning import IndexVocabulary, WordScorer, fuse_hits, matched_parts, understood_filter
+from xmodal.search.planning import (
+    IndexVocabulary,
+    PhotoTextWords,
+    WordScorer,
+    fuse_hits,
+    matched_parts,
+    understood_filter,
+)
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
@@ -223,9 +231,9 @@ class SearchEngine:
                 self._vocabulary_cache = cached
             return cached
 
-    def _photo_text_scorer(self) -> WordScorer | None:
-        """The query words' scores against the text read in photos; None while no text was read."""
-        return None
+    def _photo_text_scorer(self) -> WordScorer:
+        """The query words' scores against the text read in photos (search.photo_text)."""
+        return PhotoTextWords(self.text_matches)
 
     def _search_understood(
         self,
@@ -286,13 +294,14 @@ class SearchEngine:
     # --- searching --------------------------------------------------------------------------
     def search(
         self,
-        query: Query,
+        query: Query | None,
         k: int = 10,
         target: Kind = "image",
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         min_score: MinScore = None,
         place: str | None = None,
+        in_photo: str | None = None,
         literal: bool = False,
     ) -> list[Hit]:
         """Top-k hits for any query. `filters` act inside the search; `place` keeps the photos
@@ -303,6 +312,10 @@ class SearchEngine:
         turns that off, and an `Understood` from `understand` is searched as it was read. Each hit
         says which parts of the query it matched (`Hit.matched`).
 
+        `in_photo`: only photos whose text (read at indexing: indexer.photo_text) holds every word
+        of it, exactly or with one character wrong (search.photo_text). Alone (query None) the
+        photos come best text match first, scored by it; with a query they are ranked by the query.
+
         `min_score` is a floor on each hit's own score: every hit returned scores at least that.
         "auto" sets the floor from the score distribution of the top candidates (a fixed depth,
         RerankOptions.candidates; see search.rerank.stages.auto_score_floor), never from k.
@@ -311,6 +324,12 @@ class SearchEngine:
             filters = replace(filters or SearchFilter(), place=place)
         _check_filters(filters, target)  # before the query is embedded
         _check_min_score(min_score)
+        if in_photo is not None:
+            found = self._search_in_photo(query, in_photo, k, target, filters, rerank, min_score)
+            parts = ["visual", "text_in_photo"] if query is not None else ["text_in_photo"]
+            return [replace(h, matched=parts) for h in found]
+        if query is None:
+            raise InvalidQueryError("give a query, in_photo, or both")
         if k <= 0:
             return []
         if isinstance(query, str) and not literal and target == "image":
@@ -321,6 +340,63 @@ class SearchEngine:
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
         hits = self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
         return [replace(h, matched=["visual"]) for h in hits]
+
+    def _search_in_photo(
+        self,
+        query: Query | None,
+        in_photo: str,
+        k: int,
+        target: Kind,
+        filters: SearchFilter | None,
+        rerank: RerankOptions | bool,
+        min_score: MinScore,
+    ) -> list[Hit]:
+        if target != "image":
+            raise InvalidQueryError("in_photo searches photos, not texts")
+        if not " ".join(in_photo.split()):
+            raise InvalidQueryError("the in_photo text is empty")
+        if k <= 0:
+            return []
+        from xmodal.search.photo_text import match_photo_text
+
+        with self.store.metadata.session() as s:
+            matches = match_photo_text(s, in_photo, self.limits)
+            if filters is not None and filters.active and matches:
+                allowed = set(int(i) for i in filters.allowed_ids(s, target))
+                matches = [m for m in matches if m.item_id in allowed]
+        if query is not None:
+            if not matches:
+                return []
+            if isinstance(query, str):
+                query = parse_query(query)
+            base = {f.name: getattr(filters, f.name) for f in fields(SearchFilter)} if filters is not None else {}
+            only = _OnlyIds(**base, only=tuple(sorted(m.item_id for m in matches)))
+            return self._hit_list(self.embed_query(query), k, target, only, rerank, _query_kind(query), min_score)
+        floor = None if min_score in (None, "auto") else float(min_score)  # type: ignore[arg-type]
+        chosen = [m for m in matches if floor is None or m.score >= floor][: min(k, self.limits.max_depth)]
+        with self.store.metadata.session() as s:
+            paths = dict(
+                s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_([m.item_id for m in chosen]))).all()
+            )
+        return [Hit(m.item_id, "image", m.score, paths[m.item_id]) for m in chosen if m.item_id in paths]
+
+    def text_matches(self, words: Sequence[str]) -> dict[int, float]:
+        """{photo id: score} of the photos whose text holds any of `words` (search.photo_text.word_scores):
+        per word 1 exact, 1 - 1/len with one character wrong, 0 absent; the mean by word length,
+        + 0.1 when all appear as one phrase. For fusing a plain query's words with the visual score."""
+        from xmodal.search.photo_text import word_scores
+
+        with self.store.metadata.session() as s:
+            return word_scores(s, words, self.limits)
+
+    def photo_text(self, item_id: int) -> list[dict[str, object]]:
+        """The text read in a photo: one reading per photo (a video, one per frame), each with its
+        status, text and lines ({"text", "score", "box": four [x, y] corners as fractions}); [] when
+        not read yet."""
+        from xmodal.indexer.store.photo_texts import texts_of
+
+        with self.store.metadata.session() as s:
+            return [t.as_dict() for t in texts_of(s, item_id)]
 
     def search_text(self, text: str, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
         return self.search(_plain_text(text, self.limits.max_query_chars), k, target, **options)  # type: ignore[arg-type]
@@ -515,6 +591,20 @@ def _with_reading(understood: Understood) -> Understood:
         reading=language.english,
         not_understood=(*understood.not_understood, *language.unknown_words),
     )
+
+
+@dataclass(frozen=True)
+class _OnlyIds(SearchFilter):
+    """The user's filters narrowed to the photos whose text matched (already within them)."""
+
+    only: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def allowed_ids(self, session: Session, kind: str) -> np.ndarray | None:
+        return np.array(self.only, dtype=np.int64)
 
 
 def _check_filters(filters: SearchFilter | None, target: Kind) -> None:

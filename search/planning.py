@@ -4,7 +4,7 @@ names as scores fused with the visual one (search.part_fusion)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Protocol
@@ -19,7 +19,7 @@ from xmodal.search.names import NameIndex
 from xmodal.search.part_fusion import DEFAULT_WEIGHTS, FusionWeights, fuse
 from xmodal.search.understanding import QueryPlanner, Understood
 
-__all__ = ["WordScorer", "IndexVocabulary", "understood_filter", "fuse_hits", "matched_parts"]
+__all__ = ["WordScorer", "PhotoTextWords", "IndexVocabulary", "understood_filter", "fuse_hits", "matched_parts"]
 
 
 class WordScorer(Protocol):
@@ -36,6 +36,32 @@ class WordScorer(Protocol):
     def score(self, ids: np.ndarray, words: Sequence[str]) -> np.ndarray:
         """Per id, how much of the words the photo has, in [0, 1]."""
         ...
+
+
+class PhotoTextWords:
+    """The text read in photos as a WordScorer, through `text_matches` ({photo id: score} of the
+    photos whose text holds any of some words: SearchEngine.text_matches). Nothing is cached: the
+    text is read in a stage of its own, after the photos' rows are written."""
+
+    _MIN_LETTERS = 3  # shorter words ("a", "on") are in every sign
+
+    def __init__(self, text_matches: Callable[[Sequence[str]], dict[int, float]]) -> None:
+        self.text_matches = text_matches
+
+    def known(self, words: Sequence[str]) -> set[str]:
+        """The words some photo's text holds exactly (not merely one letter off)."""
+        out = set()
+        for word in dict.fromkeys(words):
+            if len(word) >= self._MIN_LETTERS and any(s >= 1.0 for s in self.text_matches([word]).values()):
+                out.add(word)
+        return out
+
+    def matching(self, words: Sequence[str]) -> np.ndarray:
+        return np.array(sorted(self.text_matches(list(words))), dtype=np.int64)
+
+    def score(self, ids: np.ndarray, words: Sequence[str]) -> np.ndarray:
+        found = self.text_matches(list(words))
+        return np.array([min(1.0, found.get(int(i), 0.0)) for i in ids], dtype=np.float32)
 
 
 @dataclass(frozen=True)

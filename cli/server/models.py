@@ -28,6 +28,7 @@ __all__ = [
     "IndexRequest",
     "IndexStatus",
     "HealthOut",
+    "PhotoTextOut",
     "ErrorOut",
 ]
 
@@ -159,3 +160,24 @@ class IndexStatus(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok"]
+
+
+class TextLineOut(BaseModel):
+    text: str
+    score: float
+    box: list[list[float]] = Field(description="Four [x, y] corners as fractions of the photo's width and height.")
+    match: bool = Field(False, description="The line holds a word of in_photo.")
+
+
+class TextReadingOut(BaseModel):
+    frame_time: float | None = Field(None, description="Seconds into a video; null for a photo.")
+    status: Literal["text", "none", "failed"]
+    reason: str | None = None
+    engine: str
+    text: str
+    lines: list[TextLineOut]
+
+
+class PhotoTextOut(BaseModel):
+    id: int
+    readings: list[TextReadingOut] = Field(description="Empty while the photo's text is not read yet.")

@@ -160,6 +160,28 @@ class DeletedRow(Base):
     row_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
+class PhotoTextRow(Base):
+    """The text read in a photo (or, later, a video frame: `frame_time` in seconds, None for a photo).
+
+    `status`: "text", "none" (no text) or "failed" (`reason` says why; a photo read in part keeps
+    its lines, status "text", and the reason). `text` is the lines joined by newlines; `lines` is
+    JSON, [{"text", "score", "box": [[x, y] x4]}] with corners as fractions of the picture's size.
+    The database's own text index (migration 0005: SQLite FTS5 trigram, PostgreSQL pg_trgm) covers
+    `text`."""
+
+    __tablename__ = "photo_texts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(Integer, index=True)
+    frame_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    engine: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    lines: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    read_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 # Tables whose writes move a generation on: images and texts (the vectors' caches follow them), and
 # facts (what is cached of them, e.g. the known places, follows "generation:facts").
 _KIND_OF = {"images": "image", "texts": "text", "facts": "facts"}

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
-from xmodal.cli.server.models import ItemOut, SearchResponse
+from xmodal.cli.server.models import ItemOut, PhotoTextOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, search_options_dependency
 from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
@@ -124,6 +124,31 @@ def similar(
     services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options_dependency)]
 ) -> Response:
     return json_response(run_search(services, options, None, item_id, None))
+
+
+@router.get(
+    "/{item_id}/text",
+    response_model=PhotoTextOut,
+    summary="The text read in a photo, its lines and boxes; which match in_photo",
+)
+def photo_text(
+    services: ServicesDep,
+    item_id: ItemId,
+    in_photo: Annotated[str | None, Query(max_length=4096, description="Mark the lines holding these words.")] = None,
+) -> Response:
+    """{"id", "readings": [{"frame_time", "status", "reason", "text", "lines": [{"text", "score", "box",
+    "match"}]}]}: box corners as fractions of the photo's width and height."""
+    from xmodal.search.photo_text import line_matches
+
+    with services.searching() as engine:
+        _photo(engine, item_id)  # 404 for an unknown id
+        readings = engine.photo_text(item_id)
+    for reading in readings:
+        lines = reading["lines"]
+        marks = line_matches([str(line["text"]) for line in lines], in_photo or "")  # type: ignore[union-attr]
+        for line, mark in zip(lines, marks):  # type: ignore[call-overload]
+            line["match"] = mark
+    return json_response(PhotoTextOut.model_validate({"id": item_id, "readings": readings}))
 
 
 # Formats every current browser shows; any other photo (HEIC, TIFF) is shown as a JPEG rendition.

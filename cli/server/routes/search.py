@@ -56,9 +56,15 @@ def _similar(engine: SearchEngine, item_id: int, options: SearchOptions) -> list
 
 
 def run_search(
-    services: Services, options: SearchOptions, q: str | None, like: int | None, picture: Image.Image | None
+    services: Services,
+    options: SearchOptions,
+    q: str | None,
+    like: int | None,
+    picture: Image.Image | None,
+    in_photo: str | None = None,
 ) -> SearchResponse:
-    """One search from any mix of a text, a picture and an indexed photo (their vectors are added)."""
+    """One search from any mix of a text, a picture and an indexed photo (their vectors are added),
+    and/or the words in the photos (`in_photo`: only photos whose text holds them)."""
     started = time.perf_counter()
     limits = services.settings.limits
     check_within(options, limits)
@@ -67,8 +73,14 @@ def run_search(
     text = q if q is not None and q.strip() else None
     if q is not None and text is None:
         raise HTTPException(400, "q: the query text is empty")
-    if text is None and like is None and picture is None:
-        raise HTTPException(400, "give a query: q=TEXT, an uploaded picture (field 'image') or like=ID")
+    if in_photo is not None and len(in_photo) > limits.max_query_chars:
+        raise HTTPException(422, f"in_photo: longer than {limits.max_query_chars} characters")
+    if in_photo is not None and not in_photo.strip():
+        raise HTTPException(400, "in_photo: the text is empty")
+    if in_photo is not None and options.target != "image":
+        raise HTTPException(400, "in_photo searches photos: target must be image")
+    if text is None and like is None and picture is None and in_photo is None:
+        raise HTTPException(400, "give a query: q=TEXT, an uploaded picture (field 'image'), like=ID or in_photo=TEXT")
     terms = text_terms(text) if text is not None else None
     with services.searching() as engine:
         if not engine.store.model_spec:  # nothing indexed yet: an empty result, not an error
@@ -79,12 +91,15 @@ def run_search(
             filters=options.filters,
             rerank=options.rerank,
             min_score=options.min_score,
+            in_photo=in_photo,
         )
-        if terms is not None and like is None and picture is None:
+        if terms is None and like is None and picture is None:  # the words in the photos alone
+            hits = engine.search(None, **search)  # type: ignore[arg-type]
+        elif terms is not None and like is None and picture is None:
             hits = engine.search(terms, **search)  # type: ignore[arg-type]
         elif picture is not None and terms is None and like is None:
             hits = engine.search(picture, **search)  # type: ignore[arg-type]
-        elif like is not None and terms is None and picture is None:
+        elif like is not None and terms is None and picture is None and in_photo is None:
             hits = _similar(engine, like, options)
         else:
             total = np.zeros(engine.store.dim or 0, dtype=np.float32)
@@ -112,8 +127,16 @@ def search_get(
         ),
     ] = None,
     like: ItemId = None,
+    in_photo: Annotated[
+        str | None,
+        Query(
+            max_length=_MAX_TEXT,
+            description="Only photos whose text (read at indexing) holds these words, one wrong character "
+            "tolerated; alone: best text match first; with q: ranked by q.",
+        ),
+    ] = None,
 ) -> Response:
-    return json_response(run_search(services, options, q, like, None))
+    return json_response(run_search(services, options, q, like, None, in_photo))
 
 
 @router.post(
@@ -127,12 +150,13 @@ def search_post(
     ] = None,
     q: Annotated[str | None, Form(max_length=_MAX_TEXT)] = None,
     like: Annotated[int | None, Form(ge=1, le=2**63 - 1)] = None,
+    in_photo: Annotated[str | None, Form(max_length=_MAX_TEXT)] = None,
 ) -> Response:
     picture = None
     if image is not None:
         upload = Upload("image", image.file.read())
         picture = read_uploads([upload], services.settings.limits, services.decoder, QUERY_SIZE)[0]
-    return json_response(run_search(services, options, q, like, picture))
+    return json_response(run_search(services, options, q, like, picture, in_photo))
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, summary="Many text queries at once: ids and scores")
