@@ -247,6 +247,14 @@ def search(
             help="Only photos taken in this city, region or country (named from their GPS; see `xmodal places`).",
         ),
     ] = None,
+    literal: Annotated[
+        bool,
+        typer.Option(
+            "--literal",
+            help="Search the whole text as a description: do not read dates, places, words in the photo or "
+            'names out of it (by default "dog in Lisbon last summer" keeps the photos of Lisbon, last summer).',
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     links: Annotated[
@@ -259,6 +267,7 @@ def search(
     from xmodal.search import SearchEngine
     from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
     from xmodal.search.rerank.stages import RerankOptions
+    from xmodal.search.understanding import Understood
 
     if (query is not None and image is not None) or (query is None and image is None and in_photo is None):
         raise InvalidQueryError("give either a query text or --image PATH (or --in-photo TEXT)")
@@ -281,11 +290,18 @@ def search(
         place=" ".join(place.split()) or None if place else None,
     )
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
-    if query is not None:
-        _say_how_the_query_is_read(query)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
+        searched: Path | str | Understood | None = image if image is not None else query
+        if query is not None and not literal and target == "image" and in_photo is None:
+            searched = understood = engine.understand(query)
+            if understood.plain:
+                _say_how_the_query_is_read(query)
+            else:
+                typer.echo(f"xmodal: {understood.line()}", err=True)
+        elif query is not None:
+            _say_how_the_query_is_read(query)
         hits = engine.search(
-            image if image is not None else query,
+            searched,
             k=limit,
             target=target,  # type: ignore[arg-type]  # checked above: "image" or "text"
             filters=filters,

@@ -78,7 +78,7 @@ class IndexVocabulary:
         cls, store: object, generation: tuple[int, ...], places: Sequence[str], photo_text: WordScorer | None = None
     ) -> IndexVocabulary:
         with store.metadata.session() as s:  # type: ignore[attr-defined]
-            names = NameIndex(s.execute(select(ImageRow.id, ImageRow.path)).tuples())
+            names = NameIndex((int(r.id), str(r.path)) for r in s.execute(select(ImageRow.id, ImageRow.path)))
         planner = QueryPlanner(
             places=places,
             photo_words=photo_text.known if photo_text is not None else None,

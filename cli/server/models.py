@@ -50,6 +50,10 @@ class HitOut(BaseModel):
     copies: int = Field(default=0, description="Near-duplicates folded into this hit by collapse.")
     thumbnail: str | None = Field(default=None, description="URL of the thumbnail (images only).")
     url: str | None = Field(default=None, description="URL of the full photo (images only).")
+    matched: list[str] = Field(
+        default_factory=list,
+        description='Parts of the query this hit satisfies: "visual", "text_in_photo", "place", "date", "name".',
+    )
 
 
 class SearchResponse(BaseModel):
@@ -61,6 +65,11 @@ class SearchResponse(BaseModel):
     )
     target: Kind
     took_ms: float
+    understood: dict[str, object] | None = Field(
+        default=None,
+        description="What a plain text query was read as (search.understanding.Understood.as_dict): its visual "
+        "part, dates, place, words in the photo, names, words not understood; null when read literally.",
+    )
 
 
 class ItemOut(BaseModel):

@@ -27,6 +27,7 @@ def hit_out(hit: Hit) -> HitOut:
         copies=hit.copies,
         thumbnail=f"/api/items/{hit.id}/thumbnail" if image else None,
         url=f"/api/items/{hit.id}/file" if image else None,
+        matched=list(hit.matched),
     )
 
 
