@@ -145,7 +145,7 @@ def test_facts_place_and_date_filters_on_each_backend(tmp_path: Path, library: P
 
     info = index_info(tmp_path / "idx")
     counts = info["signals"]["facts"]  # type: ignore[index]
-    assert counts["with_facts"] == counts["dated"] == len(SHOTS)
+    assert counts["photos"] == counts["dated"] == len(SHOTS)
     assert counts["placed"] == 6 and counts["dated_by_exif"] == 7 and counts["dated_by_file"] == 1
 
 
@@ -158,7 +158,7 @@ def test_older_index_gets_facts_without_embedding_again(tmp_path: Path, library:
             s.execute(delete(FactsRow))
     finally:
         store.close()
-    assert index_info(tmp_path / "idx")["signals"]["facts"]["with_facts"] == 0  # type: ignore[index]
+    assert index_info(tmp_path / "idx")["signals"]["facts"]["photos"] == 0  # type: ignore[index]
     model = fake_model()
     calls = []
     embed = model.embed_pixels_for_index
