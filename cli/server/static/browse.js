@@ -72,11 +72,14 @@
     try {
       const body = await getJson("/api/places");
       const list = $("place-names");
-      if (list) list.replaceChildren(...body.places.map((p) => { const o = el("option"); o.value = p.name; return o; }));
+      if (list) list.replaceChildren(...[...new Set(body.places.map((p) => p.name))].map((name) => { const o = el("option"); o.value = name; return o; }));
       nav.replaceChildren();
       if (!body.places.length) return;
       nav.appendChild(el("h2", "", "Places"));
-      for (const place of body.places.slice(0, PLACES_SHOWN)) {
+      // one button per name: a city and its region often share it, and the filter matches both
+      const seen = new Set();
+      const unique = body.places.filter((p) => !seen.has(p.name.toLowerCase()) && seen.add(p.name.toLowerCase()));
+      for (const place of unique.slice(0, PLACES_SHOWN)) {
         const button = el("button", "place", place.name);
         button.type = "button";
         button.dataset.place = place.name;
