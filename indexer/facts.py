@@ -146,7 +146,7 @@ def _offset_minutes(value: object) -> int | None:
 
 def _degrees(value: object, ref: object) -> float | None:
     try:
-        d, m, s = (float(x) for x in value)  # type: ignore[union-attr]
+        d, m, s = (float(x) for x in value)  # type: ignore[attr-defined]
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     degrees = d + m / 60 + s / 3600
