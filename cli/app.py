@@ -557,6 +557,8 @@ from xmodal.cli.mcp_command import mcp as _mcp  # noqa: E402 - the mcp package i
 
 app.command("mcp")(_run(_mcp))
 
+from xmodal.cli.browse_command import places_command as _places_command  # noqa: E402
+from xmodal.cli.browse_command import timeline_command as _timeline_command  # noqa: E402
 from xmodal.cli.export_command import export_command as _export_command  # noqa: E402
 from xmodal.cli.import_command import import_command as _import_command  # noqa: E402
 from xmodal.cli.serve_command import serve as _serve  # noqa: E402 - FastAPI/uvicorn are imported inside
@@ -566,6 +568,8 @@ app.command("serve")(_run(_serve))
 app.command("watch")(_run(_watch))
 app.command("import")(_run(_import_command))
 app.command("export")(_run(_export_command))
+app.command("places")(_run(_places_command))
+app.command("timeline")(_run(_timeline_command))
 
 
 def main() -> None:

@@ -146,7 +146,7 @@ def _offset_minutes(value: object) -> int | None:
 
 def _degrees(value: object, ref: object) -> float | None:
     try:
-        d, m, s = (float(x) for x in value)  # type: ignore[union-attr]
+        d, m, s = (float(x) for x in value)  # type: ignore[attr-defined]
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     degrees = d + m / 60 + s / 3600
@@ -299,6 +299,12 @@ def stale_facts(session: Session) -> list[tuple[int, str, int, datetime | None]]
     return [(int(r[0]), r[1], int(r[2]), r[3]) for r in session.execute(stmt)]
 
 
+def _orphans(session: Session) -> list[int]:
+    """Facts rows whose photo is gone (only a write outside xmodal leaves them)."""
+    stmt = select(FactsRow.image_id).outerjoin(ImageRow, ImageRow.id == FactsRow.image_id).where(ImageRow.id.is_(None))
+    return [int(i) for i in session.scalars(stmt)]
+
+
 # --- the signal: `check` and `info` -------------------------------------------------------------
 class FactsSignal:
     """Facts as a per-item signal (indexer.signals): written by the run itself (`Indexer`, from
@@ -320,14 +326,25 @@ class FactsSignal:
         return None  # deleted with their photos' rows (MetadataStore.delete_ids)
 
     def inspect(self, store: IndexStore, report: object) -> None:
+        """Notes only: photos still without facts (the next run fills them), facts of no photo
+        (`check --repair` drops them)."""
         with store.metadata.session() as s:
             missing = len(stale_facts(s))
+            orphans = len(_orphans(s))
         notes = getattr(report, "notes", None)
-        if missing and isinstance(notes, list):
+        if not isinstance(notes, list):
+            return
+        if missing:
             notes.append(f"{missing} photo(s) without facts (date, place, camera) yet; the next index run fills them")
+        if orphans:
+            notes.append(f"{orphans} row(s) of facts belong to no photo; check --repair drops them")
 
     def rebuild(self, store: IndexStore) -> list[str]:
-        return []
+        with store.metadata.session() as s, s.begin():
+            orphans = _orphans(s)
+            for start in range(0, len(orphans), 500):
+                s.execute(delete(FactsRow).where(FactsRow.image_id.in_(orphans[start : start + 500])))
+        return [f"dropped the facts of {len(orphans)} photo(s) no longer indexed"] if orphans else []
 
     def info(self, store: IndexStore) -> dict[str, int]:
         """Photos with facts, dated by each source, and placed (a city, region or country)."""
@@ -349,7 +366,7 @@ class FactsSignal:
                 ).all()
             )
         out = {
-            "with_facts": int(counted[0]),
+            "photos": int(counted[0]),
             "dated": int(counted[1]),
             "placed": int(counted[2]),
             "with_gps": int(counted[3]),

@@ -6,8 +6,8 @@ country. Among the nearest places a coordinate takes the one with the least dist
 `_KM_PER_DECADE` km per tenfold of population, so a photo taken in a city's centre is named after
 the city rather than after a small district of it a few hundred metres nearer, while a village is
 still named after itself rather than after the city 15 km away. The
-search is a dot product with every place's unit vector in NumPy (155,000 × 3 doubles: float32
-cosines cannot tell 100 m apart): no SciPy.
+search is a dot product with the unit vectors (doubles: float32 cosines cannot tell 100 m apart) of
+the places in the coordinate's band of latitude (the places are sorted by it) in NumPy: no SciPy.
 A coordinate far from any place (at sea) gets no city, and beyond `_REGION_KM` no place at all.
 """
 
@@ -26,6 +26,7 @@ __all__ = ["Place", "Gazetteer", "gazetteer"]
 _EARTH_KM = 6371.0088
 _CITY_KM = 25.0  # a photo farther than this from every place is named by its region and country only
 _REGION_KM = 100.0  # ... and farther than this by nothing
+_BAND_DEGREES = _REGION_KM / 111.0 + 0.01  # a degree of latitude is at least 110.6 km
 _KM_PER_DECADE = 2.5
 _CANDIDATES = 64
 
@@ -54,11 +55,13 @@ class Gazetteer:
         self.countries = dict(line.split("\t", 1) for line in countries_text.splitlines())
         self.regions = [tuple(line.split("\t", 1)) for line in regions_text.splitlines()]
         rows = [line.split("\t", 4) for line in places_text.splitlines() if line]
+        rows.sort(key=lambda r: float(r[0]))  # by latitude: a query reads only its band (place())
         lat = np.array([float(r[0]) for r in rows])
         lon = np.array([float(r[1]) for r in rows])
         self.population = np.array([int(r[2]) for r in rows], dtype=np.int64)
         self.region_of = np.array([int(r[3]) for r in rows], dtype=np.int32)
         self.names = [r[4] for r in rows]
+        self.latitudes = lat
         self.vectors = _unit(lat, lon)
 
     @classmethod
@@ -70,9 +73,14 @@ class Gazetteer:
         if not (math.isfinite(lat) and math.isfinite(lon) and -90 <= lat <= 90 and -180 <= lon <= 180):
             return None
         query = _unit(np.array([lat]), np.array([lon]))[0]
-        cosines = self.vectors @ query
-        nearest = np.argpartition(-cosines, _CANDIDATES)[:_CANDIDATES]
-        km = _EARTH_KM * np.arccos(np.clip(cosines[nearest], -1.0, 1.0))
+        # only places within _BAND_DEGREES of latitude can be within _REGION_KM
+        low, high = np.searchsorted(self.latitudes, [lat - _BAND_DEGREES, lat + _BAND_DEGREES])
+        if high <= low:
+            return None
+        cosines = self.vectors[low:high] @ query
+        take = min(_CANDIDATES, len(cosines))
+        nearest = low + np.argpartition(-cosines, take - 1)[:take]
+        km = _EARTH_KM * np.arccos(np.clip(cosines[nearest - low], -1.0, 1.0))
         closest = float(km.min())
         if closest > _REGION_KM:
             return None

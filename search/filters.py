@@ -156,15 +156,16 @@ def place_key(name: str) -> str:
 def place_clause(session: Session, place: str):  # noqa: ANN201 - SQLAlchemy expression
     """Photos whose facts name `place` as their city, region or country (place_key equal). The
     names stored are looked up first (one grouped read per level) and compared in Python, the same
-    on every backend (SQLite's lower() knows ASCII only)."""
+    on every backend (SQLite's lower() knows ASCII only); one distinct read along the place index."""
     key = place_key(place)
-    levels = (FactsRow.city, FactsRow.region, FactsRow.country)
-    clauses = []
-    for column in levels:
-        stored = session.scalars(select(column).where(column.is_not(None)).distinct())
-        names = [name for name in stored if place_key(name) == key]
-        if names:
-            clauses.append(column.in_(names))
+    names: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
+    stmt = select(FactsRow.country, FactsRow.region, FactsRow.city).distinct()
+    for combination in session.execute(stmt):
+        for level, name in enumerate(combination):
+            if name and place_key(name) == key:
+                names[level].add(name)
+    levels = (FactsRow.country, FactsRow.region, FactsRow.city)
+    clauses = [levels[level].in_(sorted(found)) for level, found in names.items() if found]
     if not clauses:
         return false()
     return ImageRow.id.in_(select(FactsRow.image_id).where(or_(*clauses)))

@@ -14,14 +14,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import and_, extract, func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import InvalidQueryError
 from xmodal.indexer.facts import Facts
 from xmodal.indexer.store.schema import FactsRow
 
-__all__ = ["PlaceLevel", "KnownPlace", "Month", "TimelinePage", "known_places", "timeline", "item_facts", "month_of"]
+__all__ = [
+    "PlaceLevel",
+    "KnownPlace",
+    "Month",
+    "TimelinePage",
+    "known_places",
+    "place_combinations",
+    "timeline",
+    "item_facts",
+    "month_of",
+]
 
 PlaceLevel = Literal["city", "region", "country"]
 
@@ -56,19 +66,31 @@ class TimelinePage:
     undated: int
 
 
+def place_combinations(session: Session) -> list[tuple[str | None, str | None, str | None, int]]:
+    """(country, region, city, photos) of every combination the facts hold: one grouped read
+    along the facts' place index."""
+    stmt = (
+        select(FactsRow.country, FactsRow.region, FactsRow.city, func.count())
+        .where(or_(FactsRow.country.is_not(None), FactsRow.region.is_not(None), FactsRow.city.is_not(None)))
+        .group_by(FactsRow.country, FactsRow.region, FactsRow.city)
+    )
+    return [(r[0], r[1], r[2], int(r[3])) for r in session.execute(stmt)]
+
+
 def known_places(session: Session) -> list[KnownPlace]:
     """Every city, region and country the photos' facts name, most photos first (then by name)."""
-    out: list[KnownPlace] = []
-    for level, columns in (
-        ("city", (FactsRow.city, FactsRow.region, FactsRow.country)),
-        ("region", (FactsRow.region, FactsRow.country)),
-        ("country", (FactsRow.country,)),
-    ):
-        stmt = select(*columns, func.count()).where(columns[0].is_not(None)).group_by(*columns)
-        for row in session.execute(stmt):
-            name, count = row[0], int(row[-1])
-            within = ", ".join(p for p in row[1:-1] if p and p != name) or None
-            out.append(KnownPlace(name, level, count, within))  # type: ignore[arg-type]
+    counts: dict[tuple[PlaceLevel, str, str | None], int] = {}
+    for country, region, city, n in place_combinations(session):
+        for level, name, holders in (
+            ("city", city, (region, country)),
+            ("region", region, (country,)),
+            ("country", country, ()),
+        ):
+            if name:
+                within = ", ".join(p for p in holders if p and p != name) or None
+                key = (level, name, within)
+                counts[key] = counts.get(key, 0) + n  # type: ignore[index]
+    out = [KnownPlace(name, level, n, within) for (level, name, within), n in counts.items()]
     return sorted(out, key=lambda p: (-p.count, p.name.lower(), p.level))
 
 
@@ -87,25 +109,35 @@ def _next_month(start: datetime) -> datetime:
 
 def timeline(session: Session, cursor: str | None = None, months: int = 6, per_month: int = 8) -> TimelinePage:
     """`months` months (newest first) before the month `cursor` ("YYYY-MM", excluded; None: from
-    the newest), each with its count and the ids of its `per_month` newest photos."""
-    year, month = extract("year", FactsRow.taken_at), extract("month", FactsRow.taken_at)
-    stmt = select(year, month, func.count()).where(FactsRow.taken_at.is_not(None))
-    if cursor is not None:
-        stmt = stmt.where(FactsRow.taken_at < month_of(cursor))
-    stmt = stmt.group_by(year, month).order_by(year.desc(), month.desc()).limit(months + 1)
-    found = [(int(y), int(m), int(n)) for y, m, n in session.execute(stmt)]
+    the newest), each with its count and the ids of its `per_month` newest photos.
+
+    Month by month along the facts' time index (the newest time before a bound, then the count in
+    its month): the cost grows with the page's months and photos, not with the library."""
+    bound = month_of(cursor) if cursor is not None else None
     page: list[Month] = []
-    for y, m, count in found[:months]:
-        start = datetime(y, m, 1)
+    more = False
+    while True:
+        newest = select(func.max(FactsRow.taken_at))
+        if bound is not None:
+            newest = newest.where(FactsRow.taken_at < bound)
+        moment = session.scalar(newest)
+        if moment is None:
+            break
+        if len(page) == months:
+            more = True
+            break
+        start = datetime(moment.year, moment.month, 1)
+        in_month = and_(FactsRow.taken_at >= start, FactsRow.taken_at < _next_month(start))
+        count = int(session.scalar(select(func.count()).select_from(FactsRow).where(in_month)) or 0)
         ids = session.scalars(
             select(FactsRow.image_id)
-            .where(and_(FactsRow.taken_at >= start, FactsRow.taken_at < _next_month(start)))
+            .where(in_month)
             .order_by(FactsRow.taken_at.desc(), FactsRow.image_id.desc())
             .limit(per_month)
         )
-        page.append(Month(f"{y:04d}-{m:02d}", count, [int(i) for i in ids]))
+        page.append(Month(f"{start.year:04d}-{start.month:02d}", count, [int(i) for i in ids]))
+        bound = start
     undated = int(session.scalar(select(func.count()).select_from(FactsRow).where(FactsRow.taken_at.is_(None))) or 0)
-    more = len(found) > months
     return TimelinePage(page, page[-1].month if more and page else None, undated)
 
 

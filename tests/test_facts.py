@@ -145,7 +145,7 @@ def test_facts_place_and_date_filters_on_each_backend(tmp_path: Path, library: P
 
     info = index_info(tmp_path / "idx")
     counts = info["signals"]["facts"]  # type: ignore[index]
-    assert counts["with_facts"] == counts["dated"] == len(SHOTS)
+    assert counts["photos"] == counts["dated"] == len(SHOTS)
     assert counts["placed"] == 6 and counts["dated_by_exif"] == 7 and counts["dated_by_file"] == 1
 
 
@@ -158,7 +158,7 @@ def test_older_index_gets_facts_without_embedding_again(tmp_path: Path, library:
             s.execute(delete(FactsRow))
     finally:
         store.close()
-    assert index_info(tmp_path / "idx")["signals"]["facts"]["with_facts"] == 0  # type: ignore[index]
+    assert index_info(tmp_path / "idx")["signals"]["facts"]["photos"] == 0  # type: ignore[index]
     model = fake_model()
     calls = []
     embed = model.embed_pixels_for_index
@@ -192,3 +192,31 @@ def test_moves_and_removals_keep_facts_in_step(tmp_path: Path, library: Path) ->
         store.close()
     assert count == len(SHOTS) - 1  # the removed photo's facts went with it
     assert words[str(library / "misc" / "Rainy Morning.jpg")].endswith("photos misc rainy morning")
+
+
+def test_cli_places_timeline_info_and_place_option(tmp_path: Path, library: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from xmodal.cli.app import app
+
+    Indexer(tmp_path / "idx", model=fake_model()).add_paths([library])
+    runner = CliRunner()
+    index = ["--index", str(tmp_path / "idx")]
+    places = json.loads(runner.invoke(app, ["places", "--json", *index]).output)
+    assert {"name": "Portugal", "level": "country", "count": 3, "within": None} == places[0]
+    listed = runner.invoke(app, ["places", *index]).output.splitlines()
+    assert any(line.split() == ["2", "city", "Lisbon", "(Portugal)"] for line in listed), listed
+    months = json.loads(runner.invoke(app, ["timeline", "--json", "--months", "2", *index]).output)
+    assert months == {
+        "months": [{"month": "2025-07", "count": 2}, {"month": "2025-06", "count": 2}],
+        "next_cursor": "2025-06",
+        "undated": 0,
+    }
+    bad = runner.invoke(app, ["timeline", "--before", "June", *index])
+    assert bad.exit_code == 2 and bad.output.startswith("xmodal: error: a month must be written YYYY-MM")
+    info = runner.invoke(app, ["info", *index]).output
+    assert "facts photos 8, dated 8, placed 6" in info and "dated by exif 7, dated by file 1" in info
+    refused = runner.invoke(app, ["search", "a photo", "--place", "Lisbon", "--target", "text", *index])
+    assert refused.exit_code == 2 and "--place filter photos only" in refused.output

@@ -88,6 +88,7 @@ class ItemOut(BaseModel):
     url: str | None = None
     view: str | None = Field(default=None, description="URL of the photo as browsers show it (a JPEG of a HEIC).")
     texts: list[HitOut] = Field(default_factory=list, description="Indexed texts that match this photo best.")
+    facts: FactsOut | None = Field(default=None, description="When, where and with which camera (photos with facts).")
 
 
 class BatchSearchRequest(BaseModel):
@@ -190,3 +191,52 @@ class TextReadingOut(BaseModel):
 class PhotoTextOut(BaseModel):
     id: int
     readings: list[TextReadingOut] = Field(description="Empty while the photo's text is not read yet.")
+
+
+class FactsOut(BaseModel):
+    """A photo's facts (indexer.facts)."""
+
+    taken_at: datetime | None = Field(description="When it was taken, as the camera's clock showed it.")
+    taken_offset: int | None = Field(description="Minutes east of UTC of taken_at, when known.")
+    taken_source: str = Field(
+        description="Where taken_at came from: exif, exif_digitized, exif_modified, video, metadata or file (mtime)."
+    )
+    latitude: float | None = None
+    longitude: float | None = None
+    city: str | None = None
+    region: str | None = None
+    country: str | None = None
+    country_code: str | None = None
+    camera: str | None = None
+    words: str = Field("", description="The file's and its folders' names as words.")
+
+
+class PlaceOut(BaseModel):
+    name: str
+    level: Literal["city", "region", "country"]
+    count: int
+    within: str | None = Field(None, description="What holds it: a city's region and country, a region's country.")
+
+
+class PlacesResponse(BaseModel):
+    places: list[PlaceOut]
+
+
+class MonthItemOut(BaseModel):
+    id: int
+    thumbnail: str
+
+
+class MonthOut(BaseModel):
+    month: str = Field(description="YYYY-MM")
+    count: int
+    items: list[MonthItemOut] = Field(description="Its newest photos.")
+
+
+class TimelineResponse(BaseModel):
+    months: list[MonthOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (older) months; null at the end.")
+    undated: int = Field(description="Photos without a date (none yet: the next index run fills them).")
+
+
+ItemOut.model_rebuild()  # its facts are described below it

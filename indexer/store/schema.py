@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -535,6 +536,7 @@ class FactsRow(Base):
     east of UTC when known, `taken_source` where the time came from."""
 
     __tablename__ = "facts"
+    __table_args__ = (Index("ix_facts_place", "country", "region", "city"),)
     image_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     version: Mapped[int] = mapped_column(Integer)
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)

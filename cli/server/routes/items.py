@@ -18,12 +18,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
-from xmodal.cli.server.models import ItemOut, PhotoTextOut, SearchResponse
+from xmodal.cli.server.models import FactsOut, ItemOut, PhotoTextOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, search_options_dependency
 from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.facts import Facts
 from xmodal.indexer.kinds import HEADER_BYTES, kind_of_header
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
@@ -116,6 +117,25 @@ def item(
         url=f"/api/items/{row.id}/file",
         view=f"/api/items/{row.id}/view",
         texts=texts,
+        facts=_facts_out(engine.facts(row.id)),
+    )
+
+
+def _facts_out(facts: Facts | None) -> FactsOut | None:
+    if facts is None:
+        return None
+    return FactsOut(
+        taken_at=facts.taken_at,
+        taken_offset=facts.taken_offset,
+        taken_source=facts.taken_source,
+        latitude=facts.latitude,
+        longitude=facts.longitude,
+        city=facts.city,
+        region=facts.region,
+        country=facts.country,
+        country_code=facts.country_code,
+        camera=facts.camera,
+        words=facts.words,
     )
 
 

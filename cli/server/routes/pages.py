@@ -116,6 +116,7 @@ def _initial(request: Request, services: Services) -> tuple[dict[str, object], s
             ext=params.getlist("ext") or None,
             min_size=params.get("min_size") or None,
             min_score=params.get("min_score") or None,
+            place=params.get("place") or None,
             # the same as the script's searches: a bookmarked URL shows what it showed
             diverse=_fraction(params.get("diverse"), "diverse"),
             collapse=_fraction(params.get("collapse"), "collapse"),

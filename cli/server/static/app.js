@@ -5,7 +5,8 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const PAGE = 60;
-  const FILTERS = ["target", "under", "after", "before", "ext", "min_size", "min_score", "diverse", "collapse"];
+  const FILTERS = ["target", "under", "after", "before", "place", "ext", "min_size", "min_score", "diverse", "collapse"];
+  const browse = window.xmodalBrowse; // browse.js: the library by month and place, and a photo's facts
   const state = { mode: null, q: "", like: null, file: null, cursor: null, loading: false, hits: [], current: -1, token: 0 };
 
   // --- the URL: a search can be bookmarked and shared -------------------------------------
@@ -55,6 +56,7 @@
     state.hits = [];
     state.token += 1;
     $("results").replaceChildren();
+    if (browse) browse.hide();
     if (push !== false) history.pushState(null, "", mode === "image" ? "/" : pageUrl());
     return loadMore(true);
   }
@@ -173,7 +175,8 @@
       if (state.current !== index) return;
       if (!response.ok) { fact("Error", item.detail || String(response.status)); return; }
       fact("Score", hit.score.toFixed(3));
-      fact("Taken", item.taken_at ? item.taken_at.replace("T", " ") : "unknown");
+      if (browse) browse.facts(item, fact);
+      else fact("Taken", item.taken_at ? item.taken_at.replace("T", " ") : "unknown");
       fact("Modified", item.modified ? item.modified.replace("T", " ").slice(0, 19) : "");
       fact("Size", item.size != null ? (item.size / 1024).toFixed(0) + " KB" : "");
       fact("Pixels", item.width && item.height ? item.width + " × " + item.height : "");
@@ -279,6 +282,7 @@
 
   function fromUrl(initial) {
     const params = new URLSearchParams(window.location.search);
+    if (browse) browse.hide();
     writeFilters(params);
     const q = params.get("q");
     const like = params.get("like");
@@ -294,7 +298,10 @@
       else show(initial, true);
     } else if (q) start("text", q, false);
     else if (like) start("like", like, false);
-    else { state.mode = null; state.hits = []; $("results").replaceChildren(); setStatus(""); }
+    else {
+      state.mode = null; state.hits = []; $("results").replaceChildren(); setStatus("");
+      if (browse) browse.show(); // the landing page: the library by month and its places
+    }
   }
 
   function init() {

@@ -40,8 +40,10 @@ def upgrade() -> None:
         sa.Column("words", sa.Text(), nullable=False),
     )
     op.create_index("ix_facts_taken_at", "facts", ["taken_at"])
+    op.create_index("ix_facts_place", "facts", ["country", "region", "city"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_facts_place", table_name="facts")
     op.drop_index("ix_facts_taken_at", table_name="facts")
     op.drop_table("facts")
