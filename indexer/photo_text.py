@@ -233,9 +233,7 @@ class TextReader:
         boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
         if len(boxes) == 0:
             return [], None
-        boxes = boxes[
-            np.lexsort((boxes[:, :, 0].min(axis=1), np.round(boxes[:, :, 1].min(axis=1) / 8)))
-        ]  # reading order
+        boxes = boxes[_reading_order(boxes)]
         reason = None
         if len(boxes) > self.limits.ocr_max_boxes:  # the largest regions are the ones worth reading
             order = np.argsort(-_box_areas(boxes), kind="stable")[: self.limits.ocr_max_boxes]
@@ -369,6 +367,27 @@ def _detect_in(det: Any, rgb: np.ndarray, region: tuple[int, int, int, int], sid
     boxes[:, :, 0] = boxes[:, :, 0] * (part.shape[1] / seen.shape[1]) + x0
     boxes[:, :, 1] = boxes[:, :, 1] * (part.shape[0] / seen.shape[0]) + y0
     return boxes
+
+
+def _reading_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of the boxes line by line, top to bottom, each line left to right: a box is on a
+    line when its centre lies within half a line's height of the line followed along the slope of
+    its first box (a slanted receipt's price stays beside its item)."""
+    centre = boxes.mean(axis=1)
+    heights = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
+    run = boxes[:, 1, 0] - boxes[:, 0, 0]
+    slopes = np.where(np.abs(run) > 1e-3, (boxes[:, 1, 1] - boxes[:, 0, 1]) / np.where(run == 0, 1, run), 0.0)
+    lines: list[list[int]] = []
+    for i in np.argsort(centre[:, 1], kind="stable"):
+        for line in lines[-3:]:
+            first = line[0]
+            expected = centre[first, 1] + slopes[first] * (centre[i, 0] - centre[first, 0])
+            if abs(centre[i, 1] - expected) < 0.5 * min(heights[first], heights[i]):
+                line.append(int(i))
+                break
+        else:
+            lines.append([int(i)])
+    return np.array([i for line in lines for i in sorted(line, key=lambda j: centre[j, 0])], dtype=np.int64)
 
 
 def _box_areas(boxes: np.ndarray) -> np.ndarray:
