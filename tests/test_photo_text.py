@@ -65,6 +65,7 @@ def test_words_match_exactly_or_with_one_wrong_character() -> None:
     assert line_matches(["GRAND TOTAL", "42.50", "thank you"], "total 42.5O") == [True, True, False]
 
 
+@pytest.mark.slow
 def test_without_the_extra_indexing_says_so_in_one_line(tmp_path: Path) -> None:
     """rapidocr blocked: the run indexes the photos, `xmodal index` prints one note with the pip
     line, `xmodal info` says that text in photos is not read; no traceback anywhere."""
@@ -186,7 +187,9 @@ def test_in_photo_finds_the_written_words(
     media: tuple[list[Rendered], list[Path], Rendered, Rendered], db_backend: Backend, tmp_path: Path
 ) -> None:
     rendered, plain, shot, till = media
-    folder = rendered[0].path.parent
+    folder = tmp_path / "photos"  # a copy: this test changes a photo
+    shutil.copytree(rendered[0].path.parent, folder)
+    plain = [folder / p.name for p in plain]
     index = tmp_path / "idx"
     summary = Indexer(index, model=fake_model(), db_url=db_backend.url, workers=1).add_paths([folder])
     assert summary.photo_text is not None and summary.photo_text.read == summary.new == len(rendered) + len(plain) + 2

@@ -125,9 +125,7 @@ def _initial(request: Request, services: Services) -> tuple[dict[str, object], s
             raise HTTPException(422, "target must be 'image' or 'text'")
         if like is not None and not like.isdigit():
             raise HTTPException(422, "like must be an item id")
-        result: SearchResponse = run_search(
-            services, options, q or None, int(like) if like else None, None, in_photo
-        )
+        result: SearchResponse = run_search(services, options, q or None, int(like) if like else None, None, in_photo)
     except HTTPException as e:
         return {"error": str(e.detail)}, f'<p class="error">{html.escape(str(e.detail))}</p>'
     except XmodalError as e:
