@@ -10,8 +10,8 @@ How a photo is read (`TextReader.read`), so that the common case, a photo withou
 
 1. a look: the photo decoded small (JPEG draft mode; `OcrConfig.look_side` on its long side) and the
    detection model run on it alone. No text region: done, the photo has no text;
-2. the regions found are detected again on a larger copy when they are small at the look's scale
-   (`OcrConfig.detect_side`), so small print is found whole;
+2. a photo with text is detected again at the size its text needs: its own, at most
+   `OcrConfig.detect_side` on the long side (the look's boxes are too coarse to cut lines from);
 3. each region is cut from the photo at the resolution it was taken at (at most
    `Limits.ocr_max_pixels`), turned upright (the angle classifier) and recognised; lines below
    `OcrConfig.min_score` are dropped. At most `Limits.ocr_max_boxes` regions are read, and a photo's
@@ -111,10 +111,9 @@ class OcrConfig:
     """How photos are read. Sides in pixels of the picture the detector sees."""
 
     look_side: int = 320  # the look that decides whether a photo has text
-    detect_side: int = 1280  # the second detection, when the look's regions are small
-    small_region: int = 14  # a region lower than this at the look's scale is detected again larger
+    detect_side: int = 1280  # the second detection, on the photo with text, at most this long side
     min_score: float = 0.5  # recognised lines less confident than this are dropped
-    look_box_score: float = 0.6  # regions of the look less sure than this do not count as text
+    look_box_score: float = 0.5  # regions of the look less sure than this do not count as text
     use_angle: bool = True  # the angle classifier turns upside-down lines upright
     threads: int = 1  # onnxruntime threads per model (the run reads one photo at a time)
 
@@ -220,27 +219,26 @@ class TextReader:
         cfg = self.config
         look = _bgr(look_picture, cfg.look_side)
         boxes, scores = _detect(det, look)
-        keep = scores >= cfg.look_box_score
-        boxes = boxes[keep]
+        boxes = boxes[scores >= cfg.look_box_score]
         if len(boxes) == 0:
             return [], None
         full = _as_array(full_picture())  # RGB, at most limits.ocr_max_pixels
         height, width = full.shape[:2]
-        scale = max(width, height) / max(look.shape[:2])
-        heights = _box_heights(boxes)
-        if float(np.min(heights)) < cfg.small_region and max(width, height) > max(look.shape[:2]):
-            side = min(cfg.detect_side, max(width, height))
-            larger = _resized(full, side)
-            boxes, _ = _detect(det, larger)
-            scale = max(width, height) / max(larger.shape[:2])
-            if len(boxes) == 0:
-                return [], None
-        boxes = boxes.astype(np.float32) * scale
+        # The look's boxes are too coarse to cut lines from: the regions around them are detected
+        # again at the photo's resolution (at most detect_side), and only those.
+        found = [
+            _detect_in(det, full, region, cfg.detect_side)
+            for region in _regions(boxes, (width / look.shape[1], height / look.shape[0]), (width, height))
+        ]
+        boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
+        if len(boxes) == 0:
+            return [], None
+        boxes = boxes[_reading_order(boxes)]
         reason = None
         if len(boxes) > self.limits.ocr_max_boxes:  # the largest regions are the ones worth reading
             order = np.argsort(-_box_areas(boxes), kind="stable")[: self.limits.ocr_max_boxes]
+            reason = f"only the {self.limits.ocr_max_boxes} largest of {len(boxes)} text regions were read"
             boxes = boxes[np.sort(order)]
-            reason = f"only the {self.limits.ocr_max_boxes} largest of {len(order)}+ text regions were read"
         bgr = np.ascontiguousarray(full[:, :, ::-1])
         lines: list[TextLine] = []
         step = 16
@@ -322,10 +320,74 @@ def _detect(det: Any, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes, scores
 
 
-def _box_heights(boxes: np.ndarray) -> np.ndarray:
-    a = np.linalg.norm(boxes[:, 1] - boxes[:, 0], axis=1)
-    b = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
-    return np.minimum(a, b)
+def _regions(boxes: np.ndarray, scale: tuple[float, float], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Rectangles (x0, y0, x1, y1) of the photo around the look's boxes (in the look's pixels,
+    `scale` to the photo's), padded by a line's height, overlapping ones merged. Regions covering
+    most of the photo become the whole photo."""
+    width, height = size
+    rects = []
+    for box in boxes:
+        xs, ys = box[:, 0] * scale[0], box[:, 1] * scale[1]
+        pad = max(16.0, float(ys.max() - ys.min()))
+        rects.append(
+            [
+                max(0.0, xs.min() - pad),
+                max(0.0, ys.min() - pad),
+                min(width, xs.max() + pad),
+                min(height, ys.max() + pad),
+            ]
+        )
+    merged = True
+    while merged and len(rects) > 1:
+        merged = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]:
+                    rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del rects[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    area = sum((r[2] - r[0]) * (r[3] - r[1]) for r in rects)
+    if area > 0.6 * width * height:
+        return [(0, 0, width, height)]
+    return [(int(r[0]), int(r[1]), int(np.ceil(r[2])), int(np.ceil(r[3]))) for r in rects]
+
+
+def _detect_in(det: Any, rgb: np.ndarray, region: tuple[int, int, int, int], side: int) -> np.ndarray:
+    """Text boxes inside one region of the photo, in the photo's pixels."""
+    x0, y0, x1, y1 = region
+    part = rgb[y0:y1, x0:x1]
+    if part.shape[0] < 4 or part.shape[1] < 4:
+        return np.zeros((0, 4, 2), dtype=np.float32)
+    seen = _resized(part, min(side, max(part.shape[:2])))
+    boxes, _ = _detect(det, seen)
+    boxes[:, :, 0] = boxes[:, :, 0] * (part.shape[1] / seen.shape[1]) + x0
+    boxes[:, :, 1] = boxes[:, :, 1] * (part.shape[0] / seen.shape[0]) + y0
+    return boxes
+
+
+def _reading_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of the boxes line by line, top to bottom, each line left to right: a box is on a
+    line when its centre lies within half a line's height of the line followed along the slope of
+    its first box (a slanted receipt's price stays beside its item)."""
+    centre = boxes.mean(axis=1)
+    heights = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
+    run = boxes[:, 1, 0] - boxes[:, 0, 0]
+    slopes = np.where(np.abs(run) > 1e-3, (boxes[:, 1, 1] - boxes[:, 0, 1]) / np.where(run == 0, 1, run), 0.0)
+    lines: list[list[int]] = []
+    for i in np.argsort(centre[:, 1], kind="stable"):
+        for line in lines[-3:]:
+            first = line[0]
+            expected = centre[first, 1] + slopes[first] * (centre[i, 0] - centre[first, 0])
+            if abs(centre[i, 1] - expected) < 0.5 * min(heights[first], heights[i]):
+                line.append(int(i))
+                break
+        else:
+            lines.append([int(i)])
+    return np.array([i for line in lines for i in sorted(line, key=lambda j: centre[j, 0])], dtype=np.int64)
 
 
 def _box_areas(boxes: np.ndarray) -> np.ndarray:

@@ -362,8 +362,8 @@ class SearchEngine:
         with self.store.metadata.session() as s:
             matches = match_photo_text(s, in_photo, self.limits)
             if filters is not None and filters.active and matches:
-                passed = filters.allowed_ids(s, target)
-                allowed = set() if passed is None else {int(i) for i in passed}
+                passing = filters.allowed_ids(s, target)
+                allowed = set() if passing is None else {int(i) for i in passing}
                 matches = [m for m in matches if m.item_id in allowed]
         if query is not None:
             if not matches:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
-from xmodal.indexer.store.photo_texts import candidates
+from xmodal.indexer.store.photo_texts import candidates, escape_like
 
 __all__ = [
     "TextMatch",
@@ -69,17 +69,26 @@ def _is_cjk(word: str) -> bool:
     return bool(_CJK.search(word))
 
 
-def _patterns(words: Sequence[str]) -> list[str]:
-    """The pieces the database's index is asked for (see the module's note)."""
-    out: list[str] = []
+def _patterns(words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """What the database's index is asked for (see the module's note): (pieces, LIKE patterns).
+    A short word may keep none of its trigrams with one character wrong, so it is also asked for
+    with a gap at each place (`_`: a wrong or an extra character) and with each character left out."""
+    grams: list[str] = []
+    likes: list[str] = []
     for word in words:
         if len(word) < 3:
-            out.append(word)
+            grams.append(word)
             continue
-        out.extend(word[i : i + 3] for i in range(len(word) - 2))
+        grams.extend(word[i : i + 3] for i in range(len(word) - 2))
         if _is_cjk(word) and len(word) <= 6:
-            out.extend(word[i : i + 2] for i in range(len(word) - 1))
-    return list(dict.fromkeys(out))
+            grams.extend(word[i : i + 2] for i in range(len(word) - 1))
+        if len(word) <= 5 and len(word) >= (3 if _is_cjk(word) else 4):
+            for i in range(len(word)):
+                head, tail = escape_like(word[:i]), escape_like(word[i + 1 :])
+                likes.append(head + "_" + tail)  # one character wrong
+                likes.append(head + tail)  # one missing
+                likes.append(head + "_" + escape_like(word[i:]))  # one extra
+    return list(dict.fromkeys(grams)), list(dict.fromkeys(likes))
 
 
 def _within_one_edit(a: str, b: str) -> bool:
@@ -156,7 +165,8 @@ def _scored(session: Session, words: Sequence[str], limits: Limits, require_all:
         return []
     phrase = " ".join(words)
     best: dict[int, TextMatch] = {}
-    for item_id, frame_time, text, _lines in candidates(session, _patterns(words), limits.ocr_max_candidates):
+    grams, likes = _patterns(words)
+    for item_id, frame_time, text, _lines in candidates(session, grams, limits.ocr_max_candidates, likes):
         score, found, matched = _score_text(words, phrase, text)
         if found == 0 or (require_all and found < len(words)):
             continue

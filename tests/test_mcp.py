@@ -57,6 +57,8 @@ async def _session(index: Path, cache: Path) -> dict[str, Any]:
         out["similar"] = (await client.call_tool("similar", {"item_id": first, "k": 2})).structured_content["result"]
         out["item"] = (await client.call_tool("item", {"item_id": first})).structured_content
         out["info"] = (await client.call_tool("index_info", {})).structured_content
+        out["in_photo"] = (await client.call_tool("search", {"in_photo": "zebra crossing"})).structured_content
+        out["nothing"] = (await client.call_tool("search", {})).is_error
         missing = await client.call_tool("item", {"item_id": 99999})
         out["missing"] = (missing.is_error, missing.content[0].text)
     return out
@@ -68,6 +70,7 @@ def test_mcp_tools_over_stdio(index: tuple[Path, Path, Path]) -> None:
     assert out["tools"] == ["index_info", "item", "search", "similar"]
     hits = out["search"]
     assert len(hits) == 3 and {"id", "kind", "score", "path"} <= set(hits[0])
+    assert out["in_photo"]["result"] == [] and out["nothing"]  # drawings hold no text; no query is an error
     assert all(h["kind"] == "image" and Path(h["path"]).parent == photos for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert len(out["similar"]) == 2 and hits[0]["id"] not in {h["id"] for h in out["similar"]}

@@ -13,12 +13,21 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, insert, select, text
+from sqlalchemy import and_, delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from xmodal.indexer.store.schema import ImageRow, PhotoTextRow, utcnow
 
-__all__ = ["StoredText", "write_texts", "delete_texts", "unread_photos", "text_counts", "texts_of", "candidates"]
+__all__ = [
+    "StoredText",
+    "write_texts",
+    "delete_texts",
+    "unread_photos",
+    "text_counts",
+    "texts_of",
+    "candidates",
+    "escape_like",
+]
 
 
 @dataclass(frozen=True)
@@ -117,23 +126,29 @@ def texts_of(session: Session, item_id: int) -> list[StoredText]:
     ]
 
 
-def candidates(session: Session, patterns: Sequence[str], limit: int) -> list[tuple[int, float | None, str, str]]:
-    """(item id, frame time, text, lines JSON) of at most `limit` texts holding any of the patterns
-    (case-insensitive substrings), found through the database's text index."""
-    patterns = [p for p in dict.fromkeys(p.lower() for p in patterns) if p]
-    if not patterns:
+def candidates(
+    session: Session, grams: Sequence[str], limit: int, likes: Sequence[str] = ()
+) -> list[tuple[int, float | None, str, str]]:
+    """(item id, frame time, text, lines JSON) of at most `limit` texts holding any of the `grams`
+    (case-insensitive substrings) or matching any of the `likes` (LIKE patterns, `_` for any one
+    character, `%`, `_` and `\\` in literal parts escaped with `\\`), found through the database's
+    text index."""
+    grams = [g for g in dict.fromkeys(g.lower() for g in grams) if g]
+    likes = [p for p in dict.fromkeys(p.lower() for p in likes) if p]
+    if not grams and not likes:
         return []
     dialect = session.get_bind().dialect.name
     table = PhotoTextRow.__table__
+    patterns = ["%" + escape_like(g) + "%" for g in grams if dialect != "sqlite" or len(g) < 3]
+    patterns += ["%" + p + "%" for p in likes]
     if dialect == "sqlite":
-        long = [p for p in patterns if len(p) >= 3]
-        short = [p for p in patterns if len(p) < 3]
+        long = [g for g in grams if len(g) >= 3]
         clauses, params = [], {}
         if long:  # the trigram index answers a MATCH of quoted strings of three characters or more
-            params["match"] = " OR ".join('"' + p.replace('"', '""') + '"' for p in long)
+            params["match"] = " OR ".join('"' + g.replace('"', '""') + '"' for g in long)
             clauses.append("SELECT rowid FROM photo_texts_fts WHERE photo_texts_fts MATCH :match")
-        for n, p in enumerate(short):  # shorter pieces (two Chinese characters): LIKE on the same table
-            params[f"p{n}"] = "%" + _escape(p) + "%"
+        for n, pattern in enumerate(patterns):  # shorter pieces, patterns with a gap: LIKE on the same table
+            params[f"p{n}"] = pattern
             clauses.append(f"SELECT rowid FROM photo_texts_fts WHERE text LIKE :p{n} ESCAPE '\\'")
         ids_sql = " UNION ".join(clauses)
         query = text(
@@ -141,17 +156,15 @@ def candidates(session: Session, patterns: Sequence[str], limit: int) -> list[tu
         )
         rows = session.execute(query, {**params, "limit": int(limit)}).all()
     else:
-        likes = [table.c.text.ilike("%" + _escape(p) + "%", escape="\\") for p in patterns]
-        from sqlalchemy import or_
-
         rows = session.execute(
             select(table.c.item_id, table.c.frame_time, table.c.text, table.c.lines)
-            .where(or_(*likes))
+            .where(or_(*[table.c.text.ilike(p, escape="\\") for p in patterns]))
             .order_by(table.c.id)
             .limit(int(limit))
         ).all()
     return [(int(r[0]), r[1], str(r[2]), str(r[3])) for r in rows]
 
 
-def _escape(pattern: str) -> str:
-    return pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def escape_like(literal: str) -> str:
+    """A literal for a LIKE pattern (escape character: backslash)."""
+    return literal.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -164,9 +164,8 @@ def photo_text(
         _photo(engine, item_id)  # 404 for an unknown id
         readings = engine.photo_text(item_id)
     for reading in readings:
-        lines = reading["lines"]
-        marks = line_matches([str(line["text"]) for line in lines], in_photo or "")  # type: ignore[union-attr]
-        for line, mark in zip(lines, marks):  # type: ignore[call-overload]
+        lines: list[dict[str, object]] = reading["lines"]  # type: ignore[assignment]
+        for line, mark in zip(lines, line_matches([str(line["text"]) for line in lines], in_photo or "")):
             line["match"] = mark
     return json_response(PhotoTextOut.model_validate({"id": item_id, "readings": readings}))
 

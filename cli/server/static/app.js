@@ -5,7 +5,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const PAGE = 60;
-  const FILTERS = ["target", "under", "after", "before", "place", "ext", "min_size", "min_score", "diverse", "collapse"];
+  const FILTERS = ["target", "in_photo", "under", "after", "before", "place", "ext", "min_size", "min_score", "diverse", "collapse"];
   const browse = window.xmodalBrowse; // browse.js: the library by month and place, and a photo's facts
   const state = { mode: null, q: "", like: null, file: null, cursor: null, loading: false, hits: [], current: -1, token: 0 };
 
@@ -34,7 +34,7 @@
 
   function pageUrl() {
     const params = readFilters();
-    if (state.mode === "text") params.set("q", state.q);
+    if (state.mode === "text" && state.q) params.set("q", state.q);
     if (state.mode === "like") params.set("like", String(state.like));
     const query = params.toString();
     return "/" + (query ? "?" + query : "");
@@ -70,7 +70,7 @@
     if (state.cursor) params.set("cursor", state.cursor);
     let request;
     if (state.mode === "text") {
-      params.set("q", state.q);
+      if (state.q) params.set("q", state.q); // none: the words in the photos alone (in_photo)
       request = fetch("/api/search?" + params, { headers: { Accept: "application/json" } });
     } else if (state.mode === "like") {
       request = fetch("/api/items/" + encodeURIComponent(state.like) + "/similar?" + params);
@@ -95,6 +95,8 @@
   }
 
   function describe() {
+    const inPhoto = $("f-in_photo").value.trim();
+    if (state.mode === "text" && inPhoto) return (state.q ? "“" + state.q + "” " : "") + "with “" + inPhoto + "” in the photo";
     if (state.mode === "text") return "“" + state.q + "”";
     if (state.mode === "like") return "photos like #" + state.like;
     return "the photo " + (state.file && state.file.name ? state.file.name : "you gave");
@@ -169,6 +171,7 @@
     $("v-texts").replaceChildren();
     viewer.hidden = false;
     $("close").focus();
+    window.xmodalPhotoText.show(hit, $("f-in_photo").value.trim());
     try {
       const response = await fetch("/api/items/" + hit.id);
       const item = await response.json();
@@ -207,6 +210,7 @@
     const viewer = $("viewer");
     if (viewer.hidden) return;
     viewer.hidden = true;
+    window.xmodalPhotoText.clear();
     $("big").removeAttribute("src");
     const tileEl = $("results").querySelector('[data-index="' + state.current + '"]');
     if (tileEl) tileEl.focus();
@@ -288,7 +292,7 @@
     const like = params.get("like");
     $("q").value = q || "";
     if (initial && (initial.hits || initial.error)) {
-      state.mode = q ? "text" : "like";
+      state.mode = q || !like ? "text" : "like";
       state.q = q || "";
       state.like = like;
       state.hits = [];
@@ -296,7 +300,7 @@
       $("results").replaceChildren();
       if (initial.error) setStatus(initial.error, true);
       else show(initial, true);
-    } else if (q) start("text", q, false);
+    } else if (q || params.get("in_photo")) start("text", q || "", false);
     else if (like) start("like", like, false);
     else {
       state.mode = null; state.hits = []; $("results").replaceChildren(); setStatus("");
@@ -311,14 +315,14 @@
     $("search").addEventListener("submit", (event) => {
       event.preventDefault();
       const q = $("q").value.trim();
-      if (q) start("text", q);
+      if (q || $("f-in_photo").value.trim()) start("text", q);
       else if (state.mode === "image" && state.file) start("image", state.file);
     });
     $("toggle-filters").addEventListener("click", () => showFilters($("filters").hidden));
     $("filters").addEventListener("change", () => {
       if (state.mode === "image") start("image", state.file);
       else if (state.mode === "like") start("like", state.like);
-      else if ($("q").value.trim()) start("text", $("q").value.trim());
+      else if ($("q").value.trim() || $("f-in_photo").value.trim()) start("text", $("q").value.trim());
     });
     $("file").addEventListener("change", () => searchByFile($("file").files[0]));
     $("results").addEventListener("click", (event) => {
