@@ -7,6 +7,7 @@
   const PAGE = 60;
   const FILTERS = ["target", "in_photo", "under", "after", "before", "place", "ext", "min_size", "min_score", "diverse", "collapse"];
   const browse = window.xmodalBrowse; // browse.js: the library by month and place, and a photo's facts
+  const understanding = window.xmodalUnderstanding; // understanding.js: what a query was read as, as chips
   const state = { mode: null, q: "", like: null, file: null, cursor: null, loading: false, hits: [], current: -1, token: 0 };
 
   // --- the URL: a search can be bookmarked and shared -------------------------------------
@@ -71,6 +72,7 @@
     let request;
     if (state.mode === "text") {
       if (state.q) params.set("q", state.q); // none: the words in the photos alone (in_photo)
+      if (understanding) understanding.params(params, state.q);
       request = fetch("/api/search?" + params, { headers: { Accept: "application/json" } });
     } else if (state.mode === "like") {
       request = fetch("/api/items/" + encodeURIComponent(state.like) + "/similar?" + params);
@@ -104,6 +106,7 @@
 
   function show(body, first) {
     state.cursor = body.next_cursor;
+    if (understanding && first) understanding.show(body.understood);
     const grid = $("results");
     const start = state.hits.length;
     for (const hit of body.hits) {
@@ -144,6 +147,7 @@
     el.dataset.index = String(index);
     el.dataset.id = String(hit.id);
     el.title = hit.score.toFixed(3) + " · " + hit.path;
+    if (understanding) understanding.decorate(el, hit);
     return el;
   }
 
@@ -312,6 +316,7 @@
     let initial = null;
     try { initial = JSON.parse($("initial").textContent || "{}"); } catch (err) { initial = null; }
     fromUrl(initial);
+    if (understanding) understanding.onChange(() => start("text", state.q, false));
     $("search").addEventListener("submit", (event) => {
       event.preventDefault();
       const q = $("q").value.trim();
