@@ -32,6 +32,7 @@ class HitOut(BaseModel):
     path: str
     text: str | None = None
     copies: int = 0  # near-duplicates folded into this hit (collapse)
+    matched: list[str] = []  # parts of the query it satisfies: visual, text_in_photo, place, date, name
 
 
 class ItemOut(BaseModel):
@@ -97,8 +98,13 @@ def build_server(
     )
 
     @server.tool()
-    def search(query: str = "", k: int = 10, target: Target = "image", in_photo: str = "") -> list[HitOut]:
+    def search(
+        query: str = "", k: int = 10, target: Target = "image", in_photo: str = "", literal: bool = False
+    ) -> list[HitOut]:
         """Find indexed photos (target "image") or texts (target "text") that match a description.
+        A plain query is read for its dates, place, words in the photo and names ("dog on the beach
+        in Lisbon last summer": only photos of Lisbon, last summer; see `understand`); `literal`
+        searches the whole text as a description. Each hit says which parts it `matched`.
         `in_photo`: only photos whose written text (signs, receipts, screenshots) holds these words,
         one wrong character tolerated; without a query they come best text match first."""
         _check_k(k, limits)
@@ -108,8 +114,20 @@ def build_server(
             raise ToolError("give a query, in_photo, or both")
         words = in_photo if in_photo.strip() else None
         return _domain(
-            lambda: _hits(engine.search(query if query.strip() else None, k=k, target=target, in_photo=words))
+            lambda: _hits(
+                engine.search(query if query.strip() else None, k=k, target=target, in_photo=words, literal=literal)
+            )
         )
+
+    @server.tool()
+    def understand(query: str) -> dict[str, object]:
+        """What `search` reads in a query: its visual description, dates (start and end, both
+        included), place (one this index holds), words in the photo, file and folder names, and the
+        words that looked like a date or place but are not one here."""
+        _check_query(query, limits)
+        if not query.strip():
+            raise ToolError("the query is empty")
+        return _domain(lambda: engine.understand(query).as_dict())
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:
