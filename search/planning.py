@@ -50,8 +50,11 @@ class PhotoTextWords:
 
     def known(self, words: Sequence[str]) -> set[str]:
         """The words some photo's text holds exactly (not merely one letter off)."""
+        words = [w for w in dict.fromkeys(words) if len(w) >= self._MIN_LETTERS]
+        if not words or not self.text_matches(words):  # one read when no photo has any of them
+            return set()
         out = set()
-        for word in dict.fromkeys(words):
+        for word in words:
             if len(word) >= self._MIN_LETTERS and any(s >= 1.0 for s in self.text_matches([word]).values()):
                 out.add(word)
         return out
