@@ -308,6 +308,7 @@ def search(
             rerank=rerank,
             min_score=cutoff,  # type: ignore[arg-type]
             in_photo=in_photo,
+            literal=literal,
         )
     if links is not None:
         from xmodal.search.export import link_hits
