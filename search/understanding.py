@@ -97,7 +97,7 @@ class Understood:
     @property
     def plain(self) -> bool:
         """Nothing but a visual query was read: searching it is searching the query as before."""
-        return self.parts in (["visual"], []) and self.visual == self.query
+        return self.literal or (self.parts in (["visual"], []) and self.visual == self.query)
 
     def as_dict(self) -> dict[str, object]:
         return {
