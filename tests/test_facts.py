@@ -69,6 +69,19 @@ def test_read_facts_from_exif(tmp_path: Path) -> None:
     assert west.taken_offset == -330 and west.city is None and west.latitude is None
 
 
+def test_read_facts_from_a_heic_header(tmp_path: Path) -> None:
+    import pillow_heif
+    from PIL import Image
+
+    shot = Shot("2022:02:02 10:00:00", "+09:00", CITIES["Tokyo"][0], "Apple", "iPhone 12")
+    jpeg = exif_photo(tmp_path / "a.jpg", shot)
+    with Image.open(jpeg) as im:
+        pillow_heif.from_pillow(im).save(tmp_path / "IMG_0001.heic", exif=im.info["exif"])
+    facts = read_facts(tmp_path / "IMG_0001.heic")
+    assert (facts.taken_at, facts.taken_offset, facts.taken_source) == (datetime(2022, 2, 2, 10), 540, "exif")
+    assert (facts.city, facts.country, facts.camera) == ("Tokyo", "Japan", "Apple iPhone 12")
+
+
 def test_without_exif_the_file_time_or_the_decoders_time(tmp_path: Path) -> None:
     path = exif_photo(tmp_path / "plain.jpg", Shot())
     stamp = NO_EXIF_MTIME.timestamp()
