@@ -178,6 +178,7 @@ def test_older_index_gets_facts_without_embedding_again(tmp_path: Path, library:
     model.embed_pixels_for_index = lambda pixels: calls.append(1) or embed(pixels)  # type: ignore[method-assign]
     summary = Indexer(tmp_path / "idx", model=model).add_paths([library])
     assert summary.embedded == 0 and not calls and summary.unchanged == len(SHOTS)
+    assert summary.facts_filled == len(SHOTS) and summary.as_dict()["facts_filled"] == len(SHOTS)
     store = IndexStore.open(tmp_path / "idx")
     try:
         assert store.metadata.generation("image") == generation  # the vectors' caches have nothing to catch up
