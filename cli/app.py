@@ -123,6 +123,9 @@ def index(
         if summary.failed:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
         _say_photo_text(summary.photo_text)
+        if summary.facts_filled:
+            filled = summary.facts_filled
+            typer.echo(f"read the dates, places and cameras of {filled} photo(s) indexed before", err=True)
         for root in summary.offline_roots:
             typer.echo(f"xmodal: warning: {root} is offline (not there or empty): its photos are kept", err=True)
         if summary.kept_missing:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -159,8 +160,11 @@ def _exif_of(fp: IO[bytes]) -> Image.Exif | None:
     """The file's EXIF from its header: Pillow's formats opened lazily (no pixel decoded), HEIF
     through pillow-heif's header reader; None for anything else (videos, unknown kinds)."""
     try:
-        with Image.open(fp) as im:
-            return im.getexif()
+        with warnings.catch_warnings():
+            # a header over Pillow's own pixel limit: its warning is not ours to show (nothing is decoded)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                return im.getexif()
     except UnidentifiedImageError:
         pass
     fp.seek(0)

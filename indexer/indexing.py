@@ -103,6 +103,7 @@ class IndexSummary:
     kept_missing: int = 0
     # The second stage: the text read in photos (indexer.photo_text_stage); None when not asked for.
     photo_text: TextStageSummary | None = None
+    facts_filled: int = 0  # unchanged photos whose facts (indexer.facts) this run read, without embedding them
 
     @property
     def embedded(self) -> int:
@@ -123,6 +124,7 @@ class IndexSummary:
             "skipped": dict(sorted(self.skipped.items())),
             "offline_roots": list(self.offline_roots),
             "kept_missing": self.kept_missing,
+            "facts_filled": self.facts_filled,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -399,6 +401,7 @@ class Indexer:
                 there = set(s.scalars(select(ImageRow.id).where(ImageRow.id.in_([i for i, _ in facts]))))
                 write_facts(s, [(i, f) for i, f in facts if i in there])
             done += len(chunk)
+            summary.facts_filled = done
             self._report_stage("facts", done, len(todo))
         summary.timings["facts"] = summary.timings.get("facts", 0.0) + time.perf_counter() - clock
 

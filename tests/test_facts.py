@@ -69,6 +69,19 @@ def test_read_facts_from_exif(tmp_path: Path) -> None:
     assert west.taken_offset == -330 and west.city is None and west.latitude is None
 
 
+def test_read_facts_from_a_heic_header(tmp_path: Path) -> None:
+    import pillow_heif
+    from PIL import Image
+
+    shot = Shot("2022:02:02 10:00:00", "+09:00", CITIES["Tokyo"][0], "Apple", "iPhone 12")
+    jpeg = exif_photo(tmp_path / "a.jpg", shot)
+    with Image.open(jpeg) as im:
+        pillow_heif.from_pillow(im).save(tmp_path / "IMG_0001.heic", exif=im.info["exif"])
+    facts = read_facts(tmp_path / "IMG_0001.heic")
+    assert (facts.taken_at, facts.taken_offset, facts.taken_source) == (datetime(2022, 2, 2, 10), 540, "exif")
+    assert (facts.city, facts.country, facts.camera) == ("Tokyo", "Japan", "Apple iPhone 12")
+
+
 def test_without_exif_the_file_time_or_the_decoders_time(tmp_path: Path) -> None:
     path = exif_photo(tmp_path / "plain.jpg", Shot())
     stamp = NO_EXIF_MTIME.timestamp()
@@ -165,6 +178,7 @@ def test_older_index_gets_facts_without_embedding_again(tmp_path: Path, library:
     model.embed_pixels_for_index = lambda pixels: calls.append(1) or embed(pixels)  # type: ignore[method-assign]
     summary = Indexer(tmp_path / "idx", model=model).add_paths([library])
     assert summary.embedded == 0 and not calls and summary.unchanged == len(SHOTS)
+    assert summary.facts_filled == len(SHOTS) and summary.as_dict()["facts_filled"] == len(SHOTS)
     store = IndexStore.open(tmp_path / "idx")
     try:
         assert store.metadata.generation("image") == generation  # the vectors' caches have nothing to catch up

