@@ -183,6 +183,9 @@ class TextReader:
             }
             if models.keys:
                 params["Rec.rec_keys_path"] = str(folder / models.keys)
+            # rapidocr 3.4 to 3.9 look up a font for drawing results (never done here) on every
+            # recognition and download one unless given a path: a path stops that.
+            params["Global.font_path"] = str(folder)
             engine = RapidOCR(params=params)
             self._parts = (_part(engine, "det"), _part(engine, "cls"), _part(engine, "rec"))
             self.engine_name = f"rapidocr {version('rapidocr')} {models.name}"

@@ -4,7 +4,7 @@ It runs after the embedding (so search works on the new photos before their text
 the run's write lock, and commits its readings a few photos at a time: a killed run keeps what it
 read, and the next run (`xmodal index`, `xmodal watch`, the server's indexing) reads the rest. A
 photo whose text cannot be read is stored with status "failed" and the reason; it never fails the
-photo's indexing. Its own progress goes to the run's callback as the stage "text".
+photo's indexing. Its own progress goes to the run's callback as the stage "reading the text in photos".
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from xmodal.indexer.store.photo_texts import unread_photos, write_texts
 
 __all__ = ["TEXT_STAGE", "TextStageSummary", "read_unread_photos"]
 
-TEXT_STAGE = "text"
+TEXT_STAGE = "reading the text in photos"
 _COMMIT_PHOTOS = 16  # readings per transaction
 _COMMIT_SECONDS = 2.0  # ... or fewer, when reading them took longer
 
