@@ -78,6 +78,9 @@ def index(
     no_video: Annotated[
         bool, typer.Option("--no-video", help="Skip videos (indexed by default: sampled frames).")
     ] = False,
+    no_ocr: Annotated[
+        bool, typer.Option("--no-ocr", help="Do not read the text in photos (the second stage, after embedding).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Index photos: new and changed files are embedded, moved files keep their vectors, deleted ones leave.
@@ -103,6 +106,7 @@ def index(
             on_progress=bar.update,
             ray=on_ray,
             video=not no_video,
+            read_text=not no_ocr,
         )
         summary = indexer.add_paths(paths, listing=listing(from_list), prune_missing=prune_missing)
     if as_json:
@@ -128,6 +132,10 @@ def index(
             )
         if summary.failed > summary.videos_need_extra:
             typer.echo(f"{summary.failed} file(s) failed; see `xmodal info --errors`", err=True)
+        _say_photo_text(summary.photo_text)
+        if summary.facts_filled:
+            filled = summary.facts_filled
+            typer.echo(f"read the dates, places and cameras of {filled} photo(s) indexed before", err=True)
         for root in summary.offline_roots:
             typer.echo(f"xmodal: warning: {root} is offline (not there or empty): its photos are kept", err=True)
         if summary.kept_missing:
@@ -138,6 +146,19 @@ def index(
             )
     if summary.embedded + summary.unchanged + summary.moved == 0 and summary.failed:
         raise typer.Exit(1)  # nothing could be indexed
+
+
+def _say_photo_text(done: object) -> None:
+    """The text stage's line: what it read, or why it did not run (one note, never a traceback)."""
+    if done is None:
+        return
+    if getattr(done, "note", None):
+        typer.echo(f"xmodal: note: {done.note}", err=True)  # type: ignore[attr-defined]
+    elif getattr(done, "read", 0):
+        typer.echo(
+            f"text in photos: read {done.read}, with text {done.with_text}, "  # type: ignore[attr-defined]
+            f"not readable {done.failed} — {done.seconds:.2f} s"  # type: ignore[attr-defined]
+        )
 
 
 def _say_how_the_query_is_read(query: str) -> None:
@@ -169,6 +190,14 @@ def search(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option("--image", help="Search by this picture.")] = None,
+    in_photo: Annotated[
+        str | None,
+        typer.Option(
+            "--in-photo",
+            help="Only photos whose text holds these words (read at indexing; one wrong character still matches): "
+            '--in-photo "total 42.50". Alone: best text match first; with a query: ranked by the query.',
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=DEFAULT_LIMITS.max_k, help="Number of hits.")] = 10,
     target: Annotated[str, typer.Option("--target", help="What to find: image or text.")] = "image",
     index_dir: IndexOpt = None,
@@ -208,7 +237,8 @@ def search(
         str | None,
         typer.Option(
             "--after",
-            help="Only photos taken (EXIF, else mtime) from the start of this date on: 2023 = from 1 Jan 2023, "
+            help="Only photos taken (EXIF, a video's creation time, else mtime) from the start of this date on: "
+            "2023 = from 1 Jan 2023, "
             "2023-06 = from 1 June.",
         ),
     ] = None,
@@ -223,6 +253,21 @@ def search(
         list[str] | None, typer.Option("--ext", help="Only these extensions (repeatable: --ext jpg --ext png).")
     ] = None,
     min_size: Annotated[str | None, typer.Option("--min-size", help="Only photos at least WIDTHxHEIGHT.")] = None,
+    place: Annotated[
+        str | None,
+        typer.Option(
+            "--place",
+            help="Only photos taken in this city, region or country (named from their GPS; see `xmodal places`).",
+        ),
+    ] = None,
+    literal: Annotated[
+        bool,
+        typer.Option(
+            "--literal",
+            help="Search the whole text as a description: do not read dates, places, words in the photo or "
+            'names out of it (by default "dog in Lisbon last summer" keeps the photos of Lisbon, last summer).',
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     links: Annotated[
@@ -235,9 +280,10 @@ def search(
     from xmodal.search import SearchEngine
     from xmodal.search.filters import SearchFilter, parse_date, parse_min_size
     from xmodal.search.rerank.stages import RerankOptions
+    from xmodal.search.understanding import Understood
 
-    if (query is None) == (image is None):
-        raise InvalidQueryError("give either a query text or --image PATH")
+    if (query is not None and image is not None) or (query is None and image is None and in_photo is None):
+        raise InvalidQueryError("give either a query text or --image PATH (or --in-photo TEXT)")
     if target not in ("image", "text"):
         raise InvalidQueryError(f"--target must be 'image' or 'text', not '{target}'")
     cutoff: float | str | None = None
@@ -254,18 +300,28 @@ def search(
         extensions=tuple(ext or ()),
         min_width=width,
         min_height=height,
+        place=" ".join(place.split()) or None if place else None,
     )
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
-    if query is not None:
-        _say_how_the_query_is_read(query)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
+        searched: Path | str | Understood | None = image if image is not None else query
+        if query is not None and not literal and target == "image" and in_photo is None:
+            searched = understood = engine.understand(query)
+            if understood.plain:
+                _say_how_the_query_is_read(query)
+            else:
+                typer.echo(f"xmodal: {understood.line()}", err=True)
+        elif query is not None:
+            _say_how_the_query_is_read(query)
         hits = engine.search(
-            image if image is not None else (query or ""),
+            searched,
             k=limit,
             target=target,  # type: ignore[arg-type]  # checked above: "image" or "text"
             filters=filters,
             rerank=rerank,
             min_score=cutoff,  # type: ignore[arg-type]
+            in_photo=in_photo,
+            literal=literal,
         )
     if links is not None:
         from xmodal.search.export import link_hits
@@ -274,7 +330,7 @@ def search(
     if html is not None:
         from xmodal.search.export import write_contact_sheet
 
-        write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image}")
+        write_contact_sheet(hits, html, title=f"xmodal: {query if query is not None else image or in_photo}")
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
     elif as_csv:
@@ -515,6 +571,8 @@ from xmodal.cli.mcp_command import mcp as _mcp  # noqa: E402 - the mcp package i
 
 app.command("mcp")(_run(_mcp))
 
+from xmodal.cli.browse_command import places_command as _places_command  # noqa: E402
+from xmodal.cli.browse_command import timeline_command as _timeline_command  # noqa: E402
 from xmodal.cli.export_command import export_command as _export_command  # noqa: E402
 from xmodal.cli.import_command import import_command as _import_command  # noqa: E402
 from xmodal.cli.serve_command import serve as _serve  # noqa: E402 - FastAPI/uvicorn are imported inside
@@ -524,6 +582,8 @@ app.command("serve")(_run(_serve))
 app.command("watch")(_run(_watch))
 app.command("import")(_run(_import_command))
 app.command("export")(_run(_export_command))
+app.command("places")(_run(_places_command))
+app.command("timeline")(_run(_timeline_command))
 
 
 def main() -> None:

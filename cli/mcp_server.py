@@ -34,6 +34,7 @@ class HitOut(BaseModel):
     text: str | None = None
     copies: int = 0  # near-duplicates folded into this hit (collapse)
     time: float | None = None
+    matched: list[str] = []  # parts of the query it satisfies: visual, text_in_photo, place, date, name
 
 
 class ItemOut(BaseModel):
@@ -92,17 +93,43 @@ def build_server(
         "xmodal",
         instructions=(
             "Cross-modal search over one index of photos (and optional texts). Search photos by "
-            "describing them, find items similar to an id, look an id up, read the index facts."
+            "describing them or by the words written in them (in_photo), find items similar to an id, "
+            "look an id up, read the index facts."
         ),
         log_level="WARNING",
     )
 
     @server.tool()
-    def search(query: str, k: int = 10, target: Target = "image") -> list[HitOut]:
-        """Find indexed photos (target "image") or texts (target "text") that match a description."""
+    def search(
+        query: str = "", k: int = 10, target: Target = "image", in_photo: str = "", literal: bool = False
+    ) -> list[HitOut]:
+        """Find indexed photos (target "image") or texts (target "text") that match a description.
+        A plain query is read for its dates, place, words in the photo and names ("dog on the beach
+        in Lisbon last summer": only photos of Lisbon, last summer; see `understand`); `literal`
+        searches the whole text as a description. Each hit says which parts it `matched`.
+        `in_photo`: only photos whose written text (signs, receipts, screenshots) holds these words,
+        one wrong character tolerated; without a query they come best text match first."""
         _check_k(k, limits)
         _check_query(query, limits)
-        return _domain(lambda: _hits(engine.search(query, k=k, target=target)))
+        _check_query(in_photo, limits)
+        if not query.strip() and not in_photo.strip():
+            raise ToolError("give a query, in_photo, or both")
+        words = in_photo if in_photo.strip() else None
+        return _domain(
+            lambda: _hits(
+                engine.search(query if query.strip() else None, k=k, target=target, in_photo=words, literal=literal)
+            )
+        )
+
+    @server.tool()
+    def understand(query: str) -> dict[str, object]:
+        """What `search` reads in a query: its visual description, dates (start and end, both
+        included), place (one this index holds), words in the photo, file and folder names, and the
+        words that looked like a date or place but are not one here."""
+        _check_query(query, limits)
+        if not query.strip():
+            raise ToolError("the query is empty")
+        return _domain(lambda: engine.understand(query).as_dict())
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,12 @@ from xmodal.indexer.decode_pool import (
     prefetch,
     prepare_video,
 )
+from xmodal.indexer.facts import read_facts, rename_facts, stale_facts, write_facts
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
 from xmodal.indexer.models.spec import model_fingerprint
 from xmodal.indexer.paths import absolute
+from xmodal.indexer.photo_text import OcrConfig, TextReader
+from xmodal.indexer.photo_text_stage import TextStageSummary
 from xmodal.indexer.progress import Progress
 from xmodal.indexer.roots import (
     forget_roots,
@@ -61,6 +65,8 @@ __all__ = ["IndexSummary", "Progress", "Indexer", "EmbeddedBatch", "file_hash"]
 # the ones that decoded, and their embeddings (None when none decoded).
 EmbeddedBatch = tuple[list[Prepared], list[Prepared], "IndexedPixels | None"]
 
+# Photos whose facts an older run lacks are read and written this many at a time (one transaction each).
+_FACTS_BATCH = 256
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
 
@@ -74,6 +80,11 @@ def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> dict[str, 
     judged += [f for f in folder_roots if not any(is_inside(f, r) for r in recorded)]
     offline = {r: rows_under(store.metadata, r) for r in dict.fromkeys(judged) if looks_offline(r)}
     return {r: offline[r] for r in minimal_folders(r for r, n in offline.items() if n > 0)}
+
+
+def _moment(value: object) -> datetime | None:
+    """A decoder's time for the facts (a video's creation time), when it gave one."""
+    return value if isinstance(value, datetime) else None
 
 
 def _split_roots(roots: Sequence[Path]) -> tuple[list[str], list[str]]:
@@ -108,6 +119,9 @@ class IndexSummary:
     videos: int = 0
     frames: int = 0
     videos_need_extra: int = 0
+    # The second stage: the text read in photos (indexer.photo_text_stage); None when not asked for.
+    photo_text: TextStageSummary | None = None
+    facts_filled: int = 0  # unchanged photos whose facts (indexer.facts) this run read, without embedding them
 
     @property
     def embedded(self) -> int:
@@ -130,9 +144,11 @@ class IndexSummary:
             "kept_missing": self.kept_missing,
             "videos": self.videos,
             "frames": self.frames,
+            "facts_filled": self.facts_filled,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            **({"photo_text": self.photo_text.as_dict()} if self.photo_text is not None else {}),
         }
 
 
@@ -154,14 +170,21 @@ class Indexer:
         first_batch_size: int = 4,
         signals: Sequence[Signal] = DEFAULT_SIGNALS,
         video: bool = True,
+        read_text: bool = True,
+        ocr: OcrConfig | None = None,
     ) -> None:
         """ray: embed on a Ray cluster (see indexer.distributed) instead of in this process.
         first_batch_size: the run's first batch is this small, so that its first photos are embedded
         (and shown) within a second or two of the start instead of after a whole batch's decoding.
         signals: what is stored per photo (indexer.signals); the embedding by default.
-        video: read videos (sampled frames, indexer.videos); False reports them as not read."""
+        video: read videos (sampled frames, indexer.videos); False reports them as not read.
+        read_text: after the embedding, read the text in the photos not read yet (a second stage:
+        indexer.photo_text_stage; needs the ocr extra, else the summary's photo_text.note says so)."""
         self.limits = limits
         self.video = video
+        self.read_text = read_text
+        self._ocr_config = ocr
+        self._reader: TextReader | None = None
         self.signals = tuple(signals)
         self.index_dir = index_dir
         self.db_url = db_url
@@ -236,7 +259,10 @@ class Indexer:
             with store.write_lock():
                 self._check_model(store)
                 summary = self._run(store, source, prune_missing)
-                store.save_vectors()
+                store.save_vectors()  # search works on the new photos from here on
+                if self.read_text:
+                    summary.photo_text = self._read_texts(store)
+                    summary.timings["text"] = summary.photo_text.seconds
         finally:
             store.close()
         summary.seconds = time.perf_counter() - started
@@ -251,6 +277,19 @@ class Indexer:
             prepare_for_search(self.model, self._report_stage)
             summary.timings["prepare"] = time.perf_counter() - clock
         return summary
+
+    def _read_texts(self, store: IndexStore) -> TextStageSummary:
+        """The second stage: the text in every photo without a reading (indexer.photo_text_stage)."""
+        from xmodal.indexer.photo_text import ocr_unavailable
+
+        missing = ocr_unavailable()
+        if missing is not None:
+            return TextStageSummary(note=missing)
+        from xmodal.indexer.photo_text_stage import read_unread_photos
+
+        if self._reader is None:
+            self._reader = TextReader(self._ocr_config, self.limits)
+        return read_unread_photos(store, self._reader, self.on_progress)
 
     def remove_paths(self, paths: Iterable[Path | str]) -> int:
         """Remove the index's photos at or under the paths, whether or not their files exist (the
@@ -369,6 +408,7 @@ class Indexer:
             missing = {}
         self._apply_moves_and_removals(store, moves, list(missing.values()), skipped, (files, others), summary)
         self._forget(store, [row.id for row in missing.values()])
+        self._fill_facts(store, seen_paths, {w.row_id for w in work if w.row_id is not None}, summary)
         self._last_save = time.perf_counter()
         videos = [w for w in work if w.found.media == "video"]
         work = [w for w in work if w.found.media != "video"]
@@ -381,6 +421,28 @@ class Indexer:
         if videos:  # in this process also under Ray: a video is one file's many frames, one transaction
             self._embed_videos(store, self._load(store), videos, summary)
         return summary
+
+    def _fill_facts(self, store: IndexStore, present: set[str], redone: set[int], summary: IndexSummary) -> None:
+        """Facts of photos indexed without them (an index made before facts, or by an older
+        reader: indexer.facts.FACTS_VERSION), read from the files found by this run and written
+        in batches; nothing is embedded again. Photos this run embeds again get theirs then."""
+        clock = time.perf_counter()
+        with store.metadata.session() as s:
+            todo = [r for r in stale_facts(s) if r[1] in present and r[0] not in redone]
+        if not todo:
+            return
+        done = 0
+        for start in range(0, len(todo), _FACTS_BATCH):
+            chunk = todo[start : start + _FACTS_BATCH]
+            facts = [(row_id, read_facts(path, mtime_ns, taken)) for row_id, path, mtime_ns, taken in chunk]
+            with store.metadata.session() as s, s.begin():
+                # a row deleted meanwhile by no one (we hold the write lock); still, only rows there
+                there = set(s.scalars(select(ImageRow.id).where(ImageRow.id.in_([i for i, _ in facts]))))
+                write_facts(s, [(i, f) for i, f in facts if i in there])
+            done += len(chunk)
+            summary.facts_filled = done
+            self._report_stage("facts", done, len(todo))
+        summary.timings["facts"] = summary.timings.get("facts", 0.0) + time.perf_counter() - clock
 
     def _apply_moves_and_removals(
         self,
@@ -398,6 +460,7 @@ class Indexer:
                 s.query(ImageRow).filter(ImageRow.id == row.id).update(
                     {"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns, "indexed_at": now}
                 )
+            rename_facts(s, [(row.id, str(f.path)) for row, f in moves])
             store.metadata.delete_ids(ImageRow, [row.id for row in removed], s)
             # Failures under these roots are re-decided by this run (a listing may come without roots:
             # an empty or_() would match every failure).
@@ -546,6 +609,7 @@ class Indexer:
                     for t, v in zip(video.times, embedded.vectors)
                 ]
                 store.metadata.insert_rows(s, FrameRow, frames)
+                write_facts(s, [(item_id, read_facts(f.path, f.mtime_ns, _moment(video.taken_at)))])
                 summary.videos += 1
                 summary.frames += len(frames)
         if embedded is None:
@@ -620,6 +684,14 @@ class Indexer:
         New rows go in with one multi-row INSERT … RETURNING and changed ones with one
         executemany UPDATE (SQLite and PostgreSQL alike); `timings["sql"]` is this part alone."""
         clock = time.perf_counter()
+        # Each file's facts from its header (a video's time from its decoder: prepared.taken_at),
+        # read before the transaction so the database is held no longer than the writes take.
+        facts = [
+            read_facts(p.work.found.path, p.work.found.mtime_ns, _moment(p.taken_at))
+            for p in (good if embedded is not None else [])
+        ]
+        summary.timings["facts"] = summary.timings.get("facts", 0.0) + time.perf_counter() - clock
+        clock = time.perf_counter()
         now = utcnow()
         spec = str(model.spec)
         rows: list[dict] = []
@@ -657,6 +729,7 @@ class Indexer:
                 store.metadata.delete_ids(FrameRow, frames, s)
             new_ids = iter(store.metadata.insert_rows(s, ImageRow, inserts))
             ids = [p.work.row_id if p.work.row_id in present else next(new_ids) for p in good]
+            write_facts(s, list(zip(ids, facts)))
             summary.updated += len(updates)
             summary.new += len(inserts)
             # a changed file that no longer decodes loses its row

@@ -316,6 +316,22 @@ def _chunks(
         yield from s.execute(stmt).partitions(size)
 
 
+def _photo_texts(store: IndexStore, ids: list[int]) -> list[str | None]:
+    from sqlalchemy import select
+
+    from xmodal.indexer.store.schema import PhotoTextRow
+
+    with store.metadata.session() as s:
+        found = dict(
+            s.execute(
+                select(PhotoTextRow.item_id, PhotoTextRow.text).where(
+                    PhotoTextRow.item_id.in_(ids), PhotoTextRow.frame_time.is_(None)
+                )
+            ).all()
+        )
+    return [found.get(i) for i in ids]
+
+
 def export_embeddings(
     directory: Path | str,
     index_dir: Path | str | None = None,
@@ -333,7 +349,7 @@ def export_embeddings(
     try:
         spec, dim = store.model_spec, store.dim
         kinds = (
-            ("image", ImageRow, directory, "img_emb", ["vector", "path", *_FACTS]),
+            ("image", ImageRow, directory, "img_emb", ["vector", "path", *_FACTS, "id"]),
             ("text", TextRow, directory / "texts", "text_emb", ["vector", "text", "source"]),
         )
         for kind, table, base, prefix, columns in kinds:
@@ -344,7 +360,10 @@ def export_embeddings(
                 npy = base / prefix / f"{prefix}_{shard}.npy"
                 np.save(npy, vectors.astype(dtype))
                 names = ["image_path", *_FACTS] if kind == "image" else ["caption", "source"]
-                table_out = pa.table({name: [row[i + 1] for row in part] for i, name in enumerate(names)})
+                columns_out = {name: [row[i + 1] for row in part] for i, name in enumerate(names)}
+                if kind == "image":  # the text read in each photo (None: not read)
+                    columns_out["photo_text"] = _photo_texts(store, [int(row[-1]) for row in part])
+                table_out = pa.table(columns_out)
                 parquet = base / "metadata" / f"metadata_{shard}.parquet"
                 pq.write_table(table_out, parquet)
                 summary.files += [str(npy), str(parquet)]

@@ -58,6 +58,15 @@ class Limits:
     # The index database. Held by another process (an upgrade, a long write) longer than this,
     # it is reported busy (IndexLockedError), never missing.
     database_busy_seconds: float = 30.0
+    # Reading text in photos (indexer.photo_text): the picture is decoded to at most this many pixels
+    # (recognition crops come from it), one photo's reading stops after ocr_seconds (what was read
+    # by then is kept, and the reason recorded), and at most ocr_max_boxes text regions are read.
+    ocr_max_pixels: int = 16_000_000
+    ocr_seconds: float = 20.0
+    ocr_max_boxes: int = 300
+    # Searching text in photos: the database's index hands at most this many candidate texts to
+    # the exact scoring of one query (search.photo_text).
+    ocr_max_candidates: int = 5000
 
 
 DEFAULT_LIMITS = Limits()

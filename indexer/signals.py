@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from sqlalchemy import func, select
 
+from xmodal.indexer.facts import FactsSignal
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import FrameRow, ImageRow, TextRow, features_to_blob, vector_to_blob
 from xmodal.indexer.store.vector_index import VectorIndex
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import IndexedPixels
     from xmodal.indexer.store.checking import CheckReport
 
-__all__ = ["Signal", "EmbeddingSignal", "FrameSignal", "DEFAULT_SIGNALS"]
+__all__ = ["Signal", "EmbeddingSignal", "FrameSignal", "PhotoTextSignal", "DEFAULT_SIGNALS"]
 
 _TABLES: dict[Kind, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
 # Stored vectors are L2-normalised; anything further off than this was not written by a model.
@@ -228,7 +229,46 @@ class FrameSignal:
         return {"videos": int(videos or 0), "frames": int(frames or 0)}
 
 
-DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(), FrameSignal())
+class PhotoTextSignal:
+    """The text read in each photo (indexer.photo_text), in its own table (photo_texts). It is read
+    in a second stage of the run (indexer.photo_text_stage), after the embedding, so it adds no
+    columns here: a photo whose row is replaced or removed loses its reading, so the next reading
+    stage reads it again, and `info` counts what was read."""
+
+    name = "photo_text"
+
+    def stale_ids(self, store: IndexStore) -> set[int]:
+        return set()  # unread photos are the text stage's own work, not the embedding's
+
+    def row_values(self, computed: IndexedPixels, position: int) -> dict[str, object]:
+        return {}
+
+    def after_commit(self, store: IndexStore, ids: np.ndarray, replaced: np.ndarray, computed: IndexedPixels) -> None:
+        self.forget(store, replaced)
+
+    def forget(self, store: IndexStore, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        from xmodal.indexer.store.photo_texts import delete_texts
+
+        with store.metadata.session() as s, s.begin():
+            delete_texts(s, [int(i) for i in ids])
+
+    def inspect(self, store: IndexStore, report: CheckReport) -> None:
+        return None
+
+    def rebuild(self, store: IndexStore) -> list[str]:
+        return []
+
+    def info(self, store: IndexStore) -> dict[str, int]:
+        from xmodal.indexer.store.photo_texts import text_counts
+
+        with store.metadata.session() as s:
+            return text_counts(s)
+
+
+# The embedding, the frames of videos, the facts of each photo (indexer.facts: when, where, camera, names) and its text.
+DEFAULT_SIGNALS: tuple[Signal, ...] = (EmbeddingSignal(), FrameSignal(), FactsSignal(), PhotoTextSignal())
 
 
 def _vector_problem(blob: bytes | None, dim: int | None) -> str | None:

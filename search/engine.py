@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import ImageReadError, InvalidQueryError
 from xmodal.indexer.images import decode_image
@@ -23,13 +25,24 @@ from xmodal.indexer.store.schema import FrameRow, ImageRow, TextRow, blob_to_vec
 from xmodal.indexer.store.vector_index import VectorIndex
 from xmodal.search.filters import SearchFilter
 from xmodal.search.hits import Hit
+from xmodal.search.library import KnownPlace, TimelinePage, item_facts, known_places, timeline
 from xmodal.search.pairs import fold_pairs, shot_of
+from xmodal.search.planning import (
+    IndexVocabulary,
+    PhotoTextWords,
+    WordScorer,
+    fuse_hits,
+    matched_parts,
+    understood_filter,
+)
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
 from xmodal.search.rerank.stages import RerankOptions, auto_score_floor
+from xmodal.search.understanding import Understood
 
 if TYPE_CHECKING:
+    from xmodal.indexer.facts import Facts
     from xmodal.indexer.models.embedding import EmbeddingModel
 
 __all__ = ["SearchEngine", "MinScore", "Query"]
@@ -39,7 +52,7 @@ _QUERY_THREADS = max(1, min(2, os.cpu_count() or 1))
 _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text": TextRow}
 # Frames of videos searched per photo candidate: a video's frames are many views of one item.
 _FRAMES_PER_CANDIDATE = 4
-Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm]
+Query = str | Path | Image.Image | np.ndarray | Sequence[QueryTerm] | Understood
 MinScore = float | Literal["auto"] | None
 
 
@@ -59,6 +72,7 @@ class SearchEngine:
         # process; concurrent callers would only make those pools compete. Query embedding (onnxruntime,
         # per-session threads without spin-waiting), filters, SQL reads and the hits' rows stay concurrent.
         self._compute_lock = threading.Lock()
+        self._places: tuple[int, IndexStore, list[KnownPlace]] | None = None  # (facts generation, store, places)
         self.store = store  # also builds the second stage (see the setter)
 
     @property
@@ -70,6 +84,7 @@ class SearchEngine:
         """Swap the index (a server follows another process's writes this way); the second stage
         follows, and what it keeps is keyed by generation, so nothing stale survives."""
         self._store = store
+        self._vocabulary_cache: IndexVocabulary | None = None
         self.second_stage = SecondStage(store, QueryBanks(store, self.embed_texts), compute=self._compute_lock)
 
     @property
@@ -98,6 +113,29 @@ class SearchEngine:
 
     def close(self) -> None:
         self.store.close()
+
+    # --- the library's facts (search.library) ---------------------------------------------------
+    def known_places(self) -> list[KnownPlace]:
+        """Every place name of this index's photos (city, region, country) with its count, most
+        photos first. Cheap per query: kept until the facts' generation moves on."""
+        generation = self.store.metadata.generation("facts")
+        cached = self._places
+        if cached is not None and cached[0] == generation and cached[1] is self.store:
+            return cached[2]
+        with self.store.metadata.session() as s:
+            places = known_places(s)
+        self._places = (generation, self.store, places)
+        return places
+
+    def timeline(self, cursor: str | None = None, months: int = 6, per_month: int = 8) -> TimelinePage:
+        """The photos by month, newest first (search.library.timeline)."""
+        with self.store.metadata.session() as s:
+            return timeline(s, cursor, months, per_month)
+
+    def facts(self, item_id: int) -> Facts | None:
+        """One photo's facts (indexer.facts), or None when it has none yet."""
+        with self.store.metadata.session() as s:
+            return item_facts(s, item_id)
 
     def __enter__(self) -> SearchEngine:
         return self
@@ -165,6 +203,8 @@ class SearchEngine:
             return query.astype(np.float32)
         if isinstance(query, (Path, Image.Image)):
             return self.embed_image_query(query)
+        if isinstance(query, Understood):
+            query = parse_query(query.visual or query.query)
         terms = parse_query(query) if isinstance(query, str) else list(query)
         total = np.zeros(self.store.dim or 0, dtype=np.float32)
         for term in terms:
@@ -175,29 +215,192 @@ class SearchEngine:
             raise InvalidQueryError("the query's terms cancel each other out")
         return total / norm
 
+    # --- understanding a plain query ----------------------------------------------------------
+    def understand(self, query: str, today: date | None = None, ignore: Collection[str] = ()) -> Understood:
+        """What the one-box planner reads in a query (search.understanding): its visual part, dates,
+        place, words in the photo and in names. `today` fixes relative dates ("last summer");
+        parts named in `ignore` are not read (their words stay visual). Pass the result to `search`."""
+        return _with_reading(self._vocabulary().planner.understand(query, ignore, today=today))
+
+    def _vocabulary(self) -> IndexVocabulary:
+        """The planner's vocabulary of this index, rebuilt when its photos change."""
+        metadata = self.store.metadata
+        generation = (metadata.generation("image"), metadata.generation("facts"))
+        with self._lock:
+            cached = self._vocabulary_cache
+            if cached is None or cached.generation != generation:
+                places = [p.name for p in self.known_places()]
+                cached = IndexVocabulary.build(self.store, generation, places, self._photo_text_scorer())
+                self._vocabulary_cache = cached
+            return cached
+
+    def _photo_text_scorer(self) -> WordScorer:
+        """The query words' scores against the text read in photos (search.photo_text)."""
+        return PhotoTextWords(self.text_matches)
+
+    def _search_understood(
+        self,
+        understood: Understood,
+        k: int,
+        target: Kind,
+        filters: SearchFilter | None,
+        rerank: RerankOptions | bool,
+        min_score: MinScore,
+    ) -> list[Hit]:
+        """Dates (and places) filter inside the search; the visual part ranks; words in the photo and
+        in names are scored and fused with it (search.planning.fuse_hits), over the visual
+        candidates and the photos that have the words."""
+        filters = understood_filter(filters, understood)
+        _check_filters(filters, target)
+        terms = parse_query(understood.visual or understood.query)
+        vector = self.embed_query(terms)
+        scored = bool(understood.in_photo or understood.names)
+        depth = min(max(k, RerankOptions().candidates), self.limits.max_depth) if scored else k
+        hits = self._hit_list(vector, depth, target, filters, rerank, _query_kind(terms), min_score)
+        if not scored:
+            parts = matched_parts(understood, True, 0.0, 0.0)
+            return [replace(h, matched=parts) for h in hits]
+        vocabulary = self._vocabulary()
+        extra = self._found_by_words(understood, vocabulary, filters, vector, {h.id for h in hits})
+        fused = fuse_hits(understood, hits, extra, vocabulary)
+        if min_score is not None and min_score != "auto":
+            fused = [h for h in fused if h.score >= float(min_score)]
+        return fused[:k]
+
+    def _found_by_words(
+        self,
+        understood: Understood,
+        vocabulary: IndexVocabulary,
+        filters: SearchFilter | None,
+        vector: np.ndarray,
+        seen: set[int],
+    ) -> list[Hit]:
+        """The photos that have the query's words in their text or names and passed the filters but
+        not the visual search, with their plain cosine; at most limits.max_depth of them."""
+        arrays = [vocabulary.names.matching(list(understood.names))]
+        if understood.in_photo and vocabulary.photo_text is not None:
+            arrays.append(vocabulary.photo_text.matching(list(understood.in_photo)))
+        ids = np.unique(np.concatenate(arrays)).astype(np.int64)
+        ids = ids[~np.isin(ids, np.fromiter(seen, dtype=np.int64, count=len(seen)))]
+        if len(ids) and filters is not None and filters.active:
+            with self.store.metadata.session() as s:
+                allowed = filters.allowed_ids(s, "image")
+            if allowed is not None:
+                ids = ids[np.isin(ids, allowed)]
+        if len(ids) == 0:
+            return []
+        found, vectors = self.store.metadata.vectors(ImageRow, [int(i) for i in ids])
+        scores = vectors @ vector.astype(np.float32)
+        top = np.argsort(-scores, kind="stable")[: self.limits.max_depth]
+        return self._hits("image", scores[top], np.asarray(found)[top], np.zeros(len(top), dtype=np.int64))
+
     # --- searching --------------------------------------------------------------------------
     def search(
         self,
-        query: Query,
+        query: Query | None,
         k: int = 10,
         target: Kind = "image",
         filters: SearchFilter | None = None,
         rerank: RerankOptions | bool = True,
         min_score: MinScore = None,
+        place: str | None = None,
+        in_photo: str | None = None,
+        literal: bool = False,
     ) -> list[Hit]:
-        """Top-k hits for any query. `filters` act inside the search.
+        """Top-k hits for any query. `filters` act inside the search; `place` keeps the photos
+        taken there (a city, region or country of `known_places()`; added to `filters`).
+
+        A plain text query for photos is read by the one-box planner first (`understand`: dates and
+        places filter, words in the photo and names are fused with the visual score); `literal`
+        turns that off, and an `Understood` from `understand` is searched as it was read. Each hit
+        says which parts of the query it matched (`Hit.matched`).
+
+        `in_photo`: only photos whose text (read at indexing: indexer.photo_text) holds every word
+        of it, exactly or with one character wrong (search.photo_text). Alone (query None) the
+        photos come best text match first, scored by it; with a query they are ranked by the query.
 
         `min_score` is a floor on each hit's own score: every hit returned scores at least that.
         "auto" sets the floor from the score distribution of the top candidates (a fixed depth,
         RerankOptions.candidates; see search.rerank.stages.auto_score_floor), never from k.
         Asking for a larger k only appends hits: the list for k is a prefix of the list for k + 1."""
+        if place is not None and place.strip():
+            filters = replace(filters or SearchFilter(), place=place)
         _check_filters(filters, target)  # before the query is embedded
         _check_min_score(min_score)
+        if in_photo is not None:
+            found = self._search_in_photo(query, in_photo, k, target, filters, rerank, min_score)
+            parts = ["visual", "text_in_photo"] if query is not None else ["text_in_photo"]
+            return [replace(h, matched=parts) for h in found]
+        if query is None:
+            raise InvalidQueryError("give a query, in_photo, or both")
         if k <= 0:
             return []
+        if isinstance(query, str) and not literal and target == "image":
+            query = self.understand(query)
+        if isinstance(query, Understood):
+            return self._search_understood(query, k, target, filters, rerank, min_score)
         if isinstance(query, str):
             query = parse_query(query)  # once: the terms give both the vector and the query's kind
-        return self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
+        hits = self._hit_list(self.embed_query(query), k, target, filters, rerank, _query_kind(query), min_score)
+        return [replace(h, matched=["visual"]) for h in hits]
+
+    def _search_in_photo(
+        self,
+        query: Query | None,
+        in_photo: str,
+        k: int,
+        target: Kind,
+        filters: SearchFilter | None,
+        rerank: RerankOptions | bool,
+        min_score: MinScore,
+    ) -> list[Hit]:
+        if target != "image":
+            raise InvalidQueryError("in_photo searches photos, not texts")
+        if not " ".join(in_photo.split()):
+            raise InvalidQueryError("the in_photo text is empty")
+        if k <= 0:
+            return []
+        from xmodal.search.photo_text import match_photo_text
+
+        with self.store.metadata.session() as s:
+            matches = match_photo_text(s, in_photo, self.limits)
+            if filters is not None and filters.active and matches:
+                passing = filters.allowed_ids(s, target)
+                allowed = set() if passing is None else {int(i) for i in passing}
+                matches = [m for m in matches if m.item_id in allowed]
+        if query is not None:
+            if not matches:
+                return []
+            if isinstance(query, str):
+                query = parse_query(query)
+            base = {f.name: getattr(filters, f.name) for f in fields(SearchFilter)} if filters is not None else {}
+            only = _OnlyIds(**base, only=tuple(sorted(m.item_id for m in matches)))
+            return self._hit_list(self.embed_query(query), k, target, only, rerank, _query_kind(query), min_score)
+        floor = None if min_score in (None, "auto") else float(min_score)  # type: ignore[arg-type]
+        chosen = [m for m in matches if floor is None or m.score >= floor][: min(k, self.limits.max_depth)]
+        with self.store.metadata.session() as s:
+            paths = dict(
+                s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_([m.item_id for m in chosen]))).all()
+            )
+        return [Hit(m.item_id, "image", m.score, paths[m.item_id]) for m in chosen if m.item_id in paths]
+
+    def text_matches(self, words: Sequence[str]) -> dict[int, float]:
+        """{photo id: score} of the photos whose text holds any of `words` (search.photo_text.word_scores):
+        per word 1 exact, 1 - 1/len with one character wrong, 0 absent; the mean by word length,
+        + 0.1 when all appear as one phrase. For fusing a plain query's words with the visual score."""
+        from xmodal.search.photo_text import word_scores
+
+        with self.store.metadata.session() as s:
+            return word_scores(s, words, self.limits)
+
+    def photo_text(self, item_id: int) -> list[dict[str, object]]:
+        """The text read in a photo: one reading per photo (a video, one per frame), each with its
+        status, text and lines ({"text", "score", "box": four [x, y] corners as fractions}); [] when
+        not read yet."""
+        from xmodal.indexer.store.photo_texts import texts_of
+
+        with self.store.metadata.session() as s:
+            return [t.as_dict() for t in texts_of(s, item_id)]
 
     def search_text(self, text: str, k: int = 10, target: Kind = "image", **options: object) -> list[Hit]:
         return self.search(_plain_text(text, self.limits.max_query_chars), k, target, **options)  # type: ignore[arg-type]
@@ -508,11 +711,43 @@ def _best_moments(session: object, videos: list[int], query: np.ndarray | None) 
     return {item: moment for item, (_, moment) in best.items()}
 
 
+def _with_reading(understood: Understood) -> Understood:
+    """A Chinese visual part with the English it is read as, and the words not understood."""
+    from xmodal.indexer.models.chinese.script import has_chinese
+
+    if not understood.visual or not has_chinese(understood.visual):
+        return understood
+    from xmodal.indexer.models.chinese import understand as understand_language
+
+    language = understand_language(understood.visual)
+    if language.note:
+        return replace(understood, not_understood=(*understood.not_understood, language.note))
+    return replace(
+        understood,
+        reading=language.english,
+        not_understood=(*understood.not_understood, *language.unknown_words),
+    )
+
+
+@dataclass(frozen=True)
+class _OnlyIds(SearchFilter):
+    """The user's filters narrowed to the photos whose text matched (already within them)."""
+
+    only: tuple[int, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    def allowed_ids(self, session: Session, kind: str) -> np.ndarray | None:
+        return np.array(self.only, dtype=np.int64)
+
+
 def _check_filters(filters: SearchFilter | None, target: Kind) -> None:
     if filters is not None and target == "text" and filters.photo_only():
         names = ", ".join(f"--{name}" for name in filters.photo_only())
         raise InvalidQueryError(
-            f"{names} filter photos only (texts have no date, extension or size); use --under for texts"
+            f"{names} filter photos only (texts have no date, place, extension or size); use --under for texts"
         )
 
 
@@ -527,7 +762,7 @@ def _query_kind(query: Query) -> Kind | None:
     """The kind of a query made of one kind of term; None for vectors and mixed combinations."""
     if isinstance(query, (Path, Image.Image)):
         return "image"
-    if isinstance(query, (np.ndarray, str)):
+    if isinstance(query, (np.ndarray, str, Understood)):
         return None
     kinds = {term.kind for term in query}
     return kinds.pop() if len(kinds) == 1 else None  # type: ignore[return-value]

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from dateutil import parser as date_parser
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from xmodal.indexer.errors import InvalidQueryError
 from xmodal.indexer.paths import absolute
-from xmodal.indexer.store.schema import ImageRow, TextRow, under_clause
+from xmodal.indexer.store.schema import FactsRow, ImageRow, TextRow, under_clause
 
-__all__ = ["SearchFilter", "parse_date", "parse_min_size"]
+__all__ = ["SearchFilter", "parse_date", "parse_min_size", "place_clause", "place_key"]
 
 
 # Defaults for the parts a date leaves out: two different ones tell which parts were written.
@@ -68,8 +69,11 @@ def _folder(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class SearchFilter:
-    """Which items may be returned. Dates compare with EXIF capture time, else file mtime, as a
-    half-open range: `after` included, `before` excluded (so consecutive periods never overlap)."""
+    """Which items may be returned. Dates compare with the photo's time (its facts' `taken_at`:
+    EXIF capture time, a video's creation time, else the file's mtime; indexer.facts), as a
+    half-open range: `after` included, `before` excluded (so consecutive periods never overlap).
+    `place` keeps photos whose city, region or country has that name (case and accents aside), as
+    `known_places` lists them."""
 
     under: Path | None = None
     after: datetime | None = None
@@ -77,6 +81,7 @@ class SearchFilter:
     extensions: tuple[str, ...] = ()
     min_width: int = 0
     min_height: int = 0
+    place: str | None = None
 
     def __post_init__(self) -> None:
         _check_side("min_width", self.min_width)
@@ -86,7 +91,15 @@ class SearchFilter:
 
     @property
     def active(self) -> bool:
-        return bool(self.under or self.after or self.before or self.extensions or self.min_width or self.min_height)
+        return bool(
+            self.under
+            or self.after
+            or self.before
+            or self.extensions
+            or self.min_width
+            or self.min_height
+            or self.place
+        )
 
     def photo_only(self) -> list[str]:
         """The filters set here that only photos have (a date, an extension, a size); texts have
@@ -98,6 +111,7 @@ class SearchFilter:
                 ("before", self.before),
                 ("ext", self.extensions),
                 ("min-size", self.min_width or self.min_height),
+                ("place", self.place),
             )
             if value
         ]
@@ -125,7 +139,36 @@ class SearchFilter:
             conditions.append(_taken(">=", self.after))
         if self.before:
             conditions.append(_taken("<", self.before))
-        return np.fromiter(session.scalars(select(ImageRow.id).where(and_(*conditions))), dtype=np.int64)
+        if self.place:
+            conditions.append(place_clause(session, self.place))
+        stmt = select(ImageRow.id)
+        if self.after or self.before:
+            stmt = stmt.outerjoin(FactsRow, FactsRow.image_id == ImageRow.id)
+        return np.fromiter(session.scalars(stmt.where(and_(*conditions))), dtype=np.int64)
+
+
+def place_key(name: str) -> str:
+    """A place name as compared: case, accents and spacing aside ("ile-de-france" is "Île-de-France")."""
+    decomposed = unicodedata.normalize("NFKD", " ".join(name.split()))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def place_clause(session: Session, place: str):  # noqa: ANN201 - SQLAlchemy expression
+    """Photos whose facts name `place` as their city, region or country (place_key equal). The
+    names stored are looked up first (one grouped read per level) and compared in Python, the same
+    on every backend (SQLite's lower() knows ASCII only); one distinct read along the place index."""
+    key = place_key(place)
+    names: dict[int, set[str]] = {0: set(), 1: set(), 2: set()}
+    stmt = select(FactsRow.country, FactsRow.region, FactsRow.city).distinct()
+    for combination in session.execute(stmt):
+        for level, name in enumerate(combination):
+            if name and place_key(name) == key:
+                names[level].add(name)
+    levels = (FactsRow.country, FactsRow.region, FactsRow.city)
+    clauses = [levels[level].in_(sorted(found)) for level, found in names.items() if found]
+    if not clauses:
+        return false()
+    return ImageRow.id.in_(select(FactsRow.image_id).where(or_(*clauses)))
 
 
 def _under(column, folder: Path):  # noqa: ANN001, ANN202 - SQLAlchemy column expression
@@ -137,7 +180,9 @@ def _escape_like(text: str) -> str:
 
 
 def _taken(op: str, moment: datetime):  # noqa: ANN202 - SQLAlchemy expression
-    """The photo's time (EXIF capture time, else its file's mtime as local time) against a bound.
+    """The photo's time against a bound: its facts' `taken_at` (indexer.facts) when it has facts,
+    else (a photo indexed before facts, until the next run fills them) its EXIF capture time, else
+    its file's mtime as local time. Needs FactsRow outer-joined on the photo.
 
     A naive moment is local time, as the mtime is read; an aware one keeps its wall time (as
     before). mtime compares in nanoseconds, so no per-backend date arithmetic is needed."""
@@ -149,6 +194,9 @@ def _taken(op: str, moment: datetime):  # noqa: ANN202 - SQLAlchemy expression
     ns = min(max(ns, _NS_RANGE[0]), _NS_RANGE[1])  # mtime_ns is a 64-bit column: year 9999 would overflow
     if op == ">=":
         exif, mtime = ImageRow.taken_at >= wall, ImageRow.mtime_ns >= ns - 500  # mtime rounded to µs, as before
+        known = FactsRow.taken_at >= wall
     else:  # the complement of ">=": a photo is either after a moment or before it, never both
         exif, mtime = ImageRow.taken_at < wall, ImageRow.mtime_ns < ns - 500
-    return or_(and_(ImageRow.taken_at.is_not(None), exif), and_(ImageRow.taken_at.is_(None), mtime))
+        known = FactsRow.taken_at < wall
+    before_facts = or_(and_(ImageRow.taken_at.is_not(None), exif), and_(ImageRow.taken_at.is_(None), mtime))
+    return or_(and_(FactsRow.taken_at.is_not(None), known), and_(FactsRow.taken_at.is_(None), before_facts))

@@ -46,11 +46,23 @@ def index_info(
             "model": store.model_spec,
             "dim": store.dim,
             "signals": {signal.name: signal.info(store) for signal in signals},
+            "text_in_photos": _text_reading(),
             "size_bytes": store.size_bytes(),
             "bytes_per_photo": storage_per_photo(store),
         }
     finally:
         store.close()
+
+
+def _text_reading() -> str:
+    """Whether indexing reads the text in photos here, and with what; or why not, with the pip line."""
+    from xmodal.indexer.photo_text import ocr_unavailable, shipped_models
+
+    missing = ocr_unavailable()
+    if missing is not None:
+        return missing
+    found = shipped_models()
+    return f"read at indexing (rapidocr, {found[0].name})" if not isinstance(found, str) else found
 
 
 def storage_per_photo(store: IndexStore) -> dict[str, int]:

@@ -41,6 +41,7 @@ from xmodal.indexer.distributed import RayOptions  # noqa: E402
 from xmodal.indexer.store.index_store import IndexStore  # noqa: E402
 from xmodal.indexer.store.schema import FailureRow, ImageRow, blob_to_vector  # noqa: E402
 from xmodal.search import SearchEngine  # noqa: E402
+from xmodal.search.stats import index_info
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -145,6 +146,7 @@ def test_ray_run_matches_the_local_run_and_stays_incremental(
     assert (summary.new, summary.failed) == (N_IMAGES, 2)
     assert summary.timings["cluster_cpus"] == 2
     _assert_same(_snapshot(index_dir), local_result)
+    assert index_info(index_dir)["signals"]["facts"]["photos"] == N_IMAGES  # type: ignore[index]  # facts too
 
     # unchanged files never reach the cluster; a move keeps its vector
     moved_from = photos / "d0" / "img000.jpg"

@@ -57,6 +57,10 @@ async def _session(index: Path, cache: Path) -> dict[str, Any]:
         out["similar"] = (await client.call_tool("similar", {"item_id": first, "k": 2})).structured_content["result"]
         out["item"] = (await client.call_tool("item", {"item_id": first})).structured_content
         out["info"] = (await client.call_tool("index_info", {})).structured_content
+        out["in_photo"] = (await client.call_tool("search", {"in_photo": "zebra crossing"})).structured_content
+        out["nothing"] = (await client.call_tool("search", {})).is_error
+        read = await client.call_tool("understand", {"query": "a red circle 2019"})
+        out["understand"] = read.structured_content
         missing = await client.call_tool("item", {"item_id": 99999})
         out["missing"] = (missing.is_error, missing.content[0].text)
     return out
@@ -65,9 +69,13 @@ async def _session(index: Path, cache: Path) -> dict[str, Any]:
 def test_mcp_tools_over_stdio(index: tuple[Path, Path, Path]) -> None:
     idx, photos, cache = index
     out = asyncio.run(asyncio.wait_for(_session(idx, cache), timeout=600))
-    assert out["tools"] == ["index_info", "item", "search", "similar"]
+    assert out["tools"] == ["index_info", "item", "search", "similar", "understand"]
+    read = out["understand"]
+    assert read["visual"] == "a red circle" and read["dates"]["start"] == "2019-01-01" and "red" in read["names"]
+    assert out["search"][0]["matched"][0] == "visual"
     hits = out["search"]
     assert len(hits) == 3 and {"id", "kind", "score", "path"} <= set(hits[0])
+    assert out["in_photo"]["result"] == [] and out["nothing"]  # drawings hold no text; no query is an error
     assert all(h["kind"] == "image" and Path(h["path"]).parent == photos for h in hits)
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert len(out["similar"]) == 2 and hits[0]["id"] not in {h["id"] for h in out["similar"]}

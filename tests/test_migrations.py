@@ -58,7 +58,8 @@ def test_head_constant_matches_the_versions_folder() -> None:
 
     script = ScriptDirectory.from_config(alembic_config())
     assert script.get_current_head() == HEAD
-    assert [s.revision for s in script.walk_revisions()][::-1] == ["0001", "0002", "0003", "0004", "0005"]
+    revisions = [s.revision for s in script.walk_revisions()][::-1]
+    assert revisions == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
 
 
 def test_previous_release_index_upgrades_by_itself(tmp_path: Path, db_backend: Backend) -> None:

@@ -42,10 +42,11 @@ def test_info_and_check_know_the_signals(tmp_path: Path, photo_dir: Path) -> Non
     index = _indexed(tmp_path, photo_dir)
     signal: Signal = EmbeddingSignal()
     assert DEFAULT_SIGNALS and all(s.name for s in DEFAULT_SIGNALS)
-    assert index_info(index)["signals"] == {
-        "embedding": {"vectors": 4, "tower_features": 0},  # the fake has none
-        "frames": {"videos": 0, "frames": 0},
-    }
+    signals = index_info(index)["signals"]
+    assert signals["embedding"] == {"vectors": 4, "tower_features": 0}  # type: ignore[index]  # the fake has none
+    assert signals["facts"]["photos"] == signals["facts"]["dated"] == 4  # type: ignore[index]
+    assert signals["photo_text"] == {"photos_read": 4, "photos_with_text": 0, "text_failures": 0}  # flat colours
+    assert signals["frames"] == {"videos": 0, "frames": 0}  # type: ignore[index]
     assert index_info(index, signals=())["signals"] == {}
     assert check_index(index, signals=(signal,)).ok
 

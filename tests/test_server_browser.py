@@ -238,3 +238,33 @@ def test_api_docs_page_renders_offline(browser: webdriver.Chrome, base_url: str)
     _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#routes section")) >= 10)
     text = browser.find_element(By.ID, "routes").text
     assert "/api/search" in text and "/api/items/{item_id}/thumbnail" in text
+
+
+def test_the_text_in_a_photo_is_shown_and_highlighted(
+    browser: webdriver.Chrome, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Search by "Text in photo" alone; the large view lists the lines read in the receipt and draws
+    their boxes on it, the lines holding the searched word highlighted (real OCR, fake encoder)."""
+    from tests.fakes import fake_model
+    from tests.rendered_text import receipt
+    from xmodal.indexer.indexing import Indexer
+
+    root = tmp_path_factory.mktemp("photo_text_browser")
+    receipt(root / "photos" / "receipt.jpg")
+    Indexer(root / "index", model=fake_model(), workers=1).add_paths([root / "photos"])
+    with running_server(make_app(Library(root / "photos", root / "index", root / "cache"))) as url:
+        browser.get(url + "/?in_photo=pharmacy")
+        _wait(browser, lambda d: _captions(d) == ["receipt.jpg"])
+        assert browser.find_element(By.ID, "f-in_photo").get_attribute("value") == "pharmacy"
+        _tiles(browser)[0].click()
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#v-photo-text li")) > 5)
+        lines = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#v-photo-text li")]
+        marked = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#v-photo-text li.match")]
+        assert "TOTAL" in lines and marked == ["CORNER PHARMACY"]
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#v-boxes polygon")) == len(lines))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#v-boxes polygon.match")) == 1
+        layer = browser.find_element(By.ID, "v-boxes").rect
+        picture = browser.find_element(By.ID, "big").rect
+        assert abs(layer["width"] - picture["width"]) < 2 and abs(layer["height"] - picture["height"]) < 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "photo_text.png"))

@@ -16,6 +16,7 @@ from xmodal.indexer.indexing import Indexer
 from xmodal.indexer.store.checking import check_index
 from xmodal.indexer.watching import FolderWatcher, WatchRun, index_roots, minimal_folders
 from xmodal.search.engine import SearchEngine
+from xmodal.search.stats import index_info
 
 
 def _paths(index: Path) -> set[str]:
@@ -74,6 +75,8 @@ def test_watcher_keeps_the_index_current(tmp_path: Path) -> None:
     assert indexer.model is model  # one model for every run
     assert check_index(index).ok
     assert catch_up.new + sum(r.summary.embedded for r in runs) == 3  # the moved photo was not embedded again
+    facts = index_info(index)["signals"]["facts"]  # type: ignore[index]
+    assert facts["photos"] == facts["dated"] == 2  # the watcher's runs write each photo's facts
 
 
 @pytest.mark.slow  # a forkserver process holding the lock: ~40 s to tear down under load

@@ -28,7 +28,7 @@ from xmodal.cli.server.guards import (
 )
 from xmodal.cli.server.jobs import IndexJobs
 from xmodal.cli.server.live import LiveEngine
-from xmodal.cli.server.routes import embed, index, items, pages, search
+from xmodal.cli.server.routes import browse, embed, index, items, pages, search
 from xmodal.cli.server.services import Services
 from xmodal.cli.server.settings import ServerSettings
 from xmodal.cli.server.thumbnails import ThumbnailCache
@@ -108,6 +108,7 @@ def create_app(
     app.include_router(index.router)
     app.include_router(search.router, dependencies=protected)
     app.include_router(items.router, dependencies=protected)
+    app.include_router(browse.router, dependencies=protected)
     app.include_router(embed.router, dependencies=protected)
     app.include_router(pages.public_router)
     app.include_router(pages.router)

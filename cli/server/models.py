@@ -28,6 +28,7 @@ __all__ = [
     "IndexRequest",
     "IndexStatus",
     "HealthOut",
+    "PhotoTextOut",
     "ErrorOut",
 ]
 
@@ -54,6 +55,10 @@ class HitOut(BaseModel):
         default_factory=list, description="The shot's other files folded into this hit (a RAW+JPEG pair's RAW)."
     )
     time: float | None = Field(default=None, description="A video's moment that matched, in seconds.")
+    matched: list[str] = Field(
+        default_factory=list,
+        description='Parts of the query this hit satisfies: "visual", "text_in_photo", "place", "date", "name".',
+    )
 
 
 class SearchResponse(BaseModel):
@@ -65,6 +70,11 @@ class SearchResponse(BaseModel):
     )
     target: Kind
     took_ms: float
+    understood: dict[str, object] | None = Field(
+        default=None,
+        description="What a plain text query was read as (search.understanding.Understood.as_dict): its visual "
+        "part, dates, place, words in the photo, names, words not understood; null when read literally.",
+    )
 
 
 class ItemOut(BaseModel):
@@ -83,6 +93,7 @@ class ItemOut(BaseModel):
     url: str | None = None
     view: str | None = Field(default=None, description="URL of the photo as browsers show it (a JPEG of a HEIC).")
     texts: list[HitOut] = Field(default_factory=list, description="Indexed texts that match this photo best.")
+    facts: FactsOut | None = Field(default=None, description="When, where and with which camera (photos with facts).")
 
 
 class BatchSearchRequest(BaseModel):
@@ -96,6 +107,7 @@ class BatchSearchRequest(BaseModel):
     before: str | None = Field(None, max_length=64, description="Only photos taken before this date.")
     ext: list[str] | None = Field(None, max_length=16, description="Only these extensions.")
     min_size: str | None = Field(None, max_length=32, description="Only photos at least WIDTHxHEIGHT.")
+    place: str | None = Field(None, max_length=200, description="Only photos taken in this city, region or country.")
 
 
 class BatchResult(BaseModel):
@@ -163,3 +175,73 @@ class IndexStatus(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok"]
+
+
+class TextLineOut(BaseModel):
+    text: str
+    score: float
+    box: list[list[float]] = Field(description="Four [x, y] corners as fractions of the photo's width and height.")
+    match: bool = Field(False, description="The line holds a word of in_photo.")
+
+
+class TextReadingOut(BaseModel):
+    frame_time: float | None = Field(None, description="Seconds into a video; null for a photo.")
+    status: Literal["text", "none", "failed"]
+    reason: str | None = None
+    engine: str
+    text: str
+    lines: list[TextLineOut]
+
+
+class PhotoTextOut(BaseModel):
+    id: int
+    readings: list[TextReadingOut] = Field(description="Empty while the photo's text is not read yet.")
+
+
+class FactsOut(BaseModel):
+    """A photo's facts (indexer.facts)."""
+
+    taken_at: datetime | None = Field(description="When it was taken, as the camera's clock showed it.")
+    taken_offset: int | None = Field(description="Minutes east of UTC of taken_at, when known.")
+    taken_source: str = Field(
+        description="Where taken_at came from: exif, exif_digitized, exif_modified, video, metadata or file (mtime)."
+    )
+    latitude: float | None = None
+    longitude: float | None = None
+    city: str | None = None
+    region: str | None = None
+    country: str | None = None
+    country_code: str | None = None
+    camera: str | None = None
+    words: str = Field("", description="The file's and its folders' names as words.")
+
+
+class PlaceOut(BaseModel):
+    name: str
+    level: Literal["city", "region", "country"]
+    count: int
+    within: str | None = Field(None, description="What holds it: a city's region and country, a region's country.")
+
+
+class PlacesResponse(BaseModel):
+    places: list[PlaceOut]
+
+
+class MonthItemOut(BaseModel):
+    id: int
+    thumbnail: str
+
+
+class MonthOut(BaseModel):
+    month: str = Field(description="YYYY-MM")
+    count: int
+    items: list[MonthItemOut] = Field(description="Its newest photos.")
+
+
+class TimelineResponse(BaseModel):
+    months: list[MonthOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next (older) months; null at the end.")
+    undated: int = Field(description="Photos without a date (none yet: the next index run fills them).")
+
+
+ItemOut.model_rebuild()  # its facts are described below it

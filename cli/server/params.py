@@ -167,9 +167,16 @@ def search_filter(
     ext: list[str] | None,
     min_size: str | None,
     limits: Limits = DEFAULT_LIMITS,
+    place: str | None = None,
 ) -> SearchFilter:
     """The CLI's filters from their text forms (a bad date or size raises InvalidQueryError: 400)."""
-    for name, value in (("under", under), ("after", after), ("before", before), ("min_size", min_size)):
+    for name, value in (
+        ("under", under),
+        ("after", after),
+        ("before", before),
+        ("min_size", min_size),
+        ("place", place),
+    ):
         if value is not None:
             clean_text(value, name)
     width, height = _min_size(min_size, limits) if min_size else (0, 0)
@@ -180,6 +187,7 @@ def search_filter(
         extensions=tuple(clean_text(e, "ext").strip() for e in (ext or ()) if e.strip()),
         min_width=width,
         min_height=height,
+        place=" ".join(place.split()) or None if place else None,
     )
 
 
@@ -200,6 +208,10 @@ def search_options(
     ext: Annotated[list[str] | None, Query(max_length=16, description="Only these extensions (repeatable).")] = None,
     min_size: Annotated[str | None, Query(max_length=32, description="Only photos at least WIDTHxHEIGHT.")] = None,
     min_score: Annotated[str | None, Query(max_length=32, description="A score, or 'auto'.")] = None,
+    place: Annotated[
+        str | None,
+        Query(max_length=200, description="Only photos taken in this city, region or country (see /api/places)."),
+    ] = None,
     diverse: Annotated[float | None, Query(ge=0.0, le=1.0, description="MMR λ: 1 = relevance only.")] = None,
     collapse: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="Drop near-duplicates above this cosine.")
@@ -211,7 +223,7 @@ def search_options(
         offset = _decode_cursor(cursor)
     if offset + limit > _MAX_DEPTH:
         raise HTTPException(422, f"offset + limit must be at most {_MAX_DEPTH} (got {offset + limit})")
-    filters = search_filter(under, after, before, ext, min_size)
+    filters = search_filter(under, after, before, ext, min_size, place=place)
     cutoff: float | Literal["auto"] | None = None
     if min_score is not None and min_score.strip():
         if min_score.strip() == "auto":

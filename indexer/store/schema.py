@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -70,6 +71,7 @@ __all__ = [
     "DeletedRow",
     "FrameRow",
     "VectorTable",
+    "FactsRow",
     "Changes",
     "MetadataStore",
     "FsPath",
@@ -174,8 +176,34 @@ class FrameRow(Base):
     generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
-_KIND_OF = {"images": "image", "texts": "text", "frames": "frame"}
 VectorTable = type[ImageRow] | type[TextRow] | type[FrameRow]
+
+
+class PhotoTextRow(Base):
+    """The text read in a photo (or, later, a video frame: `frame_time` in seconds, None for a photo).
+
+    `status`: "text", "none" (no text) or "failed" (`reason` says why; a photo read in part keeps
+    its lines, status "text", and the reason). `text` is the lines joined by newlines; `lines` is
+    JSON, [{"text", "score", "box": [[x, y] x4]}] with corners as fractions of the picture's size.
+    The database's own text index (migration 0005: SQLite FTS5 trigram, PostgreSQL pg_trgm) covers
+    `text`."""
+
+    __tablename__ = "photo_texts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(Integer, index=True)
+    frame_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    engine: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    lines: Mapped[str] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    read_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# Tables whose writes move a generation on: images, texts and frames (the vectors' caches follow them),
+# and facts (what is cached of them, e.g. the known places, follows "generation:facts").
+_KIND_OF = {"images": "image", "texts": "text", "facts": "facts", "frames": "frame"}
 
 
 @dataclass(frozen=True)
@@ -474,6 +502,8 @@ class MetadataStore:
                 frames = list(session.scalars(select(FrameRow.id).where(FrameRow.item_id.in_(chunk))))
                 self.delete_ids(FrameRow, frames, session)
             session.execute(delete(table).where(table.id.in_(chunk)))
+            if table is ImageRow:  # a photo's facts go with it (no foreign key: SQLite would not enforce it)
+                session.execute(delete(FactsRow).where(FactsRow.image_id.in_(chunk)))
             session.execute(insert(DeletedRow), [{"kind": kind, "generation": generation, "row_id": i} for i in chunk])
 
     def _track_orm_writes(self, session: Session, flush_context: object, instances: object) -> None:
@@ -518,3 +548,26 @@ class MetadataStore:
             row = session.get(MetaRow, f"generation:{kind}")
             generations[kind] = int(row.value) + 1 if row else 1
         return generations[kind]
+
+
+class FactsRow(Base):
+    """A photo's facts (indexer.facts): when, where, which camera, its names as words; one row per
+    photo, deleted with it. `taken_at` is the camera's wall-clock time, `taken_offset` its minutes
+    east of UTC when known, `taken_source` where the time came from."""
+
+    __tablename__ = "facts"
+    __table_args__ = (Index("ix_facts_place", "country", "region", "city"),)
+    image_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    taken_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    taken_source: Mapped[str] = mapped_column(String(16))
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    city: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    country: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    country_code: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    words: Mapped[str] = mapped_column(Text)

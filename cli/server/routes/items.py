@@ -19,12 +19,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
-from xmodal.cli.server.models import ItemOut, SearchResponse
+from xmodal.cli.server.models import FactsOut, ItemOut, PhotoTextOut, SearchResponse
 from xmodal.cli.server.params import SearchOptions, search_options_dependency
 from xmodal.cli.server.pictures import reduced_picture
 from xmodal.cli.server.routes.search import run_search
 from xmodal.cli.server.routes.shaping import hit_out, json_response
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.facts import Facts
 from xmodal.indexer.kinds import HEADER_BYTES, is_camera_raw, kind_of_header
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.paths import OPEN_NONBLOCK
@@ -118,6 +119,25 @@ def item(
         url=f"/api/items/{row.id}/file",
         view=f"/api/items/{row.id}/view",
         texts=texts,
+        facts=_facts_out(engine.facts(row.id)),
+    )
+
+
+def _facts_out(facts: Facts | None) -> FactsOut | None:
+    if facts is None:
+        return None
+    return FactsOut(
+        taken_at=facts.taken_at,
+        taken_offset=facts.taken_offset,
+        taken_source=facts.taken_source,
+        latitude=facts.latitude,
+        longitude=facts.longitude,
+        city=facts.city,
+        region=facts.region,
+        country=facts.country,
+        country_code=facts.country_code,
+        camera=facts.camera,
+        words=facts.words,
     )
 
 
@@ -126,6 +146,30 @@ def similar(
     services: ServicesDep, item_id: ItemId, options: Annotated[SearchOptions, Depends(search_options_dependency)]
 ) -> Response:
     return json_response(run_search(services, options, None, item_id, None))
+
+
+@router.get(
+    "/{item_id}/text",
+    response_model=PhotoTextOut,
+    summary="The text read in a photo, its lines and boxes; which match in_photo",
+)
+def photo_text(
+    services: ServicesDep,
+    item_id: ItemId,
+    in_photo: Annotated[str | None, Query(max_length=4096, description="Mark the lines holding these words.")] = None,
+) -> Response:
+    """{"id", "readings": [{"frame_time", "status", "reason", "text", "lines": [{"text", "score", "box",
+    "match"}]}]}: box corners as fractions of the photo's width and height."""
+    from xmodal.search.photo_text import line_matches
+
+    with services.searching() as engine:
+        _photo(engine, item_id)  # 404 for an unknown id
+        readings = engine.photo_text(item_id)
+    for reading in readings:
+        lines: list[dict[str, object]] = reading["lines"]  # type: ignore[assignment]
+        for line, mark in zip(lines, line_matches([str(line["text"]) for line in lines], in_photo or "")):
+            line["match"] = mark
+    return json_response(PhotoTextOut.model_validate({"id": item_id, "readings": readings}))
 
 
 # Formats every current browser shows; any other photo (HEIC, TIFF, camera RAW) is shown as a JPEG rendition.

@@ -103,8 +103,8 @@ def _fraction(value: str | None, name: str) -> float | None:
 def _initial(request: Request, services: Services) -> tuple[dict[str, object], str]:
     """The search the URL asks for, as JSON data for the script and as markup."""
     params = request.query_params
-    q, like = params.get("q"), params.get("like")
-    if not q and not like:
+    q, like, in_photo = params.get("q"), params.get("like"), params.get("in_photo") or None
+    if not q and not like and not in_photo:
         return {}, ""
     try:
         options = search_options(
@@ -116,6 +116,7 @@ def _initial(request: Request, services: Services) -> tuple[dict[str, object], s
             ext=params.getlist("ext") or None,
             min_size=params.get("min_size") or None,
             min_score=params.get("min_score") or None,
+            place=params.get("place") or None,
             # the same as the script's searches: a bookmarked URL shows what it showed
             diverse=_fraction(params.get("diverse"), "diverse"),
             collapse=_fraction(params.get("collapse"), "collapse"),
@@ -125,7 +126,7 @@ def _initial(request: Request, services: Services) -> tuple[dict[str, object], s
             raise HTTPException(422, "target must be 'image' or 'text'")
         if like is not None and not like.isdigit():
             raise HTTPException(422, "like must be an item id")
-        result: SearchResponse = run_search(services, options, q or None, int(like) if like else None, None)
+        result: SearchResponse = run_search(services, options, q or None, int(like) if like else None, None, in_photo)
     except HTTPException as e:
         return {"error": str(e.detail)}, f'<p class="error">{html.escape(str(e.detail))}</p>'
     except XmodalError as e:

@@ -30,6 +30,7 @@ def hit_out(hit: Hit) -> HitOut:
         url=f"/api/items/{hit.id}/file{moment.replace('?', '#')}" if image else None,  # a media fragment
         time=hit.time,
         pair=list(hit.pair),
+        matched=list(hit.matched),
     )
 
 

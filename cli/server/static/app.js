@@ -5,7 +5,9 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const PAGE = 60;
-  const FILTERS = ["target", "under", "after", "before", "ext", "min_size", "min_score", "diverse", "collapse"];
+  const FILTERS = ["target", "in_photo", "under", "after", "before", "place", "ext", "min_size", "min_score", "diverse", "collapse"];
+  const browse = window.xmodalBrowse; // browse.js: the library by month and place, and a photo's facts
+  const understanding = window.xmodalUnderstanding; // understanding.js: what a query was read as, as chips
   const state = { mode: null, q: "", like: null, file: null, cursor: null, loading: false, hits: [], current: -1, token: 0 };
 
   // --- the URL: a search can be bookmarked and shared -------------------------------------
@@ -33,7 +35,7 @@
 
   function pageUrl() {
     const params = readFilters();
-    if (state.mode === "text") params.set("q", state.q);
+    if (state.mode === "text" && state.q) params.set("q", state.q);
     if (state.mode === "like") params.set("like", String(state.like));
     const query = params.toString();
     return "/" + (query ? "?" + query : "");
@@ -55,6 +57,7 @@
     state.hits = [];
     state.token += 1;
     $("results").replaceChildren();
+    if (browse) browse.hide();
     if (push !== false) history.pushState(null, "", mode === "image" ? "/" : pageUrl());
     return loadMore(true);
   }
@@ -68,7 +71,8 @@
     if (state.cursor) params.set("cursor", state.cursor);
     let request;
     if (state.mode === "text") {
-      params.set("q", state.q);
+      if (state.q) params.set("q", state.q); // none: the words in the photos alone (in_photo)
+      if (understanding) understanding.params(params, state.q);
       request = fetch("/api/search?" + params, { headers: { Accept: "application/json" } });
     } else if (state.mode === "like") {
       request = fetch("/api/items/" + encodeURIComponent(state.like) + "/similar?" + params);
@@ -93,6 +97,8 @@
   }
 
   function describe() {
+    const inPhoto = $("f-in_photo").value.trim();
+    if (state.mode === "text" && inPhoto) return (state.q ? "“" + state.q + "” " : "") + "with “" + inPhoto + "” in the photo";
     if (state.mode === "text") return "“" + state.q + "”";
     if (state.mode === "like") return "photos like #" + state.like;
     return "the photo " + (state.file && state.file.name ? state.file.name : "you gave");
@@ -100,6 +106,7 @@
 
   function show(body, first) {
     state.cursor = body.next_cursor;
+    if (understanding && first) understanding.show(body.understood);
     const grid = $("results");
     const start = state.hits.length;
     for (const hit of body.hits) {
@@ -141,6 +148,7 @@
     el.dataset.id = String(hit.id);
     el.title = hit.score.toFixed(3) + " · " + hit.path;
     if (window.xmodalVideo) window.xmodalVideo.decorateTile(el, hit);
+    if (understanding) understanding.decorate(el, hit);
     return el;
   }
 
@@ -169,13 +177,15 @@
     $("v-texts").replaceChildren();
     viewer.hidden = false;
     $("close").focus();
+    window.xmodalPhotoText.show(hit, $("f-in_photo").value.trim());
     try {
       const response = await fetch("/api/items/" + hit.id);
       const item = await response.json();
       if (state.current !== index) return;
       if (!response.ok) { fact("Error", item.detail || String(response.status)); return; }
       fact("Score", hit.score.toFixed(3));
-      fact("Taken", item.taken_at ? item.taken_at.replace("T", " ") : "unknown");
+      if (browse) browse.facts(item, fact);
+      else fact("Taken", item.taken_at ? item.taken_at.replace("T", " ") : "unknown");
       fact("Modified", item.modified ? item.modified.replace("T", " ").slice(0, 19) : "");
       fact("Size", item.size != null ? (item.size / 1024).toFixed(0) + " KB" : "");
       fact("Pixels", item.width && item.height ? item.width + " × " + item.height : "");
@@ -206,6 +216,7 @@
     const viewer = $("viewer");
     if (viewer.hidden) return;
     viewer.hidden = true;
+    window.xmodalPhotoText.clear();
     $("big").removeAttribute("src");
     if (window.xmodalVideo) window.xmodalVideo.hide();
     const tileEl = $("results").querySelector('[data-index="' + state.current + '"]');
@@ -282,12 +293,13 @@
 
   function fromUrl(initial) {
     const params = new URLSearchParams(window.location.search);
+    if (browse) browse.hide();
     writeFilters(params);
     const q = params.get("q");
     const like = params.get("like");
     $("q").value = q || "";
     if (initial && (initial.hits || initial.error)) {
-      state.mode = q ? "text" : "like";
+      state.mode = q || !like ? "text" : "like";
       state.q = q || "";
       state.like = like;
       state.hits = [];
@@ -295,26 +307,30 @@
       $("results").replaceChildren();
       if (initial.error) setStatus(initial.error, true);
       else show(initial, true);
-    } else if (q) start("text", q, false);
+    } else if (q || params.get("in_photo")) start("text", q || "", false);
     else if (like) start("like", like, false);
-    else { state.mode = null; state.hits = []; $("results").replaceChildren(); setStatus(""); }
+    else {
+      state.mode = null; state.hits = []; $("results").replaceChildren(); setStatus("");
+      if (browse) browse.show(); // the landing page: the library by month and its places
+    }
   }
 
   function init() {
     let initial = null;
     try { initial = JSON.parse($("initial").textContent || "{}"); } catch (err) { initial = null; }
     fromUrl(initial);
+    if (understanding) understanding.onChange(() => start("text", state.q, false));
     $("search").addEventListener("submit", (event) => {
       event.preventDefault();
       const q = $("q").value.trim();
-      if (q) start("text", q);
+      if (q || $("f-in_photo").value.trim()) start("text", q);
       else if (state.mode === "image" && state.file) start("image", state.file);
     });
     $("toggle-filters").addEventListener("click", () => showFilters($("filters").hidden));
     $("filters").addEventListener("change", () => {
       if (state.mode === "image") start("image", state.file);
       else if (state.mode === "like") start("like", state.like);
-      else if ($("q").value.trim()) start("text", $("q").value.trim());
+      else if ($("q").value.trim() || $("f-in_photo").value.trim()) start("text", $("q").value.trim());
     });
     $("file").addEventListener("change", () => searchByFile($("file").files[0]));
     $("results").addEventListener("click", (event) => {

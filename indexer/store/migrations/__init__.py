@@ -3,7 +3,10 @@
     versions/0001_baseline.py        the schema of the last release before migrations
     versions/0002_drop_grid.py       images.grid removed
     versions/0003_change_tracking.py row generations, tombstones, database identity
-    versions/0005_video_frames.py    images.media, the frames sampled from videos
+    versions/0004_quantised_tower_features.py  images.features as block-quantised int8
+    versions/0005_facts.py           facts: when, where, camera and names of each photo
+    versions/0006_photo_text.py      photo_texts: the text read in photos, and its text index
+    versions/0007_video_frames.py    images.media, the frames sampled from videos
 
 Opening an index reads its revision (one query); only when it is behind does Alembic load and
 upgrade it, in one transaction that also holds a lock, so two processes opening an old index at
@@ -34,7 +37,7 @@ __all__ = [
     "alembic_config",
 ]
 
-HEAD = "0005"  # the newest revision in versions/ (a test checks they agree)
+HEAD = "0007"  # the newest revision in versions/ (a test checks they agree)
 VERSION_TABLE = "xmodal_alembic_version"  # not alembic_version: a shared database may hold other apps' tables
 _HERE = Path(__file__).resolve().parent
 # pg_advisory_xact_lock key of the upgrade (any constant: 'xmodal' 'migr' as bytes)

@@ -1,7 +1,7 @@
 """Videos: images.media ('photo' or 'video') and the table of the frames sampled from each video.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07
 
 A video is one row of `images` (media 'video'); each frame sampled from it is a row of `frames`:
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

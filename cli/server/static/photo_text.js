@@ -1,0 +1,90 @@
+// xmodal gallery: the text read in a photo, in the large view. The lines are listed beside the
+// photo, and their boxes are drawn on it; the lines holding a word of "Text in photo" (in_photo)
+// are highlighted. Plain JavaScript; every text is put into the page with textContent.
+"use strict";
+
+window.xmodalPhotoText = (() => {
+  const $ = (id) => document.getElementById(id);
+  let current = 0; // the photo shown; an older answer is dropped
+  let lines = [];
+
+  function clear() {
+    current += 1;
+    lines = [];
+    const list = $("v-photo-text");
+    if (list) list.replaceChildren();
+    const layer = $("v-boxes");
+    if (layer) layer.replaceChildren();
+    const section = $("v-photo-text-section");
+    if (section) section.hidden = true;
+  }
+
+  function place() {
+    // the layer covers the picture exactly as it is drawn (it is centred and scaled to fit)
+    const img = $("big");
+    const layer = $("v-boxes");
+    if (!img || !layer) return;
+    layer.style.left = img.offsetLeft + "px";
+    layer.style.top = img.offsetTop + "px";
+    layer.style.width = img.offsetWidth + "px";
+    layer.style.height = img.offsetHeight + "px";
+    layer.replaceChildren();
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 1 1");
+    svg.setAttribute("preserveAspectRatio", "none");
+    for (const line of lines) {
+      const polygon = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
+      polygon.setAttribute("points", line.box.map((p) => p[0] + "," + p[1]).join(" "));
+      polygon.setAttribute("class", line.match ? "box match" : "box");
+      polygon.setAttribute("vector-effect", "non-scaling-stroke");
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = line.text;
+      polygon.appendChild(title);
+      svg.appendChild(polygon);
+    }
+    layer.appendChild(svg);
+  }
+
+  async function show(hit, inPhoto) {
+    clear();
+    const mine = current;
+    const params = new URLSearchParams();
+    if (inPhoto) params.set("in_photo", inPhoto);
+    try {
+      const response = await fetch("/api/items/" + encodeURIComponent(hit.id) + "/text?" + params);
+      if (!response.ok || mine !== current) return;
+      const body = await response.json();
+      if (mine !== current) return;
+      const list = $("v-photo-text");
+      for (const reading of body.readings) {
+        if (reading.status === "failed" && !reading.lines.length) {
+          const li = document.createElement("li");
+          li.textContent = "not read: " + (reading.reason || "unknown reason");
+          list.appendChild(li);
+        }
+        for (const line of reading.lines) {
+          lines.push(line);
+          const li = document.createElement("li");
+          li.textContent = line.text;
+          li.title = "confidence " + line.score.toFixed(2);
+          if (line.match) li.className = "match";
+          list.appendChild(li);
+        }
+      }
+      if (!list.childElementCount) {
+        const li = document.createElement("li");
+        li.textContent = body.readings.length ? "no text" : "not read yet";
+        list.appendChild(li);
+      }
+      $("v-photo-text-section").hidden = false;
+      const img = $("big");
+      if (img.complete && img.naturalWidth) place();
+      else img.addEventListener("load", place, { once: true });
+    } catch (err) {
+      // the photo stays shown without its text
+    }
+  }
+
+  window.addEventListener("resize", () => { if (lines.length) place(); });
+  return { show, clear };
+})();

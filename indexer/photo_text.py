@@ -1,0 +1,416 @@
+"""Reading the text in a photo: RapidOCR's PP-OCR models (the `ocr` extra), run on onnxruntime.
+
+Which models: the ones inside the installed `rapidocr` wheel, named here (`SHIPPED_MODELS`), never
+RapidOCR's defaults, which name a model hub: every stage gets an explicit `model_path` to a file that
+exists, and the recogniser's character list comes from its model file (or the dictionary file
+shipped beside it), so nothing is ever downloaded. `shipped_models()` says which set the install
+holds, or why there is none.
+
+How a photo is read (`TextReader.read`), so that the common case, a photo without text, is cheap:
+
+1. a look: the photo decoded small (JPEG draft mode; `OcrConfig.look_side` on its long side) and the
+   detection model run on it alone. No text region: done, the photo has no text;
+2. a photo with text is detected again at the size its text needs: its own, at most
+   `OcrConfig.detect_side` on the long side (the look's boxes are too coarse to cut lines from);
+3. each region is cut from the photo at the resolution it was taken at (at most
+   `Limits.ocr_max_pixels`), turned upright (the angle classifier) and recognised; lines below
+   `OcrConfig.min_score` are dropped. At most `Limits.ocr_max_boxes` regions are read, and a photo's
+   reading stops after `Limits.ocr_seconds` with what it read so far.
+
+Library manners: nothing is printed and no process-wide state changes (RapidOCR's own logger is
+given the level in its own configuration, as RapidOCR does with every engine it builds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from xmodal.indexer.errors import ImageReadError
+from xmodal.indexer.extras import installed
+from xmodal.indexer.images import decode_image
+from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "OCR_MODULES",
+    "OCR_EXTRA_NOTE",
+    "SHIPPED_MODELS",
+    "ModelSet",
+    "OcrConfig",
+    "TextLine",
+    "PhotoText",
+    "TextReader",
+    "ocr_unavailable",
+    "shipped_models",
+]
+
+OCR_MODULES: tuple[str, ...] = ("rapidocr", "cv2", "onnxruntime")
+OCR_EXTRA_NOTE = "text in photos is not read: that needs the ocr extra: pip install 'xmodal[ocr]'"
+Status = Literal["text", "none", "failed"]
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """One set of PP-OCR model files a rapidocr wheel ships in its `models/` folder."""
+
+    name: str
+    det: str
+    rec: str
+    cls: str
+    keys: str | None = None  # the recogniser's dictionary, for models without it inside
+
+
+# Newest first: rapidocr 3.10 ships PP-OCRv6 small; 3.4 to 3.9 ship PP-OCRv4 mobile (its
+# dictionary beside it). Both read Chinese and English.
+SHIPPED_MODELS: tuple[ModelSet, ...] = (
+    ModelSet(
+        "PP-OCRv6 small", "PP-OCRv6_det_small.onnx", "PP-OCRv6_rec_small.onnx", "ch_ppocr_mobile_v2.0_cls_mobile.onnx"
+    ),
+    ModelSet(
+        "PP-OCRv4 mobile",
+        "ch_PP-OCRv4_det_infer.onnx",
+        "ch_PP-OCRv4_rec_infer.onnx",
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "ppocr_keys_v1.txt",
+    ),
+)
+
+
+def ocr_unavailable() -> str | None:
+    """Why text in photos cannot be read here (one line, with the pip line), or None when it can."""
+    if not installed(OCR_MODULES):
+        return OCR_EXTRA_NOTE
+    found = shipped_models()
+    return found if isinstance(found, str) else None
+
+
+def shipped_models() -> tuple[ModelSet, Path] | str:
+    """The model set the installed rapidocr wheel holds and its folder, or why there is none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr")
+    if spec is None or spec.origin is None:
+        return OCR_EXTRA_NOTE
+    folder = Path(spec.origin).parent / "models"
+    for models in SHIPPED_MODELS:
+        names = [models.det, models.rec, models.cls] + ([models.keys] if models.keys else [])
+        if all((folder / name).is_file() for name in names):
+            return models, folder
+    return f"text in photos is not read: the installed rapidocr has none of the model files xmodal uses in {folder}"
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    """How photos are read. Sides in pixels of the picture the detector sees."""
+
+    look_side: int = 320  # the look that decides whether a photo has text
+    detect_side: int = 1280  # the second detection, on the photo with text, at most this long side
+    min_score: float = 0.5  # recognised lines less confident than this are dropped
+    look_box_score: float = 0.5  # regions of the look less sure than this do not count as text
+    use_angle: bool = True  # the angle classifier turns upside-down lines upright
+    threads: int = 1  # onnxruntime threads per model (the run reads one photo at a time)
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One recognised line: its text, the recogniser's confidence and its box, four (x, y)
+    corners as fractions of the photo's width and height (so any size of the photo can show it)."""
+
+    text: str
+    score: float
+    box: tuple[tuple[float, float], ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "score": round(self.score, 4),
+            "box": [[round(x, 5), round(y, 5)] for x, y in self.box],
+        }
+
+
+@dataclass
+class PhotoText:
+    """What reading one photo gave: `status` "text" (lines found), "none" (no text) or "failed"
+    (`reason` says why; lines read before a time limit are kept with status "text" and a reason)."""
+
+    status: Status
+    lines: list[TextLine] = field(default_factory=list)
+    reason: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+class TextReader:
+    """Reads the text in photos with the shipped PP-OCR models. Loads them on first use."""
+
+    def __init__(self, config: OcrConfig | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.config = config or OcrConfig()
+        self.limits = limits
+        self._parts: tuple[Any, Any, Any] | None = None
+        self.engine_name = ""
+
+    def _load(self) -> tuple[Any, Any, Any]:
+        if self._parts is None:
+            found = shipped_models()
+            if isinstance(found, str):
+                raise RuntimeError(found)
+            models, folder = found
+            from importlib.metadata import version
+
+            from rapidocr import RapidOCR
+
+            threads = self.config.threads
+            params: dict[str, object] = {
+                "Global.log_level": "error",
+                "Det.model_path": str(folder / models.det),
+                "Rec.model_path": str(folder / models.rec),
+                "Cls.model_path": str(folder / models.cls),
+                # the detector sees the picture at the size given: never scaled up (a multiple of 32)
+                "Det.limit_type": "min",
+                "Det.limit_side_len": 32,
+                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            }
+            if models.keys:
+                params["Rec.rec_keys_path"] = str(folder / models.keys)
+            # rapidocr 3.4 to 3.9 look up a font for drawing results (never done here) on every
+            # recognition and download one unless given a path: a path stops that.
+            params["Global.font_path"] = str(folder)
+            engine = RapidOCR(params=params)
+            self._parts = (_part(engine, "det"), _part(engine, "cls"), _part(engine, "rec"))
+            self.engine_name = f"rapidocr {version('rapidocr')} {models.name}"
+        return self._parts
+
+    def read(self, path: Path | str) -> PhotoText:
+        """The text in one photo file. Never raises for a bad file: status "failed" with the reason."""
+        clock = time.perf_counter()
+        try:
+            look = decode_image(path, target_size=self.config.look_side, max_pixels=self.limits.max_pixels)
+        except ImageReadError as e:
+            return PhotoText("failed", reason=str(e), seconds=time.perf_counter() - clock)
+        return self._read(lambda: _decode_bounded(path, self.limits), look.image, clock)
+
+    def read_image(self, image: Image.Image) -> PhotoText:
+        """The text in a decoded picture (RGB)."""
+        clock = time.perf_counter()
+        return self._read(lambda: _bounded(image, self.limits), image, clock)
+
+    def _read(self, full_picture, look_picture: Image.Image, clock: float) -> PhotoText:  # noqa: ANN001
+        try:
+            lines, reason = self._lines(full_picture, look_picture, clock)
+        except MemoryError:
+            return PhotoText("failed", reason="out of memory reading the text", seconds=time.perf_counter() - clock)
+        except Exception as e:  # noqa: BLE001 - a model or decoder failure fails this photo's reading only
+            return PhotoText(
+                "failed", reason=f"text not read: {type(e).__name__}: {e}"[:300], seconds=time.perf_counter() - clock
+            )
+        status: Status = "text" if lines else ("failed" if reason else "none")
+        return PhotoText(status, lines, reason, time.perf_counter() - clock)
+
+    def _lines(self, full_picture, look_picture: Image.Image, clock: float) -> tuple[list[TextLine], str | None]:  # noqa: ANN001
+        det, cls, rec = self._load()
+        cfg = self.config
+        look = _bgr(look_picture, cfg.look_side)
+        boxes, scores = _detect(det, look)
+        boxes = boxes[scores >= cfg.look_box_score]
+        if len(boxes) == 0:
+            return [], None
+        full = _as_array(full_picture())  # RGB, at most limits.ocr_max_pixels
+        height, width = full.shape[:2]
+        # The look's boxes are too coarse to cut lines from: the regions around them are detected
+        # again at the photo's resolution (at most detect_side), and only those.
+        found = [
+            _detect_in(det, full, region, cfg.detect_side)
+            for region in _regions(boxes, (width / look.shape[1], height / look.shape[0]), (width, height))
+        ]
+        boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
+        if len(boxes) == 0:
+            return [], None
+        boxes = boxes[_reading_order(boxes)]
+        reason = None
+        if len(boxes) > self.limits.ocr_max_boxes:  # the largest regions are the ones worth reading
+            order = np.argsort(-_box_areas(boxes), kind="stable")[: self.limits.ocr_max_boxes]
+            reason = f"only the {self.limits.ocr_max_boxes} largest of {len(boxes)} text regions were read"
+            boxes = boxes[np.sort(order)]
+        bgr = np.ascontiguousarray(full[:, :, ::-1])
+        lines: list[TextLine] = []
+        step = 16
+        for start in range(0, len(boxes), step):
+            if time.perf_counter() - clock > self.limits.ocr_seconds:
+                reason = f"reading stopped after {self.limits.ocr_seconds:g} s ({start} of {len(boxes)} regions read)"
+                break
+            chunk = boxes[start : start + step]
+            crops = [_crop(bgr, box) for box in chunk]
+            if cfg.use_angle:
+                turned = cls(crops)
+                crops = list(turned.img_list) if turned.img_list is not None else crops
+            out = rec(_rec_input(crops))
+            texts = out.txts or ()
+            confidences = list(out.scores) if out.scores is not None else []
+            for box, text, confidence in zip(chunk, texts, confidences):
+                text = " ".join(str(text).split())
+                if text and float(confidence) >= cfg.min_score:
+                    corners = tuple((float(x) / width, float(y) / height) for x, y in box)
+                    lines.append(TextLine(text, float(confidence), corners))
+        return lines, reason
+
+
+def _part(engine: Any, name: str) -> Any:
+    """RapidOCR's detector, classifier or recogniser (built eagerly before 3.5, on first use since)."""
+    loader = getattr(engine, f"_load_{name}_model", None)
+    return loader() if loader is not None else getattr(engine, f"text_{name}")
+
+
+def _rec_input(crops: list[np.ndarray]) -> Any:
+    from rapidocr.ch_ppocr_rec import TextRecInput
+
+    return TextRecInput(img=crops)
+
+
+def _decode_bounded(path: Path | str, limits: Limits) -> Image.Image:
+    side = int((limits.ocr_max_pixels) ** 0.5)
+    decoded = decode_image(path, target_size=side, max_pixels=limits.max_pixels)
+    return _bounded(decoded.image, limits)
+
+
+def _bounded(image: Image.Image, limits: Limits) -> Image.Image:
+    from PIL import Image as PILImage
+
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    pixels = image.width * image.height
+    if pixels <= limits.ocr_max_pixels:
+        return image
+    scale = (limits.ocr_max_pixels / pixels) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def _resized(rgb: np.ndarray, side: int) -> np.ndarray:
+    """A BGR copy whose long side is near `side`, both sides multiples of 32 (what the detector takes)."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(32, round(width * scale / 32) * 32), max(32, round(height * scale / 32) * 32))
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
+
+
+def _bgr(image: Image.Image, side: int) -> np.ndarray:
+    return _resized(_as_array(image), side)
+
+
+def _detect(det: Any, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (n, 4, 2) in the picture's pixels, their scores)."""
+    out = det(bgr)
+    if out.boxes is None or len(out.boxes) == 0:
+        return np.zeros((0, 4, 2), dtype=np.float32), np.zeros(0, dtype=np.float32)
+    boxes = np.asarray(out.boxes, dtype=np.float32).reshape(-1, 4, 2)
+    scores = np.asarray(out.scores if out.scores is not None else [1.0] * len(boxes), dtype=np.float32)
+    return boxes, scores
+
+
+def _regions(boxes: np.ndarray, scale: tuple[float, float], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Rectangles (x0, y0, x1, y1) of the photo around the look's boxes (in the look's pixels,
+    `scale` to the photo's), padded by a line's height, overlapping ones merged. Regions covering
+    most of the photo become the whole photo."""
+    width, height = size
+    rects = []
+    for box in boxes:
+        xs, ys = box[:, 0] * scale[0], box[:, 1] * scale[1]
+        pad = max(16.0, float(ys.max() - ys.min()))
+        rects.append(
+            [
+                max(0.0, xs.min() - pad),
+                max(0.0, ys.min() - pad),
+                min(width, xs.max() + pad),
+                min(height, ys.max() + pad),
+            ]
+        )
+    merged = True
+    while merged and len(rects) > 1:
+        merged = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]:
+                    rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del rects[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    area = sum((r[2] - r[0]) * (r[3] - r[1]) for r in rects)
+    if area > 0.6 * width * height:
+        return [(0, 0, width, height)]
+    return [(int(r[0]), int(r[1]), int(np.ceil(r[2])), int(np.ceil(r[3]))) for r in rects]
+
+
+def _detect_in(det: Any, rgb: np.ndarray, region: tuple[int, int, int, int], side: int) -> np.ndarray:
+    """Text boxes inside one region of the photo, in the photo's pixels."""
+    x0, y0, x1, y1 = region
+    part = rgb[y0:y1, x0:x1]
+    if part.shape[0] < 4 or part.shape[1] < 4:
+        return np.zeros((0, 4, 2), dtype=np.float32)
+    seen = _resized(part, min(side, max(part.shape[:2])))
+    boxes, _ = _detect(det, seen)
+    boxes[:, :, 0] = boxes[:, :, 0] * (part.shape[1] / seen.shape[1]) + x0
+    boxes[:, :, 1] = boxes[:, :, 1] * (part.shape[0] / seen.shape[0]) + y0
+    return boxes
+
+
+def _reading_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of the boxes line by line, top to bottom, each line left to right: a box is on a
+    line when its centre lies within half a line's height of the line followed along the slope of
+    its first box (a slanted receipt's price stays beside its item)."""
+    centre = boxes.mean(axis=1)
+    heights = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
+    run = boxes[:, 1, 0] - boxes[:, 0, 0]
+    slopes = np.where(np.abs(run) > 1e-3, (boxes[:, 1, 1] - boxes[:, 0, 1]) / np.where(run == 0, 1, run), 0.0)
+    lines: list[list[int]] = []
+    for i in np.argsort(centre[:, 1], kind="stable"):
+        for line in lines[-3:]:
+            first = line[0]
+            expected = centre[first, 1] + slopes[first] * (centre[i, 0] - centre[first, 0])
+            if abs(centre[i, 1] - expected) < 0.5 * min(heights[first], heights[i]):
+                line.append(int(i))
+                break
+        else:
+            lines.append([int(i)])
+    return np.array([i for line in lines for i in sorted(line, key=lambda j: centre[j, 0])], dtype=np.int64)
+
+
+def _box_areas(boxes: np.ndarray) -> np.ndarray:
+    a = np.linalg.norm(boxes[:, 1] - boxes[:, 0], axis=1)
+    b = np.linalg.norm(boxes[:, 3] - boxes[:, 0], axis=1)
+    return a * b
+
+
+def _crop(bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The region of a four-corner box, straightened (a perspective warp); a tall region (vertical
+    text, or a line in a photo turned by 90°) is turned to lie flat."""
+    import cv2
+
+    pts = box.astype(np.float32)
+    width = int(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3])))
+    height = int(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2])))
+    width, height = max(width, 2), max(height, 2)
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    matrix = cv2.getPerspectiveTransform(pts, target)
+    crop = cv2.warpPerspective(bgr, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+    if height / width >= 1.5:
+        crop = np.rot90(crop)
+    return np.ascontiguousarray(crop)
