@@ -81,15 +81,16 @@ def known_places(session: Session) -> list[KnownPlace]:
     """Every city, region and country the photos' facts name, most photos first (then by name)."""
     counts: dict[tuple[PlaceLevel, str, str | None], int] = {}
     for country, region, city, n in place_combinations(session):
-        for level, name, holders in (
+        levels: tuple[tuple[PlaceLevel, str | None, tuple[str | None, ...]], ...] = (
             ("city", city, (region, country)),
             ("region", region, (country,)),
             ("country", country, ()),
-        ):
+        )
+        for level, name, holders in levels:
             if name:
                 within = ", ".join(p for p in holders if p and p != name) or None
                 key = (level, name, within)
-                counts[key] = counts.get(key, 0) + n  # type: ignore[index]
+                counts[key] = counts.get(key, 0) + n
     out = [KnownPlace(name, level, n, within) for (level, name, within), n in counts.items()]
     return sorted(out, key=lambda p: (-p.count, p.name.lower(), p.level))
 

