@@ -24,10 +24,12 @@ window.xmodalPhotoText = (() => {
     const img = $("big");
     const layer = $("v-boxes");
     if (!img || !layer) return;
-    layer.style.left = img.offsetLeft + "px";
-    layer.style.top = img.offsetTop + "px";
-    layer.style.width = img.offsetWidth + "px";
-    layer.style.height = img.offsetHeight + "px";
+    const picture = img.getBoundingClientRect();
+    const frame = layer.parentElement.getBoundingClientRect();
+    layer.style.left = picture.left - frame.left + layer.parentElement.scrollLeft + "px";
+    layer.style.top = picture.top - frame.top + layer.parentElement.scrollTop + "px";
+    layer.style.width = picture.width + "px";
+    layer.style.height = picture.height + "px";
     layer.replaceChildren();
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("viewBox", "0 0 1 1");
@@ -78,13 +80,22 @@ window.xmodalPhotoText = (() => {
       }
       $("v-photo-text-section").hidden = false;
       const img = $("big");
-      if (img.complete && img.naturalWidth) place();
-      else img.addEventListener("load", place, { once: true });
+      place();
+      img.addEventListener("load", () => { if (mine === current) place(); }, { once: true });
     } catch (err) {
       // the photo stays shown without its text
     }
   }
 
+  // the picture moves when the panel beside it grows (this list, the facts) or the window changes
   window.addEventListener("resize", () => { if (lines.length) place(); });
+  if (window.ResizeObserver) {
+    const watch = () => {
+      const img = $("big");
+      if (img) new ResizeObserver(() => { if (lines.length) place(); }).observe(img.parentElement);
+    };
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", watch);
+    else watch();
+  }
   return { show, clear };
 })();
