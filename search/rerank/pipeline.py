@@ -366,8 +366,8 @@ class SecondStage:
         parts = np.stack([value for value in values if value is not None])
         hub = scores - cosines
         raw = features_from_parts(fusion, query, vecs[top], parts, hub[top], cosine=cosines[top])
-        values = extra[0](extra[1], cand[top]) if extra is not None and fusion.extra else None
-        fused = fusion.scores(raw, extra_columns(fusion.extra, values, len(top)) if fusion.extra else None)
+        given = extra[0](extra[1], cand[top]) if extra is not None and fusion.extra else None
+        fused = fusion.scores(raw, extra_columns(fusion.extra, given, len(top)) if fusion.extra else None)
         # The range: the top's own scores, raised to stay above every other candidate's (the fusion
         # decides the top's order, and the top stays ahead, as it was fitted).
         rest = np.delete(scores, top)
