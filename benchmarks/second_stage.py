@@ -129,7 +129,8 @@ def heldout(data: Path, model_spec: str) -> None:
 
     method = "duo-x3-out-0.3" if model_spec == "xmodal-lite-duo" else "today-x3-out-0.3"
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "benchmarks.shift_protocol", "--data", str(data), "--methods", method]
+    # the data folder as given: the protocol's feature cache is keyed by its path
+    cmd = [sys.executable, "-m", "benchmarks.shift_protocol", "--data", os.path.abspath(data), "--methods", method]
     cmd += ["--second-stage", "--data-dir", str(root / "data"), "--gains"]
     print("held-out concepts: " + " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=root)
@@ -142,11 +143,10 @@ def main() -> None:
     ap.add_argument("--parts", default="test,heldout,cost")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
-    data = Path(args.data).resolve()
     if parts & {"test", "cost"}:
-        test_split(data, args.model, "cost" in parts)
+        test_split(Path(args.data).resolve(), args.model, "cost" in parts)
     if "heldout" in parts:
-        heldout(data, args.model)
+        heldout(Path(args.data), args.model)
 
 
 if __name__ == "__main__":
