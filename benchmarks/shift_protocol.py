@@ -210,6 +210,22 @@ def train_heads(
     return heads
 
 
+def cached_linear(views: torch.Tensor, texts: np.ndarray, owner: np.ndarray, seed: int) -> LinearProjection:
+    """train_linear_projection, cached on disk beside the heads (keyed by its inputs and seed)."""
+    digest = hashlib.sha256(f"linear|{seed}|{views.shape}".encode())
+    for part in (views.numpy(), np.ascontiguousarray(texts, dtype=np.float64), owner.astype(np.int64)):
+        digest.update(part.tobytes())
+    path = HEAD_CACHE / f"linear-{digest.hexdigest()[:24]}.npz" if HEAD_CACHE else None
+    if path is not None and path.is_file():
+        with np.load(path) as f:
+            return LinearProjection(f["mean"], f["scale"], f["weight"], f["bias"])
+    linear = train_linear_projection(views, texts, owner, seed=seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, mean=linear.mean, scale=linear.scale, weight=linear.weight, bias=linear.bias)
+    return linear
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 def recall(
     scores_t2i: np.ndarray, own_img: np.ndarray, scores_i2t: np.ndarray | None = None, order_t2i=None, order_i2t=None
@@ -317,6 +333,7 @@ def main() -> None:
         "projection and two-hop bank from the fold's training photos; refit: weights fitted on inner folds",
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gains", action="store_true", help="also print the pipeline's gain over the first stage")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global HEAD_CACHE
@@ -376,9 +393,7 @@ def main() -> None:
                 elif weights is not None:
                     width = base_views.shape[-1]
                     if width not in linears:
-                        linears[width] = train_linear_projection(
-                            base_views[fold.train], unit(text[caps]), tr_owner, seed=args.seed
-                        )
+                        linears[width] = cached_linear(base_views[fold.train], unit(text[caps]), tr_owner, args.seed)
                     fusion = FusionModel(
                         weights.weights,
                         emb.texts(text[caps]),
@@ -424,6 +439,11 @@ def main() -> None:
             part, stage = key.split("/")
             avg = {c: np.mean([r[c] for r in results[m][key]]) for c in cols}
             print(f"{m:22s} {stage:9s} {part:8s} " + " ".join(f"{avg[c]:7.1f}" for c in cols))
+        if args.gains and args.second_stage:
+            for part in ("indist", "heldout"):
+                first, pipe = results[m][f"{part}/first"], results[m][f"{part}/pipeline"]
+                gain = {c: np.mean([b[c] - a[c] for a, b in zip(first, pipe)]) for c in cols}
+                print(f"{m:22s} {'gain':9s} {part:8s} " + " ".join(f"{gain[c]:+7.1f}" for c in cols))
 
 
 if __name__ == "__main__":

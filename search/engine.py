@@ -36,7 +36,7 @@ from xmodal.search.planning import (
     understood_filter,
 )
 from xmodal.search.query import QueryTerm, parse_query
-from xmodal.search.rerank.pipeline import Candidates, Ranked, SecondStage
+from xmodal.search.rerank.pipeline import CandidateFeatures, Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
 from xmodal.search.rerank.stages import RerankOptions, auto_score_floor
 from xmodal.search.understanding import Understood
@@ -474,12 +474,14 @@ class SearchEngine:
         rerank: RerankOptions | bool = True,
         query_kind: Kind | None = None,
         bank: np.ndarray | None = None,
+        extra: CandidateFeatures | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Batched search: (scores, ids), each (n_queries, k); ids are -1 past the last hit.
 
         query_kind says what the query vectors embed (see SecondStage.run); `bank` replaces the
-        QB-Norm bank of the target's direction (the evaluation passes one without its queries)."""
-        ranked = self._ranked(queries, k, target, filters, rerank, query_kind, bank)
+        QB-Norm bank of the target's direction (the evaluation passes one without its queries);
+        `extra`: per-candidate features for a learned fusion fitted with them (CandidateFeatures)."""
+        ranked = self._ranked(queries, k, target, filters, rerank, query_kind, bank, extra=extra)
         return ranked.scores, ranked.ids
 
     def _hit_list(
@@ -534,6 +536,7 @@ class SearchEngine:
         floor: MinScore = None,
         fill: bool = False,
         exclude: int | None = None,
+        extra: CandidateFeatures | None = None,
     ) -> Ranked:
         """First stage then second stage, (n, k) hits in their final order.
 
@@ -574,7 +577,8 @@ class SearchEngine:
             depth = min(blocks * block, self.limits.max_depth)
             scores, ids = self._first_stage(index, queries, depth, allowed, exclude, frames)
             # the second stage takes the compute lock for its NumPy work, not for its SQL reads
-            ranked = self.second_stage.run(Candidates(queries, scores, ids), target, options, query_kind, bank, floor)
+            candidates = Candidates(queries, scores, ids, extra)
+            ranked = self.second_stage.run(candidates, target, options, query_kind, bank, floor)
             exhausted = ids.shape[1] < depth or bool((ids[:, -1] < 0).all()) or depth >= self.limits.max_depth
             exhausted = exhausted or bool(ranked.ended.all())
             if not fill or exhausted or int((ranked.ids >= 0).sum(axis=1).min()) >= k:

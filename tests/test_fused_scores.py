@@ -57,3 +57,41 @@ def test_fused_hits_carry_their_own_scores(tmp_path: Path) -> None:
         floor = fused[6].score
         above = engine.search(QUERY, k=30, rerank=RerankOptions(hubness=False), min_score=floor)
         assert [h.id for h in above] == [h.id for h in fused if h.score >= floor]
+
+
+@pytest.mark.slow
+def test_extra_candidate_features_reach_a_fusion_fitted_with_them(tmp_path: Path) -> None:
+    """The hook for the caller's per-candidate signals (e.g. a text-in-photo match): a fusion fitted with
+    an extra feature reads it by name; without it given, the order is the shipped five features' order."""
+    from xmodal.search.rerank.fusion import FusionModel
+    from xmodal.search.rerank.pipeline import SecondStage
+
+    model = load_model()
+    Indexer(tmp_path / "idx", model=model).add_paths([_photos(tmp_path / "photos", 30)])
+    with SearchEngine.open(tmp_path / "idx", model=model) as engine:
+        shipped = engine.second_stage.fusion()
+        assert shipped is not None and shipped.extra == ()
+        query = engine.embed_query(QUERY)[None]
+        options = RerankOptions(hubness=False)
+        before = engine.search_vectors(query, TOP, rerank=options, query_kind="text")[1][0]
+        with_extra = FusionModel(
+            np.concatenate([shipped.weights, [5.0]]),
+            shipped.train_captions,
+            shipped.caption_photo,
+            shipped.train_photos,
+            shipped.linear,
+            ("in_photo",),
+        )
+        engine.second_stage = SecondStage(engine.store, engine.second_stage.banks, fusion=lambda: with_extra)
+        chosen = int(before[TOP - 3])
+        seen: list[tuple[int, int]] = []
+
+        def in_photo(row: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+            seen.append((row, len(ids)))
+            return {"in_photo": (ids == chosen).astype(float), "other": np.ones(len(ids))}
+
+        plain = engine.search_vectors(query, TOP, rerank=options, query_kind="text")[1][0]
+        np.testing.assert_array_equal(plain, before)  # nothing given: the extra feature has no effect
+        boosted = engine.search_vectors(query, TOP, rerank=options, query_kind="text", extra=in_photo)[1][0]
+        assert seen == [(0, TOP)] and boosted[0] == chosen
+        assert sorted(boosted.tolist()) == sorted(before.tolist())

@@ -17,6 +17,7 @@ from xmodal.search.rerank.fusion import (
     TOP,
     FusionModel,
     LinearProjection,
+    extra_columns,
     fusion_features,
     standardise,
 )
@@ -177,3 +178,33 @@ def test_fusion_model_refuses_a_file_made_for_other_features(tmp_path: Path) -> 
     np.savez_compressed(old, **arrays)
     with pytest.raises(ValueError, match="other features"):
         FusionModel.load(old)
+
+
+def test_extra_features_are_read_by_name_and_count_as_absent_when_not_given(tmp_path: Path) -> None:
+    """The hook for the caller's per-candidate signals (e.g. a text-in-photo match)."""
+    base = fusion_model(np.random.default_rng(0))
+    weights = np.concatenate([base.weights, [2.0, 0.5]])
+    model = FusionModel(
+        weights, base.train_captions, base.caption_photo, base.train_photos, base.linear, ("in_photo", "name")
+    )
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(TOP, len(FEATURES)))
+    match = np.zeros(TOP)
+    match[7] = 1.0
+    given = extra_columns(model.extra, {"in_photo": match, "unknown": np.ones(TOP)}, TOP)
+    assert given.shape == (TOP, 2) and given[7, 0] == 1.0 and not given[:, 1].any()
+    boosted, plain = model.scores(raw, given), model.scores(raw)
+    assert boosted[7] - np.delete(boosted, 7).max() > plain[7] - np.delete(plain, 7).max()
+    # no extra features given: the same order as the model's own features alone
+    np.testing.assert_allclose(plain, standardise(raw) @ base.weights)
+    with pytest.raises(ValueError, match="3 values for 20"):
+        extra_columns(model.extra, {"name": np.ones(3)}, TOP)
+    with pytest.raises(ValueError, match="weights"):
+        FusionModel(base.weights, base.train_captions, base.caption_photo, base.train_photos, base.linear, ("x",))
+    path = tmp_path / "fusion.npz"
+    model.save(path)
+    loaded = FusionModel.load(path)
+    assert loaded.extra == ("in_photo", "name")
+    np.testing.assert_allclose(loaded.scores(raw, given), boosted)
+    base.save(path)
+    assert FusionModel.load(path).extra == ()

@@ -13,6 +13,10 @@ query's text is not needed):
   linear_cosine  the query against a second, linear image side: normalise(P · standardised tower
             features), P fitted by InfoNCE to the (fixed) text vectors of the training captions; a
             second opinion on the image side with another inductive bias than the head's MLP
+Extra per-candidate features (a hook for signals the first stage's caller has, e.g. a text-in-photo or
+a name match): a model fitted with them names them in `extra`, and the caller hands their values per
+candidate (search.rerank.pipeline.CandidateFeatures); a feature the caller does not have counts as
+the same value for every candidate, which standardises to zero: no effect.
 Everything shipped (weights, linear projection, training captions and photos in the shared space) comes
 from the flickr8k-1k *train* split; training.offline_fusion makes it. Pure numpy: a search
 does not import torch.
@@ -20,6 +24,7 @@ does not import torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import numpy as np
 __all__ = [
     "FEATURES",
     "TOP",
+    "extra_columns",
     "FusionModel",
     "LinearProjection",
     "features_from_parts",
@@ -109,16 +115,38 @@ def features_from_parts(
     return np.stack([cosine, hub.astype(np.float64), two_hop, conse, linear_cosine], axis=1)
 
 
+def extra_columns(names: tuple[str, ...], values: Mapping[str, np.ndarray] | None, count: int) -> np.ndarray:
+    """(count, len(names)) the extra features a model reads, in its order; zeros for those not given."""
+    out = np.zeros((count, len(names)))
+    for j, name in enumerate(names):
+        value = values.get(name) if values is not None else None
+        if value is not None:
+            column = np.asarray(value, dtype=np.float64).reshape(-1)
+            if len(column) != count:
+                raise ValueError(f"extra feature '{name}' has {len(column)} values for {count} candidates")
+            out[:, j] = column
+    return out
+
+
 @dataclass(frozen=True)
 class FusionModel:
-    weights: np.ndarray  # (len(FEATURES),) over standardised features
+    weights: np.ndarray  # (len(FEATURES) + len(extra),) over standardised features
     train_captions: np.ndarray  # (m, d) training captions in the shared space
     caption_photo: np.ndarray  # (m,) row of each caption's photo in train_photos
     train_photos: np.ndarray  # (p, d) training photos in the shared space
     linear: LinearProjection  # the linear_cosine feature's image side
+    extra: tuple[str, ...] = ()  # names of the extra per-candidate features the last weights cover
 
-    def scores(self, features: np.ndarray) -> np.ndarray:
-        """(c,) fused scores from fusion_features of the top candidates."""
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(FEATURES) + len(self.extra):
+            raise ValueError(f"{len(self.weights)} weights for {len(FEATURES) + len(self.extra)} features")
+
+    def scores(self, features: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """(c,) fused scores from fusion_features of the top candidates and, for a model with extra
+        features, their (c, len(extra)) values (extra_columns)."""
+        if self.extra:
+            extra = extra if extra is not None else np.zeros((len(features), len(self.extra)))
+            features = np.concatenate([features, extra], axis=1)
         return standardise(features) @ self.weights
 
     def save(self, path: Path) -> None:
@@ -126,6 +154,7 @@ class FusionModel:
         np.savez_compressed(
             path,
             features=np.array(FEATURES),
+            extra_features=np.array(self.extra, dtype=str),
             weights=self.weights,
             train_captions=self.train_captions.astype(np.float16),
             caption_photo=self.caption_photo.astype(np.int32),
@@ -156,10 +185,12 @@ class FusionModel:
                 weight,
                 f["linear_bias"].astype(np.float64),
             )
+            extra = tuple(str(n) for n in f["extra_features"]) if "extra_features" in f.files else ()
             return cls(
                 f["weights"].astype(np.float64),
                 f["train_captions"].astype(np.float64),
                 f["caption_photo"].astype(np.int64),
                 f["train_photos"].astype(np.float64),
                 linear,
+                extra,
             )

@@ -18,7 +18,7 @@ a stage needs them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -28,11 +28,11 @@ from sqlalchemy import select
 
 from xmodal.indexer.store.index_store import IndexStore, Kind
 from xmodal.indexer.store.schema import ImageRow, TextRow
-from xmodal.search.rerank.fusion import TOP, FusionModel, features_from_parts, photo_parts
+from xmodal.search.rerank.fusion import TOP, FusionModel, extra_columns, features_from_parts, photo_parts
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, QueryBanks, querybank_correction, querybank_normalise
 from xmodal.search.rerank.stages import RerankOptions, auto_score_floor, fold_duplicates, maximal_marginal_relevance
 
-__all__ = ["Candidates", "Ranked", "ScoreFloor", "SecondStage", "load_fusion"]
+__all__ = ["CandidateFeatures", "Candidates", "Ranked", "ScoreFloor", "SecondStage", "load_fusion"]
 
 ScoreFloor = float | Literal["auto"] | None
 
@@ -41,13 +41,21 @@ _TABLES: dict[str, type[ImageRow] | type[TextRow]] = {"image": ImageRow, "text":
 _SAME_AS_QUERY = 0.9999
 
 
+# Extra per-candidate features for the learned fusion, from whoever knows them (e.g. a text-in-photo
+# match): (query row, candidate ids) -> {feature name: (len(ids),) values}. A fusion model reads the
+# names it was fitted with (FusionModel.extra) and ignores the others; one it lacks counts as absent.
+CandidateFeatures = Callable[[int, np.ndarray], Mapping[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class Candidates:
-    """The first stage's answer: per query row, candidate ids (-1 past the last) and their exact scores."""
+    """The first stage's answer: per query row, candidate ids (-1 past the last) and their exact scores;
+    `extra`: the caller's extra per-candidate features (CandidateFeatures), if any."""
 
     queries: np.ndarray  # (n, d) unit query vectors
     scores: np.ndarray  # (n, c)
     ids: np.ndarray  # (n, c)
+    extra: CandidateFeatures | None = None
 
 
 @dataclass(frozen=True)
@@ -272,7 +280,8 @@ class SecondStage:
                 if bank is not None and vecs is not None:
                     final = self._normalised(query, cand, cosines, vecs, bank, target, hub_key)
                 if fusion is not None and vecs is not None and start == 0:  # the fusion was fitted on the top
-                    final = self._fused(fusion, query, cand, vecs, cosines, final, generations["image"])
+                    extra = (candidates.extra, row) if candidates.extra is not None else None
+                    final = self._fused(fusion, query, cand, vecs, cosines, final, generations["image"], extra)
                 if floor == "auto" and start == 0:  # from the first block: the same for every depth asked
                     threshold = auto_score_floor(final)
                 order = np.argsort(-final, kind="stable")
@@ -330,12 +339,13 @@ class SecondStage:
         cosines: np.ndarray,
         scores: np.ndarray,
         generation: str,
+        extra: tuple[CandidateFeatures, int] | None = None,
     ) -> np.ndarray:
         """Final scores after the learned fusion: the top candidates by cosine (as it was trained) get
         the fusion's score mapped linearly onto the range of their own scores (the best fused hit has
         the best of those scores, the worst the lowest, raised to the best score of the others if
         that is higher); the rest keep theirs. Unchanged when a candidate was indexed without tower
-        features."""
+        features. `extra`: the caller's extra features and the query's row, for a model fitted with some."""
         top = np.argsort(-cosines, kind="stable")[:TOP]
         if len(top) < 2:
             return scores
@@ -356,7 +366,8 @@ class SecondStage:
         parts = np.stack([value for value in values if value is not None])
         hub = scores - cosines
         raw = features_from_parts(fusion, query, vecs[top], parts, hub[top], cosine=cosines[top])
-        fused = fusion.scores(raw)
+        given = extra[0](extra[1], cand[top]) if extra is not None and fusion.extra else None
+        fused = fusion.scores(raw, extra_columns(fusion.extra, given, len(top)) if fusion.extra else None)
         # The range: the top's own scores, raised to stay above every other candidate's (the fusion
         # decides the top's order, and the top stays ahead, as it was fitted).
         rest = np.delete(scores, top)
