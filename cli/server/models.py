@@ -60,6 +60,11 @@ class SearchResponse(BaseModel):
     )
     target: Kind
     took_ms: float
+    reading: str | None = Field(
+        default=None,
+        description='How a query not in English was read: \'reading "海边的狗" as "dog beach"\' (and the words '
+        "not understood), or a note that its language is not understood yet; null for English.",
+    )
 
 
 class ItemOut(BaseModel):

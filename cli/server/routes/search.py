@@ -24,6 +24,7 @@ from xmodal.cli.server.services import Services, get_services
 from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.search.engine import SearchEngine
 from xmodal.search.hits import Hit
+from xmodal.search.query import how_read
 
 __all__ = ["router", "run_search"]
 
@@ -98,7 +99,9 @@ def run_search(
             if norm < 1e-6:
                 raise HTTPException(400, "the query's parts cancel each other out")
             hits = engine.search(total / norm, **search)  # type: ignore[arg-type]
-    return page(hits, options, (time.perf_counter() - started) * 1000)
+    response = page(hits, options, (time.perf_counter() - started) * 1000)
+    response.reading = how_read(terms) if terms is not None else None
+    return response
 
 
 @router.get("/search", response_model=SearchResponse, summary="Search by text (and/or an indexed photo)")
