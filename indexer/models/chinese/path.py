@@ -15,7 +15,7 @@ from xmodal.indexer.models.chinese.script import (
     latin_language,
     unsupported_script,
 )
-from xmodal.indexer.models.chinese.student import STUDENT_FILE, ChineseStudent
+from xmodal.indexer.models.chinese.student import CHAR_FEATURE, STUDENT_FILE, ChineseStudent
 from xmodal.indexer.models.chinese.translation import Translation, Translator
 
 __all__ = [
@@ -57,6 +57,15 @@ class ChinesePath:
     def unknown_words(self, translation: Translation) -> tuple[str, ...]:
         known = self.student.knows if self.student is not None else (lambda word: False)
         return tuple(w for w in translation.unknown if not known(w))
+
+    def guessed_words(self, translation: Translation) -> tuple[str, ...]:
+        """Words the dictionary lacks that were read by their characters, unless the training saw
+        every one of those characters in photo captions (雪地, 黑狗: a compositional reading is
+        sound; 奥利, part of a name, is a guess)."""
+        if self.student is None:
+            return translation.guessed
+        student = self.student
+        return tuple(w for w in translation.guessed if not all(student.knows(CHAR_FEATURE + c) for c in w))
 
     def embed(self, texts: Sequence[str], embed_english: EmbedTexts, corrected: bool) -> np.ndarray:
         """Vectors of Chinese (or mixed) texts: the English tower on their translations, plus the
@@ -104,7 +113,8 @@ def understand(text: str) -> Understanding:
         return Understanding(language)
     path = chinese_path()
     translation = path.translate(text)
-    return Understanding(language, translation.english, path.unknown_words(translation), None, translation.guessed)
+    guessed = path.guessed_words(translation)
+    return Understanding(language, translation.english, path.unknown_words(translation), None, guessed)
 
 
 def reading_line(texts: Sequence[str]) -> str | None:

@@ -20,18 +20,18 @@ import numpy as np
 
 from xmodal.indexer.models.chinese.translation import SensePrior, Translation
 
-__all__ = ["ChineseStudent", "text_features", "STUDENT_FILE", "STUDENT_FORMAT", "SENTENCE_SPACE"]
+__all__ = ["ChineseStudent", "text_features", "CHAR_FEATURE", "STUDENT_FILE", "STUDENT_FORMAT", "SENTENCE_SPACE"]
 
 STUDENT_FILE = "chinese_lite.npz"  # in xmodal.data
 STUDENT_FORMAT = "chinese-student-v2"  # v2: the sense chosen for training words
 SENTENCE_SPACE = "all-MiniLM-L6-v2"  # the offline towers' text space, where the correction applies
-_CHAR = "#"  # prefix of character features (a word is itself)
+CHAR_FEATURE = "#"  # prefix of character features (a word is itself)
 
 
 def text_features(translation: Translation) -> list[str]:
     """The features the correction reads: each Chinese word, and each of its characters (which
     carry meaning for words the training never saw: 黑狗 shares 狗 with 小狗)."""
-    return list(translation.words) + [_CHAR + c for c in "".join(translation.words)]
+    return list(translation.words) + [CHAR_FEATURE + c for c in "".join(translation.words)]
 
 
 @dataclass(frozen=True)
