@@ -9,6 +9,7 @@ the Chinese student have seen the held-out photos or their captions (the shipped
 English recall of these photos is far above the test figure). Pool: the held-out photos.
 Reported, first stage (cosine), text -> image recall@1/5/10 of
   english           the English captions of the same photos
+  english shortest  the shortest English caption of each photo (one a photo: Chinese captions are short)
   chinese raw       Chinese straight into the English tower (the state before the Chinese path)
   first sense       jieba + each word's first CC-CEDICT sense (the issue's baseline)
   translation       the Chinese path's translation (sense choice by the caption prior, word order)
@@ -35,7 +36,7 @@ from PIL import Image
 from training.chinese_distillation import (
     CaptionPairs,
     StudentConfig,
-    english_counts,
+    fit_prior,
     fit_student,
     held_out_photos,
     read_caption_pairs,
@@ -43,7 +44,7 @@ from training.chinese_distillation import (
 )
 from xmodal.indexer.cache import cache_dir
 from xmodal.indexer.models.chinese.student import SENTENCE_SPACE
-from xmodal.indexer.models.chinese.translation import SensePrior, Translator
+from xmodal.indexer.models.chinese.translation import Translator
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
 from xmodal.indexer.models.head import ProjectionHead, train_head
 
@@ -119,13 +120,18 @@ def evaluate(
     pools: dict[str, np.ndarray],
 ) -> dict[str, dict[str, tuple[float, ...]]]:
     photos = dev_photo_vectors(features, pairs, english, fit)
-    fit_en = np.isin(pairs.english_photo, fit)
-    prior = SensePrior(english_counts([c for c, keep in zip(pairs.english, fit_en) if keep]))
+    fit_en = np.flatnonzero(np.isin(pairs.english_photo, fit))
+    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, fit))
+    prior = fit_prior(
+        [pairs.chinese[i] for i in fit_zh],
+        pairs.chinese_photo[fit_zh],
+        [pairs.english[i] for i in fit_en],
+        pairs.english_photo[fit_en],
+    )
     translator = Translator(prior)
     translations = [translator.translate(c) for c in pairs.chinese]
     translated = vectors([t.english or t.source for t in translations])
     teacher = unit(np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))]))
-    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, fit))
     student = fit_student(
         [translations[i] for i in fit_zh],
         translated[fit_zh],
@@ -137,13 +143,19 @@ def evaluate(
         StudentConfig(),
     )
     out = {}
+
+    def words_of(i: int) -> int:
+        return len(pairs.english[i].split())
+
     for name, pool in pools.items():
         zh = np.flatnonzero(np.isin(pairs.chinese_photo, pool))
         en = np.isin(pairs.english_photo, pool)
         owner = pairs.chinese_photo[zh]
         texts = [pairs.chinese[i] for i in zh]
+        shortest = np.array([min(np.flatnonzero(pairs.english_photo == p), key=words_of) for p in pool])
         out[name] = {
             "english": recall(english[en], pairs.english_photo[en], photos, pool),
+            "english shortest": recall(english[shortest], pairs.english_photo[shortest], photos, pool),
             "chinese raw": recall(vectors(texts), owner, photos, pool),
             "first sense": recall(vectors([first_sense(translator, t) for t in texts]), owner, photos, pool),
             "translation": recall(translated[zh], owner, photos, pool),

@@ -162,22 +162,13 @@ def _say_photo_text(done: object) -> None:
 
 
 def _say_how_the_query_is_read(query: str) -> None:
-    """One line on stderr for a query not in English: the English a Chinese query is read as (and the
-    words not understood), or that its language is not understood yet. English queries print nothing."""
-    from xmodal.indexer.models.chinese.script import language_of
+    """One line on stderr for a query not in English: the English each Chinese term is read as (and
+    the words not understood), or that its language is not understood yet. English prints nothing."""
+    from xmodal.search.query import how_read
 
-    if language_of(query) == "english":
-        return
-    from xmodal.indexer.models.chinese import understand
-
-    understood = understand(query)
-    if understood.note:
-        typer.echo(f"xmodal: note: {understood.note}", err=True)
-        return
-    line = f'xmodal: reading "{query}" as "{understood.english}"'
-    if understood.unknown_words:
-        line += f"; not understood: {', '.join(understood.unknown_words)}"
-    typer.echo(line, err=True)
+    line = how_read(query)
+    if line is not None:
+        typer.echo(f"xmodal: {line}", err=True)
 
 
 @app.command()

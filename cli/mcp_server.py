@@ -93,8 +93,8 @@ def build_server(
         "xmodal",
         instructions=(
             "Cross-modal search over one index of photos (and optional texts). Search photos by "
-            "describing them or by the words written in them (in_photo), find items similar to an id, "
-            "look an id up, read the index facts."
+            "describing them (in English or Chinese) or by the words written in them (in_photo), find items "
+            "similar to an id, look an id up, read the index facts."
         ),
         log_level="WARNING",
     )
@@ -130,6 +130,15 @@ def build_server(
         if not query.strip():
             raise ToolError("the query is empty")
         return _domain(lambda: engine.understand(query).as_dict())
+
+    @server.tool()
+    def read_query(query: str) -> str:
+        """How a search query is read: "English" for English, else the English its Chinese terms are
+        read as (and the words not understood), or a note that its language is not understood yet."""
+        from xmodal.search.query import how_read
+
+        _check_query(query, limits)
+        return _domain(lambda: how_read(query) or "English")
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:

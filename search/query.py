@@ -11,7 +11,7 @@ from typing import Literal
 from xmodal.indexer.errors import InvalidQueryError
 from xmodal.indexer.images import IMAGE_EXTENSIONS
 
-__all__ = ["QueryTerm", "parse_query"]
+__all__ = ["QueryTerm", "parse_query", "how_read"]
 
 _WEIGHT = re.compile(r"^(-?\d+(?:\.\d+)?):(.+)$", re.S)
 
@@ -70,3 +70,16 @@ def parse_query(text: str) -> list[QueryTerm]:
         else:
             words.append(token)
     return terms
+
+
+def how_read(query: str | list[QueryTerm]) -> str | None:
+    """One line on how a query's text terms are read when one is not plain English: 'reading "狗"
+    as "dog", "雪" as "snow"' (with the words not understood), or that a language is not
+    understood yet. None for English queries, pictures, and a query that does not parse."""
+    from xmodal.indexer.models.chinese import reading_line
+
+    try:
+        terms = parse_query(query) if isinstance(query, str) else query
+    except InvalidQueryError:
+        return None
+    return reading_line([t.value for t in terms if t.kind == "text"])

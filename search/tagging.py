@@ -18,11 +18,14 @@ PROMPTS = ("a photo of a {}.", "a picture of {}.", "{}", "a close-up photo of th
 
 
 def label_vectors(model: EmbeddingModel, labels: Sequence[str], prompts: Sequence[str] = PROMPTS) -> np.ndarray:
-    """One unit vector per label: the mean of its prompts' embeddings."""
+    """One unit vector per label: the mean of its prompts' embeddings. A Chinese label enters the
+    English prompts as its translation (狗 -> "a photo of a dog."), so it tags as its English twin."""
+    from xmodal.indexer.models.chinese import as_english
+
     clean = [label.strip() for label in labels if label.strip()]
     if not clean:
         raise InvalidQueryError("no labels given")
-    texts = [prompt.format(label) for label in clean for prompt in prompts]
+    texts = [prompt.format(as_english(label)) for label in clean for prompt in prompts]
     vectors = model.embed_texts(texts).reshape(len(clean), len(prompts), -1).mean(axis=1)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 

@@ -98,6 +98,47 @@ def test_other_languages_get_one_line_saying_so() -> None:
     assert understand("a dog").note is None
 
 
+def test_latin_languages_other_than_english_get_a_note_by_their_function_words() -> None:
+    from xmodal.indexer.models.chinese import latin_language
+
+    assert latin_language("un perro en la playa") == "Spanish"
+    assert latin_language("le chien sur la plage") == "French"
+    assert latin_language("der Hund mit dem Ball") == "German"
+    # English, names and single words stay English (nothing to go on)
+    for text in ("a dog on the beach", "La Jolla beach at night", "Robert de Niro in a car", "perro", "los angeles"):
+        assert latin_language(text) is None, text
+    seen = understand("un perro en la playa")
+    assert seen.language == "other" and seen.note is not None and "Spanish" in seen.note
+
+
+def test_a_combined_query_says_how_each_term_is_read() -> None:
+    from xmodal.search.query import how_read
+
+    assert how_read('"狗" - "雪"') == 'reading "狗" as "dog", "雪" as "snow"'
+    assert how_read('"a dog" - "snow"') is None
+    assert how_read("海辺の犬") == "note: Japanese kana is not understood yet: only English and Chinese are"
+    # characters beyond the basic plane are Chinese too, and reported when unknown, not dropped
+    assert how_read("𠀋狗") == 'reading "𠀋狗" as "dog"; not understood: 𠀋'
+
+
+def test_names_the_dictionary_lacks_are_reported_as_read_by_their_characters() -> None:
+    seen = understand("奥利奥饼干")  # Oreo cookies: jieba cuts 奥利, which CC-CEDICT does not have
+    assert seen.guessed_words and "奥" in seen.guessed_words[0] and "biscuit" in (seen.english or "")
+    assert understand("小女孩").guessed_words == ()  # 小 + 女孩: words, not a guess
+
+
+def test_a_plain_modifier_stays_before_its_noun_a_clause_goes_after() -> None:
+    assert understand_chinese("红色的圆圈")[0] == "red circle"
+    assert understand_chinese("草地上的狗")[0] == "dog on lawn"
+
+
+@pytest.mark.slow
+def test_chinese_labels_tag_as_their_english_twins(model) -> None:
+    from xmodal.search.tagging import label_vectors
+
+    assert np.allclose(label_vectors(model, ["狗", "海滩"]), label_vectors(model, ["dog", "beach"]), atol=1e-6)
+
+
 @pytest.mark.slow
 def test_english_vectors_are_unchanged_and_rows_keep_their_order(model) -> None:
     english = ["a dog at the seaside", "a red car"]
@@ -165,3 +206,51 @@ def test_the_chinese_path_leaves_the_process_alone() -> None:
     level, handlers = root.level, list(root.handlers)
     Translator().translate("兩隻狗在海邊")
     assert dict(os.environ) == env and root.level == level and root.handlers == handlers
+
+
+@pytest.mark.slow
+def test_every_command_reads_chinese(test_photos, tmp_path) -> None:
+    """index-text, image -> text, a combined query's reading line, eval on Chinese pairs and tag with
+    Chinese labels, through the real CLI in subprocesses (the script decides; there is no --lang)."""
+    import csv
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    def xmodal(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "xmodal.cli.app", *args], capture_output=True, text=True, timeout=600, env=os.environ
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        return done
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in test_photos:
+        if p.name in QUERIES:
+            shutil.copy(p, photos / p.name)
+    index = str(tmp_path / "idx")
+    xmodal("index", str(photos), "--index", index)
+    (tmp_path / "zh.txt").write_text("\n".join(QUERIES.values()) + "\n", encoding="utf-8")
+    xmodal("index-text", str(tmp_path / "zh.txt"), "--index", index)
+    found = xmodal(
+        "search", "--image", str(photos / "124195430_d14028660f.jpg"), "--target", "text", "-n", "1", "--index", index
+    )
+    assert "海滩上的两匹马" in found.stdout  # two horses on a beach: image -> its Chinese caption
+
+    combined = xmodal("search", '"狗" - "雪"', "-n", "3", "--index", index)
+    assert 'xmodal: reading "狗" as "dog", "雪" as "snow"' in combined.stderr
+    assert "1094462889_f9966dafa6.jpg" not in combined.stdout  # the brown dog in the snow
+
+    with open(tmp_path / "pairs.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([("image", "caption"), *QUERIES.items()])
+    evaluated = json.loads(xmodal("eval", str(tmp_path / "pairs.csv"), "--image-root", str(photos), "--json").stdout)
+    assert evaluated["images"] == 10 and evaluated["captions"] == 10
+    assert evaluated["text_to_image"]["recall@1"] >= 60  # as test_chinese_queries_find_their_test_photo, pool 10
+
+    tagged = json.loads(
+        xmodal("tag", str(photos / "124195430_d14028660f.jpg"), "--labels", "马,猫,汽车", "--json").stdout
+    )
+    assert tagged[0]["labels"][0]["label"] == "马"  # horses

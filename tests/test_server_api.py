@@ -67,6 +67,16 @@ def test_health_and_text_search(client: TestClient) -> None:
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
 
 
+def test_a_query_not_in_english_says_how_it_was_read(client: TestClient) -> None:
+    body = client.get("/api/search", params={"q": "红色", "limit": 3}).json()
+    assert body["reading"] == 'reading "红色" as "red"' and _names(body)[0] == "red.jpg"
+    body = client.get("/api/search", params={"q": '"红色" - "蓝色"', "limit": 3}).json()
+    assert body["reading"] == 'reading "红色" as "red", "蓝色" as "blue"'
+    assert client.get("/api/search", params={"q": "red"}).json()["reading"] is None
+    note = client.get("/api/search", params={"q": "un coche rojo en la calle"}).json()["reading"]
+    assert note.startswith("note: this looks like Spanish, which is not understood yet")
+
+
 def test_paging_with_cursor_and_offset(client: TestClient) -> None:
     everything = [h["id"] for h in client.get("/api/search", params={"q": "blue", "limit": 50}).json()["hits"]]
     first = client.get("/api/search", params={"q": "blue", "limit": 2}).json()

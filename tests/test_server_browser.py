@@ -159,6 +159,15 @@ def test_search_by_uploading_a_photo(browser: webdriver.Chrome, base_url: str, l
     assert "yellow.jpg" in browser.find_element(By.ID, "status").text
 
 
+def test_a_chinese_query_shows_how_it_was_read(browser: webdriver.Chrome, base_url: str) -> None:
+    browser.get(base_url + "/?q=红色")  # first page rendered by the server
+    _wait(browser, lambda d: d.find_element(By.ID, "reading").text == 'reading "红色" as "red"')
+    assert _captions(browser)[0] == "red.jpg"
+    browser.find_element(By.ID, "q").clear()
+    browser.find_element(By.ID, "q").send_keys("blue", Keys.ENTER)  # then English: the line goes
+    _wait(browser, lambda d: "blue.png" in _captions(d)[:1] and not d.find_element(By.ID, "reading").is_displayed())
+
+
 def test_keyboard_navigation(browser: webdriver.Chrome, base_url: str) -> None:
     browser.get(base_url + "/?q=red")
     _wait(browser, lambda d: len(_tiles(d)) > 5)

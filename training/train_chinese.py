@@ -3,7 +3,8 @@
     python -m training.train_chinese --data ../shared/datasets/flickr8k-1k [--out data/chinese_lite.npz]
 
 Fits on all 800 train photos of flickr8k-1k (their Chinese captions, captions_zh.txt, and English
-ones): the caption-language prior from the English captions, then the correction table by
+ones): the caption-language prior from the English captions and the sense each training word's
+photos are described with (co-occurrence), then the correction table by
 distillation (training.chinese_distillation) toward the shipped xmodal-lite photo vectors
 and the English captions' MiniLM vectors. Deterministic for a seed; about two minutes on one core.
 Held-out figures: benchmarks/chinese_recall.py (which fits the same way on part of the photos).
@@ -21,13 +22,13 @@ from PIL import Image
 
 from training.chinese_distillation import (
     StudentConfig,
-    english_counts,
+    fit_prior,
     fit_student,
     read_caption_pairs,
     text_tower_vectors,
 )
 from xmodal.indexer.models.chinese.student import SENTENCE_SPACE
-from xmodal.indexer.models.chinese.translation import SensePrior, Translator
+from xmodal.indexer.models.chinese.translation import Translator
 from xmodal.indexer.models.embedding import load_model
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     english = text_tower_vectors(model, pairs.english)
     teacher = np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))])
     teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
-    prior = SensePrior(english_counts(pairs.english))
+    prior = fit_prior(pairs.chinese, pairs.chinese_photo, pairs.english, pairs.english_photo)
     translator = Translator(prior)
     translations = [translator.translate(c) for c in pairs.chinese]
     vectors = text_tower_vectors(model, [t.english or t.source for t in translations])

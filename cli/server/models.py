@@ -75,6 +75,11 @@ class SearchResponse(BaseModel):
         description="What a plain text query was read as (search.understanding.Understood.as_dict): its visual "
         "part, dates, place, words in the photo, names, words not understood; null when read literally.",
     )
+    reading: str | None = Field(
+        default=None,
+        description='How a query not in English was read: \'reading "海边的狗" as "dog beach"\' (and the words '
+        "not understood), or a note that its language is not understood yet; null for English.",
+    )
 
 
 class ItemOut(BaseModel):

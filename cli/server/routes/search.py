@@ -26,6 +26,7 @@ from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.search.engine import SearchEngine
 from xmodal.search.hits import Hit
 from xmodal.search.understanding import Understood
+from xmodal.search.query import how_read
 
 __all__ = ["router", "run_search"]
 
@@ -129,6 +130,7 @@ def run_search(
             hits = engine.search(total / norm, **search)  # type: ignore[arg-type]
     response = page(hits, options, (time.perf_counter() - started) * 1000)
     response.understood = understood.as_dict() if understood is not None else None
+    response.reading = how_read(terms) if terms is not None else None
     return response
 
 

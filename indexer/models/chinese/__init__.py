@@ -9,16 +9,25 @@ photos (training/train_chinese.py; figures in benchmarks/chinese_recall.py).
 from xmodal.indexer.models.chinese.path import (
     ChinesePath,
     Understanding,
+    as_english,
     chinese_path,
     corrected_for,
     embed_by_language,
+    reading_line,
     understand,
     understand_chinese,
 )
-from xmodal.indexer.models.chinese.script import Language, has_chinese, language_of, unsupported_script
+from xmodal.indexer.models.chinese.script import (
+    Language,
+    has_chinese,
+    language_of,
+    latin_language,
+    unsupported_script,
+)
 
 __all__ = [
     "ChinesePath",
+    "as_english",
     "Language",
     "Understanding",
     "chinese_path",
@@ -26,6 +35,8 @@ __all__ = [
     "embed_by_language",
     "has_chinese",
     "language_of",
+    "latin_language",
+    "reading_line",
     "understand",
     "understand_chinese",
     "unsupported_script",

@@ -17,15 +17,15 @@ __all__ = ["ChineseDictionary", "load_dictionary", "clean_glosses"]
 # Senses that are cross references or grammar notes, not translations.
 _NOT_A_TRANSLATION = re.compile(
     r"^(CL:|variant of|old variant|also written|also pr\.|see |used in|surname|abbr\. for|Taiwan pr\.|"
-    r"classifier|erhua variant|\(?archaic|\(old\)|\(literary\)|\(Tw\)|\(dialect\)|\(Cantonese\)|\(coll\.\)|"
-    r"\(slang\)|\(onom\.\)|pr\. |japanese variant|\(bound form\)$)",
+    r"classifier|erhua variant|\(?archaic|\(old\)|\(literary\)|\(dialect\)|\(Cantonese\)|"
+    r"\(onom\.\)|pr\. |japanese variant|\(bound form\)$)",
     re.I,
 )
 _BRACKETS = re.compile(r"\([^)]*\)|\[[^\]]*\]|\S*\|\S*")
 _LEADING = re.compile(r"^(to be |to |a |an |the )", re.I)
 _MAX_GLOSS_WORDS = 4
 _CEDICT_FILE = "cedict_1_0_ts_utf-8_mdbg.txt.gz"
-_CLEANING_VERSION = "1"  # bump when clean_glosses changes what it keeps
+_CLEANING_VERSION = "2"  # bump when clean_glosses changes what it keeps
 
 
 def clean_glosses(senses: list[str]) -> list[str]:

@@ -8,16 +8,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmodal.indexer.models.chinese.script import Language, has_chinese, language_of, unsupported_script
-from xmodal.indexer.models.chinese.student import STUDENT_FILE, ChineseStudent
+from xmodal.indexer.models.chinese.script import (
+    Language,
+    has_chinese,
+    language_of,
+    latin_language,
+    unsupported_script,
+)
+from xmodal.indexer.models.chinese.student import CHAR_FEATURE, STUDENT_FILE, ChineseStudent
 from xmodal.indexer.models.chinese.translation import Translation, Translator
 
 __all__ = [
     "ChinesePath",
+    "as_english",
     "Understanding",
     "chinese_path",
     "corrected_for",
     "embed_by_language",
+    "reading_line",
     "understand",
     "understand_chinese",
 ]
@@ -33,6 +41,7 @@ class Understanding:
     english: str | None = None  # what the English tower reads, for Chinese
     unknown_words: tuple[str, ...] = ()  # Chinese words neither the dictionary nor the training knows
     note: str | None = None  # one line when the language is not understood yet
+    guessed_words: tuple[str, ...] = ()  # words the dictionary lacks, read character by character
 
 
 class ChinesePath:
@@ -48,6 +57,15 @@ class ChinesePath:
     def unknown_words(self, translation: Translation) -> tuple[str, ...]:
         known = self.student.knows if self.student is not None else (lambda word: False)
         return tuple(w for w in translation.unknown if not known(w))
+
+    def guessed_words(self, translation: Translation) -> tuple[str, ...]:
+        """Words the dictionary lacks that were read by their characters, unless the training saw
+        every one of those characters in photo captions (雪地, 黑狗: a compositional reading is
+        sound; 奥利, part of a name, is a guess)."""
+        if self.student is None:
+            return translation.guessed
+        student = self.student
+        return tuple(w for w in translation.guessed if not all(student.knows(CHAR_FEATURE + c) for c in w))
 
     def embed(self, texts: Sequence[str], embed_english: EmbedTexts, corrected: bool) -> np.ndarray:
         """Vectors of Chinese (or mixed) texts: the English tower on their translations, plus the
@@ -78,16 +96,61 @@ def chinese_path() -> ChinesePath:
 
 
 def understand(text: str) -> Understanding:
-    """The language of `text` and, for Chinese, the English read and the words not understood."""
+    """The language of `text` and, for Chinese, the English read and the words not understood.
+    A Latin-script text whose function words are those of another European language ("un perro en
+    la playa") gets a note too; it is still embedded as English text (language_of stays script-based)."""
     language = language_of(text)
     if language == "other":
         script = unsupported_script(text)
         return Understanding(language, note=f"{script} is not understood yet: only English and Chinese are")
     if language == "english":
+        latin = latin_language(text)
+        if latin is not None:
+            note = (
+                f"this looks like {latin}, which is not understood yet (only English and Chinese are): read as English"
+            )
+            return Understanding("other", note=note)
         return Understanding(language)
     path = chinese_path()
     translation = path.translate(text)
-    return Understanding(language, translation.english, path.unknown_words(translation))
+    guessed = path.guessed_words(translation)
+    return Understanding(language, translation.english, path.unknown_words(translation), None, guessed)
+
+
+def reading_line(texts: Sequence[str]) -> str | None:
+    """One line saying how the text terms of a query are read, or None when all are English:
+    'reading "狗" as "dog", "雪" as "snow"; not understood: 𠀋' (plus words read character by
+    character), or the note of a language not understood yet."""
+    readings: list[str] = []
+    unknown: list[str] = []
+    guessed: list[str] = []
+    notes: list[str] = []
+    for text in texts:
+        understood = understand(text)
+        if understood.note is not None:
+            notes.append(understood.note)
+        elif understood.language == "chinese":
+            readings.append(f'"{text}" as "{understood.english}"')
+            unknown.extend(w for w in understood.unknown_words if w not in unknown)
+            guessed.extend(w for w in understood.guessed_words if w not in guessed)
+    parts = []
+    if readings:
+        line = "reading " + ", ".join(readings)
+        if unknown:
+            line += f"; not understood: {', '.join(unknown)}"
+        if guessed:
+            line += f"; not in the dictionary, read by their characters: {', '.join(guessed)}"
+        parts.append(line)
+    parts.extend(f"note: {n}" for n in dict.fromkeys(notes))
+    return "; ".join(parts) if parts else None
+
+
+def as_english(text: str) -> str:
+    """The English the tower reads for `text`: its translation when it has Chinese (and the
+    translation is not empty), else `text` itself."""
+    if not has_chinese(text) or unsupported_script(text) is not None:
+        return text
+    return chinese_path().translate(text).english or text
 
 
 def understand_chinese(text: str) -> tuple[str, tuple[str, ...]]:

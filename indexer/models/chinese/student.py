@@ -20,18 +20,18 @@ import numpy as np
 
 from xmodal.indexer.models.chinese.translation import SensePrior, Translation
 
-__all__ = ["ChineseStudent", "text_features", "STUDENT_FILE", "STUDENT_FORMAT", "SENTENCE_SPACE"]
+__all__ = ["ChineseStudent", "text_features", "CHAR_FEATURE", "STUDENT_FILE", "STUDENT_FORMAT", "SENTENCE_SPACE"]
 
 STUDENT_FILE = "chinese_lite.npz"  # in xmodal.data
-STUDENT_FORMAT = "chinese-student-v1"
+STUDENT_FORMAT = "chinese-student-v2"  # v2: the sense chosen for training words
 SENTENCE_SPACE = "all-MiniLM-L6-v2"  # the offline towers' text space, where the correction applies
-_CHAR = "#"  # prefix of character features (a word is itself)
+CHAR_FEATURE = "#"  # prefix of character features (a word is itself)
 
 
 def text_features(translation: Translation) -> list[str]:
     """The features the correction reads: each Chinese word, and each of its characters (which
     carry meaning for words the training never saw: 黑狗 shares 狗 with 小狗)."""
-    return list(translation.words) + [_CHAR + c for c in "".join(translation.words)]
+    return list(translation.words) + [CHAR_FEATURE + c for c in "".join(translation.words)]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class ChineseStudent:
             space=np.array(self.space),
             english_words=np.array(words),
             english_counts=np.array([self.prior.english_counts[w] for w in words], dtype=np.int32),
+            chosen_words=np.array(sorted(self.prior.chosen), dtype=str),
+            chosen_glosses=np.array([self.prior.chosen[w] for w in sorted(self.prior.chosen)], dtype=str),
             features=np.array(features),
             table=self.table.astype(np.float16),
         )
@@ -77,5 +79,7 @@ class ChineseStudent:
             if str(data["format"]) != STUDENT_FORMAT:
                 raise ValueError(f"{path} is not a Chinese student of format {STUDENT_FORMAT}")
             counts = dict(zip(map(str, data["english_words"]), map(int, data["english_counts"])))
+            chosen = dict(zip(map(str, data["chosen_words"]), map(str, data["chosen_glosses"])))
             vocabulary = {str(f): k for k, f in enumerate(data["features"])}
-            return cls(SensePrior(counts), vocabulary, data["table"].astype(np.float32), str(data["space"]))
+            prior = SensePrior(counts, chosen)
+            return cls(prior, vocabulary, data["table"].astype(np.float32), str(data["space"]))

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xmodal.indexer.models.chinese.dictionary import ChineseDictionary, load_dictionary
+from xmodal.indexer.models.chinese.script import HAN_CHARACTERS
 
 __all__ = ["Translation", "Translator", "SensePrior", "PARTICLES"]
 
 # Structure words with no content of their own in a photo query: particles, and measure words
-# ("两只狗": two dogs, not "two only dog").
+# ("两只狗": two dogs, not "two only dog"), and 正在 (in the middle of doing).
 # 地 and 得 are particles only where jieba tags them so (雪地: snow ground).
 PARTICLES = frozenset(
-    "的 了 着 之 吗 呢 吧 啊 呀 么 过 们 个 只 条 位 名 匹 头 辆 张 件 棵 座 顶 架 艘 片 根 块 把 些".split()
+    "的 了 着 之 吗 呢 吧 啊 呀 么 过 们 个 只 条 位 名 匹 头 辆 张 件 棵 座 顶 架 艘 片 根 块 把 些 正在".split()
 )
 _PARTICLE_TAGS = frozenset(("uv", "ud"))  # jieba's tags of the adverbial 地 and the complement 得
 # Localisers close a place phrase that English opens with a preposition: 在 草地 上 -> on lawn.
@@ -54,8 +55,10 @@ _HEAD_WORDS = 3  # a noun phrase after the last 的 that moves to the front ("do
 _SAME_WORD = "+"  # tag suffix of the pieces after the first of a word split by the dictionary
 _LATIN = "eng"  # jieba's tag for Latin words; here, English that passes through
 _NOUN_TAGS = frozenset("nrs")  # jieba tags of nouns, pronouns and places
-_RUNS = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|([A-Za-z0-9][A-Za-z0-9'\-]*)")
+_CLAUSE_TAGS = frozenset("vzsfp")  # jieba tags of verbs, states, places, localisers, prepositions
+_RUNS = re.compile(f"([{HAN_CHARACTERS}]+)|([A-Za-z0-9][A-Za-z0-9'\\-]*)")
 _MAX_WORD = 4
+_GUESSED_STRAYS = 2  # single characters a split piece needs to count as read character by character
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Translation:
     english: str  # what the English text tower reads
     words: tuple[str, ...]  # the Chinese words found (simplified), in order
     unknown: tuple[str, ...] = ()  # words that neither the dictionary nor the training knows
+    guessed: tuple[str, ...] = ()  # words the dictionary lacks, read character by character (奥利奥)
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,18 @@ class Translator:
         with self._lock:
             return str(self._to_simplified.convert(text))
 
-    def words(self, run: str) -> list[tuple[str, str]]:
+    def words(self, run: str, guessed: list[str] | None = None) -> list[tuple[str, str]]:
         """(word, part of speech) of a run of Han characters: jieba's cut and tags, and what the
         dictionary does not know split again into words it does (马路上 -> 马路 上; the pieces
-        after the first carry the tag plus _SAME_WORD)."""
+        after the first carry the tag plus _SAME_WORD). Pieces read mostly character by character
+        (奥利奥 -> 奥 利 奥: a name the dictionary lacks) are added to `guessed`."""
         out: list[tuple[str, str]] = []
         for piece, tag in self._cutter.tag(run):
-            out.extend((word, tag if k == 0 else tag + _SAME_WORD) for k, word in enumerate(self._known_words(piece)))
+            split = self._known_words(piece)
+            read = all(self._known(w) for w in split)  # else its unknown characters are reported as such
+            if guessed is not None and read and sum(map(_stray, split)) >= _GUESSED_STRAYS:
+                guessed.append(piece)
+            out.extend((word, tag if k == 0 else tag + _SAME_WORD) for k, word in enumerate(split))
         return out
 
     def _known(self, word: str) -> bool:
@@ -129,8 +138,7 @@ class Translator:
             rest = rest[:-size]
 
         def cost(split: list[str]) -> tuple[int, int]:
-            stray = sum(len(w) == 1 and w not in LOCALISERS and w not in PARTICLES for w in split)
-            return len(split), stray
+            return len(split), sum(map(_stray, split))
 
         return forward if cost(forward) < cost(backward) else backward
 
@@ -146,9 +154,10 @@ class Translator:
     def translate(self, text: str) -> Translation:
         simplified = self.simplified(text)
         tokens: list[tuple[str, str]] = []  # (text, part of speech; "eng" for Latin words)
+        guessed: list[str] = []
         for found in _RUNS.finditer(simplified):
             han, latin = found.groups()
-            tokens.extend([(latin, _LATIN)] if latin else self.words(han))
+            tokens.extend([(latin, _LATIN)] if latin else self.words(han, guessed))
         english: list[str] = []
         unknown: list[str] = []
         for token, tag in _in_english_order(tokens):
@@ -159,7 +168,7 @@ class Translator:
             else:
                 unknown.append(token)
         words = tuple(t for t, tag in tokens if tag != _LATIN)
-        return Translation(text, " ".join(english), words, tuple(unknown))
+        return Translation(text, " ".join(english), words, tuple(unknown), tuple(guessed))
 
 
 def _in_english_order(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -191,11 +200,19 @@ def _in_english_order(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
         out.append((token, tag))
     marks = [k for k, (t, _) in enumerate(out) if t == "的"]
     if marks:
-        head = out[marks[-1] + 1 :]
-        if 0 < len(head) <= _HEAD_WORDS and all(tag[:1] in _NOUN_TAGS for _, tag in head):
-            out = head + out[: marks[-1]]
+        head, modifier = out[marks[-1] + 1 :], out[: marks[-1]]
+        # a clause or a place comes after its noun in English (戴帽子的男人 -> man wear hat); a
+        # plain modifier stays before it (红色的圆 -> red circle)
+        clause = any(tag[:1] in _CLAUSE_TAGS or tag == _LATIN for _, tag in modifier)
+        if clause and 0 < len(head) <= _HEAD_WORDS and all(tag[:1] in _NOUN_TAGS for _, tag in head):
+            out = head + modifier
     return [(t, tag) for t, tag in out if not _structure(t, tag)]
 
 
 def _structure(token: str, tag: str) -> bool:
     return tag != _LATIN and (token in PARTICLES or tag in _PARTICLE_TAGS)
+
+
+def _stray(word: str) -> bool:
+    """A single character standing for a word: a guess, unless it is a structure word or localiser."""
+    return len(word) == 1 and word not in LOCALISERS and word not in PARTICLES
