@@ -28,6 +28,13 @@ duo-xK the duo's head (K members on each network's block, HeadConfig.towers = 2)
 uses data-dir/offline_duo_fusion.npz and the duo's tower features, as the product does. Heads are cached on disk
 (xmodal cache dir / shift-heads) by config, photos and seed. One thread by default: with the machine
 shared, more threads mostly spin.
+
+Tower features come from the PyTorch towers (the default) or, with --onnx DIR, from the exported ONNX
+files in DIR (data/xmodal-lite: the shipped ones, text tower in float16; `python -m
+training.export_offline_onnx --text-weights float32 --out DIR` makes the float32 reference): the
+image graph's `features` output on the same five views, and the text graph's vectors, which are the
+text tower's normalised features because the shipped head has no text MLP. The heads are then
+trained on those features, so the figures show what the stored weights' precision moves.
 """
 
 from __future__ import annotations
@@ -97,6 +104,51 @@ def concept_folds(captions_of: list[list[str]], seed: int = 0) -> list[ConceptFo
         train = np.setdiff1d(rest, indist)
         folds.append(ConceptFold(name, train, indist, held))
     return folds
+
+
+def onnx_cache_file(folder: Path, data: str) -> Path:
+    """Where the features of the ONNX files in `folder` are cached: keyed by those files' bytes."""
+    from training.offline_fusion import CACHE_VERSION
+
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{Path(data).resolve()}".encode())
+    for name in ("image.onnx", "text.onnx", "text.tokenizer.json"):
+        digest.update((folder / name).read_bytes())
+    return cache_dir() / "features" / f"shift-onnx-{digest.hexdigest()[:24]}.pt"
+
+
+def onnx_features(folder: Path, data: str, names: list[str], captions: list[str], threads: int) -> dict:
+    """compute_features' tower features, computed by the exported graphs in `folder` with onnxruntime."""
+    import json
+
+    import onnxruntime
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from training.offline_fusion import VIEWS, view_pixels
+    from xmodal.data import data_path
+    from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
+    from xmodal.indexer.models.query_encoders import QueryTextEncoder
+
+    if ProjectionHead.load(str(data_path("offline_head.pt"))).text_mlp is not None:
+        raise SystemExit("the shipped head has a text MLP: the text graph's vectors are not the tower's features")
+    described = json.loads((folder / "image.json").read_text(encoding="utf-8"))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(folder / described["onnx"]), options, providers=["CPUExecutionProvider"])
+    normalise = T.Normalize(OFFLINE_PREPROCESSING.mean, OFFLINE_PREPROCESSING.std)
+    t0 = time.time()
+    chunks = []
+    for b in range(0, len(names), 16):
+        pixels = torch.cat([view_pixels(Image.open(Path(data) / "images" / n), normalise) for n in names[b : b + 16]])
+        features = session.run(["features"], {described["input"]: pixels.numpy()})[0]
+        chunks.append(torch.from_numpy(features).float().reshape(-1, len(VIEWS), features.shape[-1]))
+    t_img = time.time() - t0
+    t0 = time.time()
+    encoder = QueryTextEncoder(folder / "text.json", threads=threads)
+    text = np.concatenate([encoder.embed_texts(captions[s : s + 64]) for s in range(0, len(captions), 64)])
+    took = time.time() - t0
+    print(f"  onnx ({folder}): {len(names)} photos in {t_img:.1f}s, {len(captions)} captions in {took:.1f}s")
+    return {"image": torch.cat(chunks), "text": torch.from_numpy(text).float()}
 
 
 # -- methods: each trains on (image views, caption vectors, caption owner) and gives an Embedder ------
@@ -317,6 +369,13 @@ def main() -> None:
         "projection and two-hop bank from the fold's training photos; refit: weights fitted on inner folds",
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="tower features from the exported ONNX files in this folder (data/xmodal-lite: the shipped ones), "
+        "not the PyTorch towers",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global HEAD_CACHE
@@ -327,9 +386,15 @@ def main() -> None:
     keep = [k for k, n in enumerate(cap_names) if n in pos]
     captions = [all_captions[k] for k in keep]
     owner = np.array([pos[cap_names[k]] for k in keep])
-    feats = cached(
-        cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
-    )
+    if args.onnx is not None:
+        feats = cached(
+            onnx_cache_file(args.onnx, args.data),
+            lambda: onnx_features(args.onnx, args.data, train_names, captions, args.threads),
+        )
+    else:
+        feats = cached(
+            cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
+        )
     views, text = feats["image"].float(), feats["text"].float()
     shipped = FusionModel.load(Path(args.data_dir) / "offline_fusion.npz") if args.second_stage else None
     captions_of = [[] for _ in train_names]
