@@ -106,49 +106,69 @@ def concept_folds(captions_of: list[list[str]], seed: int = 0) -> list[ConceptFo
     return folds
 
 
-def onnx_cache_file(folder: Path, data: str) -> Path:
-    """Where the features of the ONNX files in `folder` are cached: keyed by those files' bytes."""
+def _onnx_cache_file(kind: str, data: str, *files: Path) -> Path:
+    """Where one side's features computed by exported graphs are cached: keyed by those files' bytes."""
     from training.offline_fusion import CACHE_VERSION
 
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{Path(data).resolve()}".encode())
-    for name in ("image.onnx", "text.onnx", "text.tokenizer.json"):
-        digest.update((folder / name).read_bytes())
-    return cache_dir() / "features" / f"shift-onnx-{digest.hexdigest()[:24]}.pt"
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{Path(data).resolve()}".encode())
+    for file in files:
+        digest.update(file.read_bytes())
+    return cache_dir() / "features" / f"shift-onnx-{kind}-{digest.hexdigest()[:24]}.pt"
 
 
 def onnx_features(folder: Path, data: str, names: list[str], captions: list[str], threads: int) -> dict:
-    """compute_features' tower features, computed by the exported graphs in `folder` with onnxruntime."""
+    """compute_features' tower features, computed by the exported graphs in `folder` with onnxruntime;
+    each side cached by its graph's bytes (a float32 and a float16 text graph share the image side)."""
     import json
 
+    from xmodal.data import data_path
+
+    if ProjectionHead.load(str(data_path("offline_head.pt"))).text_mlp is not None:
+        raise SystemExit("the shipped head has a text MLP: the text graph's vectors are not the tower's features")
+    image = json.loads((folder / "image.json").read_text(encoding="utf-8"))
+    text = json.loads((folder / "text.json").read_text(encoding="utf-8"))
+    return {
+        "image": cached(
+            _onnx_cache_file("image", data, folder / image["onnx"]),
+            lambda: _onnx_image_features(folder / image["onnx"], image["input"], data, names, threads),
+        )["image"],
+        "text": cached(
+            _onnx_cache_file("text", data, folder / text["onnx"], folder / text["tokenizer"]["file"]),
+            lambda: _onnx_text_features(folder, captions, threads),
+        )["text"],
+    }
+
+
+def _onnx_image_features(graph: Path, input_name: str, data: str, names: list[str], threads: int) -> dict:
     import onnxruntime
     from PIL import Image
     from torchvision import transforms as T
 
     from training.offline_fusion import VIEWS, view_pixels
-    from xmodal.data import data_path
     from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
-    from xmodal.indexer.models.query_encoders import QueryTextEncoder
 
-    if ProjectionHead.load(str(data_path("offline_head.pt"))).text_mlp is not None:
-        raise SystemExit("the shipped head has a text MLP: the text graph's vectors are not the tower's features")
-    described = json.loads((folder / "image.json").read_text(encoding="utf-8"))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(folder / described["onnx"]), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     normalise = T.Normalize(OFFLINE_PREPROCESSING.mean, OFFLINE_PREPROCESSING.std)
     t0 = time.time()
     chunks = []
     for b in range(0, len(names), 16):
         pixels = torch.cat([view_pixels(Image.open(Path(data) / "images" / n), normalise) for n in names[b : b + 16]])
-        features = session.run(["features"], {described["input"]: pixels.numpy()})[0]
+        features = session.run(["features"], {input_name: pixels.numpy()})[0]
         chunks.append(torch.from_numpy(features).float().reshape(-1, len(VIEWS), features.shape[-1]))
-    t_img = time.time() - t0
+    print(f"  onnx {graph}: {len(names)} photos in {time.time() - t0:.1f}s", flush=True)
+    return {"image": torch.cat(chunks)}
+
+
+def _onnx_text_features(folder: Path, captions: list[str], threads: int) -> dict:
+    from xmodal.indexer.models.query_encoders import QueryTextEncoder
+
     t0 = time.time()
     encoder = QueryTextEncoder(folder / "text.json", threads=threads)
     text = np.concatenate([encoder.embed_texts(captions[s : s + 64]) for s in range(0, len(captions), 64)])
-    took = time.time() - t0
-    print(f"  onnx ({folder}): {len(names)} photos in {t_img:.1f}s, {len(captions)} captions in {took:.1f}s")
-    return {"image": torch.cat(chunks), "text": torch.from_numpy(text).float()}
+    print(f"  onnx {folder}/text.json: {len(captions)} captions in {time.time() - t0:.1f}s", flush=True)
+    return {"text": torch.from_numpy(text).float()}
 
 
 # -- methods: each trains on (image views, caption vectors, caption owner) and gives an Embedder ------
@@ -387,10 +407,7 @@ def main() -> None:
     captions = [all_captions[k] for k in keep]
     owner = np.array([pos[cap_names[k]] for k in keep])
     if args.onnx is not None:
-        feats = cached(
-            onnx_cache_file(args.onnx, args.data),
-            lambda: onnx_features(args.onnx, args.data, train_names, captions, args.threads),
-        )
+        feats = onnx_features(args.onnx, args.data, train_names, captions, args.threads)
     else:
         feats = cached(
             cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
