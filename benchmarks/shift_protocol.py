@@ -490,12 +490,8 @@ def main() -> None:
             flush=True,
         )
         for m in methods:
-            r = results[m]
-            print(
-                f"  {m:22s} "
-                + "  ".join(f"{k}: t2i@10 {v[-1]['t2i@10']:.1f} i2t@10 {v[-1]['i2t@10']:.1f}" for k, v in r.items()),
-                flush=True,
-            )
+            for k, v in results[m].items():
+                print(f"  {m:22s} {k:17s} " + " ".join(f"{c} {x:5.1f}" for c, x in v[-1].items()), flush=True)
     print(
         f"\nmacro average over {len(folds)} concepts ({', '.join(f.name for f in folds)}); pool = up to {POOL} photos"
     )
