@@ -116,9 +116,12 @@ def _onnx_cache_file(kind: str, data: str, *files: Path) -> Path:
     return cache_dir() / "features" / f"shift-onnx-{kind}-{digest.hexdigest()[:24]}.pt"
 
 
-def onnx_features(folder: Path, data: str, names: list[str], captions: list[str], threads: int) -> dict:
+def onnx_features(
+    folder: Path, data: str, names: list[str], captions: list[str], threads: int, text_only: bool = False
+) -> dict:
     """compute_features' tower features, computed by the exported graphs in `folder` with onnxruntime;
-    each side cached by its graph's bytes (a float32 and a float16 text graph share the image side)."""
+    each side cached by its graph's bytes (a float32 and a float16 text graph share the image side).
+    text_only: the photos' features from the PyTorch towers (their cache, as without --onnx)."""
     import json
 
     from xmodal.data import data_path
@@ -127,11 +130,17 @@ def onnx_features(folder: Path, data: str, names: list[str], captions: list[str]
         raise SystemExit("the shipped head has a text MLP: the text graph's vectors are not the tower's features")
     image = json.loads((folder / "image.json").read_text(encoding="utf-8"))
     text = json.loads((folder / "text.json").read_text(encoding="utf-8"))
-    return {
-        "image": cached(
+    if text_only:
+        photos = cached(cache_file(data), lambda: compute_features(build_offline_towers(), data, names, captions))[
+            "image"
+        ]
+    else:
+        photos = cached(
             _onnx_cache_file("image", data, folder / image["onnx"]),
             lambda: _onnx_image_features(folder / image["onnx"], image["input"], data, names, threads),
-        )["image"],
+        )["image"]
+    return {
+        "image": photos,
         "text": cached(
             _onnx_cache_file("text", data, folder / text["onnx"], folder / text["tokenizer"]["file"]),
             lambda: _onnx_text_features(folder, captions, threads),
@@ -390,6 +399,12 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--onnx-text-only",
+        action="store_true",
+        help="with --onnx: only the text side from the ONNX files, the photos' features from the PyTorch towers "
+        "(the float32 and float16 exports share one image graph, within 1e-7 of the PyTorch tower)",
+    )
+    ap.add_argument(
         "--onnx",
         type=Path,
         default=None,
@@ -407,7 +422,7 @@ def main() -> None:
     captions = [all_captions[k] for k in keep]
     owner = np.array([pos[cap_names[k]] for k in keep])
     if args.onnx is not None:
-        feats = onnx_features(args.onnx, args.data, train_names, captions, args.threads)
+        feats = onnx_features(args.onnx, args.data, train_names, captions, args.threads, args.onnx_text_only)
     else:
         feats = cached(
             cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
