@@ -28,6 +28,13 @@ duo-xK the duo's head (K members on each network's block, HeadConfig.towers = 2)
 uses data-dir/offline_duo_fusion.npz and the duo's tower features, as the product does. Heads are cached on disk
 (xmodal cache dir / shift-heads) by config, photos and seed. One thread by default: with the machine
 shared, more threads mostly spin.
+
+Tower features come from the PyTorch towers (the default) or, with --onnx DIR, from the exported ONNX
+files in DIR (data/xmodal-lite: the shipped ones, text tower in float16; `python -m
+training.export_offline_onnx --text-weights float32 --out DIR` makes the float32 reference): the
+image graph's `features` output on the same five views, and the text graph's vectors, which are the
+text tower's normalised features because the shipped head has no text MLP. The heads are then
+trained on those features, so the figures show what the stored weights' precision moves.
 """
 
 from __future__ import annotations
@@ -97,6 +104,80 @@ def concept_folds(captions_of: list[list[str]], seed: int = 0) -> list[ConceptFo
         train = np.setdiff1d(rest, indist)
         folds.append(ConceptFold(name, train, indist, held))
     return folds
+
+
+def _onnx_cache_file(kind: str, data: str, *files: Path) -> Path:
+    """Where one side's features computed by exported graphs are cached: keyed by those files' bytes."""
+    from training.offline_fusion import CACHE_VERSION
+
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{kind}|{Path(data).resolve()}".encode())
+    for file in files:
+        digest.update(file.read_bytes())
+    return cache_dir() / "features" / f"shift-onnx-{kind}-{digest.hexdigest()[:24]}.pt"
+
+
+def onnx_features(
+    folder: Path, data: str, names: list[str], captions: list[str], threads: int, text_only: bool = False
+) -> dict:
+    """compute_features' tower features, computed by the exported graphs in `folder` with onnxruntime;
+    each side cached by its graph's bytes (a float32 and a float16 text graph share the image side).
+    text_only: the photos' features from the PyTorch towers (their cache, as without --onnx)."""
+    import json
+
+    from xmodal.data import data_path
+
+    if ProjectionHead.load(str(data_path("offline_head.pt"))).text_mlp is not None:
+        raise SystemExit("the shipped head has a text MLP: the text graph's vectors are not the tower's features")
+    image = json.loads((folder / "image.json").read_text(encoding="utf-8"))
+    text = json.loads((folder / "text.json").read_text(encoding="utf-8"))
+    if text_only:
+        photos = cached(cache_file(data), lambda: compute_features(build_offline_towers(), data, names, captions))[
+            "image"
+        ]
+    else:
+        photos = cached(
+            _onnx_cache_file("image", data, folder / image["onnx"]),
+            lambda: _onnx_image_features(folder / image["onnx"], image["input"], data, names, threads),
+        )["image"]
+    return {
+        "image": photos,
+        "text": cached(
+            _onnx_cache_file("text", data, folder / text["onnx"], folder / text["tokenizer"]["file"]),
+            lambda: _onnx_text_features(folder, captions, threads),
+        )["text"],
+    }
+
+
+def _onnx_image_features(graph: Path, input_name: str, data: str, names: list[str], threads: int) -> dict:
+    import onnxruntime
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from training.offline_fusion import VIEWS, view_pixels
+    from xmodal.indexer.models.preprocess import OFFLINE_PREPROCESSING
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    normalise = T.Normalize(OFFLINE_PREPROCESSING.mean, OFFLINE_PREPROCESSING.std)
+    t0 = time.time()
+    chunks = []
+    for b in range(0, len(names), 16):
+        pixels = torch.cat([view_pixels(Image.open(Path(data) / "images" / n), normalise) for n in names[b : b + 16]])
+        features = session.run(["features"], {input_name: pixels.numpy()})[0]
+        chunks.append(torch.from_numpy(features).float().reshape(-1, len(VIEWS), features.shape[-1]))
+    print(f"  onnx {graph}: {len(names)} photos in {time.time() - t0:.1f}s", flush=True)
+    return {"image": torch.cat(chunks)}
+
+
+def _onnx_text_features(folder: Path, captions: list[str], threads: int) -> dict:
+    from xmodal.indexer.models.query_encoders import QueryTextEncoder
+
+    t0 = time.time()
+    encoder = QueryTextEncoder(folder / "text.json", threads=threads)
+    text = np.concatenate([encoder.embed_texts(captions[s : s + 64]) for s in range(0, len(captions), 64)])
+    print(f"  onnx {folder}/text.json: {len(captions)} captions in {time.time() - t0:.1f}s", flush=True)
+    return {"text": torch.from_numpy(text).float()}
 
 
 # -- methods: each trains on (image views, caption vectors, caption owner) and gives an Embedder ------
@@ -334,6 +415,19 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gains", action="store_true", help="also print the pipeline's gain over the first stage")
+    ap.add_argument(
+        "--onnx-text-only",
+        action="store_true",
+        help="with --onnx: only the text side from the ONNX files, the photos' features from the PyTorch towers "
+        "(the float32 and float16 exports share one image graph, within 1e-7 of the PyTorch tower)",
+    )
+    ap.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="tower features from the exported ONNX files in this folder (data/xmodal-lite: the shipped ones), "
+        "not the PyTorch towers",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global HEAD_CACHE
@@ -344,9 +438,12 @@ def main() -> None:
     keep = [k for k, n in enumerate(cap_names) if n in pos]
     captions = [all_captions[k] for k in keep]
     owner = np.array([pos[cap_names[k]] for k in keep])
-    feats = cached(
-        cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
-    )
+    if args.onnx is not None:
+        feats = onnx_features(args.onnx, args.data, train_names, captions, args.threads, args.onnx_text_only)
+    else:
+        feats = cached(
+            cache_file(args.data), lambda: compute_features(build_offline_towers(), args.data, train_names, captions)
+        )
     views, text = feats["image"].float(), feats["text"].float()
     shipped = FusionModel.load(Path(args.data_dir) / "offline_fusion.npz") if args.second_stage else None
     captions_of = [[] for _ in train_names]
@@ -423,12 +520,8 @@ def main() -> None:
             flush=True,
         )
         for m in methods:
-            r = results[m]
-            print(
-                f"  {m:22s} "
-                + "  ".join(f"{k}: t2i@10 {v[-1]['t2i@10']:.1f} i2t@10 {v[-1]['i2t@10']:.1f}" for k, v in r.items()),
-                flush=True,
-            )
+            for k, v in results[m].items():
+                print(f"  {m:22s} {k:17s} " + " ".join(f"{c} {x:5.1f}" for c, x in v[-1].items()), flush=True)
     print(
         f"\nmacro average over {len(folds)} concepts ({', '.join(f.name for f in folds)}); pool = up to {POOL} photos"
     )

@@ -3,8 +3,8 @@ install has no PyTorch, and runs the main job and finds its data.
 
 The wheel is built as a user builds it (`pip wheel`, build isolation: setuptools from pyproject's
 build-system). The venv is a plain one that sees nothing of the test environment; pip resolves the
-wheel's dependencies from the configured registry (here the machine's package mirror: 12 to 31 s and
-491 MB for the core, README "Install"). The checks make sure `xmodal` itself comes from the venv,
+wheel's dependencies from the configured registry (here the machine's package mirror: 466 MB for the
+core, README "Install"). The checks make sure `xmodal` itself comes from the venv,
 never from the source tree or an editable install, and that torch cannot be imported there.
 """
 
@@ -74,7 +74,7 @@ def test_the_wheel_holds_the_packages_and_the_data_but_no_maintainer_scripts(whe
 def test_the_installed_wheel_imports_from_the_venv_with_its_data(wheel_venv: Path, tmp_path: Path) -> None:
     python = wheel_venv / BIN / "python"
     probe = (
-        "HEAVY = ('torch', 'torchvision', 'timm', 'open_clip', 'transformers')\n"
+        "HEAVY = ('torch', 'torchvision', 'timm', 'open_clip', 'transformers', 'tokenizers', 'huggingface_hub')\n"
         "import json, importlib.util, xmodal.indexer, xmodal.search, xmodal.cli.app, xmodal.cli.mcp_command\n"
         "from xmodal.data import data_path\n"
         "head = data_path('offline_head.pt')\n"
@@ -108,3 +108,13 @@ def test_the_installed_command_indexes_and_searches(wheel_venv: Path, tmp_path: 
     assert [Path(h["path"]).parent for h in hits] == [photos, photos] and hits[0]["score"] >= hits[1]["score"]
     assert sorted((tmp_path / "cache" / "querybanks").glob("*.npy"))  # prepared by the installed Indexer
     assert not (tmp_path / "cache" / "query-encoders").exists()  # the shipped ONNX files: nothing exported
+
+
+def test_the_core_install_stays_within_its_size_budget(wheel_venv: Path) -> None:
+    """The whole venv (pip and setuptools included, as `python3 -m venv` makes it) as `du -s` counts
+    it: at most 500 MiB (the issue's goal; 466 MiB on 2026-12-07)."""
+    used = 0
+    for folder, _, files in os.walk(wheel_venv):
+        for path in (folder, *(os.path.join(folder, name) for name in files)):
+            used += os.lstat(path).st_blocks * 512
+    assert used <= 500 * 2**20, f"the core venv holds {used / 2**20:.0f} MiB"

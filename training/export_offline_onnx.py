@@ -110,8 +110,9 @@ def _query_bank(out: Path, text_description: dict) -> dict[str, str]:
     return {"file": "querybank.npy", "captions_sha256": digest}
 
 
-def export(out: Path) -> dict[str, str]:
-    """Export both paths of xmodal-lite into `out`; returns {file name: sha256}."""
+def export(out: Path, text_float16: bool = True) -> dict[str, str]:
+    """Export both paths of xmodal-lite into `out`; returns {file name: sha256}. text_float16=False
+    keeps the text tower in float32 (not shipped: the reference the float16 files are measured against)."""
     from xmodal.indexer.models.embedding import load_model
     from xmodal.indexer.models.query_encoders import export_image_encoder, export_text_encoder
 
@@ -124,7 +125,7 @@ def export(out: Path) -> dict[str, str]:
             if sidecar is None:
                 raise RuntimeError(f"the {kind} path could not be exported (see indexer.models.query_encoders)")
             description = json.loads(sidecar.read_text(encoding="utf-8"))
-            float16 = kind == "text"
+            float16 = kind == "text" and text_float16
             smaller_weights(folder / description["onnx"], out / description["onnx"], float16)
             if kind == "text":
                 shutil.copyfile(folder / description["tokenizer"]["file"], out / description["tokenizer"]["file"])
@@ -139,8 +140,14 @@ def export(out: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/xmodal-lite"), help="folder to write (data/xmodal-lite)")
+    parser.add_argument(
+        "--text-weights",
+        choices=("float16", "float32"),
+        default="float16",
+        help="the text tower's stored weights: float16 (shipped) or float32 (the reference for measuring it)",
+    )
     args = parser.parse_args(argv)
-    for name, digest in export(args.out).items():
+    for name, digest in export(args.out, text_float16=args.text_weights == "float16").items():
         size = (args.out / name).stat().st_size
         print(f"{digest}  {size / 1e6:7.2f} MB  {name}")
 

@@ -406,12 +406,9 @@ class QueryTextEncoder(_ExportedEncoder):
                 file, described["context_length"], described["clean"]
             )
         else:
-            from tokenizers import Tokenizer
+            from xmodal.indexer.models.wordpiece import WordPieceTokenizer
 
-            tokenizer = Tokenizer.from_file(str(file))
-            tokenizer.enable_truncation(int(described["max_tokens"]))
-            tokenizer.enable_padding(pad_id=int(described["pad_id"]))
-            self._tokenize = lambda texts: np.array([e.ids for e in tokenizer.encode_batch(texts)], dtype=np.int64)
+            self._tokenize = WordPieceTokenizer(file, int(described["max_tokens"]), int(described["pad_id"]))
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """As the model's own embed_texts: Chinese texts through the Chinese path, with the

@@ -25,8 +25,8 @@ from xmodal.cli.server.services import Services, get_services
 from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.search.engine import SearchEngine
 from xmodal.search.hits import Hit
-from xmodal.search.understanding import Understood
 from xmodal.search.query import how_read
+from xmodal.search.understanding import Understood
 
 __all__ = ["router", "run_search"]
 
