@@ -609,7 +609,7 @@ class Indexer:
                     for t, v in zip(video.times, embedded.vectors)
                 ]
                 store.metadata.insert_rows(s, FrameRow, frames)
-                write_facts(s, [(item_id, read_facts(f.path, f.mtime_ns, _moment(video.taken_at)))])
+                write_facts(s, [(int(item_id), read_facts(f.path, f.mtime_ns, _moment(video.taken_at)))])  # type: ignore[arg-type]
                 summary.videos += 1
                 summary.frames += len(frames)
         if embedded is None:
