@@ -295,10 +295,13 @@ class _DateReader:
         return _season_of(first_month, year)
 
     # English -------------------------------------------------------------------------------
-    def phrase_at(self, tokens: Sequence[_Token], i: int) -> tuple[int, tuple[date, date]] | None:
-        """The longest date phrase starting at token i: (end index, range)."""
+    def phrase_at(
+        self, tokens: Sequence[_Token], i: int, low: Sequence[str] | None = None
+    ) -> tuple[int, tuple[date, date]] | None:
+        """The longest date phrase starting at token i: (end index, range). `low`: the tokens lower-cased,
+        given by a caller that tries every start (lowering them per start is quadratic in a long query)."""
         n = len(tokens)
-        low = [t.low for t in tokens]
+        low = [t.low for t in tokens] if low is None else low
         first = low[i]
         nxt = low[i + 1] if i + 1 < n else ""
         # today, yesterday
@@ -363,13 +366,13 @@ class _DateReader:
             begin = i + 1 if opener else i
             if begin >= len(tokens):
                 continue
-            found = self.phrase_at(tokens, begin)
+            found = self.phrase_at(tokens, begin, low)
             if found is None:
                 continue
             end, (start, stop) = found
             # a range: between A and B, from A to B, A to B, A - B
             if end + 1 < len(tokens) and low[end] in _RANGE_JOIN and (opener in _RANGE_OPEN or low[end] != "and"):
-                right = self.phrase_at(tokens, end + 1)
+                right = self.phrase_at(tokens, end + 1, low)
                 if right is not None:
                     right_end, (r_start, r_stop) = right
                     left_has_year = any(_is_year(w, self.today) for w in low[begin:end])
