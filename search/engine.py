@@ -38,7 +38,7 @@ from xmodal.search.planning import (
 from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import CandidateFeatures, Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
-from xmodal.search.rerank.stages import RerankOptions, auto_score_floor
+from xmodal.search.rerank.stages import RerankOptions, auto_score_floor, maximal_marginal_relevance
 from xmodal.search.understanding import Understood
 
 if TYPE_CHECKING:
@@ -256,6 +256,9 @@ class SearchEngine:
         vector = self.embed_query(terms)
         scored = bool(understood.in_photo or understood.names)
         depth = min(max(k, RerankOptions().candidates), self.limits.max_depth) if scored else k
+        diverse = rerank.diverse if isinstance(rerank, RerankOptions) and scored else None
+        if diverse is not None:  # diversified after the fusion, over the fused scores
+            rerank = replace(rerank, diverse=None)  # type: ignore[type-var]
         hits = self._hit_list(vector, depth, target, filters, rerank, _query_kind(terms), min_score)
         if not scored:
             parts = matched_parts(understood, True, 0.0, 0.0)
@@ -265,6 +268,13 @@ class SearchEngine:
         fused = fuse_hits(understood, hits, extra, vocabulary)
         if min_score is not None and min_score != "auto":
             fused = [h for h in fused if h.score >= float(min_score)]
+        if diverse is not None and len(fused) > 1:
+            found, vectors = self.store.metadata.vectors(ImageRow, [h.id for h in fused])
+            by_id = dict(zip(found, vectors))
+            kept = [h for h in fused if h.id in by_id]
+            scores = np.array([h.score for h in kept], dtype=np.float32)
+            order = maximal_marginal_relevance(scores, np.stack([by_id[h.id] for h in kept]), k, diverse)
+            return [kept[i] for i in order]
         return fused[:k]
 
     def _found_by_words(
