@@ -23,6 +23,7 @@ given the level in its own configuration, as RapidOCR does with every engine it 
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,34 +162,7 @@ class TextReader:
 
     def _load(self) -> tuple[Any, Any, Any]:
         if self._parts is None:
-            found = shipped_models()
-            if isinstance(found, str):
-                raise RuntimeError(found)
-            models, folder = found
-            from importlib.metadata import version
-
-            from rapidocr import RapidOCR
-
-            threads = self.config.threads
-            params: dict[str, object] = {
-                "Global.log_level": "error",
-                "Det.model_path": str(folder / models.det),
-                "Rec.model_path": str(folder / models.rec),
-                "Cls.model_path": str(folder / models.cls),
-                # the detector sees the picture at the size given: never scaled up (a multiple of 32)
-                "Det.limit_type": "min",
-                "Det.limit_side_len": 32,
-                "EngineConfig.onnxruntime.intra_op_num_threads": threads,
-                "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-            }
-            if models.keys:
-                params["Rec.rec_keys_path"] = str(folder / models.keys)
-            # rapidocr 3.4 to 3.9 look up a font for drawing results (never done here) on every
-            # recognition and download one unless given a path: a path stops that.
-            params["Global.font_path"] = str(folder)
-            engine = RapidOCR(params=params)
-            self._parts = (_part(engine, "det"), _part(engine, "cls"), _part(engine, "rec"))
-            self.engine_name = f"rapidocr {version('rapidocr')} {models.name}"
+            self._parts, self.engine_name = _shared_engine(self.config.threads)
         return self._parts
 
     def read(self, path: Path | str) -> PhotoText:
@@ -414,3 +388,36 @@ def _crop(bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
     if height / width >= 1.5:
         crop = np.rot90(crop)
     return np.ascontiguousarray(crop)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_engine(threads: int) -> tuple[tuple[Any, Any, Any], str]:
+    """The PP-OCR models loaded once per process and thread count (0.8 s a load; onnxruntime's
+    sessions may be shared by threads), as (detector, classifier, recogniser) and the engine's name."""
+    found = shipped_models()
+    if isinstance(found, str):
+        raise RuntimeError(found)
+    models, folder = found
+    from importlib.metadata import version
+
+    from rapidocr import RapidOCR
+
+    params: dict[str, object] = {
+        "Global.log_level": "error",
+        "Det.model_path": str(folder / models.det),
+        "Rec.model_path": str(folder / models.rec),
+        "Cls.model_path": str(folder / models.cls),
+        # the detector sees the picture at the size given: never scaled up (a multiple of 32)
+        "Det.limit_type": "min",
+        "Det.limit_side_len": 32,
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+    }
+    if models.keys:
+        params["Rec.rec_keys_path"] = str(folder / models.keys)
+    # rapidocr 3.4 to 3.9 look up a font for drawing results (never done here) on every
+    # recognition and download one unless given a path: a path stops that.
+    params["Global.font_path"] = str(folder)
+    engine = RapidOCR(params=params)
+    parts = (_part(engine, "det"), _part(engine, "cls"), _part(engine, "rec"))
+    return parts, f"rapidocr {version('rapidocr')} {models.name}"
