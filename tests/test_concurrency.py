@@ -127,6 +127,7 @@ def test_searches_during_an_index_run_see_a_consistent_index(tmp_path: Path, db_
         assert len(engine.store.vectors("image")) == N_IMAGES
 
 
+@pytest.mark.slow  # several seconds: `.ci/run` runs it, a plain `pytest` does not
 def test_second_writer_is_refused_and_a_killed_writer_leaves_no_stuck_lock(tmp_path: Path, db_backend) -> None:  # noqa: ANN001
     photos = _photos(tmp_path / "photos")
     index_dir = tmp_path / "idx"

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.backends import Backend
 from tests.conftest import make_image
@@ -79,6 +80,7 @@ def test_a_reader_catches_up_in_place_with_rows_added_and_deleted(tmp_path: Path
         engine.close()
 
 
+@pytest.mark.slow  # several seconds: `.ci/run` runs it, a plain `pytest` does not
 def test_many_generations_keep_no_retired_indexes(tmp_path: Path) -> None:
     photos, index = _indexed(tmp_path, 4)
     engine = SearchEngine.open(index, model=fake_model())
@@ -134,6 +136,7 @@ def test_an_index_run_that_changes_nothing_moves_no_generation(tmp_path: Path) -
         live.close()
 
 
+@pytest.mark.slow  # several seconds: `.ci/run` runs it, a plain `pytest` does not
 def test_searches_in_threads_while_the_index_catches_up(tmp_path: Path) -> None:
     photos, index = _indexed(tmp_path, 8)
     engine = SearchEngine.open(index, model=fake_model())

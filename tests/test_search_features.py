@@ -100,6 +100,7 @@ def test_min_score_cutoffs(engine) -> None:
     assert 1 <= len(auto) < 20 and auto[0].path.endswith("green.png")
 
 
+@pytest.mark.slow  # several seconds: `.ci/run` runs it, a plain `pytest` does not
 def test_concurrent_reads_from_threads(engine) -> None:
     eng, _ = engine
     expected = [h.id for h in eng.search("red", k=5)]
