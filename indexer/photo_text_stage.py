@@ -59,7 +59,7 @@ def read_unread_photos(
     summary = TextStageSummary(failures=[])
     with store.metadata.session() as s:
         todo = unread_photos(s)
-    if on_progress:
+    if on_progress and todo:  # a stage with nothing to do is not announced
         on_progress(Progress(0, len(todo), TEXT_STAGE))
     pending: list[tuple[int, PhotoText]] = []
     last_commit = time.perf_counter()
