@@ -296,14 +296,9 @@ def search(
     rerank = False if no_rerank else RerankOptions(candidates=candidates, diverse=diverse, duplicate_threshold=collapse)
     with SearchEngine.open(index_dir, model=model, db_url=db_url) as engine:
         searched: Path | str | Understood | None = image if image is not None else query
+        understood: Understood | None = None
         if query is not None and not literal and target == "image" and in_photo is None:
             searched = understood = engine.understand(query)
-            if understood.plain:
-                _say_how_the_query_is_read(query)
-            else:
-                typer.echo(f"xmodal: {understood.line()}", err=True)
-        elif query is not None:
-            _say_how_the_query_is_read(query)
         hits = engine.search(
             searched,
             k=limit,
@@ -314,6 +309,11 @@ def search(
             in_photo=in_photo,
             literal=literal,
         )
+    # how the query was read, once the search ran (a search that fails says only why)
+    if understood is not None and not understood.plain:
+        typer.echo(f"xmodal: {understood.line()}", err=True)
+    elif query is not None:
+        _say_how_the_query_is_read(query)
     if links is not None:
         from xmodal.search.export import link_hits
 
