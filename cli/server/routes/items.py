@@ -259,6 +259,16 @@ def _video_thumbnail(services: Services, row: ImageRow, request: Request, second
     return FileResponse(path, media_type="image/jpeg", headers=headers)
 
 
+def _open_typed(row: ImageRow, item_id: int) -> tuple[IO[bytes], str]:
+    """The very file that was indexed, open, and its media type by content (closed again on failure)."""
+    handle = os.fdopen(_open_indexed(row), "rb")
+    try:
+        return handle, _media_type(handle, item_id)
+    except BaseException:
+        handle.close()
+        raise
+
+
 def _media_type(handle: IO[bytes], item_id: int) -> str:
     if is_camera_raw(handle):
         return _RAW_TYPE
@@ -367,12 +377,7 @@ def _stream(handle: IO[bytes], row: ImageRow, media_type: str, request: Request 
 )
 def original(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     row = _photo(services.engine, item_id)
-    handle = os.fdopen(_open_indexed(row), "rb")
-    try:
-        media_type = _media_type(handle, item_id)
-    except BaseException:
-        handle.close()
-        raise
+    handle, media_type = _open_typed(row, item_id)
     return _stream(handle, row, media_type, request)
 
 
@@ -384,12 +389,7 @@ def original(services: ServicesDep, item_id: ItemId, request: Request) -> Respon
 )
 def view(services: ServicesDep, item_id: ItemId, request: Request) -> Response:
     row = _photo(services.engine, item_id)
-    handle = os.fdopen(_open_indexed(row), "rb")
-    try:
-        media_type = _media_type(handle, item_id)
-    except BaseException:
-        handle.close()
-        raise
+    handle, media_type = _open_typed(row, item_id)
     if media_type in _BROWSER_TYPES or media_type.startswith("video/"):
         return _stream(handle, row, media_type, request)
     handle.close()
