@@ -2,7 +2,7 @@
 equal to an uninterrupted run (same rows, same vector bytes, same failures, same search results),
 and `check_index` finds SQL and FAISS in agreement.
 
-Child runs are forked from a multiprocessing fork server that has imported torch, FAISS and the
+Kills follow the run's progress (photos embedded), not the clock. Child runs are forked from a multiprocessing fork server that has imported torch, FAISS and the
 indexer once, so each run starts in milliseconds and the kill lands inside the indexing itself.
 """
 
@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,16 @@ _CTX.set_forkserver_preload(
 
 
 # --- the child ------------------------------------------------------------------------------------
-def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str | None = None) -> None:
+def _child_index(
+    index_dir: str,
+    photos: str,
+    kill_in_save: int = 0,
+    db_url: str | None = None,
+    embedded: Synchronized | None = None,
+) -> None:
     """One `xmodal index` run with the fake encoder. kill_in_save=N: SIGKILL itself inside the
-    N-th FAISS save, after the new index file is in place but before its generation stamp."""
+    N-th FAISS save, after the new index file is in place but before its generation stamp.
+    embedded: a shared counter of the photos this run has embedded, so a parent can kill by progress."""
     import xmodal.indexer.indexing as indexing
     import xmodal.indexer.store.saved_index as saved_index
     from tests.fakes import fake_model
@@ -52,7 +60,11 @@ def _child_index(index_dir: str, photos: str, kill_in_save: int = 0, db_url: str
 
     def slow_embed(pixels):  # noqa: ANN001, ANN202 - a model's pace, so kills spread over the run
         time.sleep(0.02)
-        return embed(pixels)
+        vectors = embed(pixels)
+        if embedded is not None:
+            with embedded.get_lock():
+                embedded.value += len(vectors)
+        return vectors
 
     model.embed_pixels = slow_embed  # type: ignore[method-assign]
     if kill_in_save:
@@ -76,8 +88,15 @@ def _noop() -> None:
     pass
 
 
-def _start(index_dir: Path, photos: Path, kill_in_save: int = 0, db_url: str | None = None) -> multiprocessing.Process:
-    proc = _CTX.Process(target=_child_index, args=(str(index_dir), str(photos), kill_in_save, db_url), daemon=True)
+def _start(
+    index_dir: Path,
+    photos: Path,
+    kill_in_save: int = 0,
+    db_url: str | None = None,
+    embedded: Synchronized | None = None,
+) -> multiprocessing.Process:
+    args = (str(index_dir), str(photos), kill_in_save, db_url, embedded)
+    proc = _CTX.Process(target=_child_index, args=args, daemon=True)
     proc.start()
     return proc
 
@@ -185,20 +204,28 @@ def test_killed_runs_resume_to_the_clean_result(
     rng = random.Random(SEED)
     index_dir = tmp_path / "idx"
     url = _db(backend)  # the first run records it in the index folder
-    log: list[tuple[float, int, int, bool]] = []  # (delay, rows before, rows after, killed mid-run)
+    log: list[tuple[int, float, int, int, bool]] = []  # (target, delay, rows before, after, killed mid-run)
     for _ in range(MAX_ATTEMPTS):
         if sum(1 for *_, killed in log if killed) == KILLS:
             break
         before = _row_count(index_dir)
-        remaining = max(0.25, 1 - before / N_IMAGES)
-        delay = rng.uniform(0.05, 0.6) * clean_seconds * remaining  # a moment inside the (shrinking) run
-        proc = _start(index_dir, photos, db_url=url)
+        if before == N_IMAGES:
+            break  # nothing left to interrupt
+        # The kill follows the run's progress, not the clock (runs get faster): after a random number of
+        # this run's photos are embedded, plus a random moment, so it lands in embedding, writing or saving.
+        target = rng.randint(1, max(1, N_IMAGES - before - 1))
+        delay = rng.uniform(0.0, 0.05)
+        embedded = _CTX.Value("i", 0)
+        proc = _start(index_dir, photos, db_url=url, embedded=embedded)
+        deadline = time.monotonic() + 60
+        while proc.is_alive() and embedded.value < target and time.monotonic() < deadline:
+            time.sleep(0.002)
         time.sleep(delay)
         alive = proc.is_alive()
         proc.kill()  # SIGKILL
         proc.join(30)
         killed = alive and proc.exitcode == -signal.SIGKILL
-        log.append((round(delay, 3), before, _row_count(index_dir), killed))
+        log.append((target, round(delay, 3), before, _row_count(index_dir), killed))
         report = check_index(index_dir) if (index_dir / "xmodal.json").exists() else None
         if report is not None:  # whatever the kill left, SQL and the cache that would be used agree
             assert not (
@@ -214,10 +241,10 @@ def test_killed_runs_resume_to_the_clean_result(
     name = backend and "postgresql" or "sqlite"
     print(
         f"\ncrash test ({name}): clean run {clean_seconds:.2f} s;",
-        f"kills (delay s, rows before, rows after, landed): {log}",
+        f"kills (after photos, delay s, rows before, rows after, landed): {log}",
     )
     assert sum(1 for *_, killed in log if killed) >= 3, log  # kills really interrupted runs
-    assert any(0 < after < N_IMAGES for _, _, after, killed in log if killed), log  # some in the middle
+    assert any(0 < after < N_IMAGES for *_, after, killed in log if killed), log  # some in the middle
 
     report = check_index(index_dir)
     assert report.ok, report.problems
