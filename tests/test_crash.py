@@ -2,8 +2,9 @@
 equal to an uninterrupted run (same rows, same vector bytes, same failures, same search results),
 and `check_index` finds SQL and FAISS in agreement.
 
-Kills follow the run's progress (photos embedded), not the clock. Child runs are forked from a multiprocessing fork server that has imported torch, FAISS and the
-indexer once, so each run starts in milliseconds and the kill lands inside the indexing itself.
+Kills follow the run's progress (photos embedded), not the clock, so they land mid-run however fast
+indexing gets. Child runs are forked from a multiprocessing fork server that has imported torch,
+FAISS and the indexer once, so each run starts in milliseconds.
 """
 
 from __future__ import annotations
