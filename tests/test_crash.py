@@ -287,6 +287,7 @@ def test_kill_inside_the_faiss_save_is_repaired(
     _assert_same(_snapshot(index_dir), want, same_ids=backend is None)
 
 
+@pytest.mark.slow
 def test_repair_rebuilds_a_damaged_cache_and_drops_gone_files(tmp_path: Path, photos: Path) -> None:
     import shutil
 

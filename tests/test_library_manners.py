@@ -29,6 +29,7 @@ def level_changes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return changed
 
 
+@pytest.mark.slow
 def test_building_the_offline_towers_leaves_the_process_alone(
     monkeypatch: pytest.MonkeyPatch, level_changes: list[str]
 ) -> None:
@@ -118,6 +119,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow
 def test_importing_the_libraries_changes_no_process_wide_state(tmp_path: Path) -> None:
     """Pillow's pixel cap, its truncated-file switch and the HEIF opener were set when xmodal.indexer.images
     was imported (issue 24): a program that imports xmodal keeps its own Pillow settings, environment and

@@ -90,6 +90,7 @@ def test_embedding_contract(model) -> None:
     assert model.embed_texts([]).shape == (0, model.dim)
 
 
+@pytest.mark.slow
 def test_exported_query_encoder_matches_the_model(model, tmp_path, monkeypatch) -> None:
     # the PyTorch export (what training/export_offline_onnx.py ships in float16, test_shipped_onnx)
     sidecar = export_query_encoder(model, sidecar=tmp_path / "text.json")
@@ -122,6 +123,7 @@ def test_zero_shot_meaning_on_everyday_words(model) -> None:
     assert a @ b > a @ c
 
 
+@pytest.mark.slow
 def test_onnx_backbone_gives_the_torch_vectors(model, tmp_path, monkeypatch) -> None:
     from xmodal.indexer.models.onnx_backbone import onnx_trunk_for
 

@@ -123,6 +123,7 @@ def _cache_files(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*.jpg"))
 
 
+@pytest.mark.slow
 def test_the_thumbnail_cache_is_bounded_and_drops_stale_files(tmp_path: Path) -> None:
     library = build_library(tmp_path, extra=12)
     cache = library.cache / "thumbnails"
