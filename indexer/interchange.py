@@ -8,7 +8,9 @@ img2dataset + clip inference, another xmodal) can be searched here, and ours use
 clip-retrieval writes images and their captions side by side (pairs). xmodal's texts are not paired
 with its photos, so an export puts them in a second folder of the same layout, DIR/texts/, whose
 metadata has `caption` and `source`. Extra metadata columns (size, mtime_ns, width, height,
-content_hash, taken_at) carry xmodal's file facts, so an exported index imports to the same rows.
+content_hash, taken_at) carry xmodal's file facts, and `facts_*` columns its facts (when, where,
+camera, names: indexer.facts), so an exported index imports to the same rows, with its places and
+dates even where the photos themselves are not on the importing machine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -24,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from xmodal.indexer.errors import InvalidInputError
+from xmodal.indexer.facts import Facts, write_facts
 from xmodal.indexer.store.index_store import IndexStore
 from xmodal.indexer.store.schema import ImageRow, TextRow, utcnow, vector_to_blob
 
@@ -35,6 +39,7 @@ NORM_TOLERANCE = 1e-2
 _WRITE_BATCH = 1000
 _SHARD_ROWS = 250_000  # a shard is built in memory: 250k x 512-d float32 is 0.5 GB
 _FACTS = ("size", "mtime_ns", "width", "height", "content_hash", "taken_at")
+_FACT_FIELDS = tuple(f.name for f in dataclass_fields(Facts))  # the facts table's columns, as `facts_<name>`
 
 
 @dataclass
@@ -252,8 +257,28 @@ def _import_images(
                 rows.append(row)
             s.flush()
             ids = np.array([row.id for row in rows], dtype=np.int64)
+            write_facts(s, _imported_facts(meta, start, [int(i) for i in ids]))
             store.metadata.bump_generation(s, "image")
         index.add(ids, vectors[start:stop])
+
+
+def _imported_facts(meta: dict[str, list], start: int, ids: list[int]) -> list[tuple[int, Facts]]:
+    """The facts the metadata carries for rows start.. (an xmodal export's `facts_*` columns); rows
+    without them get theirs from their files on the next `xmodal index`."""
+    if "facts_taken_source" not in meta:
+        return []
+    found = []
+    for offset, image_id in enumerate(ids):
+        values = {
+            name: meta.get(f"facts_{name}", [None] * (start + offset + 1))[start + offset] for name in _FACT_FIELDS
+        }
+        if not values["taken_source"]:
+            continue
+        if values["taken_at"] is not None and not isinstance(values["taken_at"], datetime):
+            values["taken_at"] = datetime.fromisoformat(str(values["taken_at"]))
+        values["words"] = values["words"] or ""
+        found.append((image_id, Facts(**values)))
+    return found
 
 
 def _import_texts(
@@ -317,6 +342,8 @@ def _chunks(
 
 
 def _photo_texts(store: IndexStore, ids: list[int]) -> list[str | None]:
+    """The text read in each photo of `ids` (ascending: a shard's; a range, not a list of 250k
+    parameters, which SQLite and PostgreSQL refuse)."""
     from sqlalchemy import select
 
     from xmodal.indexer.store.schema import PhotoTextRow
@@ -325,11 +352,26 @@ def _photo_texts(store: IndexStore, ids: list[int]) -> list[str | None]:
         found = dict(
             s.execute(
                 select(PhotoTextRow.item_id, PhotoTextRow.text).where(
-                    PhotoTextRow.item_id.in_(ids), PhotoTextRow.frame_time.is_(None)
+                    PhotoTextRow.item_id.between(ids[0], ids[-1]), PhotoTextRow.frame_time.is_(None)
                 )
             ).all()
         )
     return [found.get(i) for i in ids]
+
+
+def _exported_facts(store: IndexStore, ids: list[int]) -> dict[str, list[object]]:
+    """`facts_<name>` columns for the photos `ids` (ascending), None where a photo has no facts yet."""
+    from sqlalchemy import select
+
+    from xmodal.indexer.store.schema import FactsRow
+
+    columns = [getattr(FactsRow, name) for name in _FACT_FIELDS]
+    stmt = select(FactsRow.image_id, *columns).where(FactsRow.image_id.between(ids[0], ids[-1]))
+    with store.metadata.session() as s:
+        rows = {int(row[0]): row[1:] for row in s.execute(stmt)}
+    empty = (None,) * len(_FACT_FIELDS)
+    values = [rows.get(i, empty) for i in ids]
+    return {f"facts_{name}": [row[k] for row in values] for k, name in enumerate(_FACT_FIELDS)}
 
 
 def export_embeddings(
@@ -361,8 +403,10 @@ def export_embeddings(
                 np.save(npy, vectors.astype(dtype))
                 names = ["image_path", *_FACTS] if kind == "image" else ["caption", "source"]
                 columns_out = {name: [row[i + 1] for row in part] for i, name in enumerate(names)}
-                if kind == "image":  # the text read in each photo (None: not read)
-                    columns_out["photo_text"] = _photo_texts(store, [int(row[-1]) for row in part])
+                if kind == "image":  # the text read in each photo (None: not read), and its facts
+                    ids = [int(row[-1]) for row in part]
+                    columns_out["photo_text"] = _photo_texts(store, ids)
+                    columns_out.update(_exported_facts(store, ids))
                 table_out = pa.table(columns_out)
                 parquet = base / "metadata" / f"metadata_{shard}.parquet"
                 pq.write_table(table_out, parquet)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
@@ -161,3 +162,69 @@ def test_cli_export_and_its_errors(tmp_path: Path, indexed: Path) -> None:
         app, ["import", str(tmp_path / "nowhere"), "--model", "xmodal-lite", "--index", str(tmp_path / "i2")]
     )
     assert result.exit_code == 2
+
+
+def _facts(index_dir: Path) -> dict[str, tuple]:
+    from xmodal.indexer.store.schema import FactsRow
+
+    store = IndexStore.open(index_dir)
+    try:
+        with store.metadata.session() as s:
+            paths = dict(s.execute(select(ImageRow.id, ImageRow.path)).all())
+            return {
+                paths[r.image_id]: (
+                    r.taken_at,
+                    r.taken_offset,
+                    r.taken_source,
+                    r.city,
+                    r.country,
+                    r.camera_model,
+                    r.words,
+                )
+                for r in s.scalars(select(FactsRow))
+            }
+    finally:
+        store.close()
+
+
+def test_facts_travel_with_an_export_to_a_machine_without_the_photos(tmp_path: Path) -> None:
+    """Dates, places and cameras come along: an import where the photos are not finds them by place."""
+    import shutil
+
+    from tests.facts_photos import CITIES, Shot, exif_photo
+
+    root = tmp_path / "photos"
+    exif_photo(
+        root / "Lisbon 2025" / "beach.jpg",
+        Shot("2025:06:14 18:30:05", "+01:00", CITIES["Lisbon"][0], "Canon", "Canon EOS 5D"),
+    )
+    exif_photo(root / "Japan" / "night.jpg", Shot("2019:11:03 22:15:00", "+09:00", CITIES["Tokyo"][0]), source=1)
+    exif_photo(root / "misc" / "plain.jpg", Shot(), source=2)
+    Indexer(tmp_path / "idx", model=fake_model()).add_paths([root])
+    want = _facts(tmp_path / "idx")
+    assert len(want) == 3 and want[str(root / "Lisbon 2025" / "beach.jpg")][3:5] == ("Lisbon", "Portugal")
+
+    export_embeddings(tmp_path / "export", tmp_path / "idx")
+    columns = pq.read_table(tmp_path / "export" / "metadata" / "metadata_0.parquet").column_names
+    assert {"facts_taken_at", "facts_city", "facts_camera_model", "facts_words"} <= set(columns)
+    shutil.rmtree(root)  # the importing machine does not have the photos
+    assert import_embeddings(tmp_path / "export", SPEC, FAKE_DIM, tmp_path / "fresh").images == 3
+    assert _facts(tmp_path / "fresh") == want
+    with SearchEngine.open(tmp_path / "fresh", model=fake_model()) as engine:
+        hits = engine.search("a photo", k=10, rerank=False, place="Japan")
+        assert [Path(h.path).name for h in hits] == ["night.jpg"]
+
+
+def test_a_clip_retrieval_folder_without_facts_imports_without_them(tmp_path: Path, indexed: Path) -> None:
+    """Folders of other tools have no facts columns: the rows come in, their facts come from the files later."""
+    out = tmp_path / "export"
+    export_embeddings(out, indexed)
+    meta = pq.read_table(out / "metadata" / "metadata_0.parquet")
+    pq.write_table(
+        meta.select([c for c in meta.column_names if not c.startswith("facts_")]),
+        out / "metadata" / "metadata_0.parquet",
+    )
+    import_embeddings(out, SPEC, FAKE_DIM, tmp_path / "fresh")
+    assert _facts(tmp_path / "fresh") == {}
+    Indexer(tmp_path / "fresh", model=fake_model()).add_paths([Path(p).parent for p in _rows(indexed)])
+    assert set(_facts(tmp_path / "fresh")) == set(_rows(indexed))
