@@ -1,0 +1,63 @@
+"""Video decoders (indexer.video_decoders): a decoder that stops answering is killed, its video is
+listed with the reason, and the run goes on with a new decoder. The stall is real: the test stops
+the decoder process (SIGSTOP) as a decoder stuck inside one FFmpeg call would be."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import make_image
+from tests.fakes import COLOURS, fake_model
+from tests.videos import write_video
+from xmodal.indexer import Indexer
+from xmodal.indexer.limits import Limits
+from xmodal.indexer.progress import Progress
+from xmodal.search.stats import failures
+
+pytest.importorskip("av")  # the `video` extra (in the test extra)
+
+RGB = [Image.new("RGB", (64, 48), COLOURS[name]) for name in ("red", "green", "blue")]
+
+
+def _decoders() -> list[multiprocessing.Process]:
+    return [p for p in multiprocessing.active_children() if p.name == "xmodal-video-decoder"]
+
+
+@pytest.mark.slow  # ~4 s: a second and a half of it is the stall
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP is POSIX")
+def test_a_stalled_decoder_is_killed_its_video_listed_and_the_run_goes_on(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write_video(lib / name, RGB)
+    make_image(lib / "photo.jpg", COLOURS["yellow"])
+    stopped: list[int] = []
+
+    def stop_the_decoder(progress: Progress) -> None:
+        """After the first video, the one decoder (workers=1) is idle: stopped now, it never
+        answers for the second video, as a decoder stuck inside FFmpeg would not."""
+        if progress.stage == "videos" and progress.done == 1 and not stopped:
+            (decoder,) = _decoders()
+            os.kill(decoder.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+            stopped.append(decoder.pid)  # type: ignore[arg-type]
+
+    limits = Limits(video_decode_seconds=1.0, video_stall_seconds=0.5)
+    clock = time.monotonic()
+    summary = Indexer(
+        tmp_path / "idx", model=fake_model(), workers=1, limits=limits, on_progress=stop_the_decoder
+    ).add_paths([lib])
+    assert time.monotonic() - clock < 30
+    assert stopped
+    reasons = {Path(f["path"]).name: f["reason"] for f in failures(tmp_path / "idx")}
+    assert reasons == {"b.mp4": "decoding stalled: stopped after 1 s (+0.5 s grace)"}
+    assert (summary.videos, summary.new, summary.failed) == (2, 3, 1)  # a, c and the photo
+    assert not _decoders()  # the stopped one was killed, the new one ended with the run
+    with pytest.raises(ProcessLookupError):
+        os.kill(stopped[0], 0)
