@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +44,7 @@ from xmodal.indexer.roots import (
     remember_roots,
     rows_under,
 )
-from xmodal.indexer.scanning import FoundFile, SkippedFile, unread_extension, video_not_read
+from xmodal.indexer.scanning import UNREAD_PREFIX, FoundFile, SkippedFile, unread_extension, video_not_read
 from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
 from xmodal.indexer.sources import FolderWalk, ListedFiles, Source
 from xmodal.indexer.store.index_store import IndexStore
@@ -70,6 +70,15 @@ _FACTS_BATCH = 256
 _VIDEO_BATCH = 8
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
+
+
+def _video_inside(prepared: Prepared) -> bool:
+    """A file the photo decoder found to be a video by its content (a `.jpg` that is an MP4)."""
+    return prepared.error is not None and prepared.error.startswith(f"{UNREAD_PREFIX}video ")
+
+
+def _as_video(work: Work) -> Work:
+    return Work(replace(work.found, media="video"), work.row_id, work.content_hash)
 
 
 def _joined(parts: list[IndexedPixels]) -> IndexedPixels:
@@ -207,6 +216,7 @@ class Indexer:
         # a model given by spec is loaded by each Ray actor on its own device; an object is shipped
         self._ship_spec = model is None or isinstance(model, str)
         self._last_save = 0.0
+        self._videos_inside: list[Work] = []
         self.batch_size = batch_size
         self.first_batch_size = max(1, min(first_batch_size, batch_size))
         self.workers = workers or max(1, (os.cpu_count() or 2))
@@ -426,12 +436,14 @@ class Indexer:
         self._last_save = time.perf_counter()
         videos = [w for w in work if w.found.media == "video"]
         work = [w for w in work if w.found.media != "video"]
+        self._videos_inside = []  # files named like pictures that the decoders found to be videos
         if work and self.ray is not None:
             from xmodal.indexer.distributed import embed_on_ray
 
             embed_on_ray(self, store, self._load(store), work, summary, self.ray, ship_spec=self._ship_spec)
         elif work:
             self._embed_all(store, self._load(store), work, summary)
+        videos += self._videos_inside
         if videos:  # in this process also under Ray: a video is one file's many frames, one transaction
             self._embed_videos(store, self._load(store), videos, summary)
         return summary
@@ -671,9 +683,14 @@ class Indexer:
             self.on_progress(Progress(0, total))
         for batch, good, embedded in batches:
             clock = time.perf_counter()
+            size = len(batch)
+            if self.video and any(_video_inside(p) for p in batch) and video_support() is None:
+                # named like a picture, a video by content: read as one after the photos (_run)
+                self._videos_inside += [_as_video(p.work) for p in batch if _video_inside(p)]
+                batch = [p for p in batch if not _video_inside(p)]
             self.commit_batch(store, model, batch, good, embedded, summary)
             summary.timings["write"] += time.perf_counter() - clock
-            done += len(batch)
+            done += size
             if self.on_progress:
                 self.on_progress(Progress(done, total))
 

@@ -20,6 +20,7 @@ from tests.videos import write_video
 from xmodal.indexer import Indexer
 from xmodal.indexer.limits import Limits
 from xmodal.indexer.progress import Progress
+from xmodal.search.engine import SearchEngine
 from xmodal.search.stats import failures
 
 pytest.importorskip("av")  # the `video` extra (in the test extra)
@@ -61,3 +62,20 @@ def test_a_stalled_decoder_is_killed_its_video_listed_and_the_run_goes_on(tmp_pa
     assert not _decoders()  # the stopped one was killed, the new one ended with the run
     with pytest.raises(ProcessLookupError):
         os.kill(stopped[0], 0)
+
+
+def test_a_jpg_that_is_an_mp4_is_indexed_as_a_video(tmp_path: Path) -> None:
+    """Files are decided by content: the scan takes a `.jpg` for a photo without opening it, the
+    photo decoder finds a video inside, and the run reads it as one."""
+    lib = tmp_path / "lib"
+    write_video(lib / "clip.mp4", RGB).rename(lib / "clip.jpg")
+    make_image(lib / "photo.jpg", COLOURS["yellow"])
+    summary = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib])
+    assert (summary.new, summary.videos, summary.failed, summary.skipped) == (2, 1, 0, {})
+    assert failures(tmp_path / "idx") == []
+    with SearchEngine.open(tmp_path / "idx", model=fake_model()) as engine:
+        (hit,) = engine.search("green", k=1)
+    assert Path(hit.path).name == "clip.jpg" and hit.kind == "video"
+    assert hit.time is not None and 3.0 <= hit.time < 6.0
+    again = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib])  # unchanged: not decoded again
+    assert (again.new, again.unchanged, again.videos) == (0, 2, 0)
