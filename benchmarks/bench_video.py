@@ -7,16 +7,20 @@ write them: real flickr photos shown 3 s each, so a scene change every 3 s (more
 phone clip without cuts gets: one every 10 s). Then, per codec, `Indexer.add_paths` on a fresh
 index with the offline default (model loaded before the clock starts) and prints:
   realtime_x         video seconds indexed per wall second
-  cpu_seconds        CPU time of the run (all processes): what a busy machine's wall time hides
+  cpu_seconds        CPU time of the run (all processes, the decoder children included): what a
+                     busy machine's wall time hides; video_seconds_per_cpu_second is its ratio
   frames             frames sampled from the video
-  timings            the run's stages (video_decode: waiting for the decoders, video_embed, video_write)
+  timings            the run's stages (video_decode: waiting for the decoder's next frame,
+                     video_embed: embedding them meanwhile, video_write: the video's transaction)
   sample_only_x      sampling alone (indexer.videos.sample_frames, one process): the decoder's ceiling
+  load_average       the machine's 1-minute load before and after the run (busy machine: above ~0.5)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -89,9 +93,11 @@ def run(clip: Path, model, workdir: Path) -> dict[str, object]:  # noqa: ANN001
     target = lib / clip.name
     if not target.exists():
         target.symlink_to(clip)
+    load_before = os.getloadavg()[0]
     before = _cpu_seconds()
     summary = Indexer(index, model=model, prepare_search=False).add_paths([lib])
     cpu = _cpu_seconds() - before
+    load_after = os.getloadavg()[0]
     assert summary.videos == 1, summary.failures
     return {
         "clip": clip.name,
@@ -105,6 +111,7 @@ def run(clip: Path, model, workdir: Path) -> dict[str, object]:  # noqa: ANN001
         "sample_only_seconds": round(sample_seconds, 2),
         "sample_only_x": round(duration / sample_seconds, 1),
         "sampled_frames": len(sampled.times),
+        "load_average": [round(load_before, 2), round(load_after, 2)],
     }
 
 
@@ -131,7 +138,8 @@ def main() -> None:
                 f"{result['realtime_x']}x real time ({result['cpu_seconds']} CPU s: "
                 f"{result['video_seconds_per_cpu_second']} video s per CPU s); {result['frames']} frames; "
                 f"stages {result['timings']}; "
-                f"sampling alone {result['sample_only_seconds']} s ({result['sample_only_x']}x)"
+                f"sampling alone {result['sample_only_seconds']} s ({result['sample_only_x']}x); "
+                f"load average {result['load_average']}"
             )
     if args.json:
         print(json.dumps(results, indent=2))
