@@ -279,10 +279,12 @@ class Indexer:
         started = time.perf_counter()
         self._load_seconds = 0.0
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
+        opened = time.perf_counter() - started  # a new index: its schema made (once per index)
         try:
             with store.write_lock():
                 self._check_model(store)
                 summary = self._run(store, source, prune_missing)
+                summary.timings["open"] = opened
                 store.save_vectors()  # search works on the new photos from here on
                 if self.read_text:
                     summary.photo_text = self._read_texts(store)
