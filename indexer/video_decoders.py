@@ -109,7 +109,7 @@ class _Decoder:
             return
         context = multiprocessing.get_context(owner.start_method)
         parent, child = context.Pipe()
-        self.process = context.Process(
+        self.process = context.Process(  # type: ignore[attr-defined]
             target=_child_main,
             args=(child, owner.transform, owner.target, owner.limits, os.getpid()),
             name="xmodal-video-decoder",
