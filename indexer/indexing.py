@@ -446,7 +446,11 @@ class Indexer:
         elif work:
             self._embed_all(store, self._load(store), work, summary)
         videos += self._videos_inside
-        if videos:  # in this process also under Ray: a video is one file's many frames, one transaction
+        if videos and self.ray is not None:  # sampled in Ray tasks, embedded by the model actors
+            from xmodal.indexer.distributed import embed_videos_on_ray
+
+            embed_videos_on_ray(self, store, self._load(store), videos, summary, self.ray, ship_spec=self._ship_spec)
+        elif videos:  # a video is one file's many frames, written in one transaction
             self._embed_videos(store, self._load(store), videos, summary)
         return summary
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -79,3 +80,71 @@ def test_a_jpg_that_is_an_mp4_is_indexed_as_a_video(tmp_path: Path) -> None:
     assert hit.time is not None and 3.0 <= hit.time < 6.0
     again = Indexer(tmp_path / "idx", model=fake_model()).add_paths([lib])  # unchanged: not decoded again
     assert (again.new, again.unchanged, again.videos) == (0, 2, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_ray_path_samples_and_embeds_videos_as_the_local_run_does(tmp_path: Path) -> None:
+    """`--ray`: each video is sampled in a Ray task with the local run's own function and its frames
+    embedded by the model actors; the rows, the frames' times and vectors equal a local run's."""
+    ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    from sqlalchemy import select
+
+    from xmodal.indexer.distributed import RayOptions
+    from xmodal.indexer.store.index_store import IndexStore
+    from xmodal.indexer.store.schema import FrameRow, ImageRow, blob_to_vector
+
+    lib = tmp_path / "lib"
+    write_video(lib / "a.mp4", RGB)
+    write_video(lib / "b.mkv", RGB[::-1] * 2, codec="libx265")
+    write_video(lib / "clip.mp4", RGB).rename(lib / "clip.jpg")  # a .jpg that is an MP4
+    (lib / "empty.mp4").write_bytes(b"")
+    make_image(lib / "photo.jpg", COLOURS["yellow"])
+
+    def rows(index: Path) -> dict[str, tuple]:
+        store = IndexStore.open(index)
+        try:
+            with store.metadata.session() as s:
+                out = {}
+                for r in s.scalars(select(ImageRow)):
+                    frames = s.execute(
+                        select(FrameRow.time, FrameRow.vector).where(FrameRow.item_id == r.id).order_by(FrameRow.time)
+                    ).all()
+                    out[Path(r.path).name] = (
+                        (r.media, r.width, r.height, r.content_hash),
+                        blob_to_vector(r.vector).copy(),
+                        [f.time for f in frames],
+                        [blob_to_vector(f.vector).copy() for f in frames],
+                    )
+                return out
+        finally:
+            store.close()
+
+    local = Indexer(tmp_path / "local", model=fake_model(), batch_size=2).add_paths([lib])
+    temp = tempfile.mkdtemp(prefix="xr", dir="/tmp")  # Ray's sockets need a short path
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    try:
+        remote = Indexer(tmp_path / "ray", model=fake_model(), batch_size=2, ray=RayOptions(decode_batch=2))
+        summary = remote.add_paths([lib])
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert (summary.new, summary.videos, summary.frames, summary.failed) == (
+        local.new,
+        local.videos,
+        local.frames,
+        local.failed,
+    )
+    assert (local.new, local.videos, local.failed) == (4, 3, 1)
+    assert dict(summary.failures) == dict(local.failures)
+    assert "video_cluster" in summary.timings and "video_decode" not in summary.timings  # sampled on Ray
+    want, got = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert want.keys() == got.keys()
+    for name, (facts, vector, times, vectors) in want.items():
+        assert got[name][0] == facts and got[name][2] == times, name
+        assert np.allclose(got[name][1], vector, atol=1e-5), name
+        assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(got[name][3], vectors, strict=True)), name
