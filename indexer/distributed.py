@@ -10,6 +10,11 @@ and the vectors stream back to the driver block by block (one block = one model 
 block goes through the local pipeline's writer: one SQL transaction per batch, so a killed driver
 loses at most the batches in flight and the same command resumes.
 
+Videos take the same road with one task per video: the task samples it with the local run's own
+function (`video_decoders._sample_into`: the same frames, times and preprocessing) and yields a row per
+frame and an end row; the same model actors embed the frames, and the driver writes each video in
+one transaction once all its frames are back (`Indexer._write_video`).
+
 Decoding reuses the local pipeline's `decode_pool.prepare` (draft-mode JPEG, EXIF orientation, the same
 hostile-file handling and failure reasons). Paths must be visible on every node (shared storage).
 Ray Data's defaults do the fault handling: a decode task whose worker died is retried, a model
@@ -37,7 +42,7 @@ if TYPE_CHECKING:
     from xmodal.indexer.models.embedding import EmbeddingModel
     from xmodal.indexer.store.index_store import IndexStore
 
-__all__ = ["RayOptions", "embed_on_ray", "cluster_resources"]
+__all__ = ["RayOptions", "embed_on_ray", "embed_videos_on_ray", "cluster_resources"]
 
 
 # A decode worker measured ~500-570 MB (torch, PIL, one photo); 120 MP decoded as RGB alone is
@@ -139,6 +144,67 @@ def _decode_batch(batch: dict[str, np.ndarray], transform: Callable, target: int
     return {k: np.array(v, dtype=object) if k in ("pixels",) else np.array(v) for k, v in out.items()}
 
 
+# --- the video tasks ----------------------------------------------------------------------------------
+# A video becomes rows: one per sampled frame (kind "frame": its time and pixels), then one "end" row
+# (its facts, or the reason it has no frames, and how many frames it sent).
+_VIDEO_COLUMNS = ("kind", "time", "frames", "complete")
+
+
+def _sample_videos(batch: dict[str, np.ndarray], transform: Callable, target: int, limits: Any) -> dict[str, Any]:  # noqa: ANN401
+    """Sample each video of the batch with the local run's own function (indexer.video_decoders)."""
+    from pathlib import Path
+
+    from xmodal.indexer import decode_pool
+    from xmodal.indexer.scanning import FoundFile
+    from xmodal.indexer.video_decoders import _sample_into
+
+    decode_pool.init_worker(transform, target, limits.max_pixels, limits)
+    names = ("i", "error", "width", "height", "taken_at", "content_hash", "pixels", "shape", "dtype", *_VIDEO_COLUMNS)
+    out: dict[str, list[Any]] = {k: [] for k in names}
+
+    def row(i: int, kind: str, **values: Any) -> None:  # noqa: ANN401
+        defaults = {"error": "", "width": 0, "height": 0, "taken_at": "", "content_hash": "", "pixels": b""}
+        defaults.update({"shape": "", "dtype": "", "time": 0.0, "frames": 0, "complete": True})
+        for k, v in {"i": i, "kind": kind, **defaults, **values}.items():
+            out[k].append(v)
+
+    for i, path, size, mtime_ns, digest in zip(
+        batch["i"], batch["path"], batch["size"], batch["mtime_ns"], batch["content_hash"]
+    ):
+        found = FoundFile(Path(os.fsdecode(bytes(path))), int(size), int(mtime_ns), "video")
+        messages: list[tuple] = []
+        _sample_into(messages.append, decode_pool.Work(found, None, str(digest) or None), transform, target, limits)
+        sent = 0
+        for message in messages:
+            if message[0] == "frame":
+                pixels = message[2] if isinstance(message[2], np.ndarray) else message[2].numpy()
+                shape, dtype = ",".join(map(str, pixels.shape)), str(pixels.dtype)
+                row(
+                    int(i),
+                    "frame",
+                    time=float(message[1]),
+                    pixels=np.ascontiguousarray(pixels).tobytes(),
+                    shape=shape,
+                    dtype=dtype,
+                )
+                sent += 1
+                continue
+            done = message[1]
+            taken = done.taken_at
+            row(
+                int(i),
+                "end",
+                error=done.error or ("" if sent else "no frame decoded"),
+                width=done.width,
+                height=done.height,
+                taken_at=taken.isoformat() if isinstance(taken, datetime) else "",
+                content_hash=done.content_hash or "",
+                frames=sent,
+                complete=bool(done.complete),
+            )
+    return {k: np.array(v, dtype=object) if k == "pixels" else np.array(v) for k, v in out.items()}
+
+
 # --- the model actors ---------------------------------------------------------------------------------
 class _Embedder:
     """One model per actor, loaded once; embeds the decoded rows of each batch it is handed."""
@@ -163,8 +229,10 @@ class _Embedder:
         self.split = model.pixel_split()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        good = [j for j, error in enumerate(batch["error"]) if not error]
+        # a video's end row has no error and no pixels: it passes through, as failed rows do
+        good = [j for j, error in enumerate(batch["error"]) if not error and len(batch["pixels"][j])]
         out: dict[str, Any] = {k: batch[k] for k in ("i", "error", "width", "height", "taken_at", "content_hash")}
+        out.update({k: batch[k] for k in _VIDEO_COLUMNS if k in batch})
         vectors = [b""] * len(batch["i"])
         extras: dict[str, list[bytes]] = {}
         if good:
@@ -347,3 +415,121 @@ def _to_prepared(block: dict[str, np.ndarray], work: list[Work], indexed: Any) -
         if name in fields:
             fields[name] = np.stack(parts)
     return batch, good, indexed(**fields)
+
+
+def embed_videos_on_ray(
+    indexer: Indexer,
+    store: IndexStore,
+    model: EmbeddingModel,
+    videos: list[Work],
+    summary: IndexSummary,
+    options: RayOptions,
+    ship_spec: bool = True,
+) -> None:
+    """Sample `videos` in Ray tasks (one video a task), embed their frames in the model actors, and
+    write each video once all its frames are back, through the local run's writer (one transaction
+    a video, in the order they finish). The sampler's own time budget bounds a task; a decoder stuck
+    inside FFmpeg is not killed here (Ray retries a task whose worker died)."""
+    from xmodal.indexer.decode_pool import PreparedVideo, decode_size
+    from xmodal.indexer.models.embedding import IndexedPixels
+    from xmodal.indexer.progress import Progress
+
+    preprocessing = getattr(model, "preprocessing", None)
+    target = preprocessing.size if preprocessing is not None else decode_size(model.image_transform)
+    per_image = model.pixel_split().per_image
+    total, written = len(videos), [0]
+    if indexer.on_progress:
+        indexer.on_progress(Progress(0, total, "videos"))
+    with _connected(options) as ray:
+        cpus, gpus = cluster_resources(ray)
+        actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
+        items = [
+            {
+                "i": k,
+                "path": os.fsencode(w.found.path),
+                "size": w.found.size,
+                "mtime_ns": w.found.mtime_ns,
+                "content_hash": w.content_hash or "",
+            }
+            for k, w in enumerate(videos)
+        ]
+        context = ray.data.DataContext.get_current()
+        saved = context.enable_progress_bars
+        context.enable_progress_bars = False
+        try:
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.map_batches(
+                _sample_videos,
+                batch_size=1,
+                fn_kwargs={"transform": per_image, "target": target, "limits": indexer.limits},
+                num_cpus=1,
+                memory=_DECODE_MEMORY,
+            )
+            ds = ds.map_batches(
+                _Embedder,
+                batch_size=indexer.batch_size,
+                fn_constructor_kwargs={
+                    "model": str(model.spec) if ship_spec else model,
+                    "use_gpu": gpus_per_actor > 0,
+                    "threads": int(max(1, options.cpus_per_actor)),
+                },
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=options.cpus_per_actor,
+                num_gpus=gpus_per_actor,
+            )
+            clock = time.perf_counter()
+            frames: dict[int, list[tuple[float, np.ndarray, dict[str, np.ndarray]]]] = {}
+            ends: dict[int, dict[str, Any]] = {}
+            for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                extras = [name for name in block if name.startswith("x_")]
+                for j, i in enumerate(int(x) for x in block["i"]):
+                    if str(block["kind"][j]) == "frame":
+                        parts = {name[2:]: _unpack_half(block[name][j]) for name in extras}
+                        vector = np.frombuffer(block["vector"][j], dtype="<f4")
+                        frames.setdefault(i, []).append((float(block["time"][j]), vector, parts))
+                    else:
+                        ends[i] = {k: block[k][j] for k in ("error", "width", "height", "taken_at", "content_hash")}
+                        ends[i]["frames"] = int(block["frames"][j])
+                        ends[i]["complete"] = bool(block["complete"][j])
+                    end = ends.get(i)
+                    if end is None or len(frames.get(i, [])) != end["frames"]:
+                        continue
+                    got = sorted(frames.pop(i, []), key=lambda f: f[0])
+                    del ends[i]
+                    work = videos[i]
+                    if end["content_hash"]:
+                        work.content_hash = str(end["content_hash"])
+                    taken = str(end["taken_at"])
+                    video = PreparedVideo(
+                        work,
+                        times=[t for t, _, _ in got],
+                        width=int(end["width"]),
+                        height=int(end["height"]),
+                        taken_at=datetime.fromisoformat(taken) if taken else None,
+                        complete=end["complete"],
+                        error=str(end["error"]) or None,
+                    )
+                    embedded = None
+                    if got and video.error is None:
+                        fields: dict[str, np.ndarray | None] = {name: None for name in IndexedPixels._fields}
+                        fields["vectors"] = np.stack([v for _, v, _ in got]).astype(np.float32)
+                        for name in got[0][2]:
+                            if name in fields:
+                                fields[name] = np.stack([p[name] for _, _, p in got])
+                        embedded = IndexedPixels(**fields)  # type: ignore[arg-type]
+                    indexer._write_video(store, model, video, embedded, summary)
+                    written[0] += 1
+                    if indexer.on_progress:
+                        indexer.on_progress(Progress(written[0], total, "videos"))
+            summary.timings["video_cluster"] = time.perf_counter() - clock  # sampling, embedding and writing
+        except XmodalError:
+            raise
+        except Exception as e:
+            if not type(e).__module__.startswith("ray"):
+                raise
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ClusterError(
+                f"the Ray run failed ({written[0]} of {total} videos written, run the same command to resume): {reason}"
+            ) from e
+        finally:
+            context.enable_progress_bars = saved

@@ -159,6 +159,11 @@ def _degrees(value: object, ref: object) -> float | None:
 def _exif_of(fp: IO[bytes]) -> Image.Exif | None:
     """The file's EXIF from its header: Pillow's formats opened lazily (no pixel decoded), HEIF
     through pillow-heif's header reader; None for anything else (videos, unknown kinds)."""
+    head = fp.read(HEADER_BYTES)
+    kind = kind_of_header(head)
+    if kind == "video":  # not offered to Pillow: failing to identify one loads every Pillow plugin
+        return None
+    fp.seek(0)
     try:
         with warnings.catch_warnings():
             # a header over Pillow's own pixel limit: its warning is not ours to show (nothing is decoded)
@@ -167,8 +172,7 @@ def _exif_of(fp: IO[bytes]) -> Image.Exif | None:
                 return im.getexif()
     except UnidentifiedImageError:
         pass
-    fp.seek(0)
-    if kind_of_header(fp.read(HEADER_BYTES)) != "heif":
+    if kind != "heif":
         return None
     try:
         import pillow_heif

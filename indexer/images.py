@@ -135,6 +135,10 @@ def open_picture(
         from xmodal.indexer.raw import decode_raw, read_raw_bytes
 
         return decode_raw(read_raw_bytes(fp, limits), raw_size, limits, max_pixels).image
+    start = fp.tell()
+    if kind_of_header(fp.read(HEADER_BYTES)) == "video":  # before Pillow: failing one loads all its plugins
+        raise ImageReadError(unread_reason("video", suffix))
+    fp.seek(start)
     try:
         return Image.open(fp)
     except UnidentifiedImageError:

@@ -6,13 +6,11 @@ most the batch in flight and the next run resumes where it stopped.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +27,6 @@ from xmodal.indexer.decode_pool import (
     decode_size,
     file_hash,
     prefetch,
-    prepare_video,
 )
 from xmodal.indexer.facts import read_facts, rename_facts, stale_facts, write_facts
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
@@ -47,7 +44,7 @@ from xmodal.indexer.roots import (
     remember_roots,
     rows_under,
 )
-from xmodal.indexer.scanning import FoundFile, SkippedFile, unread_extension, video_not_read
+from xmodal.indexer.scanning import UNREAD_PREFIX, FoundFile, SkippedFile, unread_extension, video_not_read
 from xmodal.indexer.signals import DEFAULT_SIGNALS, Signal
 from xmodal.indexer.sources import FolderWalk, ListedFiles, Source
 from xmodal.indexer.store.index_store import IndexStore
@@ -67,8 +64,34 @@ EmbeddedBatch = tuple[list[Prepared], list[Prepared], "IndexedPixels | None"]
 
 # Photos whose facts an older run lacks are read and written this many at a time (one transaction each).
 _FACTS_BATCH = 256
+# A video's frames are embedded this many at a time as they arrive. onnxruntime plans memory per
+# batch shape: a new shape's first run costs about twice a warm one (measured: 40 frames 1.7 CPU s
+# cold, 0.8 s warm), and per frame 8 cost no more than 40. Few, small shapes stay warm.
+_VIDEO_BATCH = 8
 # Save the FAISS cache at most this often during a run; SQL holds every finished batch anyway.
 _SAVE_INTERVAL_S = 60.0
+
+
+def _video_inside(prepared: Prepared) -> bool:
+    """A file the photo decoder found to be a video by its content (a `.jpg` that is an MP4)."""
+    return prepared.error is not None and prepared.error.startswith(f"{UNREAD_PREFIX}video ")
+
+
+def _as_video(work: Work) -> Work:
+    return Work(replace(work.found, media="video"), work.row_id, work.content_hash)
+
+
+def _joined(parts: list[IndexedPixels]) -> IndexedPixels:
+    """One video's embedded batches as one."""
+    from xmodal.indexer.models.embedding import IndexedPixels
+
+    if len(parts) == 1:
+        return parts[0]
+    features = [p.tower_features for p in parts]
+    return IndexedPixels(
+        np.concatenate([p.vectors for p in parts]),
+        None if any(f is None for f in features) else np.concatenate(features),  # type: ignore[arg-type]
+    )
 
 
 def _offline_roots(store: IndexStore, folder_roots: Sequence[str]) -> dict[str, int]:
@@ -193,6 +216,7 @@ class Indexer:
         # a model given by spec is loaded by each Ray actor on its own device; an object is shipped
         self._ship_spec = model is None or isinstance(model, str)
         self._last_save = 0.0
+        self._videos_inside: list[Work] = []
         self.batch_size = batch_size
         self.first_batch_size = max(1, min(first_batch_size, batch_size))
         self.workers = workers or max(1, (os.cpu_count() or 2))
@@ -255,10 +279,12 @@ class Indexer:
         started = time.perf_counter()
         self._load_seconds = 0.0
         store = IndexStore.open(self.index_dir, self.db_url, create=True)
+        opened = time.perf_counter() - started  # a new index: its schema made (once per index)
         try:
             with store.write_lock():
                 self._check_model(store)
                 summary = self._run(store, source, prune_missing)
+                summary.timings["open"] = opened
                 store.save_vectors()  # search works on the new photos from here on
                 if self.read_text:
                     summary.photo_text = self._read_texts(store)
@@ -412,13 +438,19 @@ class Indexer:
         self._last_save = time.perf_counter()
         videos = [w for w in work if w.found.media == "video"]
         work = [w for w in work if w.found.media != "video"]
+        self._videos_inside = []  # files named like pictures that the decoders found to be videos
         if work and self.ray is not None:
             from xmodal.indexer.distributed import embed_on_ray
 
             embed_on_ray(self, store, self._load(store), work, summary, self.ray, ship_spec=self._ship_spec)
         elif work:
             self._embed_all(store, self._load(store), work, summary)
-        if videos:  # in this process also under Ray: a video is one file's many frames, one transaction
+        videos += self._videos_inside
+        if videos and self.ray is not None:  # sampled in Ray tasks, embedded by the model actors
+            from xmodal.indexer.distributed import embed_videos_on_ray
+
+            embed_videos_on_ray(self, store, self._load(store), videos, summary, self.ray, ship_spec=self._ship_spec)
+        elif videos:  # a video is one file's many frames, written in one transaction
             self._embed_videos(store, self._load(store), videos, summary)
         return summary
 
@@ -511,9 +543,12 @@ class Indexer:
         summary.timings.update(timings)
 
     def _embed_videos(self, store: IndexStore, model: EmbeddingModel, work: list[Work], summary: IndexSummary) -> None:
-        """Videos one at a time in order (their frames sampled by the decode pool, a few ahead), each
-        written in its own transaction: a killed run loses at most the video in flight."""
+        """Videos one at a time in order, each written in its own transaction: a killed run loses at
+        most the video in flight. Their frames come from decoder children (indexer.video_decoders)
+        as they are sampled and are embedded _VIDEO_BATCH at a time meanwhile; the next videos are
+        decoded ahead by the other children."""
         from xmodal.indexer.preparation import with_exported_image_path
+        from xmodal.indexer.video_decoders import VideoDecoders
 
         model = with_exported_image_path(model, self._report_stage)
         target = model.preprocessing.size if model.preprocessing is not None else decode_size(model.image_transform)
@@ -523,28 +558,39 @@ class Indexer:
         timings = {"video_decode": 0.0, "video_embed": 0.0, "video_write": 0.0}
         if self.on_progress:
             self.on_progress(Progress(0, len(work), "videos"))
-        with decode_pool(self.workers, split.per_image, target, self.start_method, self.limits.max_pixels) as pool:
-            queue = iter(work)
-            pending = deque(
-                pool.submit(prepare_video, w, self.limits) for w in itertools.islice(queue, self.workers + 1)
-            )
-            done = 0
-            while pending:
+        count = max(1, min(self.workers, len(work)))
+        with VideoDecoders(count, split.per_image, target, self.limits, self.start_method) as decoders:
+            for done, streamed in enumerate(decoders.stream(work), start=1):
+                times: list[float] = []
+                batch: list = []
+                parts: list[IndexedPixels] = []
                 clock = time.perf_counter()
-                video = pending.popleft().result()
-                timings["video_decode"] += time.perf_counter() - clock  # the wait for the decoders
-                following = next(queue, None)
-                if following is not None:
-                    pending.append(pool.submit(prepare_video, following, self.limits))
-                embedded = None
-                if video.error is None:
-                    clock = time.perf_counter()
-                    embedded = model.embed_pixels_for_index(split.per_batch(video.pixels))
-                    timings["video_embed"] += time.perf_counter() - clock
+                for t, pixels in streamed.frames():
+                    times.append(t)
+                    batch.append(pixels)
+                    if len(batch) == _VIDEO_BATCH:
+                        parts.append(model.embed_pixels_for_index(split.per_batch(batch)))
+                        batch = []
+                if batch:
+                    parts.append(model.embed_pixels_for_index(split.per_batch(batch)))
+                timings["video_decode"] += streamed.waited  # the wait for the decoder
+                timings["video_embed"] += time.perf_counter() - clock - streamed.waited
+                result = streamed.result
+                video = PreparedVideo(
+                    streamed.work,
+                    times=times,
+                    width=result.width,
+                    height=result.height,
+                    taken_at=result.taken_at,
+                    complete=result.complete,
+                    error=result.error or (None if times else "no frame decoded"),
+                )
+                if result.content_hash is not None:
+                    video.work.content_hash = result.content_hash
+                embedded = _joined(parts) if times and video.error is None else None
                 clock = time.perf_counter()
                 self._write_video(store, model, video, embedded, summary)
                 timings["video_write"] += time.perf_counter() - clock
-                done += 1
                 if self.on_progress:
                     self.on_progress(Progress(done, len(work), "videos"))
         for stage, seconds in timings.items():
@@ -643,9 +689,14 @@ class Indexer:
             self.on_progress(Progress(0, total))
         for batch, good, embedded in batches:
             clock = time.perf_counter()
+            size = len(batch)
+            if self.video and any(_video_inside(p) for p in batch) and video_support() is None:
+                # named like a picture, a video by content: read as one after the photos (_run)
+                self._videos_inside += [_as_video(p.work) for p in batch if _video_inside(p)]
+                batch = [p for p in batch if not _video_inside(p)]
             self.commit_batch(store, model, batch, good, embedded, summary)
             summary.timings["write"] += time.perf_counter() - clock
-            done += len(batch)
+            done += size
             if self.on_progress:
                 self.on_progress(Progress(done, total))
 

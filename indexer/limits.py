@@ -31,6 +31,9 @@ class Limits:
     video_still_seconds: float = 10.0
     video_max_frames: int = 120
     video_decode_seconds: float = 120.0
+    # A decoder stuck inside one call never reaches the sampler's own time check: its process is
+    # killed this long after video_decode_seconds has run out (the frames it sent are kept).
+    video_stall_seconds: float = 30.0
     # Indexing. A run that finds more than this share of the index's photos missing removes none of
     # them (a drive half gone looks like that); an explicit prune or `xmodal remove` still does.
     max_missing_share: float = 0.5

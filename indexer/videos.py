@@ -20,6 +20,7 @@ import os
 import stat
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,8 +137,15 @@ def _time_of(frame: object, stream: object) -> float | None:
     return float(pts * base) if pts is not None and base is not None else None
 
 
-def sample_frames(path: Path | str, size: int = 224, limits: Limits = DEFAULT_LIMITS) -> SampledVideo:
-    """The frames that represent the video at `path` (see the module's docstring).
+def sample_frames(
+    path: Path | str,
+    size: int = 224,
+    limits: Limits = DEFAULT_LIMITS,
+    on_frame: Callable[[Image.Image, float], None] | None = None,
+) -> SampledVideo:
+    """The frames that represent the video at `path` (see the module's docstring). `on_frame` is
+    called with each frame and its time as soon as it is kept (to embed frames while later ones
+    are still being decoded).
 
     ImageReadError with the reason when no frame can be had: not a video, no video stream (audio
     only), a stream the decoder rejects, too many pixels, an empty file."""
@@ -160,6 +168,13 @@ def sample_frames(path: Path | str, size: int = 224, limits: Limits = DEFAULT_LI
         taken_at = _creation_time(container)
         frames: list[Image.Image] = []
         times: list[float] = []
+
+        def keep(image: Image.Image, t: float) -> None:
+            frames.append(image)
+            times.append(t)
+            if on_frame is not None:
+                on_frame(image, t)
+
         complete = True
         interval = limits.video_frame_seconds
         seek = bool(duration and duration / max(1, limits.video_max_frames) > interval)
@@ -169,9 +184,9 @@ def sample_frames(path: Path | str, size: int = 224, limits: Limits = DEFAULT_LI
         error: str | None = None
         try:
             if seek and duration:
-                complete = _sample_by_seeking(container, stream, size, interval, duration, deadline, frames, times)
+                complete = _sample_by_seeking(container, stream, size, interval, duration, deadline, times, keep)
             else:
-                complete = _sample_keyframes(container, stream, size, interval, limits, deadline, frames, times)
+                complete = _sample_keyframes(container, stream, size, interval, limits, deadline, frames, times, keep)
         except (av.FFmpegError, ValueError, OSError, MemoryError) as e:
             complete, error = False, _reason(e)
         if not frames:  # no keyframe flagged (intra refresh) or a damaged start: the first frame that decodes
@@ -179,8 +194,7 @@ def sample_frames(path: Path | str, size: int = 224, limits: Limits = DEFAULT_LI
                 container.seek(0)
                 stream.codec_context.skip_frame = "DEFAULT"
                 for frame in container.decode(stream):
-                    frames.append(_scaled(frame, size))
-                    times.append(max(0.0, _time_of(frame, stream) or 0.0))
+                    keep(_scaled(frame, size), max(0.0, _time_of(frame, stream) or 0.0))
                     break
             except (av.FFmpegError, ValueError, OSError, MemoryError) as e:
                 error = error or _reason(e)
@@ -199,6 +213,7 @@ def _sample_keyframes(
     deadline: float,
     frames: list[Image.Image],
     times: list[float],
+    keep: Callable[[Image.Image, float], None],
 ) -> bool:
     """Keyframes in order, one looked at every `interval` seconds (only their packets reach the
     decoder), kept on a scene change or after `video_still_seconds`; False when cut short."""
@@ -224,8 +239,7 @@ def _sample_keyframes(
         signature = _signature(image)
         changed = last_signature is None or float(np.abs(signature - last_signature).mean()) > _SCENE_CHANGE
         if changed or t - times[-1] >= limits.video_still_seconds:
-            frames.append(image)
-            times.append(t)
+            keep(image, t)
             last_signature = signature
         return len(frames) < limits.video_max_frames
 
@@ -255,8 +269,8 @@ def _sample_by_seeking(
     interval: float,
     duration: float,
     deadline: float,
-    frames: list[Image.Image],
     times: list[float],
+    keep: Callable[[Image.Image, float], None],
 ) -> bool:
     """One frame every `interval` seconds of a long video: a seek to the keyframe before each time."""
     stream.codec_context.skip_frame = "NONKEY"  # type: ignore[attr-defined]
@@ -271,8 +285,7 @@ def _sample_by_seeking(
             if t is None:
                 continue
             if not times or t - times[-1] >= interval / 2:
-                frames.append(_scaled(frame, size))
-                times.append(max(0.0, t))
+                keep(_scaled(frame, size), max(0.0, t))
             break
         wanted += interval
     return True

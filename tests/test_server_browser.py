@@ -277,3 +277,42 @@ def test_the_text_in_a_photo_is_shown_and_highlighted(
         assert all(abs(layer[k] - picture[k]) < 2 for k in ("x", "y", "width", "height")), (layer, picture)
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "photo_text.png"))
+
+
+def test_a_video_hit_opens_playing_from_its_moment(
+    browser: webdriver.Chrome, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A query for the clip's green segment (3-6 s): the tile shows the moment, and the large view's
+    <video> has loaded the file (HTTP Range) and stands at that moment, ready to play from it."""
+    from PIL import Image
+
+    from tests.fakes import COLOURS, fake_model
+    from tests.videos import write_video
+    from xmodal.indexer.indexing import Indexer
+
+    root = tmp_path_factory.mktemp("video_browser")
+    colours = [Image.new("RGB", (64, 48), COLOURS[name]) for name in ("red", "green", "blue")]
+    write_video(root / "photos" / "clip.mp4", colours)
+    Indexer(root / "index", model=fake_model(), workers=1).add_paths([root / "photos"])
+    with running_server(make_app(Library(root / "photos", root / "index", root / "cache"))) as url:
+        browser.get(url + "/?q=green")
+        _wait(browser, lambda d: _captions(d)[:1] == ["clip.mp4"])
+        tile = _tiles(browser)[0]
+        moment = tile.find_element(By.CSS_SELECTOR, ".moment").get_attribute("textContent")
+        assert moment.startswith("▶ 0:0") and 3 <= int(moment[-1]) < 6, moment
+        tile.click()
+        _wait(browser, lambda d: d.find_element(By.ID, "big-video").is_displayed())
+        assert not browser.find_element(By.ID, "big").is_displayed()
+        ready = "const v=document.getElementById('big-video');return v.readyState>=1&&!v.seeking&&v.currentTime;"
+        now = _wait(browser, lambda d: d.execute_script(ready))
+        assert 3.0 <= float(now) < 6.0 and abs(float(now) - int(moment[-1])) < 1.0, (now, moment)  # type: ignore[arg-type]
+        assert browser.execute_script("return document.getElementById('big-video').error") is None
+        browser.execute_script(
+            "document.getElementById('big-video').muted=true;document.getElementById('big-video').play()"
+        )
+        _wait(
+            browser, lambda d: d.execute_script("return document.getElementById('big-video').currentTime") > float(now)
+        )  # type: ignore[arg-type]
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)  # closing the view stops the video
+        _wait(browser, lambda d: not d.find_element(By.ID, "viewer").is_displayed())
+        assert browser.execute_script("return document.getElementById('big-video').paused")
