@@ -163,8 +163,14 @@ def test_check_of_readings_on_both_backends(tmp_path: Path, db_backend: Backend)
             s.execute(update(PhotoTextRow).where(PhotoTextRow.item_id == ids[1]).values(lines="{not json"))
             s.execute(  # a second reading of photo 0 (as a crashed older xmodal could leave)
                 PhotoTextRow.__table__.insert().values(
-                    item_id=ids[0], frame_time=None, status="text", reason=None, engine="x", text="GRAND TOTAL 42.90",
-                    lines=json.dumps([_line("GRAND TOTAL 42.90").as_dict()]), seconds=0.1,
+                    item_id=ids[0],
+                    frame_time=None,
+                    status="text",
+                    reason=None,
+                    engine="x",
+                    text="GRAND TOTAL 42.90",
+                    lines=json.dumps([_line("GRAND TOTAL 42.90").as_dict()]),
+                    seconds=0.1,
                     read_at=s.execute(PhotoTextRow.__table__.select()).first().read_at,  # type: ignore[union-attr]
                 )
             )

@@ -71,17 +71,15 @@ def write_readings(session: Session, readings: Sequence[tuple[int, float | None,
     reading also drops a reading of the video as if it were a photo (made before frames were read)."""
     if not readings:
         return
-    table = PhotoTextRow.__table__
+    row = PhotoTextRow
     photos = [int(i) for i, t, _ in readings if t is None]
     delete_texts(session, photos, frames=False)
     framed = sorted({int(i) for i, t, _ in readings if t is not None})
     if framed:
-        session.execute(delete(table).where(table.c.item_id.in_(framed), table.c.frame_time.is_(None)))
+        session.execute(delete(row).where(row.item_id.in_(framed), row.frame_time.is_(None)))
         for item_id, time, _ in readings:
             if time is not None:
-                session.execute(
-                    delete(table).where(table.c.item_id == int(item_id), table.c.frame_time == float(time))
-                )
+                session.execute(delete(row).where(row.item_id == int(item_id), row.frame_time == float(time)))
     now = utcnow()
     rows = []
     for item_id, time, reading in readings:
@@ -106,11 +104,10 @@ def delete_texts(session: Session, item_ids: Iterable[int], frames: bool = True)
     """Forget the items' readings (rows removed or replaced: their text is read again); a video's
     frames' readings too unless `frames` is False."""
     ids = sorted({int(i) for i in item_ids})
-    table = PhotoTextRow.__table__
     for start in range(0, len(ids), 10_000):
         chunk = ids[start : start + 10_000]
-        where = table.c.item_id.in_(chunk)
-        session.execute(delete(table).where(where if frames else and_(where, table.c.frame_time.is_(None))))
+        where = PhotoTextRow.item_id.in_(chunk)
+        session.execute(delete(PhotoTextRow).where(where if frames else and_(where, PhotoTextRow.frame_time.is_(None))))
 
 
 @dataclass(frozen=True)
@@ -347,9 +344,8 @@ def mend_texts(session: Session) -> list[str]:
     bad = _bad_rows(session)
     if bad:
         ids = sorted({i for i, _ in bad})
-        table = PhotoTextRow.__table__
         for start in range(0, len(ids), 10_000):
-            session.execute(delete(table).where(table.c.id.in_(ids[start : start + 10_000])))
+            session.execute(delete(PhotoTextRow).where(PhotoTextRow.id.in_(ids[start : start + 10_000])))
         done.append(f"removed {len(ids)} reading(s) of text of no photo or frame, unreadable or replaced")
     index = _index_problems(session)
     if not index:
