@@ -10,10 +10,12 @@ How a photo is read (`TextReader.read`), so that the common case, a photo withou
 
 1. a look: the photo decoded small (JPEG draft mode; `OcrConfig.look_side` on its long side) and the
    detection model run on it alone. No text region: done, the photo has no text;
-2. a photo with text is detected again at the size its text needs: its own, at most
-   `OcrConfig.detect_side` on the long side (the look's boxes are too coarse to cut lines from);
-3. each region is cut from the photo at the resolution it was taken at (at most
-   `Limits.ocr_max_pixels`), turned upright (the angle classifier) and recognised; lines below
+2. the regions of a photo with text are detected again, at most `OcrConfig.detect_side` on the
+   long side (the look's boxes are too coarse to cut lines from), unless the look already saw the
+   photo at its own size (a small photo, a small video frame): its boxes are then final;
+3. each line is cut from the photo at the resolution it was taken at (at most
+   `Limits.ocr_max_pixels`), turned upright (the angle classifier) and recognised (48 px high,
+   padded to the widest line of its batch only); lines below
    `OcrConfig.min_score` are dropped. At most `Limits.ocr_max_boxes` regions are read, and a photo's
    reading stops after `Limits.ocr_seconds` with what it read so far.
 
@@ -263,13 +265,16 @@ class TextReader:
             return [], None
         full = _as_array(full_picture())  # RGB, at most limits.ocr_max_pixels
         height, width = full.shape[:2]
-        # The look's boxes are too coarse to cut lines from: the regions around them are detected
-        # again at the photo's resolution (at most detect_side), and only those.
-        found = [
-            _detect_in(det, full, region, cfg.detect_side)
-            for region in _regions(boxes, (width / look.shape[1], height / look.shape[0]), (width, height))
-        ]
-        boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
+        scale = (width / look.shape[1], height / look.shape[0])
+        if max(scale) <= 1.05:  # the look saw the photo at its own size (a small photo): its boxes are final
+            boxes = boxes * np.array(scale, dtype=np.float32)
+        else:
+            # The look's boxes are too coarse to cut lines from: the regions around them are
+            # detected again at the resolution the lines need (at most detect_side), and only those.
+            found = [
+                _detect_in(det, full, region, cfg.detect_side) for region in _regions(boxes, scale, (width, height))
+            ]
+            boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
         if len(boxes) == 0:
             return [], None
         boxes = boxes[_reading_order(boxes)]

@@ -260,7 +260,9 @@ class PhotoTextSignal:
         from xmodal.indexer.store.photo_texts import text_problems
 
         with store.metadata.session() as s:
-            report.text_problems.extend(text_problems(s))
+            problems, notes = text_problems(s)
+        report.text_problems.extend(problems)
+        report.notes.extend(notes)
 
     def rebuild(self, store: IndexStore) -> list[str]:
         from xmodal.indexer.store.photo_texts import mend_texts

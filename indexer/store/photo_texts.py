@@ -261,14 +261,25 @@ _SQLITE_INDEX = {
 }
 
 
-def text_problems(session: Session) -> list[str]:
-    """What is wrong with the stored readings and their text index: readings of no photo (its row
-    gone), of no frame (the video sampled again), unreadable rows, second readings of one photo or
-    frame, and a database text index out of step with the table (SQLite: FTS5's own integrity
-    check, its triggers; PostgreSQL: the trigram index invalid)."""
-    problems = [f"photo_text:{i} {why}" for i, why in _bad_rows(session)]
+def text_problems(session: Session) -> tuple[list[str], list[str]]:
+    """(problems, notes) of the stored readings and their text index. Problems: unreadable rows,
+    second readings of one photo or frame, a database text index out of step with the table
+    (SQLite: FTS5's own integrity check, its triggers; PostgreSQL: the trigram index invalid).
+    Notes (harmless, as facts of no photo are: a search only returns indexed photos): readings of
+    no photo (its row deleted by a plain write) or of no frame (the video sampled again)."""
+    problems, orphans = [], 0
+    for row_id, why in _bad_rows(session):
+        if why in (_NO_PHOTO, _NO_FRAME):
+            orphans += 1
+        else:
+            problems.append(f"photo_text:{row_id} {why}")
     problems += _index_problems(session)
-    return problems
+    notes = [f"{orphans} reading(s) of text belong to no photo or frame; check --repair drops them"] if orphans else []
+    return problems, notes
+
+
+_NO_PHOTO = "of no photo"
+_NO_FRAME = "of no frame of its video"
 
 
 def _bad_rows(session: Session) -> list[tuple[int, str]]:
@@ -277,7 +288,7 @@ def _bad_rows(session: Session) -> list[tuple[int, str]]:
     orphans = session.scalars(
         select(table.c.id).where(table.c.item_id.not_in(select(ImageRow.id))).order_by(table.c.id)
     ).all()
-    out += [(int(i), "of no photo") for i in orphans]
+    out += [(int(i), _NO_PHOTO) for i in orphans]
     seen = set(orphans)
     frame = select(FrameRow.id).where(FrameRow.item_id == table.c.item_id, FrameRow.time == table.c.frame_time)
     frameless = session.scalars(
@@ -285,7 +296,7 @@ def _bad_rows(session: Session) -> list[tuple[int, str]]:
         .where(table.c.frame_time.is_not(None), ~frame.exists(), table.c.id.not_in(seen or {-1}))
         .order_by(table.c.id)
     ).all()
-    out += [(int(i), "of no frame of its video") for i in frameless]
+    out += [(int(i), _NO_FRAME) for i in frameless]
     seen |= set(frameless)
     newest: dict[tuple[int, float | None], int] = {}
     for row_id, item_id, time, status, lines in session.execute(
