@@ -206,6 +206,10 @@ class TextReader:
         """The models that read (`reading_models`), recorded with each reading; "" without them."""
         return reading_models() or ""
 
+    def load(self) -> None:
+        """Load the models now (before reading from several threads; reading loads them otherwise)."""
+        self._load()
+
     def _load(self) -> tuple[Any, Any, Any]:
         if self._parts is None:
             self._parts, _ = _shared_engine(self.config.threads, self.config.rec_min_width)

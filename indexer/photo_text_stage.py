@@ -110,6 +110,11 @@ def read_all(reader: TextReader, items: Iterable[Unread]) -> Iterator[tuple[Unre
         for item in items:
             yield item, _read_one(reader, item)
         return
+    items = iter(items)
+    first = next(items, None)
+    if first is None:
+        return
+    yield first, _read_one(reader, first)  # loads the models once, before the threads share them
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmodal-ocr") as pool:
         window: deque[tuple[Unread, Future[PhotoText]]] = deque()
         for item in items:

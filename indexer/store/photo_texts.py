@@ -330,8 +330,8 @@ def _index_problems(session: Session) -> list[str]:
         try:
             with session.begin_nested():
                 session.execute(text(f"INSERT INTO {_FTS}({_FTS}, rank) VALUES ('integrity-check', 1)"))
-        except Exception as e:  # noqa: BLE001 - SQLite reports an index out of step as corruption
-            problems.append(f"{_FTS}: out of step with photo_texts ({str(e).splitlines()[0][:120]})")
+        except Exception:  # noqa: BLE001 - SQLite reports an index out of step as corruption ("malformed")
+            problems.append(f"{_FTS}: out of step with photo_texts (FTS5's integrity check fails)")
         return problems
     if dialect == "postgresql":
         valid = session.execute(
