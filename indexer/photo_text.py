@@ -139,10 +139,13 @@ class OcrConfig:
     """How photos are read. Sides in pixels of the picture the detector sees."""
 
     look_side: int = 320  # the look that decides whether a photo has text
-    # The second detection, on the regions with text, at most this long side (the lines are then
-    # cut from the photo at its own resolution, so this only has to find them: 640 found 475 of
-    # 476 words of separately rendered screenshots and receipts, 1280 all, at 0.6 of the speed).
+    # The second detection, on the regions with text: this long side, or half the region's own
+    # size when that is larger (small text on a large page stays 7 px and more), at most
+    # detect_max_side. The lines are then cut from the photo at its own resolution, so this only
+    # has to find them: 640 found 475 of 476 words of separately rendered 1280-px screenshots and
+    # receipts, 1280 all, at 0.6 of the speed.
     detect_side: int = 640
+    detect_max_side: int = 1280
     min_score: float = 0.5  # recognised lines less confident than this are dropped
     look_box_score: float = 0.5  # regions of the look less sure than this do not count as text
     use_angle: bool = True  # the angle classifier turns upside-down lines upright
@@ -276,7 +279,8 @@ class TextReader:
             # The look's boxes are too coarse to cut lines from: the regions around them are
             # detected again at the resolution the lines need (at most detect_side), and only those.
             found = [
-                _detect_in(det, full, region, cfg.detect_side) for region in _regions(boxes, scale, (width, height))
+                _detect_in(det, full, region, cfg.detect_side, cfg.detect_max_side)
+                for region in _regions(boxes, scale, (width, height))
             ]
             boxes = np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
         if len(boxes) == 0:
@@ -404,13 +408,15 @@ def _regions(boxes: np.ndarray, scale: tuple[float, float], size: tuple[int, int
     return [(int(r[0]), int(r[1]), int(np.ceil(r[2])), int(np.ceil(r[3]))) for r in rects]
 
 
-def _detect_in(det: Any, rgb: np.ndarray, region: tuple[int, int, int, int], side: int) -> np.ndarray:
-    """Text boxes inside one region of the photo, in the photo's pixels."""
+def _detect_in(det: Any, rgb: np.ndarray, region: tuple[int, int, int, int], side: int, max_side: int) -> np.ndarray:
+    """Text boxes inside one region of the photo, in the photo's pixels: the region seen at `side`
+    on its long side, or half its own size when larger, at most `max_side`, never enlarged."""
     x0, y0, x1, y1 = region
     part = rgb[y0:y1, x0:x1]
     if part.shape[0] < 4 or part.shape[1] < 4:
         return np.zeros((0, 4, 2), dtype=np.float32)
-    seen = _resized(part, min(side, max(part.shape[:2])))
+    long = max(part.shape[:2])
+    seen = _resized(part, min(long, max_side, max(side, (long + 1) // 2)))
     boxes, _ = _detect(det, seen)
     boxes[:, :, 0] = boxes[:, :, 0] * (part.shape[1] / seen.shape[1]) + x0
     boxes[:, :, 1] = boxes[:, :, 1] * (part.shape[0] / seen.shape[0]) + y0
