@@ -1,15 +1,16 @@
 """Reading the text in photos (issue 26): speed of the OCR stage and the share of words recovered.
 
-    python benchmarks/bench_ocr.py [--photos 1000] [--rendered 60] [--heavy 12] [--index-runs] [--json]
+    python benchmarks/bench_ocr.py [--photos 1000] [--rendered 60] [--heavy 12] [--workers 0] [--index-runs] [--json]
 
-Rates are given by the wall clock and by CPU time (the reader runs one onnxruntime thread), since
-on a shared machine the wall clock measures the other jobs as much as this one.
+Rates are given by the wall clock, photos read --workers at once as the run's second stage reads
+them (0: its default, one per CPU up to 4), and per CPU-second (each reading runs one onnxruntime
+thread), since on a shared machine the wall clock measures the other jobs as much as this one.
 
 1. the OCR stage alone (indexer.photo_text.TextReader, as the run's second stage calls it) on the
    first --photos flickr8k-1k photos (../shared; mostly without text): photos/s, and how many it
    found text in;
 2. on --heavy text-heavy pictures (screenshot-like and receipt-like, tests/rendered_text.py):
-   photos/s;
+   photos/s, and the share of their words found in the text read;
 3. on --rendered flickr photos with two words rendered on each (several fonts, sizes, colours and
    angles; English on half, Chinese in Noto CJK on the other half): the share of rendered words
    found exactly in the text read (case and width folded), English and Chinese separately;
@@ -46,37 +47,54 @@ from tests.rendered_text import (  # noqa: E402 - the repository's root first
     render_photo,
     screenshot,
 )
-from xmodal.indexer.photo_text import TextReader  # noqa: E402
+from xmodal.indexer.photo_text import OcrConfig, TextReader  # noqa: E402
+from xmodal.indexer.photo_text_stage import read_all  # noqa: E402
+from xmodal.indexer.store.photo_texts import Unread  # noqa: E402
 from xmodal.search.photo_text import normalise  # noqa: E402
 
 
-def _rate(reader: TextReader, paths: list[Path]) -> dict[str, float]:
-    """photos/s by the wall clock, and by this process's CPU time (the reader runs one thread:
-    on a machine shared with other jobs the CPU figure is what one free core would do)."""
+def _rate(reader: TextReader, paths: list[Path], words: list[list[str]] | None = None) -> dict[str, float]:
+    """photos/s by the wall clock (photos read `reader.config.parallel` at once, as the run's
+    second stage reads them), and per CPU-second of this process (one onnxruntime thread per
+    reading: on a machine shared with other jobs, what one free core would do). With `words`:
+    the share of each picture's words found in its text."""
     clock, cpu = time.perf_counter(), time.process_time()
-    results = [reader.read(p) for p in paths]
+    results = [r for _, r in read_all(reader, [Unread(n, str(p)) for n, p in enumerate(paths)])]
     seconds, cpu_seconds = time.perf_counter() - clock, time.process_time() - cpu
-    return {
+    out: dict[str, float] = {
         "photos": len(paths),
+        "workers": reader.config.parallel,
         "photos_per_second": round(len(paths) / seconds, 2),
         "photos_per_cpu_second": round(len(paths) / cpu_seconds, 2),
+        "wall_seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
         "with_text": sum(r.status == "text" for r in results),
     }
+    if words is not None:
+        found = total = 0
+        for result, expected in zip(results, words):
+            text = normalise(result.text.replace("\n", " "))
+            found += sum(normalise(w) in text for w in expected)
+            total += len(expected)
+        out["words_found"] = round(found / max(1, total), 4)
+    return out
 
 
-def _heavy(folder: Path, count: int) -> list[Path]:
+def _heavy(folder: Path, count: int) -> tuple[list[Path], list[list[str]]]:
     rng = random.Random(7)
-    out = []
+    out, words_of = [], []
     words = ENGLISH + ["invoice", "meeting", "delivery", "ticket", "platform", "refund", "weekend"]
     for n in range(count):
         if n % 2:
             items = [(rng.choice(words).upper(), f"{rng.randint(1, 40)}.{rng.randint(0, 99):02d}") for _ in range(14)]
-            out.append(receipt(folder / f"receipt_{n}.jpg", items=items).path)
+            made = receipt(folder / f"receipt_{n}.jpg", items=items)
         else:
             lines = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 8))) for _ in range(9)]
             lines[3] = "".join(rng.choice(CHINESE) for _ in range(2))
-            out.append(screenshot(folder / f"screen_{n}.png", lines=lines, size=(1280, 800)).path)
-    return out
+            made = screenshot(folder / f"screen_{n}.png", lines=lines, size=(1280, 800))
+        out.append(made.path)
+        words_of.append([w for line in made.words for w in line.split()])
+    return out, words_of
 
 
 def _recovery(reader: TextReader, folder: Path, photos: list[Path]) -> dict[str, dict[str, float]]:
@@ -141,9 +159,10 @@ def main() -> None:
     parser.add_argument("--heavy", type=int, default=12)
     parser.add_argument("--index-runs", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--workers", type=int, default=0, help="photos read at once (0: as the run does)")
     args = parser.parse_args()
     photos = flickr_photos()[: args.photos]
-    reader = TextReader()
+    reader = TextReader(OcrConfig(workers=args.workers))
     reader.read(photos[0])  # load the models outside the timings
     out: dict[str, object] = {"engine": reader.engine_name, "cpus": os.cpu_count()}
     out["flickr"] = flickr = _rate(reader, photos)
@@ -151,8 +170,8 @@ def main() -> None:
         print(f"flickr8k-1k: {json.dumps(flickr)}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="bench_ocr_media_"))
     try:
-        heavy = _heavy(folder, args.heavy)
-        out["text_heavy"] = heavy_rate = _rate(reader, heavy)
+        heavy, heavy_words = _heavy(folder, args.heavy)
+        out["text_heavy"] = heavy_rate = _rate(reader, heavy, heavy_words)
         if not args.json:
             print(f"text-heavy: {json.dumps(heavy_rate)}", flush=True)
         recovered = _recovery(reader, folder, flickr_photos()[-args.rendered :])

@@ -155,9 +155,12 @@ def _say_photo_text(done: object) -> None:
     if getattr(done, "note", None):
         typer.echo(f"xmodal: note: {done.note}", err=True)  # type: ignore[attr-defined]
     elif getattr(done, "read", 0):
+        frames = getattr(done, "frames", 0)
         typer.echo(
             f"text in photos: read {done.read}, with text {done.with_text}, "  # type: ignore[attr-defined]
-            f"not readable {done.failed} — {done.seconds:.2f} s"  # type: ignore[attr-defined]
+            f"not readable {done.failed}"  # type: ignore[attr-defined]
+            + (f" ({frames} of them video frames)" if frames else "")
+            + f" — {done.seconds:.2f} s"  # type: ignore[attr-defined]
         )
 
 

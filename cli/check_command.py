@@ -26,6 +26,7 @@ _LABELS = {
     "missing_files": "files that no longer exist",
     "model_problems": "model problems",
     "bad_vectors": "rows with unusable vectors",
+    "text_problems": "text in photos (readings, text index)",
 }
 _SHOWN = 10  # items listed per category in the human output
 

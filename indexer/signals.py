@@ -232,8 +232,9 @@ class FrameSignal:
 class PhotoTextSignal:
     """The text read in each photo (indexer.photo_text), in its own table (photo_texts). It is read
     in a second stage of the run (indexer.photo_text_stage), after the embedding, so it adds no
-    columns here: a photo whose row is replaced or removed loses its reading, so the next reading
-    stage reads it again, and `info` counts what was read."""
+    columns here: a photo whose row is replaced or removed loses its reading (a video, its frames'),
+    so the next reading stage reads it again; `check` verifies the readings and the database's text
+    index on them, and `info` counts what was read."""
 
     name = "photo_text"
 
@@ -255,16 +256,27 @@ class PhotoTextSignal:
             delete_texts(s, [int(i) for i in ids])
 
     def inspect(self, store: IndexStore, report: CheckReport) -> None:
-        return None
+        """Readings of no photo or frame, unreadable or second readings, the text index out of step."""
+        from xmodal.indexer.store.photo_texts import text_problems
+
+        with store.metadata.session() as s:
+            problems, notes = text_problems(s)
+        report.text_problems.extend(problems)
+        report.notes.extend(notes)
 
     def rebuild(self, store: IndexStore) -> list[str]:
-        return []
+        from xmodal.indexer.store.photo_texts import mend_texts
+
+        with store.metadata.session() as s, s.begin():
+            return mend_texts(s)
 
     def info(self, store: IndexStore) -> dict[str, int]:
+        """Photos and frames read, with text, failed; and those left to read by the models here."""
+        from xmodal.indexer.photo_text import reading_models
         from xmodal.indexer.store.photo_texts import text_counts
 
         with store.metadata.session() as s:
-            return text_counts(s)
+            return text_counts(s, reading_models())
 
 
 # The embedding, the frames of videos, the facts of each photo (indexer.facts: when, where, camera, names) and its text.

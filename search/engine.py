@@ -389,10 +389,22 @@ class SearchEngine:
         floor = None if min_score in (None, "auto") else float(min_score)  # type: ignore[arg-type]
         chosen = [m for m in matches if floor is None or m.score >= floor][: min(k, self.limits.max_depth)]
         with self.store.metadata.session() as s:
-            paths = dict(
-                s.execute(select(ImageRow.id, ImageRow.path).where(ImageRow.id.in_([m.item_id for m in chosen]))).all()
-            )
-        return [Hit(m.item_id, "image", m.score, paths[m.item_id]) for m in chosen if m.item_id in paths]
+            rows = {
+                r.id: r
+                for r in s.execute(
+                    select(ImageRow.id, ImageRow.path, ImageRow.media).where(
+                        ImageRow.id.in_([m.item_id for m in chosen])
+                    )
+                )
+            }
+        # a video is found by one of its frames' text: the hit's time is that frame's
+        return [
+            Hit(m.item_id, "video", m.score, rows[m.item_id].path, time=m.frame_time)
+            if rows[m.item_id].media == "video"
+            else Hit(m.item_id, "image", m.score, rows[m.item_id].path)
+            for m in chosen
+            if m.item_id in rows
+        ]
 
     def text_matches(self, words: Sequence[str]) -> dict[int, float]:
         """{photo id: score} of the photos whose text holds any of `words` (search.photo_text.word_scores):

@@ -117,7 +117,8 @@ def test_the_shipped_models_read_with_no_network(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["status"] == "text" and all(w in out["text"] for w in shot.words), out
-    assert out["engine"].startswith("rapidocr ") and out["folder"].endswith(os.path.join("rapidocr", "models"))
+    assert out["engine"].startswith("PP-OCR") and " sha256:" in out["engine"]
+    assert out["folder"].endswith(os.path.join("rapidocr", "models"))
     assert "network used" not in done.stderr
 
 
@@ -311,7 +312,14 @@ def test_cli_http_export_and_info(media: tuple[list[Rendered], list[Path], Rende
     done = xmodal("search", "a receipt on a table", "--in-photo", "pharmacy", "--index", str(index), "--json")
     assert [Path(h["path"]).name for h in json.loads(done.stdout)] == ["receipt.jpg"]
     info = json.loads(xmodal("info", "--index", str(index), "--json").stdout)
-    assert info["signals"]["photo_text"] == {"photos_read": 5, "photos_with_text": with_text, "text_failures": 0}
+    assert info["signals"]["photo_text"] == {
+        "photos_read": 5,
+        "photos_with_text": with_text,
+        "text_failures": 0,
+        "frames_read": 0,
+        "frames_with_text": 0,
+        "to_read": 0,
+    }
     assert info["text_in_photos"].startswith("read at indexing")
     assert xmodal("search", "--index", str(index)).returncode == 2  # nothing asked
 
@@ -334,6 +342,8 @@ def test_cli_http_export_and_info(media: tuple[list[Rendered], list[Path], Rende
         close_engine=True,
     )
     with TestClient(app, base_url="http://127.0.0.1") as client:
+        counts = client.get("/api/info").json()["signals"]["photo_text"]
+        assert (counts["photos_read"], counts["photos_with_text"]) == (5, with_text)
         body = client.get("/api/search", params={"in_photo": "corner pharmacy"}).json()
         assert [h["name"] for h in body["hits"]] == ["receipt.jpg"]
         both = client.get("/api/search", params={"in_photo": "pharmacy", "q": "red"}).json()

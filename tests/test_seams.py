@@ -45,7 +45,14 @@ def test_info_and_check_know_the_signals(tmp_path: Path, photo_dir: Path) -> Non
     signals = index_info(index)["signals"]
     assert signals["embedding"] == {"vectors": 4, "tower_features": 0}  # type: ignore[index]  # the fake has none
     assert signals["facts"]["photos"] == signals["facts"]["dated"] == 4  # type: ignore[index]
-    assert signals["photo_text"] == {"photos_read": 4, "photos_with_text": 0, "text_failures": 0}  # flat colours
+    assert signals["photo_text"] == {  # flat colours
+        "photos_read": 4,
+        "photos_with_text": 0,
+        "text_failures": 0,
+        "frames_read": 0,
+        "frames_with_text": 0,
+        "to_read": 0,
+    }
     assert signals["frames"] == {"videos": 0, "frames": 0}  # type: ignore[index]
     assert index_info(index, signals=())["signals"] == {}
     assert check_index(index, signals=(signal,)).ok

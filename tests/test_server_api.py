@@ -217,6 +217,8 @@ def test_info_and_errors(client: TestClient, library: Library) -> None:
     info = client.get("/api/info").json()
     assert info["images"] == 6 and info["texts"] == 3 and info["model"] and info["dim"] == FAKE_DIM
     assert info["read_only"] is True and info["roots"] == [str(library.photos)]
+    texts = info["signals"]["photo_text"]  # as `xmodal info` counts them
+    assert {"photos_read", "photos_with_text", "frames_read", "frames_with_text"} <= set(texts)
     assert client.get("/api/errors").json() == []
     assert client.get("/api/index").json()["state"] == "idle"
 

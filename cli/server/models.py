@@ -152,6 +152,11 @@ class InfoOut(BaseModel):
     read_only: bool
     auth: bool
     reloads: int
+    signals: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="What the index holds of each per-item signal (as `xmodal info` shows it): e.g. "
+        "photo_text's photos_read, photos_with_text, frames_read, frames_with_text, to_read.",
+    )
 
 
 class FailureOut(BaseModel):

@@ -79,6 +79,9 @@ class CheckReport:
     stale_caches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    # the text read in photos (photo_texts): readings of no photo or frame, unreadable or second
+    # readings, and the database's text index out of step with the table
+    text_problems: list[str] = field(default_factory=list)
 
     _PROBLEM_FIELDS = (
         "rows_without_vector",
@@ -88,6 +91,7 @@ class CheckReport:
         "missing_files",
         "model_problems",
         "bad_vectors",
+        "text_problems",
     )
 
     @property

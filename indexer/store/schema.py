@@ -504,6 +504,7 @@ class MetadataStore:
             session.execute(delete(table).where(table.id.in_(chunk)))
             if table is ImageRow:  # a photo's facts go with it (no foreign key: SQLite would not enforce it)
                 session.execute(delete(FactsRow).where(FactsRow.image_id.in_(chunk)))
+                session.execute(delete(PhotoTextRow).where(PhotoTextRow.item_id.in_(chunk)))  # and its text
             session.execute(insert(DeletedRow), [{"kind": kind, "generation": generation, "row_id": i} for i in chunk])
 
     def _track_orm_writes(self, session: Session, flush_context: object, instances: object) -> None:

@@ -11,6 +11,7 @@ from xmodal.cli.server.auth import require_auth
 from xmodal.cli.server.models import FailureOut, HealthOut, IndexRequest, IndexStatus, InfoOut
 from xmodal.cli.server.params import clean_text
 from xmodal.cli.server.services import Services, get_services
+from xmodal.indexer.signals import DEFAULT_SIGNALS
 from xmodal.indexer.store.schema import ImageRow, TextRow
 from xmodal.search.stats import failure_counts
 
@@ -44,6 +45,7 @@ def info(services: ServicesDep) -> InfoOut:
         read_only=services.jobs is None,
         auth=services.auth.enabled,
         reloads=services.live.swaps,
+        signals={signal.name: signal.info(store) for signal in DEFAULT_SIGNALS},
     )
 
 

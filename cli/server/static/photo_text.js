@@ -1,6 +1,6 @@
 // xmodal gallery: the text read in a photo, in the large view. The lines are listed beside the
 // photo, and their boxes are drawn on it; the lines holding a word of "Text in photo" (in_photo)
-// are highlighted. Plain JavaScript; every text is put into the page with textContent.
+// are highlighted. A video shows the text of the frame at the hit's moment. Plain JavaScript; every text is put into the page with textContent.
 "use strict";
 
 window.xmodalPhotoText = (() => {
@@ -58,7 +58,14 @@ window.xmodalPhotoText = (() => {
       const body = await response.json();
       if (mine !== current) return;
       const list = $("v-photo-text");
-      for (const reading of body.readings) {
+      let readings = body.readings;
+      if (readings.some((r) => r.frame_time !== null && r.frame_time !== undefined)) {
+        // a video: the reading of the frame shown (the hit's moment), whose boxes fit the picture
+        const moment = typeof hit.time === "number" ? hit.time : 0;
+        const gap = (r) => Math.abs((r.frame_time ?? 0) - moment);
+        readings = [readings.reduce((best, r) => (gap(r) < gap(best) ? r : best))];
+      }
+      for (const reading of readings) {
         if (reading.status === "failed" && !reading.lines.length) {
           const li = document.createElement("li");
           li.textContent = "not read: " + (reading.reason || "unknown reason");
