@@ -164,16 +164,6 @@ def _say_photo_text(done: object) -> None:
         )
 
 
-def _say_how_the_query_is_read(query: str) -> None:
-    """One line on stderr for a query not in English: the English each Chinese term is read as (and
-    the words not understood), or that its language is not understood yet. English prints nothing."""
-    from xmodal.search.query import how_read
-
-    line = how_read(query)
-    if line is not None:
-        typer.echo(f"xmodal: {line}", err=True)
-
-
 @app.command()
 @_run
 def search(
@@ -312,11 +302,14 @@ def search(
             in_photo=in_photo,
             literal=literal,
         )
-    # how the query was read, once the search ran (a search that fails says only why)
-    if understood is not None and not understood.plain:
+    # how the query was read, once the search ran (a search that fails says only why): one line,
+    # for a query the planner read and for one searched as it is (its language is still read)
+    if understood is None and query is not None:
+        from xmodal.search.understanding import read_literally
+
+        understood = read_literally(query)
+    if understood is not None and understood.explained:
         typer.echo(f"xmodal: {understood.line()}", err=True)
-    elif query is not None:
-        _say_how_the_query_is_read(query)
     if links is not None:
         from xmodal.search.export import link_hits
 

@@ -125,20 +125,14 @@ def build_server(
     def understand(query: str) -> dict[str, object]:
         """What `search` reads in a query: its visual description, dates (start and end, both
         included), place (one this index holds), words in the photo, file and folder names, and the
-        words that looked like a date or place but are not one here."""
+        words that looked like a date or place but are not one here. A Chinese description comes
+        with the English it is read as (`read_as`, one entry per term; `reading`), the words neither
+        the dictionary nor the model knows (in `not_understood`) and those read by their characters
+        (`guessed`); a language not understood yet gets a `note`."""
         _check_query(query, limits)
         if not query.strip():
             raise ToolError("the query is empty")
         return _domain(lambda: engine.understand(query).as_dict())
-
-    @server.tool()
-    def read_query(query: str) -> str:
-        """How a search query is read: "English" for English, else the English its Chinese terms are
-        read as (and the words not understood), or a note that its language is not understood yet."""
-        from xmodal.search.query import how_read
-
-        _check_query(query, limits)
-        return _domain(lambda: how_read(query) or "English")
 
     @server.tool()
     def similar(item_id: int, k: int = 10, kind: Target = "image") -> list[HitOut]:

@@ -39,7 +39,7 @@ from xmodal.search.query import QueryTerm, parse_query
 from xmodal.search.rerank.pipeline import CandidateFeatures, Candidates, Ranked, SecondStage
 from xmodal.search.rerank.qbnorm import QueryBanks
 from xmodal.search.rerank.stages import RerankOptions, auto_score_floor, maximal_marginal_relevance
-from xmodal.search.understanding import Understood
+from xmodal.search.understanding import Understood, read_language
 
 if TYPE_CHECKING:
     from xmodal.indexer.facts import Facts
@@ -220,7 +220,7 @@ class SearchEngine:
         """What the one-box planner reads in a query (search.understanding): its visual part, dates,
         place, words in the photo and in names. `today` fixes relative dates ("last summer");
         parts named in `ignore` are not read (their words stay visual). Pass the result to `search`."""
-        return _with_reading(self._vocabulary().planner.understand(query, ignore, today=today))
+        return read_language(self._vocabulary().planner.understand(query, ignore, today=today))
 
     def _vocabulary(self) -> IndexVocabulary:
         """The planner's vocabulary of this index, rebuilt when its photos change."""
@@ -735,24 +735,6 @@ def _best_moments(session: object, videos: list[int], query: np.ndarray | None) 
         if item not in best or score > best[item][0]:
             best[item] = (score, float(time))
     return {item: moment for item, (_, moment) in best.items()}
-
-
-def _with_reading(understood: Understood) -> Understood:
-    """A Chinese visual part with the English it is read as, and the words not understood."""
-    from xmodal.indexer.models.chinese.script import has_chinese
-
-    if not understood.visual or not has_chinese(understood.visual):
-        return understood
-    from xmodal.indexer.models.chinese import understand as understand_language
-
-    language = understand_language(understood.visual)
-    if language.note:
-        return replace(understood, not_understood=(*understood.not_understood, language.note))
-    return replace(
-        understood,
-        reading=language.english,
-        not_understood=(*understood.not_understood, *language.unknown_words),
-    )
 
 
 @dataclass(frozen=True)

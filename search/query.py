@@ -75,7 +75,9 @@ def parse_query(text: str) -> list[QueryTerm]:
 def how_read(query: str | list[QueryTerm]) -> str | None:
     """One line on how a query's text terms are read when one is not plain English: 'reading "狗"
     as "dog", "雪" as "snow"' (with the words not understood), or that a language is not
-    understood yet. None for English queries, pictures, and a query that does not parse."""
+    understood yet. None for English queries, pictures, and a query that does not parse.
+    Deprecated (the HTTP answer's top-level `reading` only): search.understanding.read_language puts
+    the same in the query's Understood."""
     from xmodal.indexer.models.chinese import reading_line
 
     try:

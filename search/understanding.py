@@ -37,6 +37,8 @@ __all__ = [
     "Part",
     "QueryPlanner",
     "Understood",
+    "read_language",
+    "read_literally",
     "understand",
 ]
 
@@ -76,8 +78,14 @@ class Understood:
     quoted: tuple[str, ...] = ()  # the part of in_photo the user quoted (asked for explicitly)
     names: tuple[str, ...] = ()
     not_understood: tuple[str, ...] = ()
-    reading: str | None = None  # the English a Chinese visual part is read as (filled by the engine)
+    reading: str | None = None  # the English a Chinese visual part is read as (filled by read_language)
     literal: bool = False  # the whole query is the visual query, nothing else was read
+    # filled by read_language: each Chinese text term of the visual part with the English it is read
+    # as (a combined query has several), the words the dictionary lacks that were read by their
+    # characters, and a note when the query's language is not understood yet
+    read_as: tuple[tuple[str, str], ...] = ()
+    guessed: tuple[str, ...] = ()
+    note: str | None = None
 
     @property
     def parts(self) -> list[Part]:
@@ -99,6 +107,12 @@ class Understood:
         """Nothing but a visual query was read: searching it is searching the query as before."""
         return self.literal or (self.parts in (["visual"], []) and self.visual == self.query)
 
+    @property
+    def explained(self) -> bool:
+        """Whether `line` says more than the query itself: a part was read, a Chinese term was
+        read as English, a word was not understood, or the language is not understood yet."""
+        return not self.plain or bool(self.read_as or self.guessed or self.not_understood or self.note)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "query": self.query,
@@ -112,13 +126,20 @@ class Understood:
             "not_understood": list(self.not_understood),
             "parts": list(self.parts),
             "literal": self.literal,
+            "read_as": [{"text": text, "english": english} for text, english in self.read_as],
+            "guessed": list(self.guessed),
+            "note": self.note,
         }
 
     def line(self) -> str:
         """One line for people: `searching "dog on the beach" · Lisbon · 2025-06-01…2025-08-31`."""
         shown = self.visual if self.visual and '"' in self.visual else f'"{self.visual}"'
         pieces = [f"searching {shown}" if self.visual else "searching"]
-        if self.reading:
+        if len(self.read_as) == 1 and self.read_as[0][0] == self.visual:
+            pieces[0] += f', read as "{self.read_as[0][1]}"'
+        elif self.read_as:
+            pieces[0] += ", reading " + ", ".join(f'"{text}" as "{english}"' for text, english in self.read_as)
+        elif self.reading:
             pieces[0] += f', read as "{self.reading}"'
         if self.place:
             pieces.append(self.place)
@@ -131,6 +152,10 @@ class Understood:
         text = " · ".join(pieces)
         if self.not_understood:
             text += "; not understood: " + ", ".join(self.not_understood)
+        if self.guessed:
+            text += "; not in the dictionary, read by their characters: " + ", ".join(self.guessed)
+        if self.note:
+            text += f"; note: {self.note}"
         return text
 
 
@@ -727,3 +752,48 @@ def understand(
 ) -> Understood:
     """`QueryPlanner(...).understand(query)` for one query (an engine keeps its planner)."""
     return QueryPlanner(places, photo_words, name_words, today).understand(query, ignore)
+
+
+def read_language(understood: Understood) -> Understood:
+    """`understood` with what its language path makes of the visual part: each Chinese text term
+    with the English it is read as (`reading` too when the visual part is one term), the words
+    neither the dictionary nor the training knows (in `not_understood`), the words read by their
+    characters, and a note for a language not understood yet. English comes back as it was."""
+    if not understood.visual:
+        return understood
+    from xmodal.indexer.models.chinese import understand as understand_language
+
+    try:
+        terms = [t.value for t in parse_query(understood.visual) if t.kind == "text"]
+    except InvalidQueryError:
+        terms = [understood.visual]
+    read_as: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    guessed: list[str] = []
+    notes: list[str] = []
+    for term in terms:
+        language = understand_language(term)
+        if language.note is not None:
+            notes.append(language.note)
+        elif language.language == "chinese":
+            read_as.append((term, language.english or ""))
+            unknown += [w for w in language.unknown_words if w not in unknown]
+            guessed += [w for w in language.guessed_words if w not in guessed]
+    if not (read_as or notes):
+        return understood
+    single = len(read_as) == 1 and read_as[0][0] == understood.visual
+    return replace(
+        understood,
+        reading=read_as[0][1] if single else understood.reading,
+        read_as=tuple(read_as),
+        not_understood=(*understood.not_understood, *(w for w in unknown if w not in understood.not_understood)),
+        guessed=tuple(guessed),
+        note=" / ".join(dict.fromkeys(notes)) if notes else None,
+    )
+
+
+def read_literally(query: str) -> Understood:
+    """A query searched as it is (literal, combined with a picture, texts as the target): nothing
+    is read from it but its language (read_language)."""
+    text = " ".join(query.split())
+    return read_language(Understood(query=text, visual=text or None, literal=True))

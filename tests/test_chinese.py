@@ -121,6 +121,27 @@ def test_a_combined_query_says_how_each_term_is_read() -> None:
     assert how_read("𠀋狗") == 'reading "𠀋狗" as "dog"; not understood: 𠀋'
 
 
+def test_the_planners_understood_carries_the_reading() -> None:
+    """One explanation of a query: Understood says how each Chinese term is read, the words not
+    understood, the words read by their characters and a language note (search.understanding)."""
+    from xmodal.search.understanding import Understood, read_language, read_literally
+
+    combined = read_literally('"狗" - "雪"')
+    assert combined.read_as == (("狗", "dog"), ("雪", "snow")) and combined.reading is None
+    assert combined.line() == 'searching "狗" - "雪", reading "狗" as "dog", "雪" as "snow"' and combined.explained
+    unknown = read_literally("𠀋狗")
+    assert unknown.reading == "dog" and unknown.not_understood == ("𠀋",)
+    assert unknown.line() == 'searching "𠀋狗", read as "dog"; not understood: 𠀋'
+    assert "read by their characters: 奥利" in read_literally("奥利奥饼干").line()
+    kana = read_literally("海辺の犬")
+    assert kana.note == "Japanese kana is not understood yet: only English and Chinese are" and not kana.read_as
+    assert kana.line().endswith("; note: Japanese kana is not understood yet: only English and Chinese are")
+    assert not read_literally("a dog on the beach").explained  # English says nothing more
+    planned = read_language(Understood(query="东京的狗", visual="狗", place="Tokyo", not_understood=("昨日",)))
+    assert planned.line() == 'searching "狗", read as "dog" · Tokyo; not understood: 昨日'
+    assert planned.as_dict()["read_as"] == [{"text": "狗", "english": "dog"}]
+
+
 def test_names_the_dictionary_lacks_are_reported_as_read_by_their_characters() -> None:
     seen = understand("奥利奥饼干")  # Oreo cookies: jieba cuts 奥利, which CC-CEDICT does not have
     assert seen.guessed_words and "奥" in seen.guessed_words[0] and "biscuit" in (seen.english or "")
@@ -241,7 +262,7 @@ def test_every_command_reads_chinese(test_photos, tmp_path) -> None:
     assert "海滩上的两匹马" in found.stdout  # two horses on a beach: image -> its Chinese caption
 
     combined = xmodal("search", '"狗" - "雪"', "-n", "3", "--index", index)
-    assert 'xmodal: reading "狗" as "dog", "雪" as "snow"' in combined.stderr
+    assert 'xmodal: searching "狗" - "雪", reading "狗" as "dog", "雪" as "snow"' in combined.stderr
     assert "1094462889_f9966dafa6.jpg" not in combined.stdout  # the brown dog in the snow
 
     with open(tmp_path / "pairs.csv", "w", encoding="utf-8", newline="") as f:

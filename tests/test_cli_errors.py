@@ -268,10 +268,12 @@ def test_a_query_not_in_english_says_how_it_is_read(runner: CliRunner, fake_inde
     understood yet are each one line on stderr; the search still runs."""
     result = runner.invoke(app, ["search", "海边的狗", "--index", str(fake_index), "--json"])
     assert result.exit_code == 0, result.output
-    assert 'xmodal: reading "海边的狗" as "' in result.stderr and "dog" in result.stderr
+    assert 'xmodal: searching "海边的狗", read as "' in result.stderr and "dog" in result.stderr
     result = runner.invoke(app, ["search", "海边的狗 鑫鑫鑫", "--index", str(fake_index), "--json"])
     assert "not understood: " in result.stderr
     result = runner.invoke(app, ["search", "ビーチの犬", "--index", str(fake_index), "--json"])
-    assert result.exit_code == 0 and "xmodal: note: " in result.stderr and "not understood yet" in result.stderr
+    assert result.exit_code == 0 and "; note: " in result.stderr and "not understood yet" in result.stderr
     result = runner.invoke(app, ["search", "red", "--index", str(fake_index), "--json"])
-    assert "reading" not in result.stderr and "note" not in result.stderr  # English needs no reading
+    assert "read as" not in result.stderr and "note" not in result.stderr  # English needs no reading
+    result = runner.invoke(app, ["search", "海边的狗", "--literal", "--index", str(fake_index), "--json"])
+    assert result.exit_code == 0 and 'xmodal: searching "海边的狗", read as "' in result.stderr  # one line too

@@ -55,7 +55,7 @@ async def _session(index: Path, cache: Path) -> dict[str, Any]:
         out["search"] = found.structured_content["result"]
         chinese = await client.call_tool("search", {"query": "红色的圆圈", "k": 3})  # Chinese: "a red circle"
         out["chinese"] = chinese.structured_content["result"]
-        out["read"] = (await client.call_tool("read_query", {"query": '"红色的圆圈" - "蓝色"'})).structured_content
+        out["read"] = (await client.call_tool("understand", {"query": '"红色的圆圈" - "蓝色"'})).structured_content
         first = out["search"][0]["id"]
         out["similar"] = (await client.call_tool("similar", {"item_id": first, "k": 2})).structured_content["result"]
         out["item"] = (await client.call_tool("item", {"item_id": first})).structured_content
@@ -72,7 +72,7 @@ async def _session(index: Path, cache: Path) -> dict[str, Any]:
 def test_mcp_tools_over_stdio(index: tuple[Path, Path, Path]) -> None:
     idx, photos, cache = index
     out = asyncio.run(asyncio.wait_for(_session(idx, cache), timeout=600))
-    assert out["tools"] == ["index_info", "item", "read_query", "search", "similar", "understand"]
+    assert out["tools"] == ["index_info", "item", "search", "similar", "understand"]
     read = out["understand"]
     assert read["visual"] == "a red circle" and read["dates"]["start"] == "2019-01-01" and "red" in read["names"]
     assert out["search"][0]["matched"][0] == "visual"
@@ -84,7 +84,11 @@ def test_mcp_tools_over_stdio(index: tuple[Path, Path, Path]) -> None:
     # a Chinese query is searched (the drawings are too alike in the text space to test its ranking here:
     # tests/test_chinese.py does that on photos)
     assert len(out["chinese"]) == 3 and all(Path(h["path"]).parent == photos for h in out["chinese"])
-    assert out["read"]["result"] == 'reading "红色的圆圈" as "red circle", "蓝色" as "blue"'
+    # a Chinese query's reading is part of what `understand` says (one explanation, each term read)
+    assert out["read"]["read_as"] == [
+        {"text": "红色的圆圈", "english": "red circle"},
+        {"text": "蓝色", "english": "blue"},
+    ]
     assert len(out["similar"]) == 2 and hits[0]["id"] not in {h["id"] for h in out["similar"]}
     assert out["item"]["id"] == hits[0]["id"] and out["item"]["path"] == hits[0]["path"] and out["item"]["width"] == 200
     info = out["info"]

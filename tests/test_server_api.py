@@ -77,6 +77,24 @@ def test_a_query_not_in_english_says_how_it_was_read(client: TestClient) -> None
     assert note.startswith("note: this looks like Spanish, which is not understood yet")
 
 
+def test_the_reading_is_part_of_what_the_query_was_read_as(client: TestClient) -> None:
+    """One explanation: `understood` carries each Chinese term's English, the words not understood and
+    a language note, for planned queries and for those searched as they are (`reading` is deprecated)."""
+    understood = client.get("/api/search", params={"q": "红色", "limit": 3}).json()["understood"]
+    assert understood["read_as"] == [{"text": "红色", "english": "red"}] and understood["reading"] == "red"
+    combined = client.get("/api/search", params={"q": '"红色" - "蓝色"', "limit": 3}).json()["understood"]
+    assert [r["english"] for r in combined["read_as"]] == ["red", "blue"]
+    literal = client.get("/api/search", params={"q": "𠀋红色", "literal": "true", "limit": 3}).json()["understood"]
+    assert literal["literal"] and literal["read_as"] == [{"text": "𠀋红色", "english": "red"}]
+    assert literal["not_understood"] == ["𠀋"]
+    texts = client.get("/api/search", params={"q": "红色", "target": "text"}).json()["understood"]
+    assert texts["read_as"] == [{"text": "红色", "english": "red"}]
+    note = client.get("/api/search", params={"q": "un coche rojo en la calle"}).json()["understood"]
+    assert note["note"].startswith("this looks like Spanish") and note["not_understood"] == []
+    english = client.get("/api/search", params={"q": "red"}).json()["understood"]
+    assert english["read_as"] == [] and english["note"] is None
+
+
 def test_paging_with_cursor_and_offset(client: TestClient) -> None:
     everything = [h["id"] for h in client.get("/api/search", params={"q": "blue", "limit": 50}).json()["hits"]]
     first = client.get("/api/search", params={"q": "blue", "limit": 2}).json()

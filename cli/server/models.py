@@ -72,13 +72,18 @@ class SearchResponse(BaseModel):
     took_ms: float
     understood: dict[str, object] | None = Field(
         default=None,
-        description="What a plain text query was read as (search.understanding.Understood.as_dict): its visual "
-        "part, dates, place, words in the photo, names, words not understood; null when read literally.",
+        description="What a text query was read as (search.understanding.Understood.as_dict): its visual part, "
+        "dates, place, words in the photo, names, words not understood, each Chinese term with the English it "
+        "is read as (`read_as`, `reading`), words read by their characters (`guessed`) and a `note` when the "
+        "language is not understood yet. A query searched literally, combined with a picture or for texts has "
+        "only its language read (`literal` true); null without query text.",
     )
     reading: str | None = Field(
         default=None,
-        description='How a query not in English was read: \'reading "海边的狗" as "dog beach"\' (and the words '
-        "not understood), or a note that its language is not understood yet; null for English.",
+        json_schema_extra={"deprecated": True},
+        description="Deprecated: `understood` says the same. How a query not in English was read: 'reading "
+        '"海边的狗" as "dog beach"\' (and the words not understood), or a note that its language is not '
+        "understood yet; null for English.",
     )
 
 

@@ -26,7 +26,7 @@ from xmodal.indexer.limits import DEFAULT_LIMITS
 from xmodal.search.engine import SearchEngine
 from xmodal.search.hits import Hit
 from xmodal.search.query import how_read
-from xmodal.search.understanding import Understood
+from xmodal.search.understanding import Understood, read_literally
 
 __all__ = ["router", "run_search"]
 
@@ -129,8 +129,10 @@ def run_search(
                 raise HTTPException(400, "the query's parts cancel each other out")
             hits = engine.search(total / norm, **search)  # type: ignore[arg-type]
     response = page(hits, options, (time.perf_counter() - started) * 1000)
+    if understood is None and text is not None:  # searched as it is: only its language is read
+        understood = read_literally(text)
     response.understood = understood.as_dict() if understood is not None else None
-    response.reading = how_read(terms) if terms is not None else None
+    response.reading = how_read(terms) if terms is not None else None  # deprecated: `understood` says it
     return response
 
 

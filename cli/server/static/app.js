@@ -115,7 +115,6 @@
     }
     const n = state.hits.length;
     setStatus(n === 0 ? "No results for " + describe() + "." : n + (state.cursor ? "+" : "") + " results for " + describe());
-    if (first && window.xmodalReading) window.xmodalReading(body.reading); // reading.js: how the query was read
     if (first && start === 0 && n > 0 && document.activeElement === document.body) grid.firstChild.focus({ preventScroll: true });
     watchSentinel();
   }

@@ -1,5 +1,6 @@
 // What the one-box planner read in a text query, as chips above the results (issue 27): the
-// description, the place, the dates, the words in the photo and in names. Removing a chip searches
+// description (with the English a Chinese one is read as), the place, the dates, the words in the
+// photo and in names, and the words not understood or a note on a language not understood yet. Removing a chip searches
 // again with that part not read (its words then count as description); each hit shows which parts it
 // matched. Loaded before app.js, which calls the hooks on window.xmodalUnderstanding.
 "use strict";
@@ -59,9 +60,15 @@
       el.replaceChildren();
       if (!understood) return;
       const parts = understood.parts || [];
-      if (parts.length <= 1 && understood.visual === understood.query && !understood.not_understood.length) return;
+      const readAs = understood.read_as || [];
+      const guessed = understood.guessed || [];
+      const read = readAs.length || guessed.length || understood.note || understood.not_understood.length;
+      if (parts.length <= 1 && understood.visual === understood.query && !read) return;
       if (understood.visual) {
-        el.append(chip("visual", understood.reading ? understood.visual + " (" + understood.reading + ")" : understood.visual, false));
+        const english = readAs.length === 1 && readAs[0].text === understood.visual
+          ? " (" + readAs[0].english + ")"
+          : readAs.map((r) => " (" + r.text + ": " + r.english + ")").join("");
+        el.append(chip("visual", understood.visual + english, false));
       }
       if (understood.place) el.append(chip("place", understood.place, true));
       if (understood.dates) {
@@ -74,6 +81,18 @@
         const note = document.createElement("span");
         note.className = "chip-note";
         note.textContent = "not understood: " + understood.not_understood.join(", ");
+        el.append(note);
+      }
+      if (guessed.length) {
+        const note = document.createElement("span");
+        note.className = "chip-note";
+        note.textContent = "not in the dictionary, read by their characters: " + guessed.join(", ");
+        el.append(note);
+      }
+      if (understood.note) {
+        const note = document.createElement("span");
+        note.className = "chip-note";
+        note.textContent = "note: " + understood.note;
         el.append(note);
       }
     },
