@@ -17,7 +17,12 @@ from xmodal.indexer.errors import ModelLoadError
 
 @pytest.fixture
 def level_changes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the loggers whose level is set while the test runs ("root" for the root logger)."""
+    """Names of the loggers whose level is set while the test runs ("root" for the root logger).
+    The hub libraries are imported first: they set their own loggers' levels when first imported,
+    which is theirs to do and would otherwise depend on which test ran first."""
+    import huggingface_hub  # noqa: F401
+    import transformers  # noqa: F401
+
     changed: list[str] = []
     real = logging.Logger.setLevel
 
