@@ -165,6 +165,7 @@ def test_unknown_option_and_command(runner: CliRunner, fake_index: Path) -> None
         assert "Error" in result.output or "error" in result.output
 
 
+@pytest.mark.slow
 def test_very_long_and_odd_text_queries_work(runner: CliRunner, fake_index: Path, fake_loader: None) -> None:
     for query in ["red " * 50_000, "blue\x00\x01 ☃ " * 100, "-", "+ +", '"unbalanced']:
         result = runner.invoke(app, ["search", query, "--index", str(fake_index), "--json"])

@@ -251,6 +251,7 @@ def test_an_old_index_another_process_is_reading_is_waited_for(tmp_path: Path) -
     assert _revision(url) == HEAD
 
 
+@pytest.mark.slow
 def test_a_database_held_too_long_is_busy_not_missing(tmp_path: Path) -> None:
     index_dir, _, _ = _legacy(tmp_path, Backend("sqlite", None))
     reader = _held_by_a_reader(index_dir, 2.0)

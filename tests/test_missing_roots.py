@@ -232,6 +232,7 @@ def test_the_index_command_keeps_an_offline_root_and_prunes_on_request(tmp_path:
     assert "removed 4" in result.output and _count(index) == 0
 
 
+@pytest.mark.slow
 def test_the_watcher_catches_up_with_a_drive_mounted_again(tmp_path: Path, photo_dir: Path) -> None:
     index = tmp_path / "idx"
     _index(index, photo_dir)

@@ -225,6 +225,7 @@ def test_texts_of_one_request_are_bounded_together(client: TestClient) -> None:
     assert len(vectors) == 80 and vectors[0] == vectors[78]  # embedded in parts, in order
 
 
+@pytest.mark.slow
 def test_health_answers_while_every_worker_is_busy(library: Library) -> None:
     app = make_app(library)
     services: Services = app.state.xmodal

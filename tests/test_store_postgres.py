@@ -127,6 +127,7 @@ def _lock_holder(index_dir: str, ready) -> None:  # noqa: ANN001
         time.sleep(120)
 
 
+@pytest.mark.slow
 def test_a_dead_writers_advisory_lock_is_released_by_the_server(tmp_path: Path, pg_url: str) -> None:
     from xmodal.indexer.errors import IndexLockedError
 

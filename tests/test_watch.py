@@ -40,6 +40,7 @@ def test_folder_helpers() -> None:
     assert index_roots(["/p/a/x.jpg", "/p/a/b/y.jpg", "/p/c/z.jpg"]) == ["/p/a", "/p/c"]
 
 
+@pytest.mark.slow
 def test_watcher_keeps_the_index_current(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     make_image(photos / "red.jpg", COLOURS["red"])
