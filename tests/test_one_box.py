@@ -161,7 +161,9 @@ def test_http_returns_what_it_understood(engine: SearchEngine, tmp_path: Path) -
             "img_0009.jpg",
         }
         body = client.get("/api/search", params={"q": "bicycle in Lisbon 2022", "literal": "true", **plain}).json()
-        assert body["understood"] is None and len(body["hits"]) == len(PHOTOS) + len(SIGNS)
+        understood = body["understood"]  # literal: the words are searched as they are, nothing taken out
+        assert understood["literal"] is True and understood["place"] is None and understood["dates"] is None
+        assert len(body["hits"]) == len(PHOTOS) + len(SIGNS)
         assert client.get("/api/search", params={"q": "dog", "ignore": "colour", **plain}).status_code == 422
 
 
