@@ -15,6 +15,7 @@ Worker processes die with the run that started them (`kill -9` of `xmodal index`
 from __future__ import annotations
 
 import ctypes
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -160,11 +161,17 @@ _PARENT_POLL_S = 1.0
 
 
 def _die_with_run(run_pid: int) -> None:
-    """A decode worker must not outlive its run: after `kill -9` of the run it would wait on its
+    """A worker process's first step. Objects it inherited from a forked parent are never collected
+    here (gc.freeze): their destructors would wait on threads that do not exist in the child (an
+    onnxruntime session left in a reference cycle by the parent hung a forked worker's first
+    import in pthread_cond_destroy).
+
+    A decode worker must not outlive its run: after `kill -9` of the run it would wait on its
     task queue forever (the queue's other end stays open in its sibling workers). Under forkserver
     its parent is the fork server, which in turn waits for its children to close their end of its
     pipe, so the worker watches the run itself: a pidfd where there is one (Linux), else the
     parent changing. Linux also has the kernel kill it with its parent (PR_SET_PDEATHSIG)."""
+    gc.freeze()
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:

@@ -1,0 +1,65 @@
+"""A forked worker never runs the destructors of what it inherited: an onnxruntime session the
+parent left in a reference cycle (garbage not yet collected) hung a decode worker in
+pthread_cond_destroy when the child's garbage collector reached it (its thread pool's threads do
+not exist in the child). Workers freeze what they inherit as their first step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+_SCRIPT = """
+import gc, multiprocessing, os, sys
+from pathlib import Path
+import numpy as np
+import onnxruntime as ort
+import xmodal.data
+from xmodal.indexer.decode_pool import _die_with_run
+
+gc.disable()  # the parent has not collected its garbage yet when it forks
+for _ in range(3):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(
+        str(Path(xmodal.data.__file__).parent / "xmodal-lite" / "image.onnx"), options,
+        providers=["CPUExecutionProvider"],
+    )
+    feed = session.get_inputs()[0]
+    session.run(None, {feed.name: np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)})
+    cycle = [session]
+    cycle.append(cycle)
+    del cycle, session
+run_pid = os.getpid()
+
+
+def worker(first_step: bool) -> None:
+    if first_step:
+        _die_with_run(run_pid)
+    gc.collect()
+
+
+child = multiprocessing.get_context("fork").Process(target=worker, args=(sys.argv[1] == "worker",))
+child.start()
+child.join(10)
+print("hung" if child.is_alive() else f"exit {child.exitcode}")
+if child.is_alive():
+    child.kill()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method (Linux)")
+def test_a_forked_worker_never_collects_an_inherited_onnxruntime_session() -> None:
+    def run(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _SCRIPT, mode], cwd=_REPO, capture_output=True, text=True, timeout=120
+        )
+        return done.stdout.strip()
+
+    assert run("worker") == "exit 0"
+    # the hazard is real: a forked child that collects the inherited session hangs
+    assert run("bare") == "hung"
