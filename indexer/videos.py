@@ -122,7 +122,11 @@ def _scaled(frame: object, size: int) -> Image.Image:
     width, height = frame.width, frame.height  # type: ignore[attr-defined]
     scale = min(1.0, size / max(1, min(width, height)))
     w, h = max(1, round(width * scale)), max(1, round(height * scale))
-    return frame.to_image(width=w, height=h)  # type: ignore[attr-defined]
+    # One scaling thread: swscale's slice threads left in a reformatter of this process would hang
+    # a child forked from it (their condition variables are destroyed in the child, pthread_cond_destroy
+    # waits for threads that do not exist there); frames here are small, one thread is enough.
+    scaled = frame.reformat(width=w, height=h, format="rgb24", threads=1)  # type: ignore[attr-defined]
+    return scaled.to_image()
 
 
 def _signature(image: Image.Image) -> np.ndarray:
