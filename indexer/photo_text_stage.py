@@ -17,6 +17,7 @@ onnxruntime runs outside the GIL), in order, so a commit always holds the oldest
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -114,7 +115,11 @@ def read_all(reader: TextReader, items: Iterable[Unread]) -> Iterator[tuple[Unre
     first = next(items, None)
     if first is None:
         return
-    yield first, _read_one(reader, first)  # loads the models once, before the threads share them
+    try:
+        reader.load()  # once, before the threads share them (the first photo is read in parallel too)
+    except Exception:  # noqa: BLE001 - models that cannot load fail each reading, with the reason
+        pass
+    items = itertools.chain((first,), items)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xmodal-ocr") as pool:
         window: deque[tuple[Unread, Future[PhotoText]]] = deque()
         for item in items:
