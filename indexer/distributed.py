@@ -284,6 +284,45 @@ def _plan_actors(options: RayOptions, cpus: float, gpus: float) -> tuple[int, fl
     return max(1, int(cpus // (2 * max(options.cpus_per_actor, 1.0)))), 0.0
 
 
+def _work_items(work: list[Work]) -> list[dict[str, Any]]:
+    """The rows Ray Data reads the files from: the file's place in `work` and what names its version."""
+    return [
+        {
+            "i": k,
+            "path": os.fsencode(w.found.path),
+            "size": w.found.size,
+            "mtime_ns": w.found.mtime_ns,
+            "content_hash": w.content_hash or "",
+        }
+        for k, w in enumerate(work)
+    ]
+
+
+def _embedded(
+    ray: Any,  # noqa: ANN401 - the ray module
+    ds: Any,  # noqa: ANN401 - a ray.data.Dataset of decoded pixels
+    batch_size: int,
+    model: EmbeddingModel,
+    ship_spec: bool,
+    options: RayOptions,
+    actors: int,
+    gpus_per_actor: float,
+) -> Any:  # noqa: ANN401
+    """`ds` embedded by a pool of model actors (each loads the model once)."""
+    return ds.map_batches(
+        _Embedder,
+        batch_size=batch_size,
+        fn_constructor_kwargs={
+            "model": str(model.spec) if ship_spec else model,
+            "use_gpu": gpus_per_actor > 0,
+            "threads": int(max(1, options.cpus_per_actor)),
+        },
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=options.cpus_per_actor,
+        num_gpus=gpus_per_actor,
+    )
+
+
 def embed_on_ray(
     indexer: Indexer,
     store: IndexStore,
@@ -313,16 +352,7 @@ def embed_on_ray(
         cpus, gpus = cluster_resources(ray)
         actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
         summary.timings["cluster_cpus"], summary.timings["cluster_gpus"] = cpus, gpus
-        items = [
-            {
-                "i": k,
-                "path": os.fsencode(w.found.path),
-                "size": w.found.size,
-                "mtime_ns": w.found.mtime_ns,
-                "content_hash": w.content_hash or "",
-            }
-            for k, w in enumerate(work)
-        ]
+        items = _work_items(work)
         context = ray.data.DataContext.get_current()
         saved = context.enable_progress_bars
         context.enable_progress_bars = False  # the library prints nothing; the caller has on_progress
@@ -342,18 +372,7 @@ def embed_on_ray(
                 # from fusing decoding into the model actors (equal resource requests would)
                 memory=_DECODE_MEMORY,
             )
-            ds = ds.map_batches(
-                _Embedder,
-                batch_size=indexer.batch_size,
-                fn_constructor_kwargs={
-                    "model": str(model.spec) if ship_spec else model,
-                    "use_gpu": gpus_per_actor > 0,
-                    "threads": int(max(1, options.cpus_per_actor)),
-                },
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=options.cpus_per_actor,
-                num_gpus=gpus_per_actor,
-            )
+            ds = _embedded(ray, ds, indexer.batch_size, model, ship_spec, options, actors, gpus_per_actor)
 
             def embedded_batches() -> Iterator[EmbeddedBatch]:
                 """The cluster's source of embedded batches, in the order Ray returns them."""
@@ -443,16 +462,7 @@ def embed_videos_on_ray(
     with _connected(options) as ray:
         cpus, gpus = cluster_resources(ray)
         actors, gpus_per_actor = _plan_actors(options, cpus, gpus)
-        items = [
-            {
-                "i": k,
-                "path": os.fsencode(w.found.path),
-                "size": w.found.size,
-                "mtime_ns": w.found.mtime_ns,
-                "content_hash": w.content_hash or "",
-            }
-            for k, w in enumerate(videos)
-        ]
+        items = _work_items(videos)
         context = ray.data.DataContext.get_current()
         saved = context.enable_progress_bars
         context.enable_progress_bars = False
@@ -465,18 +475,7 @@ def embed_videos_on_ray(
                 num_cpus=1,
                 memory=_DECODE_MEMORY,
             )
-            ds = ds.map_batches(
-                _Embedder,
-                batch_size=indexer.batch_size,
-                fn_constructor_kwargs={
-                    "model": str(model.spec) if ship_spec else model,
-                    "use_gpu": gpus_per_actor > 0,
-                    "threads": int(max(1, options.cpus_per_actor)),
-                },
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=options.cpus_per_actor,
-                num_gpus=gpus_per_actor,
-            )
+            ds = _embedded(ray, ds, indexer.batch_size, model, ship_spec, options, actors, gpus_per_actor)
             clock = time.perf_counter()
             frames: dict[int, list[tuple[float, np.ndarray, dict[str, np.ndarray]]]] = {}
             ends: dict[int, dict[str, Any]] = {}
