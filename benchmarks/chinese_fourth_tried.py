@@ -394,6 +394,62 @@ FEATURE_SETS: dict[str, Callable[[Translation], list[str]]] = {
 }
 
 
+_FUNCTION_WORDS = frozenset(
+    "a an the is are was were be being been of in on at to with and or by for from into onto its his her "
+    "their there this that these those while as it he she they one some who which".split()
+)
+
+
+def _english_words(t: Translation) -> list[str]:
+    return ["@" + w for w in re.findall(r"[a-z]+", t.english.lower()) if w not in _FUNCTION_WORDS]
+
+
+def english_rows(f: Fitted, pairs: CaptionPairs, english: np.ndarray, vectors: TextVectors, zh, owner, pool):
+    """The correction with features of the reading's English words too ("@dog"), so that the fitted
+    photos' English captions (stripped of function words, like a word-by-word reading) can train it
+    beside the Chinese captions."""
+    import training.chinese_distillation as cd
+    import xmodal.indexer.models.chinese.student as st
+
+    shipped_features = st.text_features
+    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, f.fit))
+    fit_en = np.flatnonzero(np.isin(pairs.english_photo, f.fit))
+    stripped = [
+        " ".join(w for w in re.findall(r"[a-z]+", pairs.english[i].lower()) if w not in _FUNCTION_WORDS) for i in fit_en
+    ]
+    en_rows = {
+        "stripped": ([Translation(pairs.english[i], t, ()) for i, t in zip(fit_en, stripped)], vectors(stripped)),
+        "full": ([Translation(pairs.english[i], pairs.english[i], ()) for i in fit_en], english[fit_en]),
+    }
+    out = {}
+
+    def both(t: Translation) -> list[str]:
+        return shipped_features(t) + _english_words(t)
+
+    for label, extra in (
+        ("+ English-word features", None),
+        ("+ English-word features, + stripped English captions as rows", "stripped"),
+        ("+ English-word features, + English captions as rows", "full"),
+    ):
+        rows = [f.translations[i] for i in fit_zh]
+        vecs = f.translated[fit_zh]
+        photo = pairs.chinese_photo[fit_zh]
+        if extra is not None:
+            rows = rows + en_rows[extra][0]
+            vecs = np.concatenate([vecs, en_rows[extra][1]])
+            photo = np.concatenate([photo, pairs.english_photo[fit_en]])
+        cd.text_features = st.text_features = both
+        try:
+            s_ = fit_student(
+                rows, vecs, photo, f.photos, f.teacher, f.translator.prior, SENTENCE_SPACE, StudentConfig()
+            )
+            v = s_.correct(f.translated[zh], [f.translations[i] for i in zh])
+        finally:
+            cd.text_features = st.text_features = shipped_features
+        out[f"correction {label}"] = recall(v, owner, f.photos, pool)
+    return out
+
+
 # ---------------------------------------------------------------- pseudo-relevance feedback on the photos
 
 
@@ -519,6 +575,27 @@ def evaluate(pairs, features, english, vectors, fit, pools, weights, variants: s
                 finally:
                     cd.text_features = st.text_features = shipped_features
                 figs[f"correction features: {label}"] = recall(v, owner, f.photos, pool)
+        if "diagnose" in variants:
+            words = [
+                [w for w in re.findall(r"[a-z]+", pairs.english[i].lower()) if w not in _FUNCTION_WORDS] for i in en
+            ]
+            rng = np.random.default_rng(0)
+            own = pairs.english_photo[en]
+            figs["english without function words"] = recall(vectors([" ".join(w) for w in words]), own, f.photos, pool)
+            figs["english without function words, words shuffled"] = recall(
+                vectors([" ".join(rng.permutation(w)) for w in words]), own, f.photos, pool
+            )
+            for n in (3, 4, 5):
+                firsts = [" ".join(w[:n]) for w in words]
+                figs[f"english, first {n} content words"] = recall(vectors(firsts), own, f.photos, pool)
+            length = np.array([len(f.translations[i].english.split()) for i in zh])
+            print(
+                f"words per reading: Chinese {length.mean():.1f}, English stripped "
+                f"{np.mean([len(w) for w in words]):.1f}",
+                flush=True,
+            )
+        if "english-rows" in variants:
+            figs.update(english_rows(f, pairs, english, vectors, zh, owner, pool))
         if "feedback" in variants:
             gallery = f.photos[pool]
             for k in (1, 3, 5, 10):
