@@ -14,6 +14,7 @@ Worker processes die with the run that started them (`kill -9` of `xmodal index`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -172,6 +173,7 @@ def _die_with_run(run_pid: int) -> None:
     pipe, so the worker watches the run itself: a pidfd where there is one (Linux), else the
     parent changing. Linux also has the kernel kill it with its parent (PR_SET_PDEATHSIG)."""
     gc.freeze()
+    gc.enable()  # the parent forked with collection off (`forked_safely`)
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -199,6 +201,28 @@ def _die_with_run(run_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="xmodal-run-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def forked_safely(method: str) -> Iterator[None]:
+    """Around the forking of workers: no garbage collection runs in the parent meanwhile, so none
+    starts in a child before its first step freezes what it inherited. The at-fork hooks of other
+    libraries allocate in the child (filelock's did) and could start one; it then ran the
+    destructor of an onnxruntime session a dropped server app had left in a cycle, and the worker
+    hung. The child inherits collection off and turns it on after freezing (`_die_with_run`), as
+    the gc module's documentation advises for fork; the parent's setting is restored here."""
+    enabled = method == "fork" and gc.isenabled()
+    if enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _started() -> None:
+    """A task that does nothing: submitting it forks a pool's workers (all at once, under fork)."""
 
 
 def _alive(pid: int) -> bool:
@@ -234,12 +258,15 @@ def decode_pool(
     """
     method = start_method or default_start_method()
     if method in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon:
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_start_worker,
             initargs=(transform, target, max_pixels, os.getpid(), limits),
         )
+        with forked_safely(method):
+            pool.submit(_started)  # the workers start now, inside the guard
+        return pool
     init_worker(transform, target, max_pixels, limits)
     return ThreadPoolExecutor(max_workers=workers)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from xmodal.indexer.decode_pool import StartMethod, Work, default_start_method, file_hash, init_worker
+from xmodal.indexer.decode_pool import StartMethod, Work, default_start_method, file_hash, forked_safely, init_worker
 from xmodal.indexer.errors import ImageReadError
 from xmodal.indexer.images import NO_SUCH_FILE
 from xmodal.indexer.limits import DEFAULT_LIMITS, Limits
@@ -115,7 +115,8 @@ class _Decoder:
             name="xmodal-video-decoder",
             daemon=True,
         )
-        self.process.start()
+        with forked_safely(owner.start_method):
+            self.process.start()
         child.close()
         self.conn = parent
         threading.Thread(target=self._read, name="xmodal-video-reader", daemon=True).start()

@@ -1,7 +1,9 @@
 """A forked worker never runs the destructors of what it inherited: an onnxruntime session the
 parent left in a reference cycle (garbage not yet collected) hung a decode worker in
 pthread_cond_destroy when the child's garbage collector reached it (its thread pool's threads do
-not exist in the child). Workers freeze what they inherit as their first step."""
+not exist in the child). Workers freeze what they inherit as their first step, and are forked with
+collection off, since another library's at-fork hook can start a collection in the child before
+that step (filelock's did: a worker of an index run hung in the full suite)."""
 
 from __future__ import annotations
 
@@ -62,4 +64,67 @@ def test_a_forked_worker_never_collects_an_inherited_onnxruntime_session() -> No
 
     assert run("worker") == "exit 0"
     # the hazard is real: a forked child that collects the inherited session hangs
+    assert run("bare") == "hung"
+
+
+_HOOK_SCRIPT = """
+import gc, multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+import numpy as np
+import onnxruntime as ort
+import xmodal.data
+from xmodal.indexer.decode_pool import decode_pool
+
+gc.disable()  # garbage the parent has not collected yet when it forks
+for _ in range(3):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(
+        str(Path(xmodal.data.__file__).parent / "xmodal-lite" / "image.onnx"), options,
+        providers=["CPUExecutionProvider"],
+    )
+    feed = session.get_inputs()[0]
+    session.run(None, {feed.name: np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)})
+    cycle = [session]
+    cycle.append(cycle)
+    del cycle, session
+gc.set_threshold(0)  # the parent collects no more before it forks ...
+gc.enable()  # ... but collection is on, as in any process
+
+
+def allocating_hook() -> None:
+    # another library's at-fork hook that allocates: a collection may start, when collection is on
+    if gc.isenabled():
+        gc.collect()
+
+
+os.register_at_fork(after_in_child=allocating_hook)
+if sys.argv[1] == "pool":
+    pool = decode_pool(1, lambda image: image, 8)
+else:
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+future = pool.submit(os.getpid)
+try:
+    future.result(timeout=15)
+    print("done", flush=True)
+except Exception:
+    print("hung", flush=True)
+    for process in list(pool._processes.values()):
+        process.kill()
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method (Linux)")
+def test_an_at_fork_hook_never_starts_a_collection_in_a_worker() -> None:
+    def run(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _HOOK_SCRIPT, mode], cwd=_REPO, capture_output=True, text=True, timeout=120
+        )
+        return done.stdout.strip()
+
+    assert run("pool") == "done"
+    # the hazard is real: the same hook in a plain forked pool collects the session, and hangs
     assert run("bare") == "hung"
