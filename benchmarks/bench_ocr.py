@@ -174,7 +174,7 @@ def main() -> None:
         out["text_heavy"] = heavy_rate = _rate(reader, heavy, heavy_words)
         if not args.json:
             print(f"text-heavy: {json.dumps(heavy_rate)}", flush=True)
-        recovered = _recovery(reader, folder, flickr_photos()[-args.rendered :])
+        recovered = _recovery(reader, folder, flickr_photos()[-args.rendered :] if args.rendered > 0 else [])
         out["words_recovered"] = recovered
         if not args.json:
             for key, value in recovered.items():
