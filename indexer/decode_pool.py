@@ -210,15 +210,35 @@ def forked_safely(method: str) -> Iterator[None]:
     libraries allocate in the child (filelock's did) and could start one; it then ran the
     destructor of an onnxruntime session a dropped server app had left in a cycle, and the worker
     hung. The child inherits collection off and turns it on after freezing (`_die_with_run`), as
-    the gc module's documentation advises for fork; the parent's setting is restored here."""
-    enabled = method == "fork" and gc.isenabled()
-    if enabled:
-        gc.disable()
+    the gc module's documentation advises for fork; the parent's setting is restored when the last
+    of the threads forking at once is done (a server's indexing job and its watcher may)."""
+    if method != "fork":
+        yield
+        return
+    with _FORKING.lock:
+        if _FORKING.threads == 0:
+            _FORKING.restore = gc.isenabled()
+            gc.disable()
+        _FORKING.threads += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _FORKING.lock:
+            _FORKING.threads -= 1
+            if _FORKING.threads == 0 and _FORKING.restore:
+                gc.enable()
+
+
+@dataclass
+class _Forking:
+    """Threads inside `forked_safely`, and whether collection was on before the first of them."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    threads: int = 0
+    restore: bool = False
+
+
+_FORKING = _Forking()
 
 
 def _started() -> None:

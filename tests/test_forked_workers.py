@@ -128,3 +128,37 @@ def test_an_at_fork_hook_never_starts_a_collection_in_a_worker() -> None:
     assert run("pool") == "done"
     # the hazard is real: the same hook in a plain forked pool collects the session, and hangs
     assert run("bare") == "hung"
+
+
+def test_collection_is_off_while_any_thread_forks_and_restored_after() -> None:
+    import gc
+    import threading
+
+    from xmodal.indexer.decode_pool import forked_safely
+
+    assert gc.isenabled()
+    inside, leave = threading.Event(), threading.Event()
+
+    def other_thread_forking() -> None:
+        with forked_safely("fork"):
+            inside.set()
+            leave.wait(10)
+
+    other = threading.Thread(target=other_thread_forking)
+    other.start()
+    assert inside.wait(10)
+    with forked_safely("fork"):
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread is still forking
+    leave.set()
+    other.join(10)
+    assert gc.isenabled()
+    with forked_safely("spawn"):  # no fork in this process: nothing to guard
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        with forked_safely("fork"):
+            pass
+        assert not gc.isenabled()  # a process that had collection off keeps it off
+    finally:
+        gc.enable()
