@@ -40,7 +40,6 @@ import torch
 from training.chinese_distillation import (
     CaptionPairs,
     StudentConfig,
-    fit_prior,
     fit_student,
     held_out_photos,
     read_caption_pairs,
@@ -55,8 +54,16 @@ from xmodal.search.rerank.fusion import TOP, FusionModel, features_from_parts, p
 from xmodal.search.rerank.qbnorm import QB_NORM_BETA, querybank_correction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from chinese_recall import TextVectors, dev_photo_vectors, recall, unit  # noqa: E402
-from shift_protocol import CONCEPTS, POOL  # noqa: E402
+from chinese_recall import (  # noqa: E402
+    FittedChinese,
+    TextVectors,
+    cached_features,
+    fit_chinese,
+    recall,
+    shift_folds,
+    unit,
+)
+from shift_protocol import CONCEPTS  # noqa: E402
 
 KS = (1, 5, 10)
 CANDIDATES = 100  # the engine's --candidates default: the first block the fusion re-scores
@@ -102,44 +109,13 @@ class ReadingTranslator(Translator):
         return out
 
 
-@dataclass
-class Fitted:
-    photos: np.ndarray  # (all photos, d) dev head
-    translator: ReadingTranslator
-    translations: list[Translation]
-    translated: np.ndarray  # (n_zh, d) tower vectors of the translations
-    student: ChineseStudent
-    teacher: np.ndarray  # (all photos, d) unit mean of each photo's English captions
-    fit: np.ndarray
+Fitted = FittedChinese
 
 
 def fit_on(
     pairs: CaptionPairs, features: torch.Tensor, english: np.ndarray, vectors: TextVectors, fit: np.ndarray
 ) -> Fitted:
-    photos = dev_photo_vectors(features, pairs, english, fit)
-    fit_en = np.flatnonzero(np.isin(pairs.english_photo, fit))
-    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, fit))
-    prior = fit_prior(
-        [pairs.chinese[i] for i in fit_zh],
-        pairs.chinese_photo[fit_zh],
-        [pairs.english[i] for i in fit_en],
-        pairs.english_photo[fit_en],
-    )
-    translator = ReadingTranslator(prior)
-    translations = [translator.translate(c) for c in pairs.chinese]
-    translated = vectors([t.english or t.source for t in translations])
-    teacher = unit(np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))]))
-    student = fit_student(
-        [translations[i] for i in fit_zh],
-        translated[fit_zh],
-        pairs.chinese_photo[fit_zh],
-        photos,
-        teacher,
-        prior,
-        SENTENCE_SPACE,
-        StudentConfig(),
-    )
-    return Fitted(photos, translator, translations, translated, student, teacher, fit)
+    return fit_chinese(pairs, features, english, vectors, fit, ReadingTranslator)
 
 
 # ---------------------------------------------------------------- the engine's second stage
@@ -557,21 +533,10 @@ def evaluate(pairs, features, english, vectors, fit, pools, weights, variants: s
             import xmodal.indexer.models.chinese.student as st
 
             shipped_features = st.text_features
-            fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, f.fit))
             for label, fn in FEATURE_SETS.items():
                 cd.text_features = st.text_features = fn
                 try:
-                    s_ = fit_student(
-                        [f.translations[i] for i in fit_zh],
-                        f.translated[fit_zh],
-                        pairs.chinese_photo[fit_zh],
-                        f.photos,
-                        f.teacher,
-                        f.translator.prior,
-                        SENTENCE_SPACE,
-                        StudentConfig(),
-                    )
-                    v = s_.correct(f.translated[zh], [f.translations[i] for i in zh])
+                    v = f.fit_correction(pairs).correct(f.translated[zh], [f.translations[i] for i in zh])
                 finally:
                     cd.text_features = st.text_features = shipped_features
                 figs[f"correction features: {label}"] = recall(v, owner, f.photos, pool)
@@ -604,22 +569,9 @@ def evaluate(pairs, features, english, vectors, fit, pools, weights, variants: s
                         feedback(base, gallery, k, beta), owner, f.photos, pool
                     )
         if "bagging" in variants:
-            fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, f.fit))
             tables = [f.student.table]
             for seed in range(1, 5):
-                tables.append(
-                    fit_student(
-                        [f.translations[i] for i in fit_zh],
-                        f.translated[fit_zh],
-                        pairs.chinese_photo[fit_zh],
-                        f.photos,
-                        f.teacher,
-                        f.translator.prior,
-                        SENTENCE_SPACE,
-                        StudentConfig(),
-                        seed=seed,
-                    ).table
-                )
+                tables.append(f.fit_correction(pairs, seed=seed).table)
                 bag = ChineseStudent(f.student.prior, f.student.vocabulary, np.mean(tables, axis=0), f.student.space)
                 figs[f"correction averaged over {len(tables)} seeds"] = recall(
                     bag.correct(f.translated[zh], [f.translations[i] for i in zh]), owner, f.photos, pool
@@ -670,8 +622,7 @@ def main() -> None:
     pairs = read_caption_pairs(args.data)
     model = load_model("xmodal-lite", device="cpu")
     cache = cache_dir() / "chinese-bench"
-    features_file = cache / f"features-{hashlib.sha256(str(args.data.resolve()).encode()).hexdigest()[:12]}.pt"
-    features, english = torch.load(features_file, weights_only=False)  # made by benchmarks.chinese_recall
+    features, english = cached_features(args.data, pairs, model)
     vectors = TextVectors(model, cache / "text-vectors.npz")
     weights = FusionModel.load(data_path("offline_fusion.npz")).weights
     held = held_out_photos(len(pairs.photos), 200, 0)
@@ -694,23 +645,14 @@ def main() -> None:
         figs = evaluate(pairs, features, english, vectors, fitted, {"held": held}, weights, args.variants, FINAL)
         show("held-out 200 photos, fitted on the 600; pool = the 200", figs["held"])
     if args.shift:
-        captions_of: list[list[str]] = [[] for _ in pairs.photos]
-        for c, o in zip(pairs.english, pairs.english_photo):
-            captions_of[o].append(c)
         totals: dict[str, dict[str, list[tuple[float, ...]]]] = {"held-out concept": {}, "in-dist": {}}
-        for k, pattern in enumerate(CONCEPTS.values()):
-            rx = re.compile(pattern, re.I)
-            mentions = np.array([sum(bool(rx.search(c)) for c in caps) for caps in captions_of])
-            rng = np.random.default_rng([0, k])
-            rest, concept = np.flatnonzero(mentions == 0), np.flatnonzero(mentions >= 1)
-            concept = np.sort(rng.choice(concept, min(POOL, len(concept)), replace=False))
-            indist = np.sort(rng.choice(rest, len(concept), replace=False))
+        for _, fit_fold, concept, indist in shift_folds(pairs, 0):
             fold = evaluate(
                 pairs,
                 features,
                 english,
                 vectors,
-                np.setdiff1d(rest, indist),
+                fit_fold,
                 {"held-out concept": concept, "in-dist": indist},
                 weights,
                 args.variants,

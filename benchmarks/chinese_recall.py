@@ -27,6 +27,8 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +45,8 @@ from training.chinese_distillation import (
     text_tower_vectors,
 )
 from xmodal.indexer.cache import cache_dir
-from xmodal.indexer.models.chinese.student import SENTENCE_SPACE
-from xmodal.indexer.models.chinese.translation import Translator
+from xmodal.indexer.models.chinese.student import SENTENCE_SPACE, ChineseStudent
+from xmodal.indexer.models.chinese.translation import Translation, Translator
 from xmodal.indexer.models.embedding import EmbeddingModel, load_model
 from xmodal.indexer.models.head import ProjectionHead, train_head
 
@@ -105,10 +107,107 @@ def dev_photo_vectors(features: torch.Tensor, pairs: CaptionPairs, english: np.n
         return unit(head.eval().project_images(features).numpy())
 
 
+def cached_features(data: Path, pairs: CaptionPairs, model: EmbeddingModel) -> tuple[torch.Tensor, np.ndarray]:
+    """The photos' tower features and the English captions' tower vectors, cached per data folder."""
+    cache = cache_dir() / "chinese-bench"
+    file = cache / f"features-{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]}.pt"
+    if file.is_file():
+        features, english = torch.load(file, weights_only=False)
+        return features, english
+    with torch.inference_mode():
+        features = torch.cat(
+            [
+                model.towers.image_features(
+                    torch.stack([model.image_transform(Image.open(data / "images" / n).convert("RGB")) for n in chunk])
+                ).float()
+                for chunk in (pairs.photos[b : b + 16] for b in range(0, len(pairs.photos), 16))
+            ]
+        )
+    english = text_tower_vectors(model, pairs.english)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save((features, english), file)
+    return features, english
+
+
+def shift_folds(pairs: CaptionPairs, seed: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(concept, photos to fit on, the concept's photos, in-distribution photos) of each concept
+    held out as in benchmarks/shift_protocol.py: nothing fitted has a photo whose English
+    captions mention the concept."""
+    captions_of: list[list[str]] = [[] for _ in pairs.photos]
+    for c, o in zip(pairs.english, pairs.english_photo):
+        captions_of[o].append(c)
+    for k, (name, pattern) in enumerate(CONCEPTS.items()):
+        rx = re.compile(pattern, re.I)
+        mentions = np.array([sum(bool(rx.search(c)) for c in caps) for caps in captions_of])
+        rng = np.random.default_rng([seed, k])
+        rest, concept = np.flatnonzero(mentions == 0), np.flatnonzero(mentions >= 1)
+        concept = np.sort(rng.choice(concept, min(POOL, len(concept)), replace=False))
+        indist = np.sort(rng.choice(rest, len(concept), replace=False))
+        yield name, np.setdiff1d(rest, indist), concept, indist
+
+
 def first_sense(translator: Translator, text: str) -> str:
     """The baseline: jieba's words, each word's first dictionary sense, nothing else."""
     words = translator._cutter.cut(translator.simplified(text))
     return " ".join(s[0] for w in words if (s := translator.dictionary.senses(w)))
+
+
+@dataclass
+class FittedChinese:
+    """The Chinese path fitted on the `fit` photos only: their photo vectors (a development head),
+    the sense prior and translator, every caption's translation and its tower vector, each photo's
+    English teacher vector and the trained correction."""
+
+    fit: np.ndarray
+    photos: np.ndarray
+    translator: Translator
+    translations: list[Translation]
+    translated: np.ndarray
+    teacher: np.ndarray
+    student: ChineseStudent = field(init=False)
+
+    def fit_correction(self, pairs: CaptionPairs, seed: int = 0, config: StudentConfig | None = None) -> ChineseStudent:
+        """The correction fitted again on the same captions (another seed, another setting, or with
+        `text_features` replaced by the caller)."""
+        fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, self.fit))
+        return fit_student(
+            [self.translations[i] for i in fit_zh],
+            self.translated[fit_zh],
+            pairs.chinese_photo[fit_zh],
+            self.photos,
+            self.teacher,
+            self.translator.prior,
+            SENTENCE_SPACE,
+            config or StudentConfig(),
+            seed=seed,
+        )
+
+
+def fit_chinese(
+    pairs: CaptionPairs,
+    features: torch.Tensor,
+    english: np.ndarray,
+    vectors: TextVectors,
+    fit: np.ndarray,
+    translator_type: type[Translator] = Translator,
+) -> FittedChinese:
+    """Fit the Chinese path as training.train_chinese does, on the `fit` photos only."""
+    photos = dev_photo_vectors(features, pairs, english, fit)
+    fit_en = np.flatnonzero(np.isin(pairs.english_photo, fit))
+    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, fit))
+    prior = fit_prior(
+        [pairs.chinese[i] for i in fit_zh],
+        pairs.chinese_photo[fit_zh],
+        [pairs.english[i] for i in fit_en],
+        pairs.english_photo[fit_en],
+    )
+    translator = translator_type(prior)
+    translations = [translator.translate(c) for c in pairs.chinese]
+    translated = vectors([t.english or t.source for t in translations])
+    teacher = unit(np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))]))
+    fitted = FittedChinese(fit, photos, translator, translations, translated, teacher)
+    fitted.student = fitted.fit_correction(pairs)
+    return fitted
 
 
 def evaluate(
@@ -119,29 +218,8 @@ def evaluate(
     fit: np.ndarray,
     pools: dict[str, np.ndarray],
 ) -> dict[str, dict[str, tuple[float, ...]]]:
-    photos = dev_photo_vectors(features, pairs, english, fit)
-    fit_en = np.flatnonzero(np.isin(pairs.english_photo, fit))
-    fit_zh = np.flatnonzero(np.isin(pairs.chinese_photo, fit))
-    prior = fit_prior(
-        [pairs.chinese[i] for i in fit_zh],
-        pairs.chinese_photo[fit_zh],
-        [pairs.english[i] for i in fit_en],
-        pairs.english_photo[fit_en],
-    )
-    translator = Translator(prior)
-    translations = [translator.translate(c) for c in pairs.chinese]
-    translated = vectors([t.english or t.source for t in translations])
-    teacher = unit(np.stack([english[pairs.english_photo == p].mean(axis=0) for p in range(len(pairs.photos))]))
-    student = fit_student(
-        [translations[i] for i in fit_zh],
-        translated[fit_zh],
-        pairs.chinese_photo[fit_zh],
-        photos,
-        teacher,
-        prior,
-        SENTENCE_SPACE,
-        StudentConfig(),
-    )
+    f = fit_chinese(pairs, features, english, vectors, fit)
+    photos, translated = f.photos, f.translated
     out = {}
 
     def words_of(i: int) -> int:
@@ -157,10 +235,10 @@ def evaluate(
             "english": recall(english[en], pairs.english_photo[en], photos, pool),
             "english shortest": recall(english[shortest], pairs.english_photo[shortest], photos, pool),
             "chinese raw": recall(vectors(texts), owner, photos, pool),
-            "first sense": recall(vectors([first_sense(translator, t) for t in texts]), owner, photos, pool),
+            "first sense": recall(vectors([first_sense(f.translator, t) for t in texts]), owner, photos, pool),
             "translation": recall(translated[zh], owner, photos, pool),
             "translation+student": recall(
-                student.correct(translated[zh], [translations[i] for i in zh]), owner, photos, pool
+                f.student.correct(translated[zh], [f.translations[i] for i in zh]), owner, photos, pool
             ),
         }
     return out
@@ -212,24 +290,7 @@ def main() -> None:
     pairs = read_caption_pairs(args.data)
     model = load_model("xmodal-lite", device="cpu")
     cache = cache_dir() / "chinese-bench"
-    features_file = cache / f"features-{hashlib.sha256(str(args.data.resolve()).encode()).hexdigest()[:12]}.pt"
-    if features_file.is_file():
-        features, english = torch.load(features_file, weights_only=False)
-    else:
-        with torch.inference_mode():
-            features = torch.cat(
-                [
-                    model.towers.image_features(
-                        torch.stack(
-                            [model.image_transform(Image.open(args.data / "images" / n).convert("RGB")) for n in chunk]
-                        )
-                    ).float()
-                    for chunk in (pairs.photos[b : b + 16] for b in range(0, len(pairs.photos), 16))
-                ]
-            )
-        english = text_tower_vectors(model, pairs.english)
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save((features, english), features_file)
+    features, english = cached_features(args.data, pairs, model)
     vectors = TextVectors(model, cache / "text-vectors.npz")
 
     held = held_out_photos(len(pairs.photos), args.held, args.seed)
@@ -242,24 +303,10 @@ def main() -> None:
     )
 
     if args.shift:
-        captions_of = [[] for _ in pairs.photos]
-        for c, o in zip(pairs.english, pairs.english_photo):
-            captions_of[o].append(c)
         totals: dict[str, dict[str, list[tuple[float, ...]]]] = {"held-out concept": {}, "in-dist": {}}
-        for f, (name, pattern) in enumerate(CONCEPTS.items()):
-            rx = re.compile(pattern, re.I)
-            mentions = np.array([sum(bool(rx.search(c)) for c in caps) for caps in captions_of])
-            rng = np.random.default_rng([args.seed, f])
-            rest, concept = np.flatnonzero(mentions == 0), np.flatnonzero(mentions >= 1)
-            concept = np.sort(rng.choice(concept, min(POOL, len(concept)), replace=False))
-            indist = np.sort(rng.choice(rest, len(concept), replace=False))
+        for name, fit_fold, concept, indist in shift_folds(pairs, args.seed):
             fold = evaluate(
-                pairs,
-                features,
-                english,
-                vectors,
-                np.setdiff1d(rest, indist),
-                {"held-out concept": concept, "in-dist": indist},
+                pairs, features, english, vectors, fit_fold, {"held-out concept": concept, "in-dist": indist}
             )
             for kind, figs in fold.items():
                 show(f"concept {name}: {kind}, pool {len(concept)}", figs)

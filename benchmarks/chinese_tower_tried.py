@@ -22,7 +22,6 @@ busy 2-core machine.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.chinese_recall import dev_photo_vectors, recall, unit
+from benchmarks.chinese_recall import cached_features, dev_photo_vectors, recall, unit
 from training.chinese_distillation import (
     StudentConfig,
     fit_prior,
@@ -40,7 +39,6 @@ from training.chinese_distillation import (
     read_caption_pairs,
     text_tower_vectors,
 )
-from xmodal.indexer.cache import cache_dir
 from xmodal.indexer.models.chinese import translation as zh
 from xmodal.indexer.models.chinese.student import SENTENCE_SPACE
 from xmodal.indexer.models.embedding import load_model
@@ -77,11 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pairs = read_caption_pairs(args.data)
     model = load_model("xmodal-lite", device="cpu")
-    cache = cache_dir() / "chinese-bench"
-    features_file = cache / f"features-{hashlib.sha256(str(args.data.resolve()).encode()).hexdigest()[:12]}.pt"
-    if not features_file.is_file():
-        raise SystemExit("run benchmarks.chinese_recall first (it caches the photos' tower features)")
-    features, english = torch.load(features_file, weights_only=False)
+    features, english = cached_features(args.data, pairs, model)
     held = held_out_photos(len(pairs.photos), 200, 0)
     fit = np.setdiff1d(np.arange(len(pairs.photos)), held)
     photos = dev_photo_vectors(features, pairs, english, fit)

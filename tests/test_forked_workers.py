@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
-_SCRIPT = """
+# A parent with garbage its collector has not reached: onnxruntime sessions (with their thread
+# pools) in reference cycles.
+_GARBAGE = """
 import gc, multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import xmodal.data
-from xmodal.indexer.decode_pool import _die_with_run
 
 gc.disable()  # the parent has not collected its garbage yet when it forks
 for _ in range(3):
@@ -35,6 +37,20 @@ for _ in range(3):
     cycle = [session]
     cycle.append(cycle)
     del cycle, session
+"""
+
+
+def _run(script: str, mode: str) -> str:
+    """What the script printed, run in a fresh interpreter (its fork hooks stay out of pytest's)."""
+    done = subprocess.run([sys.executable, "-c", script, mode], cwd=_REPO, capture_output=True, text=True, timeout=120)
+    return done.stdout.strip()
+
+
+_SCRIPT = (
+    _GARBAGE
+    + """
+from xmodal.indexer.decode_pool import _die_with_run
+
 run_pid = os.getpid()
 
 
@@ -51,44 +67,22 @@ print("hung" if child.is_alive() else f"exit {child.exitcode}")
 if child.is_alive():
     child.kill()
 """
+)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method (Linux)")
 def test_a_forked_worker_never_collects_an_inherited_onnxruntime_session() -> None:
-    def run(mode: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", _SCRIPT, mode], cwd=_REPO, capture_output=True, text=True, timeout=120
-        )
-        return done.stdout.strip()
-
-    assert run("worker") == "exit 0"
+    assert _run(_SCRIPT, "worker") == "exit 0"
     # the hazard is real: a forked child that collects the inherited session hangs
-    assert run("bare") == "hung"
+    assert _run(_SCRIPT, "bare") == "hung"
 
 
-_HOOK_SCRIPT = """
-import gc, multiprocessing, os, sys
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
-import numpy as np
-import onnxruntime as ort
-import xmodal.data
+_HOOK_SCRIPT = (
+    _GARBAGE
+    + """
 from xmodal.indexer.decode_pool import decode_pool
 
-gc.disable()  # garbage the parent has not collected yet when it forks
-for _ in range(3):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(
-        str(Path(xmodal.data.__file__).parent / "xmodal-lite" / "image.onnx"), options,
-        providers=["CPUExecutionProvider"],
-    )
-    feed = session.get_inputs()[0]
-    session.run(None, {feed.name: np.zeros([d if isinstance(d, int) else 1 for d in feed.shape], np.float32)})
-    cycle = [session]
-    cycle.append(cycle)
-    del cycle, session
 gc.set_threshold(0)  # the parent collects no more before it forks ...
 gc.enable()  # ... but collection is on, as in any process
 
@@ -114,20 +108,15 @@ except Exception:
         process.kill()
 os._exit(0)
 """
+)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork start method (Linux)")
 def test_an_at_fork_hook_never_starts_a_collection_in_a_worker() -> None:
-    def run(mode: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", _HOOK_SCRIPT, mode], cwd=_REPO, capture_output=True, text=True, timeout=120
-        )
-        return done.stdout.strip()
-
-    assert run("pool") == "done"
+    assert _run(_HOOK_SCRIPT, "pool") == "done"
     # the hazard is real: the same hook in a plain forked pool collects the session, and hangs
-    assert run("bare") == "hung"
+    assert _run(_HOOK_SCRIPT, "bare") == "hung"
 
 
 def test_collection_is_off_while_any_thread_forks_and_restored_after() -> None:
