@@ -267,11 +267,10 @@ def _imported_facts(meta: dict[str, list], start: int, ids: list[int]) -> list[t
     without them get theirs from their files on the next `xmodal index`."""
     if "facts_taken_source" not in meta:
         return []
+    columns = {name: meta.get(f"facts_{name}") for name in _FACT_FIELDS}
     found = []
     for offset, image_id in enumerate(ids):
-        values = {
-            name: meta.get(f"facts_{name}", [None] * (start + offset + 1))[start + offset] for name in _FACT_FIELDS
-        }
+        values = {name: None if column is None else column[start + offset] for name, column in columns.items()}
         if not values["taken_source"]:
             continue
         if values["taken_at"] is not None and not isinstance(values["taken_at"], datetime):
