@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -270,7 +270,9 @@ def _imported_facts(meta: dict[str, list], start: int, ids: list[int]) -> list[t
     columns = {name: meta.get(f"facts_{name}") for name in _FACT_FIELDS}
     found = []
     for offset, image_id in enumerate(ids):
-        values = {name: None if column is None else column[start + offset] for name, column in columns.items()}
+        values: dict[str, Any] = {
+            name: None if column is None else column[start + offset] for name, column in columns.items()
+        }
         if not values["taken_source"]:
             continue
         if values["taken_at"] is not None and not isinstance(values["taken_at"], datetime):

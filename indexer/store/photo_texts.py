@@ -26,7 +26,6 @@ __all__ = [
     "delete_texts",
     "unread_items",
     "unread_count",
-    "unread_photos",
     "text_counts",
     "texts_of",
     "candidates",
@@ -159,11 +158,6 @@ def unread_count(session: Session, engine: str | None = None) -> int:
         int(session.scalar(select(func.count()).select_from(q.order_by(None).subquery())) or 0)
         for q in _unread_queries(engine)
     )
-
-
-def unread_photos(session: Session, engine: str | None = None) -> list[tuple[int, str]]:
-    """(id, path) of the photos without a reading (by `engine`, when given), by id."""
-    return [(u.item_id, u.path) for u in unread_items(session, engine) if u.frame_time is None]
 
 
 def text_counts(session: Session, engine: str | None = None) -> dict[str, int]:
