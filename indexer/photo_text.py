@@ -244,7 +244,8 @@ class TextReader:
         except ImageReadError as e:
             return PhotoText("failed", reason=str(e), seconds=time.perf_counter() - clock)
         except Exception as e:  # noqa: BLE001 - a decoder failure fails this frame's reading only
-            return PhotoText("failed", reason=f"frame not decoded: {type(e).__name__}: {e}"[:300], seconds=0.0)
+            reason = f"frame not decoded: {type(e).__name__}: {e}"[:300]
+            return PhotoText("failed", reason=reason, seconds=time.perf_counter() - clock)
         return self._read(lambda: _bounded(image, self.limits), image, clock)
 
     def read_image(self, image: Image.Image) -> PhotoText:
